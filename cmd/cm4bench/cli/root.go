@@ -1,0 +1,161 @@
+// Package cli is the cobra command tree of cm4bench. It is deliberately thin:
+// each command binds its flags into an options struct built inside its
+// constructor and hands off to a run method, so the whole CLI runs in-process
+// in tests through Context.Execute.
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"runtime/debug"
+
+	"github.com/spf13/cobra"
+)
+
+// Version is set at build time with -ldflags "-X .../cli.Version=v1.2.3".
+var Version = "dev"
+
+// Context carries the process environment into the command tree.
+type Context struct {
+	Stdin          io.Reader
+	Stdout, Stderr io.Writer
+	Args           []string
+}
+
+// Execute builds a fresh command tree and runs it.
+func (c Context) Execute(ctx context.Context) error {
+	root := RootCmd()
+	if c.Stdin != nil {
+		root.SetIn(c.Stdin)
+	}
+	if c.Stdout != nil {
+		root.SetOut(c.Stdout)
+	}
+	if c.Stderr != nil {
+		root.SetErr(c.Stderr)
+	}
+	root.SetArgs(c.Args)
+	return root.ExecuteContext(ctx)
+}
+
+// ExitError carries a specific process exit status out of a command.
+type ExitError struct {
+	Code int
+	Err  error
+}
+
+func (e *ExitError) Error() string { return e.Err.Error() }
+func (e *ExitError) Unwrap() error { return e.Err }
+
+// ExitCode maps an error returned by Execute to a process exit status.
+func ExitCode(err error) int {
+	var ee *ExitError
+	if errors.As(err, &ee) && ee.Code != 0 {
+		return ee.Code
+	}
+	return 1
+}
+
+// wantJSON reports whether the persistent --json flag was given.
+func wantJSON(cmd *cobra.Command) bool {
+	v, _ := cmd.Flags().GetBool("json")
+	return v
+}
+
+// newLogger builds the one slog handler of the process, writing to stderr.
+// Servers log JSON when --json is set and text otherwise.
+func newLogger(cmd *cobra.Command) *slog.Logger {
+	var lvl slog.Level
+	name, _ := cmd.Flags().GetString("log-level")
+	if err := lvl.UnmarshalText([]byte(name)); err != nil {
+		lvl = slog.LevelInfo
+	}
+	hopts := &slog.HandlerOptions{Level: lvl}
+	if wantJSON(cmd) {
+		return slog.New(slog.NewJSONHandler(cmd.ErrOrStderr(), hopts))
+	}
+	return slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), hopts))
+}
+
+// RootCmd builds the whole command tree.
+func RootCmd() *cobra.Command {
+	root := &cobra.Command{
+		Use:   "cm4bench",
+		Short: "Provision Raspberry Pi Compute Module 4 boards at a production bench",
+		Long: `cm4bench provisions Raspberry Pi Compute Module 4 boards (and CM4-based devices such
+as the Seeed reTerminal) from one workstation with a USB cable and an Ethernet switch.
+
+  USB:      cm4bench usbboot        boot a CM4 held in RPIBOOT mode (mass storage,
+                                    any boot directory, or the EEPROM updater)
+  EEPROM:   cm4bench eeprom         read and edit SPI bootloader images byte-exact
+                                    with rpi-eeprom-config, set BOOT_ORDER and flash
+  Network:  cm4bench netboot serve  DHCP + TFTP + HTTP API and dashboard: netbooted
+                                    boards register, the technician clicks Deploy or
+                                    Backup, and netboot is switched off when done`,
+		Example: `  cm4bench eeprom show pieeprom.bin
+  cm4bench eeprom set-boot-order --image pieeprom.bin --recovery recovery.bin
+  cm4bench usbboot --mode msd
+  cm4bench netboot serve --iface eth1 --tftp-root /srv/tftp --data /var/lib/cm4bench`,
+		SilenceErrors: true,
+		SilenceUsage:  true,
+		Version:       version(),
+	}
+	root.PersistentFlags().Bool("json", false, "machine-readable JSON output (reports) and JSON logs (servers)")
+	root.PersistentFlags().String("log-level", "info", "log level: debug, info, warn or error")
+	root.AddGroup(
+		&cobra.Group{ID: "usb", Title: "USB boot:"},
+		&cobra.Group{ID: "eeprom", Title: "Bootloader EEPROM:"},
+		&cobra.Group{ID: "net", Title: "Network provisioning:"},
+	)
+	for _, c := range []struct {
+		group string
+		cmd   *cobra.Command
+	}{
+		{"usb", newUSBBootCmd()},
+		{"usb", newFirmwareCmd()},
+		{"eeprom", newEEPROMCmd()},
+		{"net", newNetbootCmd()},
+		{"net", newDeviceCmd()},
+		{"net", newBackupCmd()},
+		{"net", newSimCmd()},
+	} {
+		c.cmd.GroupID = c.group
+		root.AddCommand(c.cmd)
+	}
+	root.AddCommand(newVersionCmd())
+	return root
+}
+
+func version() string {
+	v := Version
+	if bi, ok := debug.ReadBuildInfo(); ok && v == "dev" {
+		for _, s := range bi.Settings {
+			if s.Key == "vcs.revision" && len(s.Value) >= 12 {
+				v = "dev-" + s.Value[:12]
+			}
+		}
+	}
+	return v
+}
+
+func newVersionCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "version",
+		Short: "Print the cm4bench version",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if wantJSON(cmd) {
+				return writeJSON(cmd.OutOrStdout(), map[string]string{"version": version()})
+			}
+			_, err := fmt.Fprintf(cmd.OutOrStdout(), "cm4bench %s\n", version())
+			return err
+		},
+	}
+}
+
+// isRoot reports whether the process runs with uid 0.
+func isRoot() bool { return os.Geteuid() == 0 }

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Installs the Debian packages cm4bench's build, tests and demo need, when
+# they are missing. Run as root (make run / make test / .ci/run call it).
+# Each package is listed once here, with what it is for.
+set -euo pipefail
+
+pkgs=(
+  pkg-config          # cgo: find libusb
+  libusb-1.0-0-dev    # cgo: usbboot/gousbdev and the libusb-ABI fake
+  iproute2            # network namespaces and veth pairs for the bench tests
+)
+
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "deps: missing Debian packages: ${missing[*]}" >&2
+  echo "deps: run as root, or: sudo apt-get install -y ${missing[*]}" >&2
+  exit 1
+fi
+# Never let a package start its service on this machine (dnsmasq, nginx):
+# tests start their own instances, bound to their own namespaces.
+cleanup() { rm -f /usr/sbin/policy-rc.d; }
+if [ ! -e /usr/sbin/policy-rc.d ]; then
+  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+  trap cleanup EXIT
+fi
+if [ -z "${DEPS_NO_UPDATE:-}" ]; then apt-get update -qq; fi
+DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
