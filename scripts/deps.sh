@@ -8,6 +8,12 @@ pkgs=(
   pkg-config          # cgo: find libusb
   libusb-1.0-0-dev    # cgo: usbboot/gousbdev and the libusb-ABI fake
   iproute2            # network namespaces and veth pairs for the bench tests
+  busybox             # netboot tests: udhcpc as a Pi-like DHCP client
+  isc-dhcp-client     # netboot tests: dhclient as a second DHCP client
+  atftp               # netboot tests/bench: TFTP client sending the Pi's exact RRQ (tsize 0, blksize 1024)
+  dnsmasq-base        # netboot tests/bench: rival DHCP server and TFTP/DHCP performance peer (no service unit)
+  curl                # netboot tests: TFTP/HTTP client
+  chromium            # api/ui: headless browser test of the dashboard (chromedp)
 )
 
 missing=()
