@@ -144,3 +144,186 @@ type Event struct {
 type APIError struct {
 	Error string `json:"error"`
 }
+
+// Device-side URLs handed out in PollResponse (absolute, with ?token=).
+// A GET of PathImage/<action_id> streams the image; a PUT or POST to
+// PathBackup/<action_id> uploads a backup. Only the device (by IP) that
+// polled the action may use them, and only while the action is open.
+const (
+	PathImage  = "/api/device/image"  // GET  /api/device/image/<action_id>?token=T
+	PathBackup = "/api/device/backup" // PUT|POST /api/device/backup/<action_id>?token=T
+)
+
+// Response and request headers of the image and backup streams.
+const (
+	// HeaderImageSize carries the uncompressed image size on a deploy stream.
+	HeaderImageSize = "X-Cm4bench-Image-Size"
+	// HeaderImageSHA256 carries the sha256 of the uncompressed image.
+	HeaderImageSHA256 = "X-Cm4bench-Image-Sha256"
+	// HeaderImageFormat names the stored form of the image (raw, gz, xz, zst).
+	HeaderImageFormat = "X-Cm4bench-Image-Format"
+	// HeaderRawSHA256 may be sent with a backup upload: the sha256 of the
+	// raw (uncompressed) device bytes. A mismatch fails the action.
+	HeaderRawSHA256 = "X-Cm4bench-Raw-Sha256"
+)
+
+// Technician API (Authorization: Bearer <admin token>, or the session cookie).
+const (
+	PathAPIv1         = "/api/v1"
+	PathLogin         = "/api/v1/login"  // POST LoginRequest; sets CookieSession
+	PathLogout        = "/api/v1/logout" // POST; clears CookieSession
+	CookieSession     = "cm4bench_session"
+	FileAdminToken    = "admin-token" // in the data dir, mode 0600
+	FileServerInfo    = "server.json" // in the data dir: ServerInfo of the running server
+	EnvServerOverride = "CM4BENCH_SERVER"
+)
+
+// Device states (Device.State).
+const (
+	DeviceIdle    = "idle"
+	DevicePending = "pending"
+	DeviceRunning = "running"
+	DeviceDone    = "done"
+	DeviceFailed  = "failed"
+	DeviceOffline = "offline"
+)
+
+// Action states (Action.State).
+const (
+	StatePending   = "pending"
+	StateRunning   = "running"
+	StateDone      = "done"
+	StateFailed    = "failed"
+	StateCancelled = "cancelled"
+)
+
+// Event kinds emitted by the API server (DHCP and TFTP add "dhcp.*" and
+// "tftp.*").
+const (
+	EventDeviceRegister = "device.register"
+	EventDevicePoll     = "device.poll"
+	EventDeviceLog      = "device.log"
+	EventActionSet      = "action.set"
+	EventActionProgress = "action.progress" // Fields: action_id, phase, done, total, rate
+	EventActionDone     = "action.done"
+	EventActionFailed   = "action.failed"
+	EventNetbootSet     = "netboot.set" // Fields: enabled (bool); MAC empty = global switch
+	EventBackupStored   = "backup.stored"
+	EventImageAdded     = "image.added"
+	EventImageRemoved   = "image.removed"
+	EventDHCPRival      = "dhcp.rival"
+)
+
+// Device is one board the bench has seen, as the technician API shows it.
+type Device struct {
+	MAC       string    `json:"mac"`
+	Serial    string    `json:"serial,omitempty"`
+	IP        string    `json:"ip,omitempty"`
+	Facts     *Facts    `json:"facts,omitempty"`
+	FirstSeen time.Time `json:"first_seen"`
+	LastSeen  time.Time `json:"last_seen"`
+	Netboot   bool      `json:"netboot"`          // this MAC's own switch (the global switch is separate)
+	State     string    `json:"state"`            // Device* constants
+	Action    *Action   `json:"action,omitempty"` // current or last action
+	Image     string    `json:"image,omitempty"`  // assigned image; empty = the default
+	Actions   []Action  `json:"actions,omitempty"` // recent actions, newest first (GET /devices/:mac only)
+}
+
+// Action is one deploy or backup of one device.
+type Action struct {
+	ID               string     `json:"id"`
+	MAC              string     `json:"mac"`
+	Type             string     `json:"type"` // deploy or backup
+	Image            string     `json:"image,omitempty"`
+	State            string     `json:"state"` // State* constants
+	Phase            string     `json:"phase,omitempty"`
+	Done             int64      `json:"done"`
+	Total            int64      `json:"total"`
+	Rate             float64    `json:"rate_bps"`
+	Error            string     `json:"error,omitempty"`
+	Created          time.Time  `json:"created"`
+	Started          *time.Time `json:"started,omitempty"`
+	Finished         *time.Time `json:"finished,omitempty"`
+	SHA256           string     `json:"sha256,omitempty"` // raw bytes written or read, as reported or measured
+	Bytes            int64      `json:"bytes,omitempty"`
+	CompressedSHA256 string     `json:"compressed_sha256,omitempty"`
+	CompressedBytes  int64      `json:"compressed_bytes,omitempty"`
+	BackupID         string     `json:"backup_id,omitempty"`
+	Log              []string   `json:"log,omitempty"` // tail of the agent's log
+}
+
+// Backup is one stored device backup.
+type Backup struct {
+	ID         string    `json:"id"`
+	MAC        string    `json:"mac"`
+	Serial     string    `json:"serial,omitempty"`
+	ActionID   string    `json:"action_id"`
+	Created    time.Time `json:"created"`
+	Size       int64     `json:"size"`        // raw bytes
+	StoredSize int64     `json:"stored_size"` // bytes on disk
+	Compressed bool      `json:"compressed"`  // stored as zstd
+	SHA256     string    `json:"sha256"`      // of the raw bytes
+	Name       string    `json:"name"`        // file name for downloads, no path
+}
+
+// Image is one deployable image.
+type Image struct {
+	Name           string    `json:"name"`
+	Format         string    `json:"format"` // raw, gz, xz or zst
+	Size           int64     `json:"size"`   // uncompressed bytes
+	CompressedSize int64     `json:"compressed_size"`
+	SHA256         string    `json:"sha256"` // of the uncompressed bytes
+	Default        bool      `json:"default"`
+	Modified       time.Time `json:"modified"`
+}
+
+// Status answers GET /api/v1/status.
+type Status struct {
+	Version      string         `json:"version"`
+	Addresses    []string       `json:"addresses"` // base URLs the server listens on
+	Netboot      bool           `json:"netboot"`   // global switch
+	RivalDHCP    []string       `json:"rival_dhcp,omitempty"`
+	DefaultImage string         `json:"default_image,omitempty"`
+	Devices      map[string]int `json:"devices"` // count by state
+	Images       int            `json:"images"`
+	Backups      int            `json:"backups"`
+	Started      time.Time      `json:"started"`
+}
+
+// SetActionRequest is POSTed to /api/v1/devices/:mac/action.
+type SetActionRequest struct {
+	Action string `json:"action"` // deploy, backup or none (cancel)
+	Image  string `json:"image,omitempty"`
+}
+
+// BulkActionRequest is POSTed to /api/v1/actions.
+type BulkActionRequest struct {
+	MACs   []string `json:"macs"`
+	Action string   `json:"action"`
+	Image  string   `json:"image,omitempty"`
+}
+
+// SetImageRequest is PUT to /api/v1/devices/:mac/image.
+type SetImageRequest struct {
+	Image string `json:"image"` // empty = back to the default
+}
+
+// NetbootSwitch is the body of GET/PUT /api/v1/netboot and PUT
+// /api/v1/devices/:mac/netboot.
+type NetbootSwitch struct {
+	MAC     string `json:"mac,omitempty"`
+	Enabled bool   `json:"enabled"`
+}
+
+// LoginRequest is POSTed to PathLogin.
+type LoginRequest struct {
+	Token string `json:"token"`
+}
+
+// ServerInfo is what a running server records in <data>/server.json so the
+// CLI can find it.
+type ServerInfo struct {
+	URL     string    `json:"url"`
+	PID     int       `json:"pid"`
+	Started time.Time `json:"started"`
+}
