@@ -169,13 +169,12 @@ const (
 
 // Technician API (Authorization: Bearer <admin token>, or the session cookie).
 const (
-	PathAPIv1         = "/api/v1"
-	PathLogin         = "/api/v1/login"  // POST LoginRequest; sets CookieSession
-	PathLogout        = "/api/v1/logout" // POST; clears CookieSession
-	CookieSession     = "cm4bench_session"
-	FileAdminToken    = "admin-token" // in the data dir, mode 0600
-	FileServerInfo    = "server.json" // in the data dir: ServerInfo of the running server
-	EnvServerOverride = "CM4BENCH_SERVER"
+	PathAPIv1      = "/api/v1"
+	PathLogin      = "/api/v1/login"  // POST LoginRequest; sets CookieSession
+	PathLogout     = "/api/v1/logout" // POST; clears CookieSession
+	CookieSession  = "cm4bench_session"
+	FileAdminToken = "admin-token" // in the data dir, mode 0600
+	FileServerInfo = "server.json" // in the data dir: ServerInfo of the running server
 )
 
 // Device states (Device.State).
@@ -222,10 +221,10 @@ type Device struct {
 	Facts     *Facts    `json:"facts,omitempty"`
 	FirstSeen time.Time `json:"first_seen"`
 	LastSeen  time.Time `json:"last_seen"`
-	Netboot   bool      `json:"netboot"`          // this MAC's own switch (the global switch is separate)
-	State     string    `json:"state"`            // Device* constants
-	Action    *Action   `json:"action,omitempty"` // current or last action
-	Image     string    `json:"image,omitempty"`  // assigned image; empty = the default
+	Netboot   bool      `json:"netboot"`           // this MAC's own switch (the global switch is separate)
+	State     string    `json:"state"`             // Device* constants
+	Action    *Action   `json:"action,omitempty"`  // current or last action
+	Image     string    `json:"image,omitempty"`   // assigned image; empty = the default
 	Actions   []Action  `json:"actions,omitempty"` // recent actions, newest first (GET /devices/:mac only)
 }
 
