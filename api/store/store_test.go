@@ -1,0 +1,254 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"net"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/cm4bench/cm4bench/api/wire"
+)
+
+func openTemp(t *testing.T, path string) *Store {
+	t.Helper()
+	st, err := Open(context.Background(), path)
+	if err != nil {
+		t.Fatalf("Open(%s): %v", path, err)
+	}
+	t.Cleanup(func() { st.Close() })
+	return st
+}
+
+func hw(t *testing.T, s string) net.HardwareAddr {
+	t.Helper()
+	m, err := net.ParseMAC(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+func TestNormalizeMAC(t *testing.T) {
+	for _, tt := range []struct {
+		in, want string
+		ok       bool
+	}{
+		{"dc:a6:32:01:02:03", "dc:a6:32:01:02:03", true},
+		{"DC:A6:32:01:02:0A", "dc:a6:32:01:02:0a", true},
+		{"dc-a6-32-01-02-03", "dc:a6:32:01:02:03", true},
+		{" dc:a6:32:01:02:03 ", "dc:a6:32:01:02:03", true},
+		{"dc:a6:32:01:02", "", false},
+		{"zz:a6:32:01:02:03", "", false},
+		{"", "", false},
+		{"00:00:00:00:fe:80:00:00:00:00:00:00:02:00:5e:10:00:00:00:01", "", false},
+	} {
+		got, err := NormalizeMAC(tt.in)
+		if (err == nil) != tt.ok || got != tt.want {
+			t.Errorf("NormalizeMAC(%q) = %q, %v; want %q, ok=%v", tt.in, got, err, tt.want, tt.ok)
+		}
+	}
+}
+
+// TestPersistence is the restart test at store level: a pending action, the
+// switches, the history and the events survive closing and reopening.
+func TestPersistence(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "bench.db")
+	st := openTemp(t, path)
+	const a, b = "dc:a6:32:00:00:01", "dc:a6:32:00:00:02"
+	for _, m := range []string{a, b} {
+		if _, err := st.Register(ctx, m, "10.0.0.5", &wire.Facts{Serial: "1000abcd"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	done, _, err := st.SetAction(ctx, a, wire.ActionDeploy, "golden.img")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.MarkPolled(ctx, done.ID, "10.0.0.5"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Finish(ctx, done.ID, Result{OK: true, SHA256: "ab"}); err != nil {
+		t.Fatal(err)
+	}
+	pend, _, err := st.SetAction(ctx, b, wire.ActionBackup, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.SetGlobalNetboot(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Emit(ctx, wire.Event{Kind: "test.one", Message: "hello"}); err != nil {
+		t.Fatal(err)
+	}
+	st.Close()
+
+	st2 := openTemp(t, path)
+	if v, _ := st2.SchemaVersion(ctx); v != len(migrations) {
+		t.Errorf("schema version = %d, want %d", v, len(migrations))
+	}
+	if st2.GlobalNetboot() {
+		t.Error("global netboot came back on after restart")
+	}
+	if err := st2.SetGlobalNetboot(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	if st2.NetbootEnabled(hw(t, a)) {
+		t.Errorf("netboot of %s (deploy done) is on after restart", a)
+	}
+	if !st2.NetbootEnabled(hw(t, b)) {
+		t.Errorf("netboot of %s is off", b)
+	}
+	got, err := st2.OpenAction(ctx, b)
+	if err != nil {
+		t.Fatalf("pending action lost over restart: %v", err)
+	}
+	if got.ID != pend.ID || got.Token != pend.Token || got.State != wire.StatePending {
+		t.Errorf("open action = %+v, want id %s token %s pending", got, pend.ID, pend.Token)
+	}
+	hist, err := st2.Actions(ctx, a, 10)
+	if err != nil || len(hist) != 1 || hist[0].State != wire.StateDone || hist[0].SHA256 != "ab" {
+		t.Errorf("history of %s = %+v, %v", a, hist, err)
+	}
+	evs, err := st2.Events(ctx, 0, 10)
+	if err != nil || len(evs) != 1 || evs[0].Kind != "test.one" {
+		t.Errorf("events = %+v, %v", evs, err)
+	}
+}
+
+func TestPolicy(t *testing.T) {
+	ctx := context.Background()
+	st := openTemp(t, filepath.Join(t.TempDir(), "bench.db"))
+	const m = "dc:a6:32:00:00:09"
+	unknown := hw(t, "e4:5f:01:00:00:01")
+	if !st.NetbootEnabled(unknown) {
+		t.Fatal("unknown MAC not enabled on a fresh store")
+	}
+	if err := st.SetDeviceNetboot(ctx, m, false); err != nil {
+		t.Fatal(err)
+	}
+	if st.NetbootEnabled(hw(t, m)) {
+		t.Error("per-MAC off not effective")
+	}
+	if !st.NetbootEnabled(unknown) {
+		t.Error("per-MAC off leaked to another MAC")
+	}
+	if err := st.SetGlobalNetboot(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	if st.NetbootEnabled(unknown) {
+		t.Error("global off not effective")
+	}
+	st.SetGlobalNetboot(ctx, true)
+	if err := st.SetDeviceNetboot(ctx, m, true); err != nil {
+		t.Fatal(err)
+	}
+	if !st.NetbootEnabled(hw(t, m)) {
+		t.Error("per-MAC on not effective")
+	}
+	if err := st.SetDeviceNetboot(ctx, "nonsense", true); err == nil {
+		t.Error("SetDeviceNetboot accepted a malformed MAC")
+	}
+	// A switch set before the first boot makes a device that is not yet seen.
+	if err := st.Touch(ctx, m, "1.2.3.4"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("Touch of a never-registered device = %v, want ErrNotFound", err)
+	}
+	if d, err := st.Device(ctx, m); err != nil || d.State != wire.DeviceOffline || !d.Netboot {
+		t.Errorf("switch-only device = %+v, %v; want offline with netboot on", d, err)
+	}
+}
+
+func TestActionLifecycle(t *testing.T) {
+	ctx := context.Background()
+	st := openTemp(t, filepath.Join(t.TempDir(), "bench.db"))
+	const m = "dc:a6:32:00:00:03"
+	st.Register(ctx, m, "10.0.0.7", nil)
+
+	a1, _, err := st.SetAction(ctx, m, wire.ActionDeploy, "x.img")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a2, cancelled, err := st.SetAction(ctx, m, wire.ActionBackup, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cancelled == nil || cancelled.ID != a1.ID || a1.Token == a2.Token {
+		t.Fatalf("replacing an action: cancelled=%+v; tokens %s %s", cancelled, a1.Token, a2.Token)
+	}
+	if got, _ := st.ActionByID(ctx, a1.ID); got.State != wire.StateCancelled {
+		t.Errorf("replaced action state = %s", got.State)
+	}
+	if _, _, err := st.SetAction(ctx, m, "format", ""); err == nil {
+		t.Error("SetAction accepted an unknown type")
+	}
+	if err := st.Progress(ctx, a2.ID, "read", 10, 100, 5); err != nil {
+		t.Fatal(err)
+	}
+	d, _ := st.Device(ctx, m)
+	if d.State != wire.DeviceRunning || d.Action.Done != 10 || d.Action.Phase != "read" {
+		t.Errorf("device during progress = %+v / %+v", d, d.Action)
+	}
+	if err := st.AppendLog(ctx, a2.ID, []string{"line 1", "line 2"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Finish(ctx, a2.ID, Result{OK: false, Error: "eMMC read error"}); err != nil {
+		t.Fatal(err)
+	}
+	if !st.NetbootEnabled(hw(t, m)) {
+		t.Error("a failed action switched netboot off")
+	}
+	if _, err := st.Finish(ctx, a2.ID, Result{OK: true}); !errors.Is(err, ErrConflict) {
+		t.Errorf("second Finish = %v, want ErrConflict", err)
+	}
+	if err := st.Progress(ctx, a2.ID, "read", 11, 100, 5); !errors.Is(err, ErrConflict) {
+		t.Errorf("Progress on a closed action = %v, want ErrConflict", err)
+	}
+	if _, err := st.AddBackup(ctx, a2.ID, Backup{}); !errors.Is(err, ErrConflict) {
+		t.Errorf("AddBackup on a closed action = %v, want ErrConflict", err)
+	}
+	d, _ = st.Device(ctx, m)
+	if d.State != wire.DeviceFailed || d.Action.Error != "eMMC read error" || len(d.Action.Log) != 2 {
+		t.Errorf("device after failure = %+v / %+v", d, d.Action)
+	}
+	if _, err := st.CancelAction(ctx, m); !errors.Is(err, ErrNotFound) {
+		t.Errorf("CancelAction with nothing open = %v", err)
+	}
+}
+
+func TestSubscribe(t *testing.T) {
+	ctx := context.Background()
+	st := openTemp(t, filepath.Join(t.TempDir(), "bench.db"))
+	ch, cancel := st.Subscribe(4)
+	defer cancel()
+	ev, err := st.Emit(ctx, wire.Event{Kind: "action.progress", Fields: map[string]any{"done": 5}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case got := <-ch:
+		if got.ID != ev.ID || got.Kind != "action.progress" || got.Fields["done"] != float64(5) {
+			t.Errorf("subscriber got %+v", got)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no event delivered")
+	}
+	// A subscriber that falls behind is cut off, not blocking Emit.
+	for i := 0; i < 10; i++ {
+		if _, err := st.Emit(ctx, wire.Event{Kind: "flood"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	n := 0
+	for range ch {
+		n++
+	}
+	if n != 4 {
+		t.Errorf("slow subscriber got %d events before being cut off, want 4", n)
+	}
+	evs, _ := st.Events(ctx, -1, 3)
+	if len(evs) != 3 || evs[2].ID != ev.ID+10 {
+		t.Errorf("newest 3 events = %+v", evs)
+	}
+}
