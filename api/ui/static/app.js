@@ -1,0 +1,807 @@
+// cm4bench dashboard. Plain JavaScript, no build step, no external resources.
+// It speaks only to the technician API on this origin (/api/v1/...) with the
+// session cookie set by POST /api/v1/login, and follows /api/events (SSE).
+// All server-supplied text is inserted with textContent, never as HTML.
+"use strict";
+
+(() => {
+  const $ = (sel, root = document) => root.querySelector(sel);
+
+  // Event kinds the stream may carry. EventSource delivers a named event only
+  // to a listener for that exact name, so every kind we know is listed; a
+  // gap in event ids (an unknown kind) is filled from the history endpoint.
+  const KINDS = [
+    "message", "device.register", "device.poll", "device.update", "device.offline", "device.log",
+    "action.set", "action.start", "action.progress", "action.done", "action.failed", "action.cancelled",
+    "netboot.set", "backup.stored", "backup.deleted", "backup.failed", "image.added", "image.deleted",
+    "image.default", "image.assign", "dhcp.rival", "dhcp.discover", "dhcp.offer", "dhcp.request",
+    "dhcp.ack", "dhcp.nak", "dhcp.decline", "dhcp.release", "dhcp.ignore", "dhcp.error", "tftp.transfer",
+    "tftp.probe", "tftp.error", "tftp.denied", "server.start", "server.stop", "auth.login", "auth.failed",
+  ];
+  const QUIET_KINDS = new Set(["action.progress", "device.poll"]); // not written to the event log
+  const LOG_MAX = 300;
+  const REFRESH_MS = 15000;
+
+  const S = {
+    devices: new Map(),   // mac -> device (as the API returns it)
+    cards: new Map(),     // mac -> card element
+    live: new Map(),      // mac -> latest progress {actionId, phase, done, total, rate, at}
+    images: [],
+    backups: [],
+    status: null,
+    lastId: 0,
+    seen: new Set(),      // event ids already handled (bounded)
+    es: null,
+    retry: 0,
+    rivalUntil: 0,        // a dhcp.rival event keeps the banner up until this time
+    rivalText: "",
+    refreshTimer: 0,
+    pendingDevice: new Map(),
+    loggedIn: false,
+  };
+
+  // ---------- small helpers ----------
+  function pick(o, ...names) {
+    if (!o) return undefined;
+    for (const n of names) if (o[n] !== undefined && o[n] !== null) return o[n];
+    return undefined;
+  }
+  function fmtBytes(n) {
+    if (n === undefined || n === null || isNaN(n)) return "";
+    const u = ["B", "kB", "MB", "GB", "TB"];
+    let i = 0, v = Number(n);
+    while (v >= 1000 && i < u.length - 1) { v /= 1000; i++; }
+    return (i === 0 ? v.toFixed(0) : v.toFixed(v < 10 ? 2 : 1)) + " " + u[i];
+  }
+  function fmtRate(bps) {
+    if (!bps || bps <= 0) return "";
+    return (bps / 1e6).toFixed(bps < 1e7 ? 1 : 0) + " MB/s";
+  }
+  function fmtDuration(sec) {
+    if (!isFinite(sec) || sec < 0) return "";
+    sec = Math.round(sec);
+    const h = Math.floor(sec / 3600), m = Math.floor((sec % 3600) / 60), s = sec % 60;
+    const mm = h ? String(m).padStart(2, "0") : String(m);
+    return (h ? h + ":" : "") + mm + ":" + String(s).padStart(2, "0");
+  }
+  function toDate(t) {
+    if (!t) return null;
+    const d = new Date(t);
+    return isNaN(d) || d.getFullYear() < 2000 ? null : d;
+  }
+  function fmtTime(t) {
+    const d = toDate(t);
+    return d ? d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit", hour12: false }) : "";
+  }
+  function fmtDateTime(t) {
+    const d = toDate(t);
+    if (!d) return "";
+    return d.toLocaleDateString([], { year: "numeric", month: "short", day: "numeric" }) + " " +
+      d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", hour12: false });
+  }
+  function ago(t) {
+    const d = toDate(t);
+    if (!d) return "";
+    const s = (Date.now() - d.getTime()) / 1000;
+    if (s < 10) return "just now";
+    if (s < 90) return Math.round(s) + " s ago";
+    if (s < 5400) return Math.round(s / 60) + " min ago";
+    return fmtDateTime(t);
+  }
+  function el(tag, attrs = {}, text) {
+    const e = document.createElement(tag);
+    for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, v);
+    if (text !== undefined) e.textContent = text;
+    return e;
+  }
+  const PHASES = {
+    download: "downloading", write: "writing eMMC", verify: "verifying", read: "reading eMMC",
+    upload: "uploading", erase: "erasing", sync: "flushing", hash: "hashing", boot: "booting",
+  };
+  const STATE_WORDS = {
+    idle: "Ready", pending: "Queued", running: "Working", done: "Done", failed: "Failed",
+    offline: "Offline", cancelled: "Cancelled",
+  };
+
+  // ---------- API ----------
+  class APIError extends Error {
+    constructor(status, msg) { super(msg); this.status = status; }
+  }
+  async function api(method, path, body) {
+    const opts = { method, credentials: "same-origin", headers: { Accept: "application/json" } };
+    if (body !== undefined) {
+      opts.headers["Content-Type"] = "application/json";
+      opts.body = JSON.stringify(body);
+    }
+    let res;
+    try {
+      res = await fetch(path, opts);
+    } catch (e) {
+      throw new APIError(0, "cannot reach the bench server (" + e.message + ")");
+    }
+    let data = null;
+    const text = await res.text();
+    if (text) {
+      try { data = JSON.parse(text); } catch { data = null; }
+    }
+    if (!res.ok) {
+      const msg = (data && data.error) || text || res.statusText;
+      if (res.status === 401 && path !== "/api/v1/login") showLogin("Your session has ended. Log in again.");
+      throw new APIError(res.status, msg);
+    }
+    return data;
+  }
+
+  let errTimer = 0;
+  function showError(msg) {
+    const b = $("#error-banner");
+    b.textContent = msg;
+    b.hidden = false;
+    clearTimeout(errTimer);
+    errTimer = setTimeout(() => { b.hidden = true; }, 10000);
+  }
+
+  // ---------- login ----------
+  function showLogin(message) {
+    S.loggedIn = false;
+    if (S.es) { S.es.close(); S.es = null; }
+    $("#app").hidden = true;
+    $("#top-controls").hidden = true;
+    $("#login").hidden = false;
+    const err = $("#login-error");
+    if (message) { err.textContent = message; err.hidden = false; } else { err.hidden = true; }
+    $("#token").focus();
+  }
+  async function onLogin(ev) {
+    ev.preventDefault();
+    const input = $("#token");
+    const err = $("#login-error");
+    const token = input.value.trim();
+    if (!token) {
+      err.textContent = "Enter the admin token.";
+      err.hidden = false;
+      input.focus();
+      return;
+    }
+    const btn = $("[data-testid=login-submit]");
+    btn.disabled = true;
+    try {
+      await api("POST", "/api/v1/login", { token });
+      input.value = "";
+      err.hidden = true;
+      await start();
+    } catch (e) {
+      err.textContent = e.status === 401 || e.status === 403
+        ? "That token was refused. Check the admin-token file in the server's data directory."
+        : "Login failed: " + e.message;
+      err.hidden = false;
+      input.select();
+      input.focus();
+    } finally {
+      btn.disabled = false;
+    }
+  }
+  async function onLogout() {
+    try { await api("POST", "/api/v1/logout"); } catch { /* the session is gone either way */ }
+    S.devices.clear();
+    for (const c of S.cards.values()) c.remove();
+    S.cards.clear();
+    showLogin("");
+  }
+
+  // ---------- start ----------
+  async function start() {
+    let st;
+    try {
+      st = await api("GET", "/api/v1/status");
+    } catch (e) {
+      if (e.status !== 401) showLogin("Cannot load the bench status: " + e.message);
+      return;
+    }
+    S.loggedIn = true;
+    $("#login").hidden = true;
+    $("#app").hidden = false;
+    $("#top-controls").hidden = false;
+    applyStatus(st);
+    await Promise.allSettled([loadImages(), loadDevices(), loadBackups(), loadHistory()]);
+    connect();
+    clearInterval(S.refreshTimer);
+    S.refreshTimer = setInterval(periodic, REFRESH_MS);
+  }
+  async function periodic() {
+    if (!S.loggedIn) return;
+    try {
+      applyStatus(await api("GET", "/api/v1/status"));
+      await loadDevices();
+    } catch { /* shown by the live indicator / login */ }
+  }
+
+  // ---------- status, netboot switch, rival banner ----------
+  function applyStatus(st) {
+    S.status = st || {};
+    const info = [];
+    const ver = pick(st, "version", "Version");
+    if (ver) info.push("cm4bench " + ver);
+    const addrs = pick(st, "addresses", "addrs", "listen");
+    if (Array.isArray(addrs) && addrs.length) info.push(addrs.join(", "));
+    else if (typeof addrs === "string" && addrs) info.push(addrs);
+    $("#server-info").textContent = info.length ? info.join(" · ") : "Provisioning bench";
+    let nb = pick(st, "netboot", "netboot_enabled", "global_netboot");
+    if (nb && typeof nb === "object") nb = pick(nb, "enabled");
+    if (typeof nb === "boolean") setSwitch(nb);
+    const rivals = pick(st, "rival_dhcp", "rivals", "dhcp_rivals", "rival_dhcp_warnings", "warnings");
+    if (rivals !== undefined) {
+      const list = (Array.isArray(rivals) ? rivals : [rivals]).filter(Boolean).map(r =>
+        typeof r === "string" ? r : (pick(r, "message", "server", "addr", "ip") || JSON.stringify(r)));
+      if (list.length) showRival(list.join("; "), 0);
+      else if (Date.now() > S.rivalUntil) hideRival();
+    }
+  }
+  function setSwitch(on) {
+    const sw = $("#netboot-switch");
+    sw.setAttribute("aria-checked", on ? "true" : "false");
+    $("#netboot-state").textContent = on ? "On" : "Off";
+    sw.title = on ? "Network boot is on for the bench: click to turn it off"
+      : "Network boot is off for the whole bench: click to turn it on";
+  }
+  async function onSwitch() {
+    const sw = $("#netboot-switch");
+    const on = sw.getAttribute("aria-checked") !== "true";
+    if (!on && !(await confirmDialog("Turn network boot off?",
+      "No CM4 on the bench will network boot until it is turned on again.", "Turn off"))) return;
+    sw.disabled = true;
+    try {
+      const r = await api("PUT", "/api/v1/netboot", { enabled: on });
+      setSwitch(r && typeof r.enabled === "boolean" ? r.enabled : on);
+    } catch (e) {
+      showError("Could not switch network boot: " + e.message);
+    } finally {
+      sw.disabled = false;
+    }
+  }
+  function showRival(text, holdMs) {
+    S.rivalText = text;
+    if (holdMs) S.rivalUntil = Date.now() + holdMs;
+    $("#rival-text").textContent = text;
+    $("#rival-banner").hidden = false;
+  }
+  function hideRival() { $("#rival-banner").hidden = true; }
+
+  // ---------- images ----------
+  async function loadImages() {
+    try {
+      S.images = (await api("GET", "/api/v1/images")) || [];
+    } catch (e) {
+      S.images = [];
+      if (e.status !== 401) showError("Could not list images: " + e.message);
+    }
+    renderImageSelect($("#default-image"), $("#default-image").value, true);
+    for (const [mac, card] of S.cards) renderDeviceImage(card, S.devices.get(mac));
+  }
+  function defaultImageName() {
+    const d = S.images.find(i => pick(i, "default", "Default"));
+    return d ? pick(d, "name", "Name") : pick(S.status, "default_image", "image_default", "image");
+  }
+  function imageLabel(img) {
+    const name = pick(img, "name", "Name");
+    const size = fmtBytes(pick(img, "size", "Size"));
+    return name + (size ? " (" + size + ")" : "");
+  }
+  function renderImageSelect(sel, current, isBench) {
+    sel.textContent = "";
+    const def = defaultImageName();
+    const first = el("option", { value: "" },
+      isBench ? (def ? "Bench default: " + def : "Bench default image")
+        : (def ? "Bench default (" + def + ")" : "Bench default"));
+    sel.append(first);
+    for (const img of S.images) {
+      const name = pick(img, "name", "Name");
+      if (!name) continue;
+      sel.append(el("option", { value: name }, imageLabel(img)));
+    }
+    if (current && ![...sel.options].some(o => o.value === current)) {
+      sel.append(el("option", { value: current }, current + " (missing)"));
+    }
+    sel.value = current || "";
+    if (isBench && !S.images.length && !def) {
+      sel.options[0].textContent = "No image on the server";
+    }
+  }
+
+  // ---------- devices ----------
+  async function loadDevices() {
+    let list;
+    try {
+      list = (await api("GET", "/api/v1/devices")) || [];
+    } catch (e) {
+      if (e.status !== 401) showError("Could not list devices: " + e.message);
+      return;
+    }
+    const keep = new Set();
+    for (const d of list) {
+      const mac = pick(d, "mac", "MAC");
+      if (!mac) continue;
+      keep.add(mac);
+      upsertDevice(d);
+    }
+    for (const mac of [...S.cards.keys()]) {
+      if (!keep.has(mac)) { S.cards.get(mac).remove(); S.cards.delete(mac); S.devices.delete(mac); }
+    }
+    renderCounts();
+  }
+  // refreshDevice reloads one device soon, coalescing bursts of events.
+  function refreshDevice(mac) {
+    if (!mac) { loadDevices(); return; }
+    if (S.pendingDevice.has(mac)) return;
+    S.pendingDevice.set(mac, setTimeout(async () => {
+      S.pendingDevice.delete(mac);
+      try {
+        upsertDevice(await api("GET", "/api/v1/devices/" + encodeURIComponent(mac)));
+        renderCounts();
+      } catch (e) {
+        if (e.status === 404) loadDevices();
+      }
+    }, 120));
+  }
+  function upsertDevice(d) {
+    const mac = pick(d, "mac", "MAC");
+    S.devices.set(mac, d);
+    let card = S.cards.get(mac);
+    if (!card) {
+      card = $("#device-card").content.firstElementChild.cloneNode(true);
+      card.dataset.mac = mac;
+      card.setAttribute("data-testid", "device-card");
+      card.setAttribute("aria-label", "Device " + mac);
+      const id = "dev-" + mac.replace(/[^0-9a-zA-Z]/g, "");
+      card.querySelector("[data-role=image]").id = id + "-image";
+      card.querySelector("[data-role=image-label]").setAttribute("for", id + "-image");
+      for (const b of card.querySelectorAll("button[data-act]")) {
+        b.addEventListener("click", () => onDeviceButton(mac, b.dataset.act, b));
+      }
+      card.querySelector("[data-role=image]").addEventListener("change", ev => onAssignImage(mac, ev.target));
+      insertSorted(card, mac);
+      S.cards.set(mac, card);
+    }
+    renderDevice(card, d);
+  }
+  function insertSorted(card, mac) {
+    const grid = $("#device-grid");
+    const after = [...grid.children].find(c => c.dataset.mac > mac);
+    grid.insertBefore(card, after || null);
+  }
+  function currentAction(d) { return pick(d, "action", "Action") || null; }
+  function deviceState(d) {
+    const st = pick(d, "state", "State") || "idle";
+    return st;
+  }
+  function renderDevice(card, d) {
+    const mac = pick(d, "mac", "MAC");
+    const facts = pick(d, "facts", "Facts") || {};
+    const st = deviceState(d);
+    const act = currentAction(d);
+    const actType = pick(act, "type", "Type", "action") || "";
+    const actState = pick(act, "state", "State") || "";
+    card.dataset.state = st;
+    const set = (f, v) => { card.querySelector(`[data-field=${f}]`).textContent = v || "–"; };
+    set("mac", mac);
+    set("serial", pick(d, "serial", "Serial") || pick(facts, "serial"));
+    set("ip", pick(d, "ip", "IP"));
+    set("model", shortModel(pick(facts, "model")));
+    set("emmc", fmtBytes(pick(facts, "emmc_bytes")));
+    let word = STATE_WORDS[st] || st;
+    if (st === "running" && actType === "deploy") word = "Deploying";
+    if (st === "running" && actType === "backup") word = "Backing up";
+    const stEl = card.querySelector("[data-field=state]");
+    stEl.textContent = word;
+    stEl.setAttribute("aria-label", "State: " + word);
+    card.setAttribute("aria-label", "Device " + mac + ", " + word);
+
+    const imgSel = card.querySelector("[data-role=image]");
+    if (document.activeElement !== imgSel) renderDeviceImage(card, d);
+
+    // Progress: the live stream wins over the stored action while it is newer.
+    const actID = pick(act, "id", "ID");
+    let lv = S.live.get(mac);
+    if (lv && actID && lv.actionId && lv.actionId !== actID) { S.live.delete(mac); lv = null; }
+    const prog = {
+      phase: pick(act, "phase", "Phase") || "",
+      done: Number(pick(act, "done", "Done") || 0),
+      total: Number(pick(act, "total", "Total") || 0),
+      rate: Number(pick(act, "rate", "rate_bps", "Rate") || 0),
+    };
+    if (lv && (actState === "running" || actState === "pending" || !actState) && lv.done >= prog.done) {
+      Object.assign(prog, { phase: lv.phase || prog.phase, done: lv.done, total: lv.total || prog.total, rate: lv.rate });
+    }
+    renderProgress(card, d, act, prog);
+
+    const netboot = pick(d, "netboot", "Netboot");
+    const nbOn = netboot !== false;
+    card.querySelector("[data-field=netboot]").textContent = nbOn
+      ? "Network boot on for this device" + (pick(d, "last_seen") ? " · seen " + ago(pick(d, "last_seen")) : "")
+      : "Network boot off: boots from its eMMC" + (pick(d, "last_seen") ? " · seen " + ago(pick(d, "last_seen")) : "");
+    const busy = st === "pending" || st === "running" || actState === "pending" || actState === "running";
+    card.querySelector("[data-act=deploy]").disabled = busy;
+    card.querySelector("[data-act=backup]").disabled = busy;
+    card.querySelector("[data-act=cancel]").hidden = !busy;
+    const nbBtn = card.querySelector("[data-act=netboot]");
+    nbBtn.textContent = nbOn ? "Disable netboot" : "Enable netboot";
+    nbBtn.setAttribute("aria-label", (nbOn ? "Disable netboot for " : "Enable netboot for ") + mac);
+    card.querySelector("[data-act=deploy]").setAttribute("aria-label", "Deploy " + mac);
+    card.querySelector("[data-act=backup]").setAttribute("aria-label", "Backup " + mac);
+    card.querySelector("[data-act=cancel]").setAttribute("aria-label", "Cancel action on " + mac);
+  }
+  function shortModel(m) {
+    if (!m) return "";
+    return String(m).replace(/^Raspberry Pi /, "").replace(/ Rev /, " r");
+  }
+  function renderDeviceImage(card, d) {
+    if (!d) return;
+    renderImageSelect(card.querySelector("[data-role=image]"), pick(d, "image", "Image") || "", false);
+  }
+  function renderProgress(card, d, act, p) {
+    const st = deviceState(d);
+    const actType = pick(act, "type", "Type", "action") || "";
+    const actState = pick(act, "state", "State") || "";
+    const bar = card.querySelector(".bar");
+    const fill = bar.querySelector(".fill");
+    const set = (f, v) => { card.querySelector(`[data-field=${f}]`).textContent = v || ""; };
+    let pct = p.total > 0 ? Math.min(100, (p.done / p.total) * 100) : 0;
+    const finished = actState === "done" || (st === "done" && actState !== "failed");
+    if (finished) pct = 100;
+    const img = pick(act, "image", "Image");
+    set("action", act ? (actType === "deploy" ? "Deploy" + (img ? " " + img : "") : actType === "backup" ? "Backup" : actType) : "");
+    let phase = "";
+    if (act) {
+      if (actState === "pending") phase = "· waiting for the device to pick it up";
+      else if (actState === "running") phase = "· " + (PHASES[p.phase] || p.phase || "starting");
+      else if (actState === "done") phase = "· finished";
+      else if (actState === "failed") phase = "· failed" + (p.phase ? " while " + (PHASES[p.phase] || p.phase) : "");
+      else if (actState === "cancelled") phase = "· cancelled";
+    } else {
+      phase = "No action yet";
+    }
+    set("phase", phase);
+    fill.style.width = pct.toFixed(1) + "%";
+    bar.setAttribute("aria-valuenow", pct.toFixed(0));
+    bar.setAttribute("aria-label", "Progress of " + pick(d, "mac", "MAC"));
+    set("pct", act && (p.total > 0 || finished) ? Math.floor(pct) + "%" : "–");
+    const remaining = p.total - p.done;
+    if (actState === "running" || (!actState && st === "running")) {
+      set("bytes", p.total ? fmtBytes(p.done) + " of " + fmtBytes(p.total) : fmtBytes(p.done));
+      set("rate", fmtRate(p.rate));
+      set("eta", p.rate > 0 && p.total > 0 && remaining > 0 ? "ETA " + fmtDuration(remaining / p.rate) : "");
+      bar.setAttribute("aria-valuetext", Math.floor(pct) + "%" + (p.rate > 0 ? ", " + fmtRate(p.rate) : ""));
+    } else if (finished) {
+      const bytes = Number(pick(act, "bytes", "Bytes") || p.total || 0);
+      const t0 = toDate(pick(act, "started", "Started")), t1 = toDate(pick(act, "finished", "Finished"));
+      const secs = t0 && t1 ? (t1 - t0) / 1000 : NaN;
+      set("bytes", bytes ? fmtBytes(bytes) : "");
+      set("rate", secs > 0 && bytes ? "avg " + fmtRate(bytes / secs) : "");
+      set("eta", secs >= 0 ? "took " + fmtDuration(secs) : "");
+      bar.setAttribute("aria-valuetext", "done");
+    } else {
+      set("bytes", p.total && act ? fmtBytes(p.done) + " of " + fmtBytes(p.total) : "");
+      set("rate", "");
+      set("eta", "");
+      bar.setAttribute("aria-valuetext", actState || st);
+    }
+    const errEl = card.querySelector("[data-field=error]");
+    const err = pick(act, "error", "Error");
+    const showErr = err && (actState === "failed" || st === "failed");
+    errEl.hidden = !showErr;
+    errEl.textContent = showErr ? plainError(err, act) : "";
+  }
+  // plainError turns an agent or server error into words a technician can act on.
+  function plainError(err, act) {
+    const e = String(err);
+    const rules = [
+      [/no space|ENOSPC|disk full/i, "The server ran out of disk space while storing the backup."],
+      [/does not fit|too (large|big)|larger than/i, "The image does not fit on this module's eMMC."],
+      [/sha256|checksum|hash mismatch|verify/i, "Verification failed: what was written does not match the image."],
+      [/no (emmc|mmc|block device)|mmcblk0.*(not found|no such)/i, "No eMMC found on this module (a Lite module needs an SD card)."],
+      [/timed? ?out|deadline/i, "The device stopped responding (timed out)."],
+      [/connection (reset|refused)|broken pipe|unexpected EOF|EOF/i, "The network transfer was cut off."],
+      [/cancel/i, "The action was cancelled."],
+    ];
+    for (const [re, words] of rules) if (re.test(e)) return words + " (" + e + ")";
+    return e;
+  }
+  function renderCounts() {
+    const c = $("#counts");
+    c.textContent = "";
+    const n = {};
+    for (const d of S.devices.values()) { const s = deviceState(d); n[s] = (n[s] || 0) + 1; }
+    const order = ["running", "pending", "failed", "done", "idle", "offline"];
+    c.append(el("span", { class: "count total" }, S.devices.size + (S.devices.size === 1 ? " device" : " devices")));
+    for (const s of order) {
+      if (n[s]) c.append(el("span", { class: "count " + s, "data-testid": "count-" + s }, n[s] + " " + (STATE_WORDS[s] || s).toLowerCase()));
+    }
+    $("#no-devices").hidden = S.devices.size > 0;
+  }
+
+  async function onDeviceButton(mac, act, btn) {
+    const d = S.devices.get(mac) || {};
+    const serial = pick(d, "serial", "Serial") || pick(pick(d, "facts") || {}, "serial");
+    const who = mac + (serial ? " (serial " + serial + ")" : "");
+    try {
+      if (act === "deploy") {
+        const img = pick(d, "image", "Image") || $("#default-image").value || "";
+        const shown = img || defaultImageName() || "the bench default image";
+        if (!(await confirmDialog("Deploy to " + mac + "?",
+          "This writes " + shown + " to " + who + " and overwrites everything on its eMMC.", "Deploy and overwrite"))) return;
+        const body = { action: "deploy" };
+        if (img) body.image = img;
+        btn.disabled = true;
+        noteAction(mac, await api("POST", "/api/v1/devices/" + encodeURIComponent(mac) + "/action", body));
+      } else if (act === "backup") {
+        btn.disabled = true;
+        noteAction(mac, await api("POST", "/api/v1/devices/" + encodeURIComponent(mac) + "/action", { action: "backup" }));
+      } else if (act === "cancel") {
+        btn.disabled = true;
+        noteAction(mac, await api("POST", "/api/v1/devices/" + encodeURIComponent(mac) + "/action", { action: "none" }));
+      } else if (act === "netboot") {
+        const on = pick(d, "netboot", "Netboot") === false;
+        btn.disabled = true;
+        await api("PUT", "/api/v1/devices/" + encodeURIComponent(mac) + "/netboot", { enabled: on });
+        refreshDevice(mac);
+      }
+    } catch (e) {
+      showError(act.charAt(0).toUpperCase() + act.slice(1) + " for " + mac + " failed: " + e.message);
+      refreshDevice(mac);
+    } finally {
+      btn.disabled = false;
+      const cur = S.devices.get(mac);
+      if (cur) renderDevice(S.cards.get(mac), cur);
+    }
+  }
+  // noteAction shows a just-created action at once; the stream confirms it.
+  function noteAction(mac, action) {
+    const d = S.devices.get(mac);
+    if (d && action && typeof action === "object" && !Array.isArray(action)) {
+      d.action = action;
+      const st = pick(action, "state", "State");
+      if (st === "pending" || st === "running") d.state = st;
+      else if (st === "cancelled") d.state = "idle";
+      S.live.delete(mac);
+      renderDevice(S.cards.get(mac), d);
+      renderCounts();
+    }
+    refreshDevice(mac);
+  }
+  async function onAssignImage(mac, sel) {
+    try {
+      await api("PUT", "/api/v1/devices/" + encodeURIComponent(mac) + "/image", { image: sel.value });
+      const d = S.devices.get(mac);
+      if (d) d.image = sel.value;
+    } catch (e) {
+      showError("Could not assign the image to " + mac + ": " + e.message);
+      refreshDevice(mac);
+    }
+  }
+
+  // ---------- confirm dialog ----------
+  function confirmDialog(title, text, okLabel) {
+    const dlg = $("#confirm");
+    $("#confirm-title").textContent = title;
+    $("#confirm-text").textContent = text;
+    $("#confirm-ok").textContent = okLabel || "OK";
+    dlg.returnValue = "";
+    return new Promise(resolve => {
+      dlg.addEventListener("close", () => resolve(dlg.returnValue === "ok"), { once: true });
+      dlg.showModal();
+      $("[data-testid=confirm-cancel]").focus(); // the safe choice has focus
+    });
+  }
+
+  // ---------- backups ----------
+  async function loadBackups() {
+    try {
+      S.backups = (await api("GET", "/api/v1/backups")) || [];
+    } catch (e) {
+      if (e.status !== 401) showError("Could not list backups: " + e.message);
+      return;
+    }
+    const rows = $("#backup-rows");
+    rows.textContent = "";
+    const list = [...S.backups].sort((a, b) =>
+      String(pick(b, "created", "Created") || "").localeCompare(String(pick(a, "created", "Created") || "")));
+    for (const b of list) {
+      const id = pick(b, "id", "ID");
+      const mac = pick(b, "mac", "MAC") || "";
+      const serial = pick(b, "serial", "Serial");
+      const tr = el("tr", { "data-testid": "backup-row", "data-id": String(id) });
+      const dev = el("td");
+      dev.append(el("div", { class: "mono" }, mac));
+      if (serial) dev.append(el("div", { class: "muted" }, "serial " + serial));
+      tr.append(dev);
+      tr.append(el("td", {}, fmtDateTime(pick(b, "created", "Created"))));
+      const size = fmtBytes(pick(b, "size", "Size"));
+      const stored = pick(b, "stored_size", "StoredSize");
+      const comp = pick(b, "compressed", "Compressed");
+      const sizeTd = el("td", {}, size);
+      if (comp && stored) sizeTd.append(el("div", { class: "muted" }, fmtBytes(stored) + " stored (zstd)"));
+      tr.append(sizeTd);
+      const sha = String(pick(b, "sha256", "SHA256") || "");
+      tr.append(el("td", { class: "mono", title: sha }, sha ? sha.slice(0, 12) + "…" : ""));
+      const actions = el("td", { class: "actions" });
+      const name = pick(b, "name", "Name") || ("backup-" + mac.replace(/:/g, "") + ".img");
+      const a = el("a", {
+        class: "btn", href: "/api/v1/backups/" + encodeURIComponent(id) + "/download", download: name,
+        "aria-label": "Download backup of " + mac + " taken " + fmtDateTime(pick(b, "created", "Created")),
+        "data-testid": "backup-download",
+      }, "Download");
+      const del = el("button", {
+        type: "button", class: "btn quiet", "data-testid": "backup-delete",
+        "aria-label": "Delete backup of " + mac + " taken " + fmtDateTime(pick(b, "created", "Created")),
+      }, "Delete");
+      del.addEventListener("click", async () => {
+        if (!(await confirmDialog("Delete this backup?", "The backup of " + mac + " taken " +
+          fmtDateTime(pick(b, "created", "Created")) + " (" + size + ") is removed from the server for good.", "Delete"))) return;
+        try {
+          await api("DELETE", "/api/v1/backups/" + encodeURIComponent(id));
+          await loadBackups();
+        } catch (e) {
+          showError("Could not delete the backup: " + e.message);
+        }
+      });
+      actions.append(a, " ", del);
+      tr.append(actions);
+      rows.append(tr);
+    }
+    $("#backups").hidden = list.length === 0;
+    $("#no-backups").hidden = list.length !== 0;
+  }
+
+  // ---------- events ----------
+  async function loadHistory() {
+    try {
+      const evs = (await api("GET", "/api/v1/events?limit=100")) || [];
+      evs.sort((a, b) => (a.id || 0) - (b.id || 0));
+      for (const e of evs) handleEvent(e, true);
+    } catch { /* the stream still works */ }
+  }
+  async function catchUp() {
+    if (S.catching) return;
+    S.catching = true;
+    try {
+      const evs = (await api("GET", "/api/v1/events?since=" + S.lastId + "&limit=500")) || [];
+      evs.sort((a, b) => (a.id || 0) - (b.id || 0));
+      for (const e of evs) handleEvent(e, false);
+    } catch { /* next gap or reconnect tries again */ }
+    S.catching = false;
+  }
+  function setLive(state, text) {
+    const l = $("#live");
+    l.dataset.state = state;
+    l.textContent = text;
+  }
+  function connect() {
+    if (S.es) S.es.close();
+    const es = new EventSource("/api/events", { withCredentials: true });
+    S.es = es;
+    setLive("connecting", "Connecting…");
+    const onEv = m => {
+      let e;
+      try { e = JSON.parse(m.data); } catch { return; }
+      if (!e || typeof e !== "object") return;
+      if (!e.id && m.lastEventId) e.id = Number(m.lastEventId);
+      if (!e.kind && m.type !== "message") e.kind = m.type;
+      handleEvent(e, false);
+    };
+    for (const k of KINDS) es.addEventListener(k, onEv);
+    es.onopen = () => {
+      S.retry = 0;
+      setLive("live", "Live");
+      if (S.lastId) catchUp();
+    };
+    es.onerror = () => {
+      if (S.es !== es) return;
+      if (es.readyState === EventSource.CLOSED) {
+        // The browser gave up (e.g. 401 or a non-stream answer): find out why, then retry.
+        setLive("reconnecting", "Reconnecting…");
+        es.close();
+        S.es = null;
+        const wait = Math.min(30000, 1000 * 2 ** S.retry++);
+        setTimeout(async () => {
+          if (!S.loggedIn) return;
+          try { await api("GET", "/api/v1/status"); } catch (e) { if (e.status === 401) return; }
+          await catchUp();
+          if (S.loggedIn && !S.es) connect();
+        }, wait);
+      } else {
+        setLive("reconnecting", "Reconnecting…"); // the browser retries with Last-Event-ID
+      }
+    };
+  }
+  function handleEvent(e, history) {
+    const id = Number(e.id || 0);
+    if (id) {
+      if (S.seen.has(id)) return;
+      S.seen.add(id);
+      if (S.seen.size > 5000) S.seen = new Set([...S.seen].slice(-2500));
+      if (!history && S.lastId && id > S.lastId + 1) setTimeout(catchUp, 0);
+      if (id > S.lastId) S.lastId = id;
+    }
+    const kind = String(e.kind || "");
+    const mac = e.mac || "";
+    const f = e.fields || {};
+    if (!QUIET_KINDS.has(kind)) logEvent(e);
+    if (history) {
+      if (kind === "dhcp.rival" && toDate(e.time) && Date.now() - toDate(e.time) < 120000) showRival(e.message || "", 120000);
+      return;
+    }
+    if (kind === "action.progress") {
+      applyProgress(mac, f);
+    } else if (kind.startsWith("device.") || kind.startsWith("action.")) {
+      if (kind === "device.poll" && S.devices.has(mac)) {
+        const d = S.devices.get(mac);
+        d.last_seen = e.time;
+        return;
+      }
+      refreshDevice(mac);
+      if (kind === "action.done" || kind === "action.failed") setTimeout(loadBackups, 300);
+    } else if (kind === "netboot.set") {
+      if (mac) refreshDevice(mac);
+      else if (typeof f.enabled === "boolean") setSwitch(f.enabled);
+      else api("GET", "/api/v1/status").then(applyStatus, () => {});
+    } else if (kind.startsWith("backup.")) {
+      loadBackups();
+    } else if (kind.startsWith("image.")) {
+      loadImages();
+    } else if (kind === "dhcp.rival") {
+      showRival(e.message || "A second DHCP server answered on the bench network.", 120000);
+    }
+  }
+  function applyProgress(mac, f) {
+    if (!mac) return;
+    const p = {
+      actionId: f.action_id || f.actionId || "",
+      phase: f.phase || "",
+      done: Number(f.done || 0),
+      total: Number(f.total || 0),
+      rate: Number(f.rate || f.rate_bps || 0),
+      at: Date.now(),
+    };
+    S.live.set(mac, p);
+    const d = S.devices.get(mac);
+    const card = S.cards.get(mac);
+    if (!d || !card) { refreshDevice(mac); return; }
+    const act = currentAction(d);
+    if (act) {
+      const actID = pick(act, "id", "ID");
+      if (p.actionId && actID && p.actionId !== actID) { refreshDevice(mac); return; }
+      if (pick(act, "state", "State") === "pending") { act.state = "running"; d.state = "running"; }
+      act.phase = p.phase; act.done = p.done; act.total = p.total; act.rate = p.rate;
+    } else {
+      refreshDevice(mac);
+      return;
+    }
+    renderDevice(card, d);
+  }
+  function logEvent(e) {
+    const log = $("#log");
+    const li = el("li", { "data-level": e.level || "info", "data-kind": e.kind || "" });
+    li.append(el("time", { datetime: e.time || "" }, fmtTime(e.time)));
+    li.append(el("span", { class: "kind" }, e.kind || ""));
+    const msg = el("span", { class: "msg" }, (e.mac ? e.mac + " " : "") + (e.message || ""));
+    li.append(msg);
+    // Newest first, kept in id order when history arrives late.
+    const id = Number(e.id || 0);
+    li.dataset.id = String(id);
+    let before = null;
+    if (id) before = [...log.children].find(c => Number(c.dataset.id) < id) || null;
+    else before = log.firstChild;
+    log.insertBefore(li, before);
+    while (log.children.length > LOG_MAX) log.lastChild.remove();
+  }
+
+  // ---------- wiring ----------
+  document.addEventListener("DOMContentLoaded", () => {
+    $("#login-form").addEventListener("submit", onLogin);
+    $("#logout").addEventListener("click", onLogout);
+    $("#netboot-switch").addEventListener("click", onSwitch);
+    // Keep the "seen … ago" notes fresh without a reload.
+    setInterval(() => { for (const [mac, d] of S.devices) renderDevice(S.cards.get(mac), d); }, 30000);
+    start();
+  });
+})();
