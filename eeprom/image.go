@@ -1,0 +1,331 @@
+// Package eeprom reads and edits Raspberry Pi 4 / CM4 (BCM2711) and Pi 5
+// (BCM2712) SPI bootloader images byte for byte as the upstream
+// rpi-eeprom-config and rpi-eeprom-digest scripts do. It is pure: bytes in,
+// bytes out, no file or device I/O.
+//
+// An image is a chain of sections, each an 8-byte big-endian header (magic,
+// length) followed by its body, aligned to 8 bytes. File sections (magic
+// 0x55AAF11F) carry a 12-byte name such as "bootconf.txt"; the bootloader
+// config lives in one of them. The last 4 KiB are reserved for the
+// bootloader (on 2711 images the update timestamp lives there).
+//
+//	img, err := eeprom.Parse(data)           // checks size and every magic
+//	conf, err := img.BootConf()              // the raw bootconf.txt bytes
+//	c := eeprom.ParseConfig(conf)            // KEY=value model, comments kept
+//	warnings, err := c.Set("BOOT_ORDER", "0xf21")
+//	err = img.SetBootConf(c.Bytes())         // exact upstream replace algorithm
+//	out := img.Bytes()                       // the new image
+//	sig := eeprom.Digest(out, 1700000000, 0) // the pieeprom.sig text
+//
+// Errors say what is wrong and where (offset, limit, size) and wrap the
+// sentinels ErrImageSize, ErrCorrupt, ErrNoBootConf and ErrTooLarge for
+// errors.Is.
+package eeprom
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+)
+
+// Supported image sizes.
+const (
+	Size2711 = 512 * 1024      // BCM2711: Pi 4, Pi 400, CM4, CM4S
+	Size2712 = 2 * 1024 * 1024 // BCM2712: Pi 5, Pi 500, CM5
+)
+
+// ReservedSize is the size of the last sector of every image. It belongs to
+// the bootloader: a config edit never writes into it, and a flash read-back
+// does not match the image there.
+const ReservedSize = 4096
+
+// MaxBootConf is the hard cap on bootconf.txt content, as upstream tests it
+// (4076 bytes accepted, 4077 refused). The real cap of an image can be
+// lower; see BootConfSlot.Max.
+const MaxBootConf = 4076
+
+// BootConfName is the file section that holds the bootloader config.
+const BootConfName = "bootconf.txt"
+
+// The window in which rpi-eeprom-config looks for the bootconf.txt it
+// replaces: partition A of a 2712 A/B image, everything above 64 KiB of a
+// 2711 image.
+const (
+	windowStart = 0x10000
+	windowEnd   = windowStart + 988*1024
+)
+
+// Section layout constants.
+const (
+	headerLen     = 8  // magic + length
+	fileNameLen   = 12 // NUL-padded name after the header
+	fileHeaderLen = 24 // header + name + 4 reserved bytes
+	fileLenExtra  = 16 // length field = content length + 16
+	magicMask     = 0xFFFFF00F
+	magicValid    = 0x55AAF00F
+)
+
+// Magic is a section's type. Only the low-nibble-masked form 0x55AAFxxF is
+// valid.
+type Magic uint32
+
+// Known section magics.
+const (
+	MagicBootcode Magic = 0x55AAF00F // second-stage loader, always first
+	MagicFile     Magic = 0x55AAF11F // named, modifiable file
+	MagicModule2  Magic = 0x55AAF22F // opaque module (2019-07 to 2020-01)
+	MagicModule3  Magic = 0x55AAF33F // opaque module (2020-03 to 2026)
+	MagicModule4  Magic = 0x55AAF44F // opaque module (2025-09 on, 2712)
+	MagicPadding  Magic = 0x55AAFEEF // free space, body filled with 0xFF
+)
+
+// String names the magic's kind.
+func (m Magic) String() string {
+	switch m {
+	case MagicBootcode:
+		return "bootcode"
+	case MagicFile:
+		return "file"
+	case MagicModule2, MagicModule3, MagicModule4:
+		return "module"
+	case MagicPadding:
+		return "padding"
+	}
+	return "unknown"
+}
+
+// Valid reports whether m has the 0x55AAFxxF form of a section magic.
+func (m Magic) Valid() bool { return uint32(m)&magicMask == magicValid }
+
+// Sentinel errors, wrapped by the detailed errors this package returns.
+var (
+	ErrImageSize  = errors.New("unsupported image size")
+	ErrCorrupt    = errors.New("corrupt image")
+	ErrNoBootConf = errors.New("bootconf.txt not found")
+	ErrTooLarge   = errors.New("config too large")
+)
+
+// Section is one entry of the section chain.
+type Section struct {
+	Offset int    `json:"offset"` // of the 8-byte header
+	Magic  Magic  `json:"magic"`
+	Length int    `json:"length"`         // body bytes after the header
+	Name   string `json:"name,omitempty"` // file sections only
+}
+
+// End is the offset just past the section's body (not aligned).
+func (s Section) End() int { return s.Offset + headerLen + s.Length }
+
+// Next is the offset of the following section header.
+func (s Section) Next() int { return align8(s.End()) }
+
+// ContentSize is the content length of a file section.
+func (s Section) ContentSize() int {
+	if s.Magic != MagicFile {
+		return 0
+	}
+	return s.Length - fileLenExtra
+}
+
+// Image is a parsed bootloader image. Its methods edit a private copy of the
+// bytes given to Parse.
+type Image struct {
+	data     []byte
+	sections []Section
+}
+
+// Parse checks the size and walks the section chain of an image, checking
+// every magic. It copies data.
+func Parse(data []byte) (*Image, error) {
+	if len(data) != Size2711 && len(data) != Size2712 {
+		return nil, fmt.Errorf("eeprom: image is %d bytes, want %d (BCM2711) or %d (BCM2712): %w",
+			len(data), Size2711, Size2712, ErrImageSize)
+	}
+	im := &Image{data: bytes.Clone(data)}
+	secs, err := walk(im.data)
+	if err != nil {
+		return nil, err
+	}
+	im.sections = secs
+	return im, nil
+}
+
+func walk(data []byte) ([]Section, error) {
+	var secs []Section
+	size := len(data)
+	for off := 0; off < size; {
+		if off+headerLen > size {
+			return nil, fmt.Errorf("eeprom: section header at 0x%x: needs %d bytes, image ends at 0x%x: %w",
+				off, headerLen, size, ErrCorrupt)
+		}
+		m := binary.BigEndian.Uint32(data[off:])
+		if m == 0 || m == 0xFFFFFFFF {
+			break // erased flash: end of the chain
+		}
+		magic := Magic(m)
+		if !magic.Valid() {
+			return nil, fmt.Errorf("eeprom: section at 0x%x: bad magic 0x%08x (want 0x55AAFxxF): %w",
+				off, m, ErrCorrupt)
+		}
+		length := int(binary.BigEndian.Uint32(data[off+4:]))
+		if length > size-off-headerLen {
+			return nil, fmt.Errorf("eeprom: %s section at 0x%x: length %d runs past the end of the image (0x%x): %w",
+				magic, off, length, size, ErrCorrupt)
+		}
+		s := Section{Offset: off, Magic: magic, Length: length}
+		if magic == MagicFile {
+			if length < fileLenExtra {
+				return nil, fmt.Errorf("eeprom: file section at 0x%x: length %d is shorter than its %d-byte name header: %w",
+					off, length, fileLenExtra, ErrCorrupt)
+			}
+			name := data[off+headerLen : off+headerLen+fileNameLen]
+			if i := bytes.IndexByte(name, 0); i >= 0 {
+				name = name[:i]
+			}
+			s.Name = string(name)
+		}
+		secs = append(secs, s)
+		off = s.Next()
+	}
+	if len(secs) == 0 {
+		return nil, fmt.Errorf("eeprom: no section at offset 0 (image is erased): %w", ErrCorrupt)
+	}
+	return secs, nil
+}
+
+func align8(n int) int { return (n + 7) &^ 7 }
+
+// Bytes returns a copy of the image.
+func (im *Image) Bytes() []byte { return bytes.Clone(im.data) }
+
+// Size is the image size in bytes.
+func (im *Image) Size() int { return len(im.data) }
+
+// SoC is 2711 for a 512 KiB image and 2712 for a 2 MiB one.
+func (im *Image) SoC() int {
+	if len(im.data) == Size2712 {
+		return 2712
+	}
+	return 2711
+}
+
+// Sections lists the section chain in order.
+func (im *Image) Sections() []Section { return append([]Section(nil), im.sections...) }
+
+// File returns the content of the first file section called name.
+func (im *Image) File(name string) ([]byte, error) {
+	for _, s := range im.sections {
+		if s.Magic == MagicFile && s.Name == name {
+			start := s.Offset + fileHeaderLen
+			return bytes.Clone(im.data[start : start+s.ContentSize()]), nil
+		}
+	}
+	return nil, fmt.Errorf("eeprom: no file section named %q in %d sections: %w", name, len(im.sections), ErrNotFound)
+}
+
+// ErrNotFound is returned by File for a missing file section.
+var ErrNotFound = errors.New("file not found")
+
+// BootConf returns the raw bootconf.txt bytes, exactly as rpi-eeprom-config
+// prints them: the first bootconf.txt file section anywhere in the image.
+func (im *Image) BootConf() ([]byte, error) {
+	b, err := im.File(BootConfName)
+	if errors.Is(err, ErrNotFound) {
+		return nil, fmt.Errorf("eeprom: no %s file section in %d sections: %w", BootConfName, len(im.sections), ErrNoBootConf)
+	}
+	return b, err
+}
+
+// BootConfSlot describes where bootconf.txt can be replaced and how much it
+// may grow.
+type BootConfSlot struct {
+	Offset int  `json:"offset"` // of the file section header
+	Size   int  `json:"size"`   // current content length
+	Limit  int  `json:"limit"`  // the section may extend up to (not including) this offset
+	Max    int  `json:"max"`    // largest content that fits: min(MaxBootConf, Limit-Offset-24)
+	Free   int  `json:"free"`   // Max - Size (negative if the current config is already too big)
+	Last   bool `json:"last"`   // no non-padding section follows
+}
+
+// BootConfSlot finds the bootconf.txt that SetBootConf replaces: the first
+// one whose header lies in [64 KiB, 1052 KiB), with its growth limit.
+func (im *Image) BootConfSlot() (BootConfSlot, error) {
+	idx := -1
+	for i, s := range im.sections {
+		if s.Magic == MagicFile && s.Name == BootConfName && s.Offset >= windowStart && s.Offset < windowEnd {
+			idx = i
+			break
+		}
+	}
+	if idx < 0 {
+		return BootConfSlot{}, fmt.Errorf("eeprom: no %s file section in the update window [0x%x, 0x%x): %w",
+			BootConfName, windowStart, windowEnd, ErrNoBootConf)
+	}
+	s := im.sections[idx]
+	limit := min(len(im.data)-ReservedSize, windowEnd)
+	last := true
+	for _, n := range im.sections[idx+1:] {
+		if n.Magic != MagicPadding {
+			limit = min(limit, n.Offset)
+			last = false
+			break
+		}
+	}
+	max := min(MaxBootConf, limit-s.Offset-fileHeaderLen)
+	return BootConfSlot{
+		Offset: s.Offset,
+		Size:   s.ContentSize(),
+		Limit:  limit,
+		Max:    max,
+		Free:   max - s.ContentSize(),
+		Last:   last,
+	}, nil
+}
+
+// SetBootConf replaces bootconf.txt with conf using the upstream algorithm:
+// new length field, new content, 0xFF fill up to the limit (with a padding
+// section header when other sections follow). Writing back the original
+// config gives an identical image. On error the image is unchanged.
+func (im *Image) SetBootConf(conf []byte) error {
+	slot, err := im.BootConfSlot()
+	if err != nil {
+		return err
+	}
+	n := len(conf)
+	if n > MaxBootConf {
+		return fmt.Errorf("eeprom: %s is %d bytes, the maximum is %d bytes: %w", BootConfName, n, MaxBootConf, ErrTooLarge)
+	}
+	if n > slot.Max {
+		return fmt.Errorf("eeprom: %s of %d bytes does not fit: section at 0x%x would end at 0x%x, limit 0x%x (at most %d bytes here): %w",
+			BootConfName, n, slot.Offset, slot.Offset+fileHeaderLen+n, slot.Limit, slot.Max, ErrTooLarge)
+	}
+	data := bytes.Clone(im.data)
+	h := slot.Offset
+	binary.BigEndian.PutUint32(data[h+4:], uint32(n+fileLenExtra))
+	copy(data[h+fileHeaderLen:], conf)
+	p := h + fileHeaderLen + n
+	fill(data[p:align8(p)])
+	p = align8(p)
+	if gap := slot.Limit - p; !slot.Last && gap >= headerLen {
+		binary.BigEndian.PutUint32(data[p:], uint32(MagicPadding))
+		binary.BigEndian.PutUint32(data[p+4:], uint32(gap-headerLen))
+		fill(data[p+headerLen : slot.Limit])
+	} else if gap > 0 {
+		fill(data[p:slot.Limit])
+	}
+	secs, err := walk(data)
+	if err != nil {
+		// Not expected for an image that parsed: the edit only rewrites
+		// [H, limit), which the checks above keep consistent.
+		return fmt.Errorf("eeprom: re-walk after replace: %w", err)
+	}
+	im.data, im.sections = data, secs
+	return nil
+}
+
+func fill(b []byte) {
+	for i := range b {
+		b[i] = 0xFF
+	}
+}
