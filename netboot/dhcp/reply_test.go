@@ -1,0 +1,358 @@
+package dhcp
+
+import (
+	"bytes"
+	"encoding/hex"
+	"net"
+	"net/netip"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/insomniacslk/dhcp/dhcpv4"
+	"github.com/insomniacslk/dhcp/iana"
+)
+
+// menuHex is option 43 from the issue and netboot.md §1.3, byte for byte.
+const menuHex = "0601030a0400505845091400001152617370626572727920506920426f6f74ff"
+
+func TestPXEMenuBytes(t *testing.T) {
+	if got := hex.EncodeToString(PXEMenu()); got != menuHex {
+		t.Fatalf("PXEMenu() = %s, want %s", got, menuHex)
+	}
+}
+
+// policy is a per-MAC switch for tests.
+type policy struct {
+	mu  sync.Mutex
+	off map[string]bool
+}
+
+func (p *policy) NetbootEnabled(mac net.HardwareAddr) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return !p.off[mac.String()]
+}
+
+func (p *policy) set(mac string, on bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.off == nil {
+		p.off = map[string]bool{}
+	}
+	p.off[mac] = !on
+}
+
+var (
+	piMAC    = net.HardwareAddr{0xdc, 0xa6, 0x32, 0x01, 0x36, 0xc2}
+	otherMAC = net.HardwareAddr{0x52, 0x54, 0x00, 0x12, 0x34, 0x56}
+	// guid is option 97 as in netboot.md §6.2: 00, "RPi4", board rev, MAC low 4, serial.
+	guid, _        = hex.DecodeString("0052506934414131c0320136c2abcd1234")
+	guidSwapped, _ = hex.DecodeString("0034695052414131c0320136c2abcd1234")
+)
+
+// piDiscover is what the Pi 4 bootloader sends (netboot.md §1.2).
+func piDiscover(t testing.TB, mac net.HardwareAddr, g []byte) *dhcpv4.DHCPv4 {
+	t.Helper()
+	m, err := dhcpv4.NewDiscovery(mac,
+		dhcpv4.WithOption(dhcpv4.OptClassIdentifier("PXEClient:Arch:00000:UNDI:002001")),
+		dhcpv4.WithOption(dhcpv4.OptClientArch(iana.INTEL_X86PC)),
+		dhcpv4.WithGeneric(dhcpv4.OptionClientNetworkInterfaceIdentifier, []byte{1, 2, 1}),
+		dhcpv4.WithGeneric(dhcpv4.OptionClientMachineIdentifier, g),
+		dhcpv4.WithRequestedOptions(dhcpv4.OptionSubnetMask, dhcpv4.OptionRouter, dhcpv4.OptionVendorSpecificInformation,
+			dhcpv4.OptionClassIdentifier, dhcpv4.OptionTFTPServerName, dhcpv4.OptionBootfileName),
+	)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// piRequest is the Pi's REQUEST for an offer: no option 60.
+func piRequest(t testing.TB, offer *dhcpv4.DHCPv4) *dhcpv4.DHCPv4 {
+	t.Helper()
+	m, err := dhcpv4.NewRequestFromOffer(offer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.UpdateOption(dhcpv4.OptGeneric(dhcpv4.OptionClientMachineIdentifier, guid))
+	m.Options.Del(dhcpv4.OptionClassIdentifier)
+	return m
+}
+
+func plainDiscover(t testing.TB, mac net.HardwareAddr) *dhcpv4.DHCPv4 {
+	t.Helper()
+	m, err := dhcpv4.NewDiscovery(mac)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+func newTestServer(t testing.TB, p Policy) *Server {
+	return &Server{
+		Addr:      netip.MustParsePrefix("10.42.0.1/24"),
+		Range:     [2]netip.Addr{netip.MustParseAddr("10.42.0.100"), netip.MustParseAddr("10.42.0.110")},
+		Policy:    p,
+		LeaseFile: filepath.Join(t.TempDir(), "leases.json"),
+	}
+}
+
+// wantMenu checks the Pi netboot options on a reply, or their absence.
+func wantMenu(t *testing.T, r *dhcpv4.DHCPv4, menu bool, echo []byte) {
+	t.Helper()
+	o43 := r.GetOneOption(dhcpv4.OptionVendorSpecificInformation)
+	if !menu {
+		if o43 != nil || r.ClassIdentifier() != "" || r.TFTPServerName() != "" || !r.ServerIPAddr.IsUnspecified() {
+			t.Errorf("%s carries netboot options: 43=%x 60=%q 66=%q siaddr=%s", r.MessageType(), o43, r.ClassIdentifier(), r.TFTPServerName(), r.ServerIPAddr)
+		}
+		return
+	}
+	if hex.EncodeToString(o43) != menuHex {
+		t.Errorf("option 43 = %x, want %s", o43, menuHex)
+	}
+	if r.ClassIdentifier() != "PXEClient" {
+		t.Errorf("option 60 = %q, want PXEClient", r.ClassIdentifier())
+	}
+	if !r.ServerIPAddr.Equal(net.IPv4(10, 42, 0, 1)) || !r.ServerIdentifier().Equal(net.IPv4(10, 42, 0, 1)) || r.TFTPServerName() != "10.42.0.1" {
+		t.Errorf("siaddr %s, option 54 %s, option 66 %q: want all 10.42.0.1", r.ServerIPAddr, r.ServerIdentifier(), r.TFTPServerName())
+	}
+	if got := r.GetOneOption(dhcpv4.OptionClientMachineIdentifier); !bytes.Equal(got, echo) {
+		t.Errorf("option 97 = %x, want echo %x", got, echo)
+	}
+}
+
+func TestReplyDORA(t *testing.T) {
+	for _, tt := range []struct {
+		name     string
+		mac      net.HardwareAddr
+		discover func(t testing.TB) *dhcpv4.DHCPv4
+		enabled  bool
+		menu     bool
+		echo     []byte
+	}{
+		{"pi enabled", piMAC, func(t testing.TB) *dhcpv4.DHCPv4 { return piDiscover(t, piMAC, guid) }, true, true, guid},
+		{"pi guid swapped, foreign MAC", otherMAC, func(t testing.TB) *dhcpv4.DHCPv4 { return piDiscover(t, otherMAC, guidSwapped) }, true, true, guidSwapped},
+		{"pi disabled", piMAC, func(t testing.TB) *dhcpv4.DHCPv4 { return piDiscover(t, piMAC, guid) }, false, false, nil},
+		{"pi by OUI only", piMAC, func(t testing.TB) *dhcpv4.DHCPv4 { return plainDiscover(t, piMAC) }, true, true, nil},
+		{"not a pi", otherMAC, func(t testing.TB) *dhcpv4.DHCPv4 { return plainDiscover(t, otherMAC) }, true, false, nil},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			p := &policy{}
+			p.set(tt.mac.String(), tt.enabled)
+			s := newTestServer(t, p)
+			offer, err := s.Reply(tt.discover(t))
+			if err != nil || offer == nil {
+				t.Fatalf("Reply(DISCOVER) = %v, %v", offer, err)
+			}
+			if offer.MessageType() != dhcpv4.MessageTypeOffer || !offer.YourIPAddr.Equal(net.IPv4(10, 42, 0, 100)) {
+				t.Fatalf("offer: type %s yiaddr %s, want OFFER 10.42.0.100", offer.MessageType(), offer.YourIPAddr)
+			}
+			wantMenu(t, offer, tt.menu, tt.echo)
+			req := piRequest(t, offer)
+			if tt.echo == nil {
+				req.Options.Del(dhcpv4.OptionClientMachineIdentifier)
+			} else {
+				req.UpdateOption(dhcpv4.OptGeneric(dhcpv4.OptionClientMachineIdentifier, tt.echo))
+			}
+			ack, err := s.Reply(req)
+			if err != nil || ack == nil || ack.MessageType() != dhcpv4.MessageTypeAck {
+				t.Fatalf("Reply(REQUEST) = %v, %v; want ACK", ack, err)
+			}
+			if !ack.YourIPAddr.Equal(offer.YourIPAddr) {
+				t.Errorf("ack yiaddr %s, offer %s", ack.YourIPAddr, offer.YourIPAddr)
+			}
+			wantMenu(t, ack, tt.menu, tt.echo)
+			if ack.IPAddressLeaseTime(0) != DefaultLeaseTime || net.IP(ack.SubnetMask()).String() != "255.255.255.0" {
+				t.Errorf("lease %v mask %v", ack.IPAddressLeaseTime(0), ack.SubnetMask())
+			}
+		})
+	}
+}
+
+func TestReplyStableLeasesAndPersistence(t *testing.T) {
+	s := newTestServer(t, nil)
+	dora := func(s *Server, mac net.HardwareAddr) net.IP {
+		t.Helper()
+		offer, err := s.Reply(plainDiscover(t, mac))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ack, err := s.Reply(piRequest(t, offer))
+		if err != nil || ack.MessageType() != dhcpv4.MessageTypeAck {
+			t.Fatalf("ack %v %v", ack, err)
+		}
+		return ack.YourIPAddr
+	}
+	a := dora(s, otherMAC)
+	if again := dora(s, otherMAC); !again.Equal(a) {
+		t.Fatalf("same MAC got %s then %s", a, again)
+	}
+	if err := s.SaveLeases(); err != nil {
+		t.Fatal(err)
+	}
+	// A new server on the same file: a different MAC first must not get A's address.
+	s2 := &Server{Addr: s.Addr, Range: s.Range, LeaseFile: s.LeaseFile}
+	mac2 := net.HardwareAddr{0x52, 0x54, 0, 0, 0, 2}
+	if b := dora(s2, mac2); b.Equal(a) {
+		t.Fatalf("after restart, %s got %s which belongs to %s", mac2, b, otherMAC)
+	}
+	if again := dora(s2, otherMAC); !again.Equal(a) {
+		t.Fatalf("after restart %s got %s, want its old %s", otherMAC, again, a)
+	}
+}
+
+func TestReplyPoolExhaustionAndReclaim(t *testing.T) {
+	now := time.Unix(1_700_000_000, 0)
+	s := newTestServer(t, nil)
+	s.Now = func() time.Time { return now }
+	s.Range[1] = netip.MustParseAddr("10.42.0.101") // two addresses
+	for i := byte(1); i <= 2; i++ {
+		offer, err := s.Reply(plainDiscover(t, net.HardwareAddr{2, 0, 0, 0, 0, i}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.Reply(piRequest(t, offer)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if r, err := s.Reply(plainDiscover(t, net.HardwareAddr{2, 0, 0, 0, 0, 3})); err == nil {
+		t.Fatalf("third client in a 2-address pool got %v, want pool exhausted", r)
+	}
+	now = now.Add(2 * DefaultLeaseTime) // both leases expire
+	r, err := s.Reply(plainDiscover(t, net.HardwareAddr{2, 0, 0, 0, 0, 3}))
+	if err != nil || r == nil {
+		t.Fatalf("after expiry: %v %v, want a reclaimed address", r, err)
+	}
+}
+
+func TestReplyRequestEdgeCases(t *testing.T) {
+	s := newTestServer(t, nil)
+	offer, err := s.Reply(plainDiscover(t, otherMAC))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		name string
+		mod  func(m *dhcpv4.DHCPv4)
+		want dhcpv4.MessageType // 0 = no reply
+	}{
+		{"other server chosen", func(m *dhcpv4.DHCPv4) {
+			m.UpdateOption(dhcpv4.OptServerIdentifier(net.IPv4(10, 42, 0, 2)))
+		}, dhcpv4.MessageTypeNone},
+		{"wrong address", func(m *dhcpv4.DHCPv4) {
+			m.UpdateOption(dhcpv4.OptRequestedIPAddress(net.IPv4(10, 42, 0, 105)))
+		}, dhcpv4.MessageTypeNak},
+		{"off link", func(m *dhcpv4.DHCPv4) {
+			m.UpdateOption(dhcpv4.OptRequestedIPAddress(net.IPv4(192, 168, 1, 5)))
+		}, dhcpv4.MessageTypeNak},
+		{"right", func(m *dhcpv4.DHCPv4) {}, dhcpv4.MessageTypeAck},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			req := piRequest(t, offer)
+			tt.mod(req)
+			r, err := s.Reply(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := dhcpv4.MessageTypeNone
+			if r != nil {
+				got = r.MessageType()
+			}
+			if got != tt.want {
+				t.Fatalf("reply %s, want %s", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestReplyProxy(t *testing.T) {
+	p := &policy{}
+	s := newTestServer(t, p)
+	s.Proxy = true
+	r, err := s.Reply(piDiscover(t, piMAC, guid))
+	if err != nil || r == nil {
+		t.Fatalf("proxy reply %v %v", r, err)
+	}
+	if !r.YourIPAddr.IsUnspecified() || r.IPAddressLeaseTime(0) != 0 || !r.IsBroadcast() {
+		t.Errorf("proxy offer gives an address: yiaddr %s lease %v broadcast %v", r.YourIPAddr, r.IPAddressLeaseTime(0), r.IsBroadcast())
+	}
+	wantMenu(t, r, true, guid)
+	if r, _ := s.Reply(plainDiscover(t, otherMAC)); r != nil {
+		t.Errorf("proxy answered a non-PXE client: %v", r)
+	}
+	if r, _ := s.Reply(piRequest(t, r)); r != nil {
+		t.Errorf("proxy answered a REQUEST: %v", r)
+	}
+	p.set(piMAC.String(), false)
+	if r, _ := s.Reply(piDiscover(t, piMAC, guid)); r != nil {
+		t.Errorf("proxy offered the menu to a disabled Pi")
+	}
+}
+
+func TestSerialFromGUID(t *testing.T) {
+	if got := SerialFromGUID(piDiscover(t, piMAC, guid)); got != "abcd1234" {
+		t.Fatalf("SerialFromGUID = %q, want abcd1234", got)
+	}
+	if got := SerialFromGUID(plainDiscover(t, piMAC)); got != "" {
+		t.Fatalf("SerialFromGUID(no 97) = %q", got)
+	}
+}
+
+// FuzzHandle feeds arbitrary bytes through the packet path: parse, decide,
+// serialize. Malformed packets must be dropped, never crash, and any reply
+// must re-parse with the request's xid.
+func FuzzHandle(f *testing.F) {
+	f.Add(piDiscover(f, piMAC, guid).ToBytes())
+	f.Add(plainDiscover(f, otherMAC).ToBytes())
+	req, _ := dhcpv4.NewRequestFromOffer(mustOffer(f))
+	f.Add(req.ToBytes())
+	f.Add([]byte{1, 1, 6, 0})
+	f.Add(bytes.Repeat([]byte{0xff}, 300))
+	s := newTestServer(f, nil)
+	s.Range[1] = netip.MustParseAddr("10.42.0.254")
+	f.Fuzz(func(t *testing.T, b []byte) {
+		c := &capture{}
+		s.handle(c, &net.UDPAddr{IP: net.IPv4zero, Port: 68}, b)
+		if c.sent == nil {
+			return
+		}
+		in, err := dhcpv4.FromBytes(b)
+		if err != nil {
+			t.Fatalf("replied to a packet that does not parse: %v", err)
+		}
+		out, err := dhcpv4.FromBytes(c.sent)
+		if err != nil {
+			t.Fatalf("reply does not parse: %v", err)
+		}
+		if out.TransactionID != in.TransactionID || out.OpCode != dhcpv4.OpcodeBootReply {
+			t.Fatalf("reply xid %s op %s for request xid %s", out.TransactionID, out.OpCode, in.TransactionID)
+		}
+		if o := out.GetOneOption(dhcpv4.OptionVendorSpecificInformation); o != nil && hex.EncodeToString(o) != menuHex {
+			t.Fatalf("option 43 = %x", o)
+		}
+	})
+}
+
+func mustOffer(t testing.TB) *dhcpv4.DHCPv4 {
+	s := newTestServer(t, nil)
+	o, err := s.Reply(piDiscover(t, piMAC, guid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return o
+}
+
+// capture is a net.PacketConn that records the last write.
+type capture struct {
+	net.PacketConn
+	sent []byte
+	to   net.Addr
+}
+
+func (c *capture) WriteTo(b []byte, addr net.Addr) (int, error) {
+	c.sent = append([]byte(nil), b...)
+	c.to = addr
+	return len(b), nil
+}
