@@ -87,11 +87,11 @@ const (
 
 // Outcome is where one power-on ended up.
 type Outcome struct {
-	Mode      string  // "network" or "emmc"
-	EMMC      string  // for emmc: what made it bootable
-	Lease     *Offer  // for network: the merged ACK
-	TFTP      net.IP  // for network: the TFTP server used
-	Prefix    string  // for network: the TFTP prefix kept ("" = root)
+	Mode      string // "network" or "emmc"
+	EMMC      string // for emmc: what made it bootable
+	Lease     *Offer // for network: the merged ACK
+	TFTP      net.IP // for network: the TFTP server used
+	Prefix    string // for network: the TFTP prefix kept ("" = root)
 	Config    BootConfig
 	Cmdline   string
 	Files     []Transfer // every RRQ, in order
