@@ -76,7 +76,9 @@
   function fmtDateTime(t) {
     const d = toDate(t);
     if (!d) return "";
-    return d.toLocaleDateString([], { year: "numeric", month: "short", day: "numeric" }) + " " +
+    const o = { month: "short", day: "numeric" };
+    if (d.getFullYear() !== new Date().getFullYear()) o.year = "numeric";
+    return d.toLocaleDateString([], o) + " " +
       d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", hour12: false });
   }
   function ago(t) {
@@ -416,9 +418,11 @@
 
     const netboot = pick(d, "netboot", "Netboot");
     const nbOn = netboot !== false;
-    card.querySelector("[data-field=netboot]").textContent = nbOn
-      ? "Network boot on for this device" + (pick(d, "last_seen") ? " · seen " + ago(pick(d, "last_seen")) : "")
-      : "Network boot off: boots from its eMMC" + (pick(d, "last_seen") ? " · seen " + ago(pick(d, "last_seen")) : "");
+    const seen = pick(d, "last_seen", "LastSeen") ? " · seen " + ago(pick(d, "last_seen", "LastSeen")) : "";
+    const benchOff = S.status && S.status.netboot === false;
+    card.querySelector("[data-field=netboot]").textContent = (nbOn
+      ? (benchOff ? "Netboot on, but off for the bench" : "Netboot on")
+      : "Netboot off: boots from eMMC") + seen;
     const busy = st === "pending" || st === "running" || actState === "pending" || actState === "running";
     card.querySelector("[data-act=deploy]").disabled = busy;
     card.querySelector("[data-act=backup]").disabled = busy;
@@ -432,7 +436,7 @@
   }
   function shortModel(m) {
     if (!m) return "";
-    return String(m).replace(/^Raspberry Pi /, "").replace(/ Rev /, " r");
+    return String(m).replace(/^Raspberry Pi /, "").replace(/Compute Module /, "CM").replace(/ Rev /, " rev ");
   }
   function renderDeviceImage(card, d) {
     if (!d) return;
@@ -458,9 +462,10 @@
       else if (actState === "failed") phase = "· failed" + (p.phase ? " while " + (PHASES[p.phase] || p.phase) : "");
       else if (actState === "cancelled") phase = "· cancelled";
     } else {
-      phase = "No action yet";
+      phase = "No action yet: ready for Deploy or Backup";
     }
     set("phase", phase);
+    card.querySelector(".activity").toggleAttribute("data-idle", !act);
     fill.style.width = pct.toFixed(1) + "%";
     bar.setAttribute("aria-valuenow", pct.toFixed(0));
     bar.setAttribute("aria-label", "Progress of " + pick(d, "mac", "MAC"));
@@ -614,15 +619,15 @@
       dev.append(el("div", { class: "mono" }, mac));
       if (serial) dev.append(el("div", { class: "muted" }, "serial " + serial));
       tr.append(dev);
-      tr.append(el("td", {}, fmtDateTime(pick(b, "created", "Created"))));
+      tr.append(el("td", { class: "nowrap" }, fmtDateTime(pick(b, "created", "Created"))));
       const size = fmtBytes(pick(b, "size", "Size"));
       const stored = pick(b, "stored_size", "StoredSize");
       const comp = pick(b, "compressed", "Compressed");
-      const sizeTd = el("td", {}, size);
-      if (comp && stored) sizeTd.append(el("div", { class: "muted" }, fmtBytes(stored) + " stored (zstd)"));
+      const sizeTd = el("td", { class: "nowrap" }, size);
+      if (comp && stored) sizeTd.append(el("div", { class: "muted" }, "zstd " + fmtBytes(stored)));
       tr.append(sizeTd);
       const sha = String(pick(b, "sha256", "SHA256") || "");
-      tr.append(el("td", { class: "mono", title: sha }, sha ? sha.slice(0, 12) + "…" : ""));
+      tr.append(el("td", { class: "mono", title: sha }, sha ? sha.slice(0, 10) + "…" : ""));
       const actions = el("td", { class: "actions" });
       const name = pick(b, "name", "Name") || ("backup-" + mac.replace(/:/g, "") + ".img");
       const a = el("a", {

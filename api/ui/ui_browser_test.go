@@ -1,0 +1,480 @@
+package ui_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"image/png"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/chromedp/cdproto/emulation"
+	"github.com/chromedp/cdproto/network"
+	"github.com/chromedp/cdproto/runtime"
+	"github.com/chromedp/chromedp"
+	"github.com/chromedp/chromedp/kb"
+
+	"github.com/cm4bench/cm4bench/api/wire"
+)
+
+// findChromium returns Debian's chromium. CI runs as root and installs it
+// through scripts/deps.sh, so there a missing browser is a failure; a
+// developer without it (not root) gets a skip that says what to install.
+func findChromium(t *testing.T) string {
+	t.Helper()
+	for _, name := range []string{"chromium", "chromium-browser"} {
+		if p, err := exec.LookPath(name); err == nil {
+			return p
+		}
+	}
+	if os.Geteuid() == 0 {
+		t.Fatal("chromium is not installed: run scripts/deps.sh (it installs Debian's chromium)")
+	}
+	t.Skip("chromium is not installed (apt-get install chromium, or run scripts/deps.sh as root)")
+	return ""
+}
+
+// artifactsDir is where screenshots go: $CM4BENCH_ARTIFACTS if set, else a
+// temp dir of the test.
+func artifactsDir(t *testing.T) string {
+	if d := os.Getenv("CM4BENCH_ARTIFACTS"); d != "" {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatalf("artifacts dir: %v", err)
+		}
+		return d
+	}
+	return t.TempDir()
+}
+
+// browser starts a fresh headless chromium (its own profile dir) and returns
+// a tab context. Every request the page makes is recorded so the test can
+// prove nothing left 127.0.0.1, and every uncaught exception is recorded.
+type browser struct {
+	ctx        context.Context
+	mu         sync.Mutex
+	offBox     []string
+	exceptions []string
+}
+
+func newBrowser(t *testing.T) *browser {
+	t.Helper()
+	exe := findChromium(t)
+	opts := []chromedp.ExecAllocatorOption{
+		chromedp.ExecPath(exe),
+		chromedp.Headless,
+		chromedp.NoFirstRun,
+		chromedp.NoDefaultBrowserCheck,
+		chromedp.NoSandbox,
+		chromedp.DisableGPU,
+		chromedp.Flag("disable-quic", true),
+		chromedp.Flag("disable-background-networking", true),
+		chromedp.Flag("disable-component-update", true),
+		chromedp.Flag("disable-sync", true),
+		chromedp.Flag("disable-dev-shm-usage", true),
+		chromedp.Flag("disable-extensions", true),
+		chromedp.Flag("disable-default-apps", true),
+		chromedp.Flag("disable-features", "Translate,MediaRouter,OptimizationHints"),
+		chromedp.Flag("force-color-profile", "srgb"),
+		chromedp.Flag("lang", "en-GB"),
+		chromedp.UserDataDir(t.TempDir()),
+		chromedp.WindowSize(1500, 1100),
+	}
+	actx, cancelA := chromedp.NewExecAllocator(context.Background(), opts...)
+	ctx, cancelC := chromedp.NewContext(actx, chromedp.WithLogf(t.Logf))
+	t.Cleanup(func() { cancelC(); cancelA() })
+	b := &browser{ctx: ctx}
+	err := chromedp.Listen(ctx, func(ev any) {
+		switch ev := ev.(type) {
+		case *network.EventRequestWillBeSent:
+			u, err := url.Parse(ev.Request.URL)
+			if err != nil || (u.Scheme != "data" && u.Scheme != "about" && u.Hostname() != "127.0.0.1") {
+				b.mu.Lock()
+				b.offBox = append(b.offBox, ev.Request.URL)
+				b.mu.Unlock()
+			}
+		case *runtime.EventExceptionThrown:
+			d := ev.ExceptionDetails
+			msg := d.Text
+			if d.Exception != nil && d.Exception.Description != "" {
+				msg += ": " + d.Exception.Description
+			}
+			b.mu.Lock()
+			b.exceptions = append(b.exceptions, fmt.Sprintf("%s:%d %s", d.URL, d.LineNumber+1, msg))
+			b.mu.Unlock()
+		}
+	})
+	if err != nil {
+		t.Fatalf("start chromium: %v", err)
+	}
+	// No animation, so that screenshots show the final state of each bar.
+	b.media(t, "light")
+	return b
+}
+
+// media sets the emulated colour scheme, with reduced motion.
+func (b *browser) media(t *testing.T, scheme string) {
+	t.Helper()
+	_, err := chromedp.Call(b.ctx, emulation.SetEmulatedMedia, emulation.SetEmulatedMediaParams{Features: []*emulation.MediaFeature{
+		{Name: "prefers-reduced-motion", Value: "reduce"},
+		{Name: "prefers-color-scheme", Value: scheme},
+	}})
+	if err != nil {
+		t.Fatalf("browser: emulate media: %v", err)
+	}
+}
+
+// do runs steps, failing the test with what was being done.
+func (b *browser) do(t *testing.T, what string, steps ...chromedp.Action[chromedp.Void]) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(b.ctx, 20*time.Second)
+	defer cancel()
+	if err := chromedp.Do(ctx, steps...); err != nil {
+		t.Fatalf("browser: %s: %v", what, err)
+	}
+}
+
+// waitFor polls a JavaScript predicate until it is truthy.
+func (b *browser) waitFor(t *testing.T, what, expr string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(b.ctx, 20*time.Second)
+	defer cancel()
+	_, err := chromedp.Run(ctx, chromedp.Poll[chromedp.Void](expr,
+		chromedp.WithPollingInterval(50*time.Millisecond), chromedp.WithPollingTimeout(15*time.Second)))
+	if err != nil {
+		state, _ := chromedp.Run(b.ctx, chromedp.Evaluate[string](`document.querySelector('main').innerText.slice(0, 1500)`))
+		t.Fatalf("browser: waiting for %s (%s): %v\npage text:\n%s", what, expr, err, state)
+	}
+}
+
+func (b *browser) text(t *testing.T, expr string) string {
+	t.Helper()
+	s, err := chromedp.Run(b.ctx, chromedp.Evaluate[string](expr))
+	if err != nil {
+		t.Fatalf("browser: evaluate %s: %v", expr, err)
+	}
+	return s
+}
+
+// screenshot saves a full-page PNG and checks that it is a real, non-empty
+// image of the expected width.
+func (b *browser) screenshot(t *testing.T, dir, name string) string {
+	t.Helper()
+	buf, err := chromedp.Run(b.ctx, chromedp.FullScreenshot(100))
+	if err != nil {
+		t.Fatalf("screenshot %s: %v", name, err)
+	}
+	img, err := png.Decode(bytes.NewReader(buf))
+	if err != nil {
+		t.Fatalf("screenshot %s: not a PNG: %v", name, err)
+	}
+	if r := img.Bounds(); r.Dx() < 800 || r.Dy() < 400 {
+		t.Fatalf("screenshot %s: %dx%d, want a full page", name, r.Dx(), r.Dy())
+	}
+	p := filepath.Join(dir, name)
+	if err := os.WriteFile(p, buf, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := os.Stat(p); err != nil || st.Size() == 0 {
+		t.Fatalf("screenshot %s: empty file (%v)", p, err)
+	}
+	t.Logf("screenshot: %s (%d bytes)", p, len(buf))
+	return p
+}
+
+func (b *browser) check(t *testing.T) {
+	t.Helper()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for _, u := range b.offBox {
+		t.Errorf("the page requested an off-box URL: %s", u)
+	}
+	for _, e := range b.exceptions {
+		t.Errorf("uncaught exception in the page: %s", e)
+	}
+}
+
+// simDevice plays a CM4's agent against the device API over HTTP, the way
+// cm4agent does: register with facts, poll, stream the image or upload the
+// backup through the per-action URL, report progress, then action-done.
+type simDevice struct {
+	t      *testing.T
+	base   string
+	MAC    string
+	Serial string
+	poll   wire.PollResponse
+}
+
+func (d *simDevice) post(path string, v any) {
+	d.t.Helper()
+	body, _ := json.Marshal(v)
+	res, err := http.Post(d.base+path, "application/json", bytes.NewReader(body))
+	if err != nil {
+		d.t.Fatalf("device %s: POST %s: %v", d.MAC, path, err)
+	}
+	b, _ := io.ReadAll(res.Body)
+	res.Body.Close()
+	if res.StatusCode/100 != 2 {
+		d.t.Fatalf("device %s: POST %s: %s: %s", d.MAC, path, res.Status, b)
+	}
+}
+
+func (d *simDevice) register() {
+	d.t.Helper()
+	d.post(wire.PathRegister, wire.RegisterRequest{MAC: d.MAC, IP: "127.0.0.1", Facts: &wire.Facts{
+		Serial: d.Serial, Revision: "c03141", Model: "Raspberry Pi Compute Module 4 Rev 1.1",
+		MACs: []string{d.MAC}, EMMCBytes: 31268536320, Bootloader: "2026-05-17", TempMilliC: 48300, Agent: "test",
+	}})
+}
+
+// pollUntil polls until the server hands out the wanted action.
+func (d *simDevice) pollUntil(want string) {
+	d.t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		res, err := http.Get(d.base + wire.PathPoll + "?mac=" + url.QueryEscape(d.MAC))
+		if err != nil {
+			d.t.Fatalf("device %s: poll: %v", d.MAC, err)
+		}
+		var p wire.PollResponse
+		err = json.NewDecoder(res.Body).Decode(&p)
+		res.Body.Close()
+		if err != nil {
+			d.t.Fatalf("device %s: poll: decode: %v", d.MAC, err)
+		}
+		if p.Action == want {
+			d.poll = p
+			return
+		}
+		if time.Now().After(deadline) {
+			d.t.Fatalf("device %s: poll: got action %q, want %q", d.MAC, p.Action, want)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func (d *simDevice) progress(phase string, done, total int64, rate float64) {
+	d.t.Helper()
+	d.post(wire.PathProgress, wire.Progress{MAC: d.MAC, ActionID: d.poll.ActionID, Token: d.poll.Token,
+		Phase: phase, Done: done, Total: total, Rate: rate})
+}
+
+func (d *simDevice) finish(status, msg string, n int64, sum string) {
+	d.t.Helper()
+	d.post(wire.PathActionDone, wire.ActionDone{MAC: d.MAC, Action: d.poll.Action, ActionID: d.poll.ActionID,
+		Token: d.poll.Token, Status: status, Error: msg, Bytes: n, SHA256: sum, Seconds: 1})
+}
+
+// fetchImage reads the deploy stream the way `curl -s URL | dd` does and
+// returns its length and sha256.
+func (d *simDevice) fetchImage() (int64, string) {
+	d.t.Helper()
+	if d.poll.URL == "" {
+		return 0, ""
+	}
+	res, err := http.Get(d.poll.URL)
+	if err != nil {
+		d.t.Fatalf("device %s: GET image: %v", d.MAC, err)
+	}
+	defer res.Body.Close()
+	if res.StatusCode != 200 {
+		d.t.Fatalf("device %s: GET image: %s", d.MAC, res.Status)
+	}
+	h := sha256.New()
+	n, err := io.Copy(h, res.Body)
+	if err != nil {
+		d.t.Fatalf("device %s: read image: %v", d.MAC, err)
+	}
+	return n, hex.EncodeToString(h.Sum(nil))
+}
+
+// upload sends a backup through the upload URL and returns its sha256.
+func (d *simDevice) upload(data []byte) string {
+	d.t.Helper()
+	sum := sha256.Sum256(data)
+	if d.poll.UploadURL == "" {
+		return hex.EncodeToString(sum[:])
+	}
+	req, _ := http.NewRequest(http.MethodPut, d.poll.UploadURL, bytes.NewReader(data))
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		d.t.Fatalf("device %s: upload: %v", d.MAC, err)
+	}
+	b, _ := io.ReadAll(res.Body)
+	res.Body.Close()
+	if res.StatusCode/100 != 2 {
+		d.t.Fatalf("device %s: upload: %s: %s", d.MAC, res.Status, b)
+	}
+	return hex.EncodeToString(sum[:])
+}
+
+// techGET reads the technician API with the bearer token.
+func techGET(t *testing.T, base, token, path string, v any) {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodGet, base+path, nil)
+	req.Header.Set(wire.HeaderToken, "Bearer "+token)
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("GET %s: %v", path, err)
+	}
+	defer res.Body.Close()
+	if res.StatusCode != 200 {
+		b, _ := io.ReadAll(res.Body)
+		t.Fatalf("GET %s: %s: %s", path, res.Status, b)
+	}
+	if err := json.NewDecoder(res.Body).Decode(v); err != nil {
+		t.Fatalf("GET %s: decode: %v", path, err)
+	}
+}
+
+func card(mac string) string {
+	return `document.querySelector('[data-testid=device-card][data-mac="` + mac + `"]')`
+}
+
+// TestDashboardInBrowser drives the dashboard in headless Chromium against
+// the bench server: a wrong token is refused with a visible message; the
+// right one logs in; registered devices appear live; Deploy asks for
+// confirmation (and a refusal queues nothing); progress posted by the
+// device moves the bar through SSE to done; a failure shows its reason; a
+// backup shows up in the backups list. Nothing loads from off the box and
+// the page never reloads.
+func TestDashboardInBrowser(t *testing.T) {
+	base, token := startBench(t)
+	dir := artifactsDir(t)
+	b := newBrowser(t)
+
+	// Log in: a wrong token first.
+	b.do(t, "open the dashboard", chromedp.Navigate(base+"/"))
+	b.waitFor(t, "the login form", `!document.getElementById('login').hidden && document.getElementById('app').hidden`)
+	b.do(t, "type a wrong token", chromedp.SendKeys(chromedp.ID("token"), "not-the-token"),
+		chromedp.Click(chromedp.CSS(`[data-testid=login-submit]`)))
+	b.waitFor(t, "the refusal message", `(() => { const e = document.querySelector('[data-testid=login-error]');
+		return !e.hidden && e.getAttribute('role') === 'alert' && /refused/.test(e.textContent); })()`)
+	if !strings.Contains(b.text(t, `String(document.getElementById('app').hidden)`), "true") {
+		t.Fatal("the dashboard is shown after a wrong token")
+	}
+	b.screenshot(t, dir, "dashboard-login-refused.png")
+
+	b.do(t, "type the right token", chromedp.Evaluate[chromedp.Void](`document.getElementById("token").value = ""`),
+		chromedp.SendKeys(chromedp.ID("token"), token+kb.Enter))
+	b.waitFor(t, "the dashboard", `!document.getElementById('app').hidden && document.getElementById('login').hidden`)
+	if c := b.text(t, `document.cookie`); strings.Contains(c, wire.CookieSession) {
+		t.Errorf("session cookie is readable by scripts (not HttpOnly): %q", c)
+	}
+	b.waitFor(t, "the live stream", `document.getElementById('live').dataset.state === 'live'`)
+	b.do(t, "mark the page", chromedp.Evaluate[chromedp.Void](`window.__cm4benchNoReload = 42`))
+
+	// Devices register; their cards appear without a reload.
+	devs := []*simDevice{
+		{MAC: "dc:a6:32:01:02:01", Serial: "10000001"},
+		{MAC: "dc:a6:32:01:02:02", Serial: "10000002"},
+		{MAC: "dc:a6:32:01:02:03", Serial: "10000003"},
+		{MAC: "dc:a6:32:01:02:04", Serial: "10000004"},
+	}
+	for _, d := range devs {
+		d.t, d.base = t, base
+		d.register()
+	}
+	for _, d := range devs {
+		b.waitFor(t, "the card of "+d.MAC, card(d.MAC)+` && `+card(d.MAC)+`.querySelector('[data-field=serial]').textContent === '`+d.Serial+`'`)
+	}
+	a, fail, bak, idle := devs[0], devs[1], devs[2], devs[3]
+
+	// Keyboard: Enter on Deploy opens the confirmation, Escape refuses it, and nothing is queued.
+	b.do(t, "press Enter on Deploy", chromedp.SendKeys(chromedp.CSS(`button[aria-label="Deploy `+idle.MAC+`"]`), kb.Enter))
+	b.waitFor(t, "the deploy confirmation", `document.getElementById('confirm').open && /overwrites everything on its eMMC/.test(document.getElementById('confirm-text').textContent)`)
+	b.do(t, "press Escape", chromedp.KeyEvent(kb.Escape))
+	b.waitFor(t, "the dialog to close", `!document.getElementById('confirm').open`)
+	var dev wire.Device
+	techGET(t, base, token, "/api/v1/devices/"+url.PathEscape(idle.MAC), &dev)
+	if dev.State != wire.DeviceIdle || (dev.Action != nil && dev.Action.State == wire.StatePending) {
+		t.Fatalf("refused deploy confirmation still queued something: state %q action %+v", dev.State, dev.Action)
+	}
+
+	// Deploy A: click, confirm, the card goes pending.
+	deploy := func(d *simDevice) {
+		t.Helper()
+		b.do(t, "click Deploy on "+d.MAC, chromedp.Click(chromedp.CSS(`button[aria-label="Deploy `+d.MAC+`"]`)))
+		b.waitFor(t, "the deploy confirmation", `document.getElementById('confirm').open`)
+		b.do(t, "confirm the deploy", chromedp.Click(chromedp.CSS(`[data-testid=confirm-ok]`)))
+		b.waitFor(t, d.MAC+" pending", card(d.MAC)+`.dataset.state === 'pending'`)
+	}
+	deploy(a)
+	deploy(fail)
+
+	// A picks it up and reports progress; the bar follows the stream.
+	a.pollUntil(wire.ActionDeploy)
+	n, sum := a.fetchImage()
+	total := int64(2_000_000_000)
+	if n > 0 {
+		total = n
+	}
+	for i, pct := range []int64{10, 35, 60} {
+		done := total * pct / 100
+		rate := 38.2e6 + float64(i)*1.1e6
+		a.progress("write", done, total, rate)
+		b.waitFor(t, fmt.Sprintf("%s at %d%%", a.MAC, pct), card(a.MAC)+`.querySelector('[role=progressbar]').getAttribute('aria-valuenow') === '`+strconv.FormatInt(pct, 10)+`'`)
+		wantRate := fmt.Sprintf("%.0f MB/s", rate/1e6)
+		b.waitFor(t, "rate "+wantRate, card(a.MAC)+`.querySelector('[data-testid=device-rate]').textContent === '`+wantRate+`'`)
+	}
+	if got := b.text(t, card(a.MAC)+`.querySelector('[data-testid=device-eta]').textContent`); !strings.HasPrefix(got, "ETA ") {
+		t.Errorf("%s: ETA shows %q, want an ETA", a.MAC, got)
+	}
+	if got := b.text(t, card(a.MAC)+`.dataset.state`); got != "running" {
+		t.Errorf("%s: state %q during progress, want running", a.MAC, got)
+	}
+
+	// The second deploy fails during verify: the card says why in plain words.
+	fail.pollUntil(wire.ActionDeploy)
+	fail.fetchImage()
+	fail.progress("verify", total/2, total, 80e6)
+	fail.finish(wire.StatusFailed, "verify: sha256 mismatch at offset 1048576", 0, "")
+	b.waitFor(t, fail.MAC+" failed", card(fail.MAC)+`.dataset.state === 'failed' && !`+card(fail.MAC)+`.querySelector('[data-testid=device-error]').hidden`)
+	if got := b.text(t, card(fail.MAC)+`.querySelector('[data-testid=device-error]').textContent`); !strings.Contains(got, "Verification failed") || !strings.Contains(got, "sha256 mismatch") {
+		t.Errorf("%s: error shows %q, want the plain reason and the detail", fail.MAC, got)
+	}
+
+	// A backup: click, the device uploads, the backups list shows it.
+	b.do(t, "click Backup on "+bak.MAC, chromedp.Click(chromedp.CSS(`button[aria-label="Backup `+bak.MAC+`"]`)))
+	b.waitFor(t, bak.MAC+" pending", card(bak.MAC)+`.dataset.state === 'pending'`)
+	bak.pollUntil(wire.ActionBackup)
+	data := bytes.Repeat([]byte("cm4bench backup test block\n"), 40000)
+	bsum := bak.upload(data)
+	bak.progress("upload", int64(len(data)), int64(len(data)), 25e6)
+	bak.finish(wire.StatusSuccess, "", int64(len(data)), bsum)
+	b.waitFor(t, bak.MAC+" done", card(bak.MAC)+`.dataset.state === 'done'`)
+	b.waitFor(t, "the backup row", `[...document.querySelectorAll('[data-testid=backup-row]')].some(r => r.textContent.includes('`+bak.MAC+`') && r.textContent.includes('`+bsum[:10]+`'))`)
+
+	b.screenshot(t, dir, "dashboard-progress.png")
+
+	// A finishes: the bar reaches 100 % and its netboot is switched off.
+	a.progress("verify", total, total, 41e6)
+	a.finish(wire.StatusSuccess, "", total, sum)
+	b.waitFor(t, a.MAC+" done", card(a.MAC)+`.dataset.state === 'done' && `+card(a.MAC)+`.querySelector('[role=progressbar]').getAttribute('aria-valuenow') === '100'`)
+	if got := b.text(t, card(a.MAC)+`.querySelector('[data-testid=device-percent]').textContent`); got != "100%" {
+		t.Errorf("%s: percent shows %q at the end, want 100%%", a.MAC, got)
+	}
+	b.waitFor(t, a.MAC+" netboot off", `/Netboot off/.test(`+card(a.MAC)+`.querySelector('[data-testid=device-netboot]').textContent)`)
+	b.screenshot(t, dir, "dashboard-done.png")
+	b.media(t, "dark")
+	b.screenshot(t, dir, "dashboard-done-dark.png")
+
+	if got := b.text(t, `String(window.__cm4benchNoReload)`); got != "42" {
+		t.Errorf("the page reloaded during the run (marker %q)", got)
+	}
+	if got := b.text(t, `String(document.querySelectorAll('[data-testid=event-log] li').length)`); got == "0" {
+		t.Error("the event log is empty")
+	}
+	b.check(t)
+}
