@@ -390,3 +390,21 @@ func TestCorrupt(t *testing.T) {
 		t.Errorf("SetBootConf below 64 KiB = %v, want ErrNoBootConf", err)
 	}
 }
+
+func TestBuildInfo(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		want BuildInfo
+	}{
+		{"pieeprom-2026-05-17", BuildInfo{Timestamp: 1779045198, Version: "224877da", Date: "2026/05/17"}},
+		{"pieeprom-2023-01-11", BuildInfo{Timestamp: 1673458852, Version: "8ba17717", Date: "2023/01/11"}},
+	} {
+		im, err := Parse(readVector(t, tt.name+".bin"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := im.BuildInfo(); got != tt.want {
+			t.Errorf("%s: BuildInfo = %+v, want %+v", tt.name, got, tt.want)
+		}
+	}
+}

@@ -1,12 +1,13 @@
 package cli
 
 import (
+	"context"
 	"errors"
 
 	"github.com/spf13/cobra"
 )
 
-// newFirmwareCmd is a placeholder until its issue lands; it refuses to run.
+// newFirmwareCmd is a placeholder until the firmware catalogue lands; it refuses to run.
 func newFirmwareCmd() *cobra.Command {
 	return &cobra.Command{
 		Use:    "firmware",
@@ -16,4 +17,10 @@ func newFirmwareCmd() *cobra.Command {
 			return errors.New("firmware: not built yet")
 		},
 	}
+}
+
+// recoveryFromCache will return the verified recovery.bin of the firmware
+// catalogue; until the catalogue exists, --recovery is required.
+func recoveryFromCache(_ context.Context, _ string) ([]byte, error) {
+	return nil, errors.New("eeprom set-boot-order: --recovery FILE is required (recovery.bin from raspberrypi/rpi-eeprom firmware-2711/latest)")
 }
