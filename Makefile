@@ -6,7 +6,7 @@ LDFLAGS := -s -w -X github.com/cm4bench/cm4bench/cmd/cm4bench/cli.Version=$(VERS
 # Packages that must build without cgo (everything but the gousb glue).
 NOCGO_PKGS := $(shell $(GO) list ./... 2>/dev/null | grep -v /usbboot/gousbdev)
 
-.PHONY: all run test bench build lint deps clean
+.PHONY: all run test bench build lint deps clean libusbfake
 
 all: build
 
@@ -23,12 +23,21 @@ run: build
 	$(BUILD)/cm4bench eeprom info ../shared/eeprom-vectors/pieeprom-2026-05-17.bin
 	$(BUILD)/cm4bench eeprom show ../shared/eeprom-vectors/pieeprom-2026-05-17.bin
 
-test: deps
+test: deps libusbfake
 	CGO_ENABLED=0 $(GO) vet $(NOCGO_PKGS)
-	$(GO) test -count=1 -timeout 40m ./...
+	LIBUSBFAKE_SO=$(abspath $(LIBUSBFAKE)) $(GO) test -count=1 -timeout 40m ./...
 
 bench: build
 	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 60m ./...
+
+# The libusb-1.0 stand-in that lets tests run the real binary against
+# simulated boards (usbboot/libusbfake). Test tool only, never shipped.
+LIBUSBFAKE := $(BUILD)/libusbfake/libusb-1.0.so.0
+libusbfake: $(LIBUSBFAKE)
+$(LIBUSBFAKE): usbboot/libusbfake/c/libusbfake.c
+	@mkdir -p $(dir $@)
+	$(CC) -shared -fPIC -O2 -Wall -Wextra -Werror -fvisibility=hidden $$(pkg-config --cflags libusb-1.0) \
+		-Wl,-soname,libusb-1.0.so.0 -o $@ $< -lpthread
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt:"; echo "$$out"; exit 1; fi
