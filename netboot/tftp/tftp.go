@@ -1,0 +1,450 @@
+// Package tftp is cm4bench's read-only TFTP server for Raspberry Pi 4 / CM4
+// netboot, built on github.com/pin/tftp/v3.
+//
+// Usage:
+//
+//	srv := &tftp.Server{
+//		Root:     "/srv/tftp",            // jail; nothing outside it is ever served
+//		Addr:     "10.42.0.1:69",         // IPv4 on the bench interface (blksize up to 1468)
+//		Policy:   store,                  // disabled MAC -> start*.elf "file not found"
+//		MACForIP: dhcpServer.MACForIP,    // who is asking (from the DHCP leases)
+//		Logger:   logger,                 // nil = silent
+//		Events:   func(e wire.Event) {},  // tftp.transfer, tftp.probe, tftp.notfound, tftp.error
+//	}
+//	err := srv.Serve(ctx) // returns nil once ctx is done and transfers have ended
+//
+// Jail: requests are resolved through an os.Root opened on Root, and names
+// are checked first: empty, absolute, NUL, backslash and any ".." element are
+// refused; symlinks are followed only while they stay inside Root. Error text
+// sent to clients never contains a server path. Write requests are refused.
+//
+// Pi prefixes (the bootloader's TFTP_PREFIX): a request "<serial>/file"
+// (8 hex digits) or "<mac-with-dashes>/file" is served from that folder when
+// the file exists there, else from the root ("file"), which is what the
+// bootloader expects. An unprefixed request from a client whose MAC is known
+// is served from "<mac-with-dashes>/file" when that exists (per-device
+// override, like dnsmasq's tftp-unique-root=mac), else from the root.
+//
+// Protocol: octet and netascii, tsize (RFC 2349) and blksize up to
+// MaxBlockSize (RFC 2348), lock-step (no anticipate/windowsize: duplicate
+// DATA blocks can hang start4.elf, netboot.md §1.6). The Pi's "probe"
+// requests, aborted right after the OACK with ERROR code 0 "Early
+// terminate", are counted as probes, not failures.
+//
+// Every socket, including the per-transfer ones pin/tftp opens, is created
+// on the goroutine that calls Serve (so nettest.NS.Do can run it inside a
+// network namespace).
+package tftp
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"path"
+	"strings"
+	"sync"
+	"time"
+
+	pintftp "github.com/pin/tftp/v3"
+
+	"github.com/cm4bench/cm4bench/api/wire"
+)
+
+// Policy answers whether a MAC may netboot now. Same shape as dhcp.Policy
+// (each consumer defines its own); the store implements it.
+type Policy interface {
+	NetbootEnabled(mac net.HardwareAddr) bool
+}
+
+// Defaults and limits.
+const (
+	DefaultMaxBlockSize = 1468             // the Pi bootloader's TFTP_MAX_BLOCKSIZE (2022-10 on)
+	DefaultTimeout      = time.Second      // per-packet retransmit timeout
+	DefaultRetries      = 8                // retransmissions before a transfer fails
+	PiFileLimit         = 65535 * 1024     // the Pi 4's block counter does not roll over (64 MiB at blksize 1024)
+	readBuffer          = 256 << 10        // file read-ahead per transfer
+	errNotFound         = "file not found" // text sent to clients
+	errDenied           = "access violation"
+)
+
+// Server is a read-only TFTP server. Zero values of optional fields are
+// sensible defaults. A Server must not be copied after first use.
+type Server struct {
+	// Root is the directory served (the jail). Required.
+	Root string
+	// Addr is the UDP address to bind, e.g. "10.42.0.1:69". Bind the IPv4
+	// address of the bench interface: a wildcard or IPv6 socket makes
+	// pin/tftp clamp blksize to MTU-48 (1452). Default "0.0.0.0:69".
+	Addr string
+	// Policy decides per MAC; a disabled MAC gets "file not found" for the
+	// firmware (start*.elf) so it moves on to its next boot mode. nil: all
+	// enabled. Clients whose MAC is unknown are not refused.
+	Policy Policy
+	// MACForIP resolves a client's MAC from its IP (the DHCP leases). When
+	// nil or unknown, the kernel's neighbour table (/proc/net/arp) is tried.
+	MACForIP func(netip.Addr) (net.HardwareAddr, bool)
+	// MaxBlockSize caps blksize (default DefaultMaxBlockSize).
+	MaxBlockSize int
+	// Timeout and Retries tune retransmission (defaults DefaultTimeout,
+	// DefaultRetries). There is no extra backoff sleep.
+	Timeout time.Duration
+	Retries int
+	// Logger receives logs; nil is silent.
+	Logger *slog.Logger
+	// Events receives one event per transfer; nil drops them. Called from
+	// transfer goroutines; must not block.
+	Events func(wire.Event)
+
+	mu    sync.Mutex
+	stats Stats
+	root  *os.Root
+}
+
+// Stats counts transfers since the server started.
+type Stats struct {
+	Transfers int64 // completed transfers
+	Bytes     int64 // bytes of completed transfers
+	Probes    int64 // Early-terminate probes (aborted after the OACK)
+	NotFound  int64 // requests for missing files, or firmware refused by Policy
+	Denied    int64 // names refused by the jail
+	Failures  int64 // transfers that started and failed (timeouts, aborts)
+}
+
+// Stats returns a snapshot of the counters.
+func (s *Server) Stats() Stats {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.stats
+}
+
+func (s *Server) count(f func(*Stats)) {
+	s.mu.Lock()
+	f(&s.stats)
+	s.mu.Unlock()
+}
+
+func (s *Server) log() *slog.Logger {
+	if s.Logger == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return s.Logger
+}
+
+func (s *Server) emit(e wire.Event) {
+	if s.Events != nil {
+		e.Time = time.Now()
+		s.Events(e)
+	}
+}
+
+// Serve listens on Addr and serves until ctx is done, then waits for
+// running transfers and returns nil. Errors opening the root or the socket
+// are returned at once.
+func (s *Server) Serve(ctx context.Context) error {
+	addr := s.Addr
+	if addr == "" {
+		addr = "0.0.0.0:69"
+	}
+	laddr, err := net.ResolveUDPAddr("udp4", addr)
+	if err != nil {
+		return fmt.Errorf("tftp: listen address %q: %w", addr, err)
+	}
+	conn, err := net.ListenUDP("udp4", laddr)
+	if err != nil {
+		return fmt.Errorf("tftp: listen on %s: %w", addr, err)
+	}
+	return s.ServeConn(ctx, conn)
+}
+
+// ServeConn is Serve on a socket the caller opened (it must be an IPv4 UDP
+// socket for blksize above 1452); it closes conn when it returns.
+func (s *Server) ServeConn(ctx context.Context, conn *net.UDPConn) error {
+	if s.Root == "" {
+		conn.Close()
+		return errors.New("tftp: serve: no root directory")
+	}
+	root, err := os.OpenRoot(s.Root)
+	if err != nil {
+		conn.Close()
+		return fmt.Errorf("tftp: open root: %w", err)
+	}
+	defer root.Close()
+	s.mu.Lock()
+	s.root = root
+	s.mu.Unlock()
+	srv := pintftp.NewServer(s.read, nil)
+	bs := s.MaxBlockSize
+	if bs <= 0 {
+		bs = DefaultMaxBlockSize
+	}
+	srv.SetBlockSize(bs)
+	timeout := s.Timeout
+	if timeout <= 0 {
+		timeout = DefaultTimeout
+	}
+	srv.SetTimeout(timeout)
+	retries := s.Retries
+	if retries <= 0 {
+		retries = DefaultRetries
+	}
+	srv.SetRetries(retries)
+	srv.SetBackoff(func(int) time.Duration { return 0 })
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	done := make(chan struct{})
+	go func() {
+		<-ctx.Done()
+		srv.Shutdown() // closes conn, waits for transfers
+		close(done)
+	}()
+	s.log().Info("tftp: serving", "addr", conn.LocalAddr(), "root", s.Root, "max_blksize", bs)
+	err = srv.Serve(conn)
+	cancel()
+	<-done
+	if err != nil {
+		return fmt.Errorf("tftp: serve: %w", err)
+	}
+	return nil
+}
+
+// clientMAC finds the MAC of ip from MACForIP or the neighbour table.
+func (s *Server) clientMAC(ip netip.Addr) net.HardwareAddr {
+	if s.MACForIP != nil {
+		if mac, ok := s.MACForIP(ip); ok {
+			return mac
+		}
+	}
+	return arpLookup(ip)
+}
+
+// read is pin/tftp's read handler: resolve, then stream.
+func (s *Server) read(name string, rf io.ReaderFrom) error {
+	var remote netip.Addr
+	if ot, ok := rf.(pintftp.OutgoingTransfer); ok {
+		ra := ot.RemoteAddr()
+		remote, _ = netip.AddrFromSlice(ra.IP.To4())
+	}
+	mac := s.clientMAC(remote)
+	macStr := ""
+	if mac != nil {
+		macStr = mac.String()
+	}
+	fields := map[string]any{"file": name, "ip": remote.String()}
+	s.mu.Lock()
+	root := s.root
+	s.mu.Unlock()
+	f, served, err := resolve(root, name, mac)
+	if err == nil && mac != nil && s.Policy != nil && isFirmware(served) && !s.Policy.NetbootEnabled(mac) {
+		f.Close()
+		f, err = nil, errPolicy
+	}
+	if err != nil {
+		msg := errNotFound
+		kind, level := "tftp.notfound", "info"
+		switch {
+		case errors.Is(err, errJail):
+			msg, kind, level = errDenied, "tftp.error", "warn"
+			s.count(func(st *Stats) { st.Denied++ })
+			s.log().Warn("tftp: refused name", "file", name, "ip", remote, "mac", macStr, "err", err)
+		case errors.Is(err, errPolicy):
+			s.count(func(st *Stats) { st.NotFound++ })
+			fields["reason"] = "netboot disabled"
+			s.log().Info("tftp: netboot disabled, firmware refused", "file", name, "mac", macStr)
+		default:
+			s.count(func(st *Stats) { st.NotFound++ })
+			s.log().Debug("tftp: not found", "file", name, "ip", remote, "err", err)
+		}
+		s.emit(wire.Event{Kind: kind, Level: level, MAC: macStr, Message: name + ": " + msg, Fields: fields})
+		return errors.New(msg) // becomes the ERROR packet text: no server paths
+	}
+	defer f.Close()
+	info, err := f.Stat()
+	if err != nil {
+		s.count(func(st *Stats) { st.Failures++ })
+		return errors.New(errNotFound)
+	}
+	size := info.Size()
+	fields["path"] = served
+	fields["size"] = size
+	if size > PiFileLimit {
+		fields["warning"] = "larger than 64 MiB: a Pi 4 at blksize 1024 can not fetch it (block counter limit)"
+		s.log().Warn("tftp: file too large for a Pi 4 bootloader", "file", served, "bytes", size, "limit", PiFileLimit)
+	}
+	if ot, ok := rf.(pintftp.OutgoingTransfer); ok {
+		ot.SetSize(size) // tsize: the buffered reader below is not a Seeker
+	}
+	start := time.Now()
+	n, err := rf.ReadFrom(bufio.NewReaderSize(f, readBuffer))
+	elapsed := time.Since(start)
+	fields["bytes"] = n
+	fields["duration_ms"] = elapsed.Milliseconds()
+	if err != nil {
+		if isProbe(err, n) {
+			s.count(func(st *Stats) { st.Probes++ })
+			s.log().Debug("tftp: probe", "file", served, "mac", macStr)
+			s.emit(wire.Event{Kind: "tftp.probe", Level: "info", MAC: macStr, Message: served + ": size probe (early terminate)", Fields: fields})
+			return nil
+		}
+		s.count(func(st *Stats) { st.Failures++ })
+		fields["error"] = err.Error()
+		s.log().Warn("tftp: transfer failed", "file", served, "ip", remote, "mac", macStr, "bytes", n, "err", err)
+		s.emit(wire.Event{Kind: "tftp.error", Level: "warn", MAC: macStr, Message: fmt.Sprintf("%s: failed after %d bytes: %v", served, n, err), Fields: fields})
+		return nil // pin/tftp already told the client
+	}
+	rate := 0.0
+	if elapsed > 0 {
+		rate = float64(n) / elapsed.Seconds()
+	}
+	fields["rate_bps"] = rate
+	s.count(func(st *Stats) { st.Transfers++; st.Bytes += n })
+	s.log().Info("tftp: sent", "file", served, "ip", remote, "mac", macStr, "bytes", n, "duration", elapsed, "rate_mbps", rate/1e6)
+	s.emit(wire.Event{Kind: "tftp.transfer", Level: "info", MAC: macStr, Message: fmt.Sprintf("%s: %d bytes in %s (%.1f MB/s)", served, n, elapsed.Round(time.Millisecond), rate/1e6), Fields: fields})
+	return nil
+}
+
+// isProbe tells the Pi's existence/size probe: the client answered the OACK
+// (block 0) with ERROR code 0. pin/tftp reports it as
+// "sending block 0: code=0, error: ...".
+func isProbe(err error, n int64) bool {
+	return n == 0 && strings.HasPrefix(err.Error(), "sending block 0: code=0")
+}
+
+// isFirmware reports whether the served path is the bootloader's firmware,
+// which a disabled device must not get.
+func isFirmware(p string) bool {
+	b := path.Base(p)
+	return strings.HasPrefix(b, "start") && strings.HasSuffix(b, ".elf")
+}
+
+var (
+	errJail       = errors.New("name outside the tftp root")
+	errPolicy     = errors.New("netboot disabled for this device")
+	errNotRegular = errors.New("not a regular file")
+)
+
+// checkName refuses names that could leave the root or are not plain
+// relative slash paths.
+func checkName(name string) error {
+	switch {
+	case name == "":
+		return fmt.Errorf("%w: empty", errJail)
+	case strings.ContainsRune(name, 0):
+		return fmt.Errorf("%w: NUL byte", errJail)
+	case strings.ContainsRune(name, '\\'):
+		return fmt.Errorf("%w: backslash", errJail)
+	case strings.HasPrefix(name, "/"):
+		return fmt.Errorf("%w: absolute", errJail)
+	}
+	for _, el := range strings.Split(name, "/") {
+		if el == ".." {
+			return fmt.Errorf("%w: '..'", errJail)
+		}
+	}
+	if !fs.ValidPath(path.Clean(name)) {
+		return fmt.Errorf("%w: invalid", errJail)
+	}
+	return nil
+}
+
+// candidates lists the paths to try for name, most specific first.
+func candidates(name string, mac net.HardwareAddr) []string {
+	name = path.Clean(name)
+	if dir, rest, ok := strings.Cut(name, "/"); ok && (isSerial(dir) || isDashedMAC(dir)) {
+		return []string{name, rest}
+	}
+	if mac != nil {
+		return []string{DashedMAC(mac) + "/" + name, name}
+	}
+	return []string{name}
+}
+
+// resolve opens the first existing regular file among the candidates,
+// inside root. It returns the file and the path served (relative to root).
+func resolve(root *os.Root, name string, mac net.HardwareAddr) (*os.File, string, error) {
+	if root == nil {
+		return nil, "", errors.New("server not started")
+	}
+	if err := checkName(name); err != nil {
+		return nil, "", err
+	}
+	var firstErr error
+	for _, c := range candidates(name, mac) {
+		f, err := root.Open(c)
+		if err == nil {
+			info, serr := f.Stat()
+			if serr == nil && info.Mode().IsRegular() {
+				return f, c, nil
+			}
+			f.Close()
+			err = fmt.Errorf("%s: %w", c, errNotRegular)
+		}
+		if firstErr == nil {
+			firstErr = err
+		}
+		if errors.Is(err, fs.ErrNotExist) || errors.Is(err, errNotRegular) {
+			continue
+		}
+		if strings.Contains(err.Error(), "escapes") {
+			// os.Root refuses a symlink (or name) that leads out of the root.
+			return nil, "", fmt.Errorf("%w: %v", errJail, err)
+		}
+		return nil, "", err
+	}
+	return nil, "", firstErr
+}
+
+func isSerial(s string) bool {
+	if len(s) != 8 {
+		return false
+	}
+	for _, c := range s {
+		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F') {
+			return false
+		}
+	}
+	return true
+}
+
+func isDashedMAC(s string) bool {
+	if len(s) != 17 {
+		return false
+	}
+	mac, err := net.ParseMAC(s)
+	return err == nil && len(mac) == 6 && strings.Count(s, "-") == 5
+}
+
+// DashedMAC formats mac as the bootloader's TFTP_PREFIX=2 folder name,
+// e.g. "dc-a6-32-01-36-c2".
+func DashedMAC(mac net.HardwareAddr) string {
+	return strings.ReplaceAll(mac.String(), ":", "-")
+}
+
+// arpLookup reads the kernel neighbour table of the process's network
+// namespace.
+func arpLookup(ip netip.Addr) net.HardwareAddr {
+	if !ip.IsValid() {
+		return nil
+	}
+	b, err := os.ReadFile("/proc/net/arp")
+	if err != nil {
+		return nil
+	}
+	want := ip.String()
+	for _, line := range strings.Split(string(b), "\n")[1:] {
+		f := strings.Fields(line)
+		if len(f) >= 4 && f[0] == want {
+			if mac, err := net.ParseMAC(f[3]); err == nil && f[3] != "00:00:00:00:00:00" {
+				return mac
+			}
+		}
+	}
+	return nil
+}
