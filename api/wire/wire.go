@@ -326,3 +326,8 @@ type ServerInfo struct {
 	PID     int       `json:"pid"`
 	Started time.Time `json:"started"`
 }
+
+// AgentUserAgent prefixes the User-Agent of cm4agent. The server measures
+// download and upload progress itself for every other client (the shell
+// client reports none) and leaves it to the agent otherwise.
+const AgentUserAgent = "cm4agent"

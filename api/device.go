@@ -1,0 +1,332 @@
+package api
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+
+	"github.com/cm4bench/cm4bench/api/store"
+	"github.com/cm4bench/cm4bench/api/wire"
+	"github.com/gin-gonic/gin"
+)
+
+// emit appends an event and logs (never fails the request on) an error.
+func (s *Server) emit(ctx context.Context, ev wire.Event) {
+	if _, err := s.Store.Emit(context.WithoutCancel(ctx), ev); err != nil {
+		s.log().Error("recording event", "kind", ev.Kind, "err", err)
+	}
+}
+
+func (s *Server) handleRegister(c *gin.Context) error {
+	var req wire.RegisterRequest
+	if err := decodeFlexible(c.Request, s.maxJSON(), &req, map[string]*string{"mac": &req.MAC, "ip": &req.IP}); err != nil {
+		return err
+	}
+	mac, err := normMAC(req.MAC)
+	if err != nil {
+		return err
+	}
+	ip := strings.TrimSpace(req.IP)
+	if ip == "" {
+		ip = remoteIP(c.Request)
+	} else if net.ParseIP(ip) == nil {
+		return httpErr(http.StatusBadRequest, "malformed ip %q", req.IP)
+	}
+	if f := req.Facts; f != nil && f.Serial != "" && !isHex(f.Serial) {
+		return httpErr(http.StatusBadRequest, "malformed serial %q: want hex digits", f.Serial)
+	}
+	created, err := s.Store.Register(c, mac, ip, req.Facts)
+	if err != nil {
+		return err
+	}
+	ev := wire.Event{Kind: wire.EventDeviceRegister, MAC: mac, Message: "device registered from " + ip,
+		Fields: map[string]any{"ip": ip, "new": created}}
+	if f := req.Facts; f != nil {
+		ev.Serial = f.Serial
+		ev.Fields["facts"] = f
+	}
+	s.emit(c, ev)
+	writeJSON(c.Writer, http.StatusOK, wire.RegisterResponse{Status: "registered", MAC: mac, PollInterval: s.pollInterval().Seconds()})
+	return nil
+}
+
+func isHex(s string) bool {
+	for _, r := range s {
+		if !strings.ContainsRune("0123456789abcdefABCDEF", r) {
+			return false
+		}
+	}
+	return len(s) > 0 && len(s) <= 16
+}
+
+func (s *Server) handlePoll(c *gin.Context) error {
+	mac, err := normMAC(c.Query("mac"))
+	if err != nil {
+		return err
+	}
+	ip := remoteIP(c.Request)
+	if err := s.Store.Touch(c, mac, ip); errors.Is(err, store.ErrNotFound) {
+		return httpErr(http.StatusNotFound, "unknown device %s: register first (POST %s)", mac, wire.PathRegister)
+	} else if err != nil {
+		return err
+	}
+	a, err := s.Store.OpenAction(c, mac)
+	if errors.Is(err, store.ErrNotFound) {
+		writeJSON(c.Writer, http.StatusOK, wire.PollResponse{Action: wire.ActionNone})
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	resp := wire.PollResponse{Action: a.Type, ActionID: a.ID, Token: a.Token}
+	base := baseURL(c.Request)
+	q := "?token=" + url.QueryEscape(a.Token)
+	switch a.Type {
+	case wire.ActionDeploy:
+		e, err := s.Images.Info(c, a.Image)
+		if err != nil {
+			// The technician picked an image that is gone or unreadable:
+			// fail the action now, with the reason, rather than hand the
+			// device a URL that cannot work.
+			s.failAction(c, a, fmt.Sprintf("image %q is not usable: %v", a.Image, err))
+			writeJSON(c.Writer, http.StatusOK, wire.PollResponse{Action: wire.ActionNone})
+			return nil
+		}
+		resp.URL = base + wire.PathImage + "/" + a.ID + q
+		resp.Image = &wire.ImageInfo{Name: e.Name, Format: e.Format, Size: e.Size, SHA256: e.SHA256, CompressedSize: e.CompressedSize}
+	case wire.ActionBackup:
+		resp.UploadURL = base + wire.PathBackup + "/" + a.ID + q
+	}
+	first := a.State == wire.StatePending
+	if a, err = s.Store.MarkPolled(c, a.ID, ip); err != nil {
+		return err
+	}
+	if first {
+		s.emit(c, wire.Event{Kind: wire.EventActionProgress, MAC: mac, Message: a.Type + " fetched by the device",
+			Fields: map[string]any{"action_id": a.ID, "phase": "polled", "done": 0, "total": a.Total, "rate": 0.0}})
+	}
+	writeJSON(c.Writer, http.StatusOK, resp)
+	return nil
+}
+
+// failAction closes an open action as failed and announces it.
+func (s *Server) failAction(ctx context.Context, a store.Action, why string) {
+	fa, err := s.Store.Finish(context.WithoutCancel(ctx), a.ID, store.Result{Error: why})
+	if err != nil {
+		if !errors.Is(err, store.ErrConflict) {
+			s.log().Error("failing action", "action", a.ID, "err", err)
+		}
+		return
+	}
+	s.metrics.actionFinished(fa.Action)
+	s.emit(ctx, wire.Event{Kind: wire.EventActionFailed, Level: "error", MAC: a.MAC, Message: a.Type + " failed: " + why,
+		Fields: map[string]any{"action_id": a.ID, "error": why, "type": a.Type}})
+}
+
+// deviceAction finds the open action a device request refers to and checks
+// that this device may act on it: by token when one is sent, otherwise by
+// the IP that polled the action (the shell client sends no token).
+func (s *Server) deviceAction(ctx context.Context, r *http.Request, mac, id, token string) (store.Action, error) {
+	var a store.Action
+	var err error
+	if id != "" {
+		a, err = s.Store.ActionByID(ctx, id)
+		if errors.Is(err, store.ErrNotFound) {
+			return a, httpErr(http.StatusNotFound, "no action %s", id)
+		}
+	} else {
+		a, err = s.Store.OpenAction(ctx, mac)
+		if errors.Is(err, store.ErrNotFound) {
+			return a, httpErr(http.StatusConflict, "no open action for %s", mac)
+		}
+	}
+	if err != nil {
+		return a, err
+	}
+	if a.MAC != mac {
+		return a, httpErr(http.StatusForbidden, "action %s belongs to another device", a.ID)
+	}
+	if token != "" && !tokenEqual(token, a.Token) {
+		return a, httpErr(http.StatusForbidden, "wrong token for action %s", a.ID)
+	}
+	if a.State != wire.StatePending && a.State != wire.StateRunning {
+		return a, httpErr(http.StatusGone, "action %s is %s; its token has expired", a.ID, a.State)
+	}
+	if token == "" {
+		if a.PolledIP == "" {
+			return a, httpErr(http.StatusConflict, "action %s was never fetched by the device", a.ID)
+		}
+		if ip := remoteIP(r); ip != a.PolledIP {
+			return a, httpErr(http.StatusForbidden, "action %s was fetched from %s, not %s", a.ID, a.PolledIP, ip)
+		}
+	}
+	return a, nil
+}
+
+func successStatus(s string) (ok bool, known bool) {
+	switch strings.ToLower(strings.TrimSpace(s)) {
+	case "", wire.StatusSuccess, "ok", "done", "0", "true":
+		return true, true
+	case wire.StatusFailed, "fail", "failure", "error":
+		return false, true
+	}
+	return false, false
+}
+
+func (s *Server) handleActionDone(c *gin.Context) error {
+	var req wire.ActionDone
+	var bytesStr, cbytesStr, secsStr string
+	fields := map[string]*string{"mac": &req.MAC, "action": &req.Action, "status": &req.Status, "sha256": &req.SHA256,
+		"action_id": &req.ActionID, "token": &req.Token, "error": &req.Error, "compressed_sha256": &req.CompressedSHA256,
+		"bytes": &bytesStr, "compressed_bytes": &cbytesStr, "seconds": &secsStr}
+	if err := decodeFlexible(c.Request, s.maxJSON(), &req, fields); err != nil {
+		return err
+	}
+	if bytesStr != "" {
+		fmt.Sscan(bytesStr, &req.Bytes)
+	}
+	if cbytesStr != "" {
+		fmt.Sscan(cbytesStr, &req.CompressedBytes)
+	}
+	mac, err := normMAC(req.MAC)
+	if err != nil {
+		return err
+	}
+	if _, err := s.Store.Device(c, mac); errors.Is(err, store.ErrNotFound) {
+		return httpErr(http.StatusNotFound, "unknown device %s", mac)
+	} else if err != nil {
+		return err
+	}
+	a, err := s.deviceAction(c, c.Request, mac, req.ActionID, req.Token)
+	if err != nil {
+		return err
+	}
+	if req.Action != "" && req.Action != a.Type {
+		return httpErr(http.StatusConflict, "action-done says %q but the open action %s is a %s", req.Action, a.ID, a.Type)
+	}
+	ok, known := successStatus(req.Status)
+	res := store.Result{OK: ok, SHA256: strings.ToLower(req.SHA256), Bytes: req.Bytes,
+		CompressedSHA256: strings.ToLower(req.CompressedSHA256), CompressedBytes: req.CompressedBytes}
+	switch {
+	case !known:
+		res.OK, res.Error = false, fmt.Sprintf("device reported status %q", req.Status)
+	case !ok:
+		res.Error = req.Error
+		if res.Error == "" {
+			res.Error = "device reported failure"
+		}
+	}
+	if res.OK {
+		res.Error = s.checkDone(c, a, req)
+		res.OK = res.Error == ""
+	}
+	fa, err := s.Store.Finish(c, a.ID, res)
+	if err != nil {
+		return err
+	}
+	s.metrics.actionFinished(fa.Action)
+	if res.OK {
+		s.emit(c, wire.Event{Kind: wire.EventActionDone, MAC: mac, Message: a.Type + " done",
+			Fields: map[string]any{"action_id": a.ID, "type": a.Type, "sha256": fa.SHA256, "bytes": fa.Bytes}})
+		s.emit(c, wire.Event{Kind: wire.EventNetbootSet, MAC: mac, Message: "netboot switched off after a successful " + a.Type,
+			Fields: map[string]any{"enabled": false}})
+	} else {
+		s.emit(c, wire.Event{Kind: wire.EventActionFailed, Level: "error", MAC: mac, Message: a.Type + " failed: " + res.Error,
+			Fields: map[string]any{"action_id": a.ID, "type": a.Type, "error": res.Error}})
+	}
+	writeJSON(c.Writer, http.StatusOK, fa.Action)
+	return nil
+}
+
+// checkDone decides whether a reported success really is one; it returns
+// the reason it is not, or "".
+func (s *Server) checkDone(ctx context.Context, a store.Action, req wire.ActionDone) string {
+	switch a.Type {
+	case wire.ActionBackup:
+		if a.BackupID == "" {
+			return "backup upload did not complete"
+		}
+		if req.SHA256 != "" && !strings.EqualFold(req.SHA256, a.SHA256) {
+			return fmt.Sprintf("device read sha256 %s but the server stored %s", strings.ToLower(req.SHA256), a.SHA256)
+		}
+	case wire.ActionDeploy:
+		e, err := s.Images.Info(ctx, a.Image)
+		if err != nil {
+			return fmt.Sprintf("image %q is no longer readable: %v", a.Image, err)
+		}
+		if req.SHA256 != "" && !strings.EqualFold(req.SHA256, e.SHA256) {
+			return fmt.Sprintf("device wrote sha256 %s but image %s is %s", strings.ToLower(req.SHA256), a.Image, e.SHA256)
+		}
+		if req.SHA256 == "" && req.Status == "" && a.Phase != phaseServed {
+			// The shell client reports nothing; success needs at least one
+			// complete stream of the image to this action.
+			return "the image stream to the device never completed"
+		}
+	}
+	return ""
+}
+
+func (s *Server) handleProgress(c *gin.Context) error {
+	var p wire.Progress
+	if err := s.decodeJSON(c.Request, &p); err != nil {
+		return err
+	}
+	mac, err := normMAC(p.MAC)
+	if err != nil {
+		return err
+	}
+	if p.Token == "" || p.ActionID == "" {
+		return httpErr(http.StatusBadRequest, "progress needs action_id and token")
+	}
+	if p.Done < 0 || p.Total < 0 || p.Rate < 0 || len(p.Phase) > 64 {
+		return httpErr(http.StatusBadRequest, "progress values out of range")
+	}
+	a, err := s.deviceAction(c, c.Request, mac, p.ActionID, p.Token)
+	if err != nil {
+		return err
+	}
+	if err := s.Store.Progress(c, a.ID, p.Phase, p.Done, p.Total, p.Rate); err != nil {
+		return err
+	}
+	s.emit(c, wire.Event{Kind: wire.EventActionProgress, MAC: mac, Message: p.Phase,
+		Fields: map[string]any{"action_id": a.ID, "phase": p.Phase, "done": p.Done, "total": p.Total, "rate": p.Rate}})
+	writeJSON(c.Writer, http.StatusOK, map[string]string{"status": "ok"})
+	return nil
+}
+
+func (s *Server) handleLog(c *gin.Context) error {
+	var l wire.LogLines
+	if err := s.decodeJSON(c.Request, &l); err != nil {
+		return err
+	}
+	mac, err := normMAC(l.MAC)
+	if err != nil {
+		return err
+	}
+	if len(l.Lines) == 0 {
+		return httpErr(http.StatusBadRequest, "no log lines")
+	}
+	if _, err := s.Store.Device(c, mac); errors.Is(err, store.ErrNotFound) {
+		return httpErr(http.StatusNotFound, "unknown device %s", mac)
+	} else if err != nil {
+		return err
+	}
+	ev := wire.Event{Kind: wire.EventDeviceLog, MAC: mac, Message: l.Lines[len(l.Lines)-1], Fields: map[string]any{"lines": l.Lines}}
+	if l.ActionID != "" {
+		a, err := s.deviceAction(c, c.Request, mac, l.ActionID, l.Token)
+		if err != nil {
+			return err
+		}
+		if err := s.Store.AppendLog(c, a.ID, l.Lines); err != nil {
+			return err
+		}
+		ev.Fields["action_id"] = a.ID
+	}
+	s.emit(c, ev)
+	writeJSON(c.Writer, http.StatusOK, map[string]string{"status": "ok"})
+	return nil
+}

@@ -1,0 +1,287 @@
+// Package api is the HTTP side of `cm4bench netboot serve`: the device API
+// that netbooted boards (the original curl+dd provisioning-client.sh, or
+// cm4agent) register, poll and report through; the image and backup
+// streams; and the technician API (token-protected JSON, SSE events,
+// OpenAPI document, Prometheus metrics) behind the dashboard and the CLI.
+//
+//	st, _ := store.Open(ctx, filepath.Join(data, "cm4bench.db"))
+//	tok, _, _ := api.LoadOrCreateToken(data)
+//	srv := &api.Server{Store: st, Images: lib, DataDir: data, Token: tok}
+//	ln, _ := net.Listen("tcp", "127.0.0.1:5000")
+//	err := srv.Serve(ctx, ln) // returns nil once ctx is done
+package api
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/cm4bench/cm4bench/api/images"
+	"github.com/cm4bench/cm4bench/api/store"
+	"github.com/cm4bench/cm4bench/api/wire"
+	"github.com/gin-gonic/gin"
+	"golang.org/x/sync/errgroup"
+)
+
+// Defaults for the zero-valued Server fields.
+const (
+	DefaultPollInterval = 5 * time.Second
+	DefaultMaxJSON      = 64 << 10
+)
+
+// Server is the cm4bench HTTP server. Set the fields, then call Serve (or
+// use Handler with your own http.Server). Do not change fields after the
+// first request.
+type Server struct {
+	// Store is the bench database; required.
+	Store *store.Store
+	// Images is the image library; required (may be empty).
+	Images *images.Library
+	// DataDir is where backups are written (<DataDir>/backups); required.
+	DataDir string
+	// Token is the admin token technician requests must present; required.
+	Token string
+	// CompressBackups stores raw backup uploads zstd-compressed.
+	CompressBackups bool
+	// PollInterval is what register tells devices; 0 = DefaultPollInterval.
+	PollInterval time.Duration
+	// MaxJSON bounds device and technician JSON bodies; 0 = DefaultMaxJSON.
+	MaxJSON int64
+	// Version is shown by /api/v1/status.
+	Version string
+	// Rivals, if set, reports other DHCP servers seen on the link.
+	Rivals func() []string
+	// UI serves the dashboard at /; nil = a minimal built-in page.
+	UI http.Handler
+	// Logger receives request errors and lifecycle messages; nil = silent.
+	Logger *slog.Logger
+
+	once    sync.Once
+	handler http.Handler
+	engine  *gin.Engine
+	metrics *metrics
+	started time.Time
+
+	addrMu sync.Mutex
+	addrs  []string
+}
+
+// LoadOrCreateToken reads the admin token from <dir>/admin-token, creating
+// it (random, mode 0600) if absent. created is true when it was new, so the
+// caller can print it once.
+func LoadOrCreateToken(dir string) (token string, created bool, err error) {
+	p := filepath.Join(dir, wire.FileAdminToken)
+	b, err := os.ReadFile(p)
+	if err == nil {
+		tok := string(trimSpace(b))
+		if len(tok) < 16 {
+			return "", false, fmt.Errorf("api: admin token in %s is too short (%d chars); delete it to make a new one", p, len(tok))
+		}
+		return tok, false, nil
+	}
+	if !errors.Is(err, fs.ErrNotExist) {
+		return "", false, fmt.Errorf("api: read admin token: %w", err)
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", false, fmt.Errorf("api: create data dir: %w", err)
+	}
+	tok := randomHex(24)
+	f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return "", false, fmt.Errorf("api: create admin token: %w", err)
+	}
+	if _, err := f.WriteString(tok + "\n"); err != nil {
+		f.Close()
+		os.Remove(p)
+		return "", false, fmt.Errorf("api: write admin token: %w", err)
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		os.Remove(p)
+		return "", false, fmt.Errorf("api: sync admin token: %w", err)
+	}
+	if err := f.Close(); err != nil {
+		return "", false, fmt.Errorf("api: close admin token: %w", err)
+	}
+	return tok, true, nil
+}
+
+func trimSpace(b []byte) []byte {
+	for len(b) > 0 && (b[len(b)-1] == '\n' || b[len(b)-1] == '\r' || b[len(b)-1] == ' ') {
+		b = b[:len(b)-1]
+	}
+	return b
+}
+
+func (s *Server) log() *slog.Logger {
+	if s.Logger == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return s.Logger
+}
+
+func (s *Server) pollInterval() time.Duration {
+	if s.PollInterval <= 0 {
+		return DefaultPollInterval
+	}
+	return s.PollInterval
+}
+
+func (s *Server) maxJSON() int64 {
+	if s.MaxJSON <= 0 {
+		return DefaultMaxJSON
+	}
+	return s.MaxJSON
+}
+
+// Handler returns the server's HTTP handler (built once).
+func (s *Server) Handler() http.Handler {
+	s.once.Do(s.build)
+	return s.handler
+}
+
+// AddAddress records a base URL the server is reachable at (shown by
+// /api/v1/status).
+func (s *Server) AddAddress(u string) {
+	s.addrMu.Lock()
+	s.addrs = append(s.addrs, u)
+	s.addrMu.Unlock()
+}
+
+func (s *Server) addresses() []string {
+	s.addrMu.Lock()
+	defer s.addrMu.Unlock()
+	return append([]string{}, s.addrs...)
+}
+
+func (s *Server) build() {
+	s.started = time.Now().UTC()
+	s.metrics = newMetrics(s)
+	// gin's mode is a package setting of gin; release mode only silences its
+	// route-table printout.
+	gin.SetMode(gin.ReleaseMode)
+	g := gin.New()
+	g.Use(s.recoverMiddleware())
+	g.HandleMethodNotAllowed = true
+	g.NoRoute(func(c *gin.Context) {
+		writeErr(c.Writer, http.StatusNotFound, "no such endpoint: "+c.Request.Method+" "+c.Request.URL.Path)
+	})
+	g.NoMethod(func(c *gin.Context) {
+		writeErr(c.Writer, http.StatusMethodNotAllowed, "method "+c.Request.Method+" not allowed on "+c.Request.URL.Path)
+	})
+
+	// Device API: no admin token; per-action tokens guard the streams.
+	g.POST(wire.PathRegister, s.wrap(s.handleRegister))
+	g.GET(wire.PathPoll, s.wrap(s.handlePoll))
+	g.POST(wire.PathActionDone, s.wrap(s.handleActionDone))
+	g.POST(wire.PathProgress, s.wrap(s.handleProgress))
+	g.POST(wire.PathLog, s.wrap(s.handleLog))
+	g.GET(wire.PathOpenAPI, s.handleOpenAPI)
+	g.GET(wire.PathMetrics, gin.WrapH(s.metrics.handler()))
+
+	// Technician API.
+	g.POST(wire.PathLogin, s.wrap(s.handleLogin))
+	g.POST(wire.PathLogout, s.handleLogout)
+	t := g.Group("", s.requireAdmin)
+	t.GET(wire.PathEvents, s.wrap(s.handleSSE))
+	v := t.Group(wire.PathAPIv1)
+	v.GET("/status", s.wrap(s.handleStatus))
+	v.GET("/devices", s.wrap(s.handleDevices))
+	v.GET("/devices/:mac", s.wrap(s.handleDevice))
+	v.POST("/devices/:mac/action", s.wrap(s.handleSetAction))
+	v.PUT("/devices/:mac/image", s.wrap(s.handleSetDeviceImage))
+	v.PUT("/devices/:mac/netboot", s.wrap(s.handleSetDeviceNetboot))
+	v.GET("/devices/:mac/netboot", s.wrap(s.handleGetDeviceNetboot))
+	v.POST("/actions", s.wrap(s.handleBulkAction))
+	v.GET("/actions", s.wrap(s.handleActions))
+	v.GET("/netboot", s.wrap(s.handleGetNetboot))
+	v.PUT("/netboot", s.wrap(s.handleSetNetboot))
+	v.GET("/images", s.wrap(s.handleImages))
+	v.POST("/images", s.wrap(s.handleAddImage))
+	v.DELETE("/images/:name", s.wrap(s.handleRemoveImage))
+	v.GET("/backups", s.wrap(s.handleBackups))
+	v.GET("/backups/:id/download", s.wrap(s.handleBackupDownload))
+	v.DELETE("/backups/:id", s.wrap(s.handleDeleteBackup))
+	v.GET("/events", s.wrap(s.handleEvents))
+
+	ui := s.UI
+	if ui == nil {
+		ui = http.HandlerFunc(placeholderUI)
+	}
+	g.GET("/", gin.WrapH(ui))
+	g.GET("/ui/*path", gin.WrapH(ui))
+
+	// The image and backup streams bypass gin: they are the hot path and
+	// need the plain ResponseWriter (sendfile) and the raw body.
+	mux := http.NewServeMux()
+	mux.HandleFunc(routeImageGet, s.handleImage)
+	mux.HandleFunc(routeImageHead, s.handleImage)
+	mux.HandleFunc(routeBackupPut, s.handleBackupUpload)
+	mux.HandleFunc(routeBackupPost, s.handleBackupUpload)
+	mux.Handle("/", g)
+	s.handler = mux
+	s.engine = g
+}
+
+// The routes served outside gin (see build).
+const (
+	routeImageGet   = "GET " + wire.PathImage + "/{id}"
+	routeImageHead  = "HEAD " + wire.PathImage + "/{id}"
+	routeBackupPut  = "PUT " + wire.PathBackup + "/{id}"
+	routeBackupPost = "POST " + wire.PathBackup + "/{id}"
+)
+
+// Serve serves HTTP on ln until ctx is done, then shuts down gracefully
+// (open streams get a few seconds) and returns nil. The metrics collector
+// runs alongside.
+func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	h := s.Handler()
+	hs := &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: 30 * time.Second,
+		BaseContext:       func(net.Listener) context.Context { return ctx },
+		ErrorLog:          slog.NewLogLogger(s.log().Handler(), slog.LevelWarn),
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		s.metrics.follow(gctx, s.Store)
+		return nil
+	})
+	g.Go(func() error {
+		<-gctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := hs.Shutdown(sctx); err != nil {
+			hs.Close()
+		}
+		return nil
+	})
+	g.Go(func() error {
+		s.log().Info("http api listening", "addr", ln.Addr().String())
+		err := hs.Serve(ln)
+		if errors.Is(err, http.ErrServerClosed) || ctx.Err() != nil {
+			return nil
+		}
+		return fmt.Errorf("api: serve %s: %w", ln.Addr(), err)
+	})
+	return g.Wait()
+}
+
+func placeholderUI(w http.ResponseWriter, r *http.Request) {
+	if r.URL.Path != "/" {
+		http.NotFound(w, r)
+		return
+	}
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	fmt.Fprint(w, `<!doctype html><meta charset="utf-8"><title>cm4bench</title>
+<h1>cm4bench</h1><p>The dashboard is not built into this binary. The JSON API is at
+<a href="/api/openapi.json">/api/openapi.json</a>.</p>`)
+}

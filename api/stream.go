@@ -1,0 +1,534 @@
+package api
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/cm4bench/cm4bench/api/images"
+	"github.com/cm4bench/cm4bench/api/store"
+	"github.com/cm4bench/cm4bench/api/wire"
+	"github.com/cm4bench/cm4bench/internal/atomicfile"
+	"github.com/klauspost/compress/zstd"
+)
+
+// phaseServed marks a deploy whose image was streamed completely to a
+// client that reports no progress of its own (the shell client).
+const phaseServed = "served"
+
+// progressEvery is how often the server reports progress it measures
+// itself (for clients that report none).
+const progressEvery = time.Second
+
+// streamAction authorises a request on an image or backup URL.
+func (s *Server) streamAction(r *http.Request, typ string) (store.Action, error) {
+	id := r.PathValue("id")
+	token := r.URL.Query().Get("token")
+	a, err := s.Store.ActionByID(r.Context(), id)
+	if errors.Is(err, store.ErrNotFound) {
+		return a, httpErr(http.StatusNotFound, "no action %q", id)
+	}
+	if err != nil {
+		return a, err
+	}
+	if token == "" || !tokenEqual(token, a.Token) {
+		return a, httpErr(http.StatusForbidden, "wrong or missing token for action %s", a.ID)
+	}
+	if a.State != wire.StatePending && a.State != wire.StateRunning {
+		return a, httpErr(http.StatusGone, "action %s is %s; its token has expired", a.ID, a.State)
+	}
+	if a.Type != typ {
+		return a, httpErr(http.StatusConflict, "action %s is a %s, not a %s", a.ID, a.Type, typ)
+	}
+	if a.PolledIP == "" {
+		return a, httpErr(http.StatusConflict, "action %s has not been polled by its device yet", a.ID)
+	}
+	if ip := remoteIP(r); ip != a.PolledIP {
+		return a, httpErr(http.StatusForbidden, "action %s belongs to the device at %s, not %s", a.ID, a.PolledIP, ip)
+	}
+	return a, nil
+}
+
+// meter counts bytes through a ResponseWriter (keeping sendfile: ReadFrom
+// passes *os.File sections straight to the connection) and reports
+// progress about once a second.
+type meter struct {
+	http.ResponseWriter
+	n      int64
+	start  time.Time
+	next   time.Time
+	report func(n int64, rate float64) // nil = count only
+	count  func(n int64)
+}
+
+func newMeter(w http.ResponseWriter, report func(int64, float64), count func(int64)) *meter {
+	now := time.Now()
+	return &meter{ResponseWriter: w, start: now, next: now.Add(progressEvery), report: report, count: count}
+}
+
+func (m *meter) add(n int) {
+	m.n += int64(n)
+	if m.count != nil {
+		m.count(int64(n))
+	}
+	if m.report != nil {
+		if now := time.Now(); now.After(m.next) {
+			m.next = now.Add(progressEvery)
+			m.report(m.n, m.rate())
+		}
+	}
+}
+
+func (m *meter) rate() float64 {
+	if d := time.Since(m.start).Seconds(); d > 0 {
+		return float64(m.n) / d
+	}
+	return 0
+}
+
+func (m *meter) Write(p []byte) (int, error) {
+	n, err := m.ResponseWriter.Write(p)
+	m.add(n)
+	return n, err
+}
+
+func (m *meter) ReadFrom(src io.Reader) (int64, error) {
+	rf, ok := m.ResponseWriter.(io.ReaderFrom)
+	if !ok {
+		return io.Copy(struct{ io.Writer }{m}, src)
+	}
+	lr, ok := src.(*io.LimitedReader)
+	if !ok {
+		return io.Copy(struct{ io.Writer }{m}, src)
+	}
+	var total int64
+	for lr.N > 0 {
+		chunk := min(lr.N, 8<<20)
+		n, err := rf.ReadFrom(&io.LimitedReader{R: lr.R, N: chunk})
+		lr.N -= n
+		total += n
+		m.add(int(n))
+		if err != nil {
+			return total, err
+		}
+		if n < chunk {
+			break
+		}
+	}
+	return total, nil
+}
+
+func (m *meter) Flush() {
+	if f, ok := m.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+func acceptsZstd(r *http.Request) bool {
+	for _, part := range strings.Split(r.Header.Get("Accept-Encoding"), ",") {
+		name, q, _ := strings.Cut(strings.TrimSpace(part), ";")
+		if strings.EqualFold(strings.TrimSpace(name), wire.AcceptZstd) && !strings.Contains(strings.ReplaceAll(q, " ", ""), "q=0") {
+			return true
+		}
+	}
+	return false
+}
+
+// handleImage streams a deploy's image: raw by default (sendfile for a raw
+// file, decompressed on the fly otherwise), zstd when the client accepts
+// it (a stored .zst passes through as is). Range and ETag work on the raw
+// stream and on a passed-through .zst.
+func (s *Server) handleImage(w http.ResponseWriter, r *http.Request) {
+	a, err := s.streamAction(r, wire.ActionDeploy)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	e, err := s.Images.Info(r.Context(), a.Image)
+	if err != nil {
+		s.fail(w, r, fmt.Errorf("image %q of action %s: %w", a.Image, a.ID, err))
+		return
+	}
+	f, err := os.Open(e.Path)
+	if err != nil {
+		s.fail(w, r, fmt.Errorf("open image %q: %w", a.Image, err))
+		return
+	}
+	defer f.Close()
+
+	h := w.Header()
+	h.Set(wire.HeaderImageSize, strconv.FormatInt(e.Size, 10))
+	h.Set(wire.HeaderImageSHA256, e.SHA256)
+	h.Set(wire.HeaderImageFormat, e.Format)
+	h.Set("Content-Type", "application/octet-stream")
+	h.Set("Vary", "Accept-Encoding")
+	h.Set("Cache-Control", "no-cache")
+
+	// Progress: measured here for clients that report none themselves.
+	tracked := r.Method == http.MethodGet && !strings.HasPrefix(r.UserAgent(), wire.AgentUserAgent)
+	zstdOut := acceptsZstd(r)
+	var report func(int64, float64)
+	var offset int64
+	if tracked && !zstdOut {
+		report = func(n int64, rate float64) { s.serverProgress(a, "download", offset+n, e.Size, rate) }
+	}
+	m := newMeter(w, report, s.metrics.bytesServed.Add)
+
+	switch {
+	case zstdOut && e.Format == images.FormatZstd:
+		h.Set("Content-Encoding", "zstd")
+		h.Set("ETag", `"`+e.SHA256+`-zst"`)
+		http.ServeContent(m, r, "", e.Modified, f)
+		return
+	case zstdOut:
+		// Compress on the fly; no Range (resume on the raw stream instead).
+		h.Set("Content-Encoding", "zstd")
+		h.Set("ETag", `"`+e.SHA256+`-zstd-live"`)
+		if r.Method == http.MethodHead {
+			w.WriteHeader(http.StatusOK)
+			return
+		}
+		rc, err := images.Decompress(f, e.Format)
+		if err != nil {
+			s.fail(w, r, err)
+			return
+		}
+		defer rc.Close()
+		enc, err := zstd.NewWriter(m, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1), zstd.WithLowerEncoderMem(true))
+		if err != nil {
+			s.fail(w, r, err)
+			return
+		}
+		w.WriteHeader(http.StatusOK)
+		n, err := io.Copy(enc, rc)
+		if cerr := enc.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			s.log().Warn("zstd image stream ended early", "action", a.ID, "raw_bytes", n, "err", err)
+		}
+		return
+	}
+
+	h.Set("ETag", `"`+e.SHA256+`"`)
+	if e.Format == images.FormatRaw {
+		http.ServeContent(m, r, "", e.Modified, f)
+		if tracked && r.Header.Get("Range") == "" && m.n == e.Size {
+			s.serverProgress(a, phaseServed, e.Size, e.Size, m.rate())
+		}
+		return
+	}
+
+	// A compressed image as a raw stream: decompress, skipping to the
+	// requested offset for a Range request.
+	start, length, code := int64(0), e.Size, http.StatusOK
+	if rg := r.Header.Get("Range"); rg != "" && ifRangeOK(r, `"`+e.SHA256+`"`) {
+		st, ln, ok := parseRange(rg, e.Size)
+		if !ok {
+			h.Set("Content-Range", fmt.Sprintf("bytes */%d", e.Size))
+			writeErr(w, http.StatusRequestedRangeNotSatisfiable, "unsatisfiable range "+rg)
+			return
+		}
+		start, length, code = st, ln, http.StatusPartialContent
+		h.Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", st, st+ln-1, e.Size))
+	}
+	offset = start
+	h.Set("Accept-Ranges", "bytes")
+	h.Set("Content-Length", strconv.FormatInt(length, 10))
+	if r.Method == http.MethodHead {
+		w.WriteHeader(code)
+		return
+	}
+	rc, err := images.Decompress(f, e.Format)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	defer rc.Close()
+	if start > 0 {
+		if _, err := io.CopyN(io.Discard, rc, start); err != nil {
+			s.fail(w, r, fmt.Errorf("skip to %d in image %q: %w", start, a.Image, err))
+			return
+		}
+	}
+	w.WriteHeader(code)
+	n, err := io.CopyN(struct{ io.Writer }{m}, rc, length)
+	if err != nil {
+		s.log().Warn("image stream ended early", "action", a.ID, "image", a.Image, "sent", n, "want", length, "err", err)
+		return
+	}
+	if tracked && code == http.StatusOK && n == e.Size {
+		s.serverProgress(a, phaseServed, e.Size, e.Size, m.rate())
+	}
+}
+
+// serverProgress records progress the server measured itself.
+func (s *Server) serverProgress(a store.Action, phase string, done, total int64, rate float64) {
+	ctx := context.Background()
+	if err := s.Store.Progress(ctx, a.ID, phase, done, total, rate); err != nil {
+		return // the action was closed meanwhile
+	}
+	s.emit(ctx, wire.Event{Kind: wire.EventActionProgress, MAC: a.MAC, Message: phase,
+		Fields: map[string]any{"action_id": a.ID, "phase": phase, "done": done, "total": total, "rate": rate}})
+}
+
+func ifRangeOK(r *http.Request, etag string) bool {
+	ir := r.Header.Get("If-Range")
+	return ir == "" || ir == etag
+}
+
+// parseRange parses a single-range "bytes=" header against size. Several
+// ranges are not supported (ok=false would refuse them, so they are
+// treated as the first range only).
+func parseRange(h string, size int64) (start, length int64, ok bool) {
+	spec, found := strings.CutPrefix(h, "bytes=")
+	if !found {
+		return 0, 0, false
+	}
+	spec, _, _ = strings.Cut(spec, ",")
+	a, b, found := strings.Cut(strings.TrimSpace(spec), "-")
+	if !found {
+		return 0, 0, false
+	}
+	if a == "" { // suffix: last b bytes
+		n, err := strconv.ParseInt(b, 10, 64)
+		if err != nil || n <= 0 {
+			return 0, 0, false
+		}
+		n = min(n, size)
+		return size - n, n, size > 0
+	}
+	st, err := strconv.ParseInt(a, 10, 64)
+	if err != nil || st < 0 || st >= size {
+		return 0, 0, false
+	}
+	end := size - 1
+	if b != "" {
+		e, err := strconv.ParseInt(b, 10, 64)
+		if err != nil || e < st {
+			return 0, 0, false
+		}
+		end = min(e, size-1)
+	}
+	return st, end - st + 1, true
+}
+
+// BackupDir is where backups are stored.
+func (s *Server) backupDir() string { return filepath.Join(s.DataDir, "backups") }
+
+// uploadError tells a cut upload (the client's side) from a failed write
+// (ours: full disk, I/O error).
+type uploadError struct {
+	read bool
+	n    int64
+	err  error
+}
+
+func (e *uploadError) Error() string { return e.err.Error() }
+func (e *uploadError) Unwrap() error { return e.err }
+
+// copyUpload copies src to dst with distinct read and write errors.
+func copyUpload(dst io.Writer, src io.Reader, buf []byte) (int64, error) {
+	var n int64
+	for {
+		nr, rerr := src.Read(buf)
+		if nr > 0 {
+			nw, werr := dst.Write(buf[:nr])
+			n += int64(nw)
+			if werr != nil {
+				return n, &uploadError{n: n, err: werr}
+			}
+		}
+		if rerr == io.EOF {
+			return n, nil
+		}
+		if rerr != nil {
+			return n, &uploadError{read: true, n: n, err: rerr}
+		}
+	}
+}
+
+type countWriter struct{ n int64 }
+
+func (c *countWriter) Write(p []byte) (int, error) { c.n += int64(len(p)); return len(p), nil }
+
+// handleBackupUpload receives a backup (PUT or POST, any length or
+// chunked). The body is raw device bytes, or zstd when sent with
+// "Content-Encoding: zstd". It is written to a temp file, fsynced and
+// renamed; only then is the backup recorded. A cut upload or a failed
+// write fails the action and records no backup.
+func (s *Server) handleBackupUpload(w http.ResponseWriter, r *http.Request) {
+	a, err := s.streamAction(r, wire.ActionBackup)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	if a.BackupID != "" {
+		s.fail(w, r, httpErr(http.StatusConflict, "action %s already has backup %s", a.ID, a.BackupID))
+		return
+	}
+	b, code, err := s.receiveBackup(r, a)
+	if err != nil {
+		s.failAction(r.Context(), a, err.Error())
+		if code == 0 {
+			code = http.StatusInternalServerError
+		}
+		s.log().Warn("backup upload failed", "action", a.ID, "mac", a.MAC, "status", code, "err", err)
+		writeErr(w, code, err.Error())
+		return
+	}
+	s.emit(r.Context(), wire.Event{Kind: wire.EventBackupStored, MAC: a.MAC, Serial: b.Serial,
+		Message: fmt.Sprintf("backup %s stored (%d bytes, sha256 %s)", b.ID, b.Size, b.SHA256),
+		Fields:  map[string]any{"action_id": a.ID, "backup_id": b.ID, "size": b.Size, "stored_size": b.StoredSize, "sha256": b.SHA256}})
+	writeJSON(w, http.StatusCreated, b.Backup)
+}
+
+func (s *Server) receiveBackup(r *http.Request, a store.Action) (store.Backup, int, error) {
+	ctx := r.Context()
+	dev, err := s.Store.Device(ctx, a.MAC)
+	if err != nil {
+		return store.Backup{}, 0, fmt.Errorf("backup: look up device: %w", err)
+	}
+	inZstd := strings.EqualFold(r.Header.Get("Content-Encoding"), "zstd") ||
+		strings.EqualFold(r.Header.Get("Content-Type"), "application/zstd")
+	compressed := inZstd || s.CompressBackups
+	serial := dev.Serial
+	if serial == "" {
+		serial = "noserial"
+	}
+	name := fmt.Sprintf("%s-%s-a%s-%s.img", strings.ReplaceAll(a.MAC, ":", "-"), serial, a.ID, time.Now().UTC().Format("20060102T150405Z"))
+	if compressed {
+		name += ".zst"
+	}
+	if err := os.MkdirAll(s.backupDir(), 0o750); err != nil {
+		return store.Backup{}, http.StatusInsufficientStorage, fmt.Errorf("backup: create backup dir: %w", err)
+	}
+	f, err := atomicfile.Create(filepath.Join(s.backupDir(), name), 0o640)
+	if err != nil {
+		return store.Backup{}, writeCode(err), fmt.Errorf("backup: %w", err)
+	}
+	defer f.Abort()
+
+	var total int64
+	if r.ContentLength > 0 {
+		total = r.ContentLength
+	}
+	var report func(int64, float64)
+	if !strings.HasPrefix(r.UserAgent(), wire.AgentUserAgent) {
+		report = func(n int64, rate float64) { s.serverProgress(a, "upload", n, total, rate) }
+	}
+	m := newMeter(nil, report, s.metrics.bytesReceived.Add)
+	body := io.TeeReader(r.Body, meterSink{m})
+
+	rawSHA, storedSHA := sha256.New(), sha256.New()
+	rawN, storedN := &countWriter{}, &countWriter{}
+	buf := make([]byte, 1<<20)
+	switch {
+	case inZstd:
+		// Store as received; decode alongside to learn the raw hash and
+		// size (and to refuse a stream that is not zstd).
+		pr, pw := io.Pipe()
+		done := make(chan error, 1)
+		go func() { done <- decodeInto(pr, io.MultiWriter(rawSHA, rawN)) }()
+		_, err = copyUpload(io.MultiWriter(f, storedSHA, storedN, pw), body, buf)
+		pw.CloseWithError(err)
+		if derr := <-done; err == nil && derr != nil {
+			return store.Backup{}, http.StatusBadRequest, fmt.Errorf("backup: upload is not a valid zstd stream: %w", derr)
+		}
+	case compressed:
+		enc, eerr := zstd.NewWriter(io.MultiWriter(f, storedSHA, storedN), zstd.WithEncoderLevel(zstd.SpeedDefault))
+		if eerr != nil {
+			return store.Backup{}, 0, fmt.Errorf("backup: zstd: %w", eerr)
+		}
+		_, err = copyUpload(io.MultiWriter(enc, rawSHA, rawN), body, buf)
+		if cerr := enc.Close(); err == nil && cerr != nil {
+			err = &uploadError{err: cerr}
+		}
+	default:
+		_, err = copyUpload(io.MultiWriter(f, rawSHA, rawN), body, buf)
+		storedSHA, storedN = nil, rawN
+	}
+	if err != nil {
+		var ue *uploadError
+		if errors.As(err, &ue) && ue.read {
+			return store.Backup{}, http.StatusBadRequest, fmt.Errorf("backup upload cut after %d bytes: %w", m.n, ue.err)
+		}
+		return store.Backup{}, writeCode(err), writeFailure(err, m.n)
+	}
+	if rawN.n == 0 {
+		return store.Backup{}, http.StatusBadRequest, errors.New("backup upload is empty")
+	}
+	raw := hex.EncodeToString(rawSHA.Sum(nil))
+	if want := r.Header.Get(wire.HeaderRawSHA256); want != "" && !strings.EqualFold(want, raw) {
+		return store.Backup{}, http.StatusBadRequest, fmt.Errorf("backup: device says raw sha256 %s, received %s", strings.ToLower(want), raw)
+	}
+	stored := raw
+	if storedSHA != nil {
+		stored = hexSum(storedSHA)
+	}
+	if err := f.Commit(); err != nil {
+		return store.Backup{}, writeCode(err), writeFailure(err, m.n)
+	}
+	b, err := s.Store.AddBackup(ctx, a.ID, store.Backup{
+		Backup: wire.Backup{MAC: a.MAC, Serial: dev.Serial, Size: rawN.n, StoredSize: storedN.n, Compressed: compressed, SHA256: raw},
+		File:   name, StoredSHA256: stored,
+	})
+	if err != nil {
+		os.Remove(filepath.Join(s.backupDir(), name))
+		return store.Backup{}, 0, fmt.Errorf("backup: record: %w", err)
+	}
+	return b, 0, nil
+}
+
+type meterSink struct{ m *meter }
+
+func (s meterSink) Write(p []byte) (int, error) { s.m.add(len(p)); return len(p), nil }
+
+func hexSum(h hash.Hash) string { return hex.EncodeToString(h.Sum(nil)) }
+
+func decodeInto(r io.Reader, w io.Writer) error {
+	dec, err := zstd.NewReader(r, zstd.WithDecoderConcurrency(1))
+	if err != nil {
+		io.Copy(io.Discard, r)
+		return err
+	}
+	defer dec.Close()
+	if _, err := io.Copy(w, dec); err != nil {
+		io.Copy(io.Discard, r) // keep the writer side from blocking
+		return err
+	}
+	_, err = io.Copy(io.Discard, r)
+	return err
+}
+
+// writeFailure words a local write failure for the technician and the
+// device without server paths.
+func writeFailure(err error, n int64) error {
+	if writeCode(err) == http.StatusInsufficientStorage {
+		return fmt.Errorf("backup disk full after %d bytes: no space left on the server's backup disk", n)
+	}
+	var pe *os.PathError
+	if errors.As(err, &pe) {
+		return fmt.Errorf("backup: writing failed after %d bytes: %s: %v", n, pe.Op, pe.Err)
+	}
+	return fmt.Errorf("backup: writing failed after %d bytes: %v", n, err)
+}
+
+// writeCode maps a local write failure to a status: 507 for a full disk.
+func writeCode(err error) int {
+	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
+		return http.StatusInsufficientStorage
+	}
+	return http.StatusInternalServerError
+}

@@ -1,0 +1,528 @@
+package api
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/cm4bench/cm4bench/api/images"
+	"github.com/cm4bench/cm4bench/api/store"
+	"github.com/cm4bench/cm4bench/api/wire"
+	"github.com/gin-gonic/gin"
+)
+
+func (s *Server) handleStatus(c *gin.Context) error {
+	devs, err := s.Store.Devices(c)
+	if err != nil {
+		return err
+	}
+	counts := map[string]int{}
+	for _, d := range devs {
+		counts[d.State]++
+	}
+	imgs, err := s.Images.List(c)
+	if err != nil {
+		return err
+	}
+	nb, err := s.Store.BackupCount(c)
+	if err != nil {
+		return err
+	}
+	st := wire.Status{Version: s.Version, Addresses: s.addresses(), Netboot: s.Store.GlobalNetboot(),
+		DefaultImage: s.Images.DefaultName(), Devices: counts, Images: len(imgs), Backups: nb, Started: s.started}
+	if s.Rivals != nil {
+		st.RivalDHCP = s.Rivals()
+	}
+	writeJSON(c.Writer, http.StatusOK, st)
+	return nil
+}
+
+func (s *Server) handleDevices(c *gin.Context) error {
+	devs, err := s.Store.Devices(c)
+	if err != nil {
+		return err
+	}
+	for i := range devs {
+		stripAction(devs[i].Action)
+	}
+	writeJSON(c.Writer, http.StatusOK, devs)
+	return nil
+}
+
+// stripAction drops the log tail from list views (GET /devices/:mac and
+// /actions keep it).
+func stripAction(a *wire.Action) {
+	if a != nil {
+		a.Log = nil
+	}
+}
+
+func (s *Server) device(ctx context.Context, macParam string) (wire.Device, error) {
+	mac, err := normMAC(macParam)
+	if err != nil {
+		return wire.Device{}, err
+	}
+	d, err := s.Store.Device(ctx, mac)
+	if errors.Is(err, store.ErrNotFound) {
+		return d, httpErr(http.StatusNotFound, "unknown device %s", mac)
+	}
+	return d, err
+}
+
+func (s *Server) handleDevice(c *gin.Context) error {
+	d, err := s.device(c, c.Param("mac"))
+	if err != nil {
+		return err
+	}
+	acts, err := s.Store.Actions(c, d.MAC, 20)
+	if err != nil {
+		return err
+	}
+	d.Actions = make([]wire.Action, len(acts))
+	for i, a := range acts {
+		d.Actions[i] = a.Action
+	}
+	writeJSON(c.Writer, http.StatusOK, d)
+	return nil
+}
+
+// setAction gives one device an action, or cancels its open one ("none").
+// A new action switches the device's netboot back on, since it has to
+// netboot to run it.
+func (s *Server) setAction(ctx context.Context, macParam, typ, image string) (wire.Action, error) {
+	d, err := s.device(ctx, macParam)
+	if err != nil {
+		return wire.Action{}, err
+	}
+	switch typ {
+	case wire.ActionNone:
+		a, err := s.Store.CancelAction(ctx, d.MAC)
+		if errors.Is(err, store.ErrNotFound) {
+			return wire.Action{}, httpErr(http.StatusConflict, "%s has no open action to cancel", d.MAC)
+		}
+		if err != nil {
+			return wire.Action{}, err
+		}
+		s.emit(ctx, wire.Event{Kind: wire.EventActionSet, MAC: d.MAC, Message: a.Type + " cancelled",
+			Fields: map[string]any{"action_id": a.ID, "type": a.Type, "state": a.State}})
+		return a.Action, nil
+	case wire.ActionDeploy:
+		if image == "" {
+			image = d.Image
+		}
+		if image == "" {
+			image = s.Images.DefaultName()
+		}
+		if image == "" {
+			return wire.Action{}, httpErr(http.StatusBadRequest, "no image for %s: name one, assign one to the device, or start the server with --image", d.MAC)
+		}
+		if _, err := s.Images.Stat(ctx, image); err != nil {
+			return wire.Action{}, err
+		}
+	case wire.ActionBackup:
+		image = ""
+	default:
+		return wire.Action{}, httpErr(http.StatusBadRequest, "unknown action %q: want deploy, backup or none", typ)
+	}
+	a, cancelled, err := s.Store.SetAction(ctx, d.MAC, typ, image)
+	if err != nil {
+		return wire.Action{}, err
+	}
+	if cancelled != nil {
+		s.emit(ctx, wire.Event{Kind: wire.EventActionSet, MAC: d.MAC, Message: cancelled.Type + " cancelled (replaced)",
+			Fields: map[string]any{"action_id": cancelled.ID, "type": cancelled.Type, "state": cancelled.State}})
+	}
+	s.emit(ctx, wire.Event{Kind: wire.EventActionSet, MAC: d.MAC, Message: typ + " requested",
+		Fields: map[string]any{"action_id": a.ID, "type": typ, "image": image, "state": a.State}})
+	if !d.Netboot {
+		if err := s.Store.SetDeviceNetboot(ctx, d.MAC, true); err != nil {
+			return wire.Action{}, err
+		}
+		s.emit(ctx, wire.Event{Kind: wire.EventNetbootSet, MAC: d.MAC, Message: "netboot switched on for the new " + typ,
+			Fields: map[string]any{"enabled": true}})
+	}
+	return a.Action, nil
+}
+
+func (s *Server) handleSetAction(c *gin.Context) error {
+	var req wire.SetActionRequest
+	if err := s.decodeJSON(c.Request, &req); err != nil {
+		return err
+	}
+	a, err := s.setAction(c, c.Param("mac"), req.Action, req.Image)
+	if err != nil {
+		return err
+	}
+	writeJSON(c.Writer, http.StatusOK, a)
+	return nil
+}
+
+func (s *Server) handleBulkAction(c *gin.Context) error {
+	var req wire.BulkActionRequest
+	if err := s.decodeJSON(c.Request, &req); err != nil {
+		return err
+	}
+	if len(req.MACs) == 0 {
+		return httpErr(http.StatusBadRequest, "no macs given")
+	}
+	// Check everything first so that a typo changes nothing.
+	for _, m := range req.MACs {
+		if _, err := s.device(c, m); err != nil {
+			return err
+		}
+	}
+	out := []wire.Action{}
+	var errs []string
+	for _, m := range req.MACs {
+		a, err := s.setAction(c, m, req.Action, req.Image)
+		if err != nil {
+			_, msg := statusOf(err)
+			errs = append(errs, m+": "+msg)
+			continue
+		}
+		out = append(out, a)
+	}
+	if len(errs) > 0 && len(out) == 0 {
+		return httpErr(http.StatusConflict, "%s", strings.Join(errs, "; "))
+	}
+	if len(errs) > 0 {
+		c.Header("X-Cm4bench-Partial", strings.Join(errs, "; "))
+	}
+	writeJSON(c.Writer, http.StatusOK, out)
+	return nil
+}
+
+func (s *Server) handleSetDeviceImage(c *gin.Context) error {
+	var req wire.SetImageRequest
+	if err := s.decodeJSON(c.Request, &req); err != nil {
+		return err
+	}
+	d, err := s.device(c, c.Param("mac"))
+	if err != nil {
+		return err
+	}
+	if req.Image != "" {
+		if _, err := s.Images.Stat(c, req.Image); err != nil {
+			return err
+		}
+	}
+	if err := s.Store.SetDeviceImage(c, d.MAC, req.Image); err != nil {
+		return err
+	}
+	s.emit(c, wire.Event{Kind: "device.image", MAC: d.MAC, Message: "image assigned: " + orDefault(req.Image),
+		Fields: map[string]any{"image": req.Image}})
+	d, err = s.Store.Device(c, d.MAC)
+	if err != nil {
+		return err
+	}
+	writeJSON(c.Writer, http.StatusOK, d)
+	return nil
+}
+
+func orDefault(s string) string {
+	if s == "" {
+		return "(default)"
+	}
+	return s
+}
+
+func (s *Server) handleSetDeviceNetboot(c *gin.Context) error {
+	var req wire.NetbootSwitch
+	if err := s.decodeJSON(c.Request, &req); err != nil {
+		return err
+	}
+	mac, err := normMAC(c.Param("mac"))
+	if err != nil {
+		return err
+	}
+	// Known or not: a switch may be set before a board first boots.
+	if err := s.Store.SetDeviceNetboot(c, mac, req.Enabled); err != nil {
+		return err
+	}
+	s.emit(c, wire.Event{Kind: wire.EventNetbootSet, MAC: mac, Message: "netboot " + onOff(req.Enabled) + " by the technician",
+		Fields: map[string]any{"enabled": req.Enabled}})
+	writeJSON(c.Writer, http.StatusOK, wire.NetbootSwitch{MAC: mac, Enabled: req.Enabled})
+	return nil
+}
+
+func (s *Server) handleGetDeviceNetboot(c *gin.Context) error {
+	d, err := s.device(c, c.Param("mac"))
+	if err != nil {
+		return err
+	}
+	writeJSON(c.Writer, http.StatusOK, wire.NetbootSwitch{MAC: d.MAC, Enabled: d.Netboot})
+	return nil
+}
+
+func onOff(b bool) string {
+	if b {
+		return "on"
+	}
+	return "off"
+}
+
+func (s *Server) handleGetNetboot(c *gin.Context) error {
+	writeJSON(c.Writer, http.StatusOK, wire.NetbootSwitch{Enabled: s.Store.GlobalNetboot()})
+	return nil
+}
+
+func (s *Server) handleSetNetboot(c *gin.Context) error {
+	var req wire.NetbootSwitch
+	if err := s.decodeJSON(c.Request, &req); err != nil {
+		return err
+	}
+	if req.MAC != "" {
+		return httpErr(http.StatusBadRequest, "the global switch takes no mac; use PUT /api/v1/devices/%s/netboot", req.MAC)
+	}
+	if err := s.Store.SetGlobalNetboot(c, req.Enabled); err != nil {
+		return err
+	}
+	s.emit(c, wire.Event{Kind: wire.EventNetbootSet, Message: "global netboot " + onOff(req.Enabled),
+		Fields: map[string]any{"enabled": req.Enabled, "global": true}})
+	writeJSON(c.Writer, http.StatusOK, wire.NetbootSwitch{Enabled: req.Enabled})
+	return nil
+}
+
+func (s *Server) handleImages(c *gin.Context) error {
+	imgs, err := s.Images.List(c)
+	if err != nil {
+		return err
+	}
+	writeJSON(c.Writer, http.StatusOK, imgs)
+	return nil
+}
+
+func (s *Server) handleAddImage(c *gin.Context) error {
+	name := c.Query("name")
+	if name == "" {
+		return httpErr(http.StatusBadRequest, "missing ?name=FILE.img[.gz|.xz|.zst]")
+	}
+	im, err := s.Images.Add(c, name, c.Request.Body)
+	if err != nil {
+		if errors.Is(err, images.ErrBadName) || errors.Is(err, images.ErrExists) || errors.Is(err, images.ErrIsDefault) {
+			return err
+		}
+		if writeCode(err) == http.StatusInsufficientStorage {
+			return &HTTPError{Code: http.StatusInsufficientStorage, Msg: "image upload failed: the server's disk is full", Err: err}
+		}
+		return &HTTPError{Code: http.StatusBadRequest, Msg: "image upload failed: " + publicErr(err), Err: err}
+	}
+	s.emit(c, wire.Event{Kind: wire.EventImageAdded, Message: fmt.Sprintf("image %s added (%d bytes raw)", im.Name, im.Size),
+		Fields: map[string]any{"image": im.Name, "size": im.Size, "sha256": im.SHA256}})
+	writeJSON(c.Writer, http.StatusCreated, im)
+	return nil
+}
+
+// publicErr strips server paths from an error for a client.
+func publicErr(err error) string {
+	var pe *os.PathError
+	if errors.As(err, &pe) {
+		return pe.Op + ": " + pe.Err.Error()
+	}
+	return err.Error()
+}
+
+func (s *Server) handleRemoveImage(c *gin.Context) error {
+	name := c.Param("name")
+	if err := s.Images.Remove(name); err != nil {
+		return err
+	}
+	s.emit(c, wire.Event{Kind: wire.EventImageRemoved, Message: "image " + name + " removed", Fields: map[string]any{"image": name}})
+	writeJSON(c.Writer, http.StatusOK, map[string]string{"status": "removed", "image": name})
+	return nil
+}
+
+func (s *Server) handleBackups(c *gin.Context) error {
+	bs, err := s.Store.Backups(c)
+	if err != nil {
+		return err
+	}
+	out := make([]wire.Backup, len(bs))
+	for i, b := range bs {
+		out[i] = b.Backup
+	}
+	writeJSON(c.Writer, http.StatusOK, out)
+	return nil
+}
+
+func (s *Server) backup(ctx context.Context, id string) (store.Backup, error) {
+	if _, err := strconv.ParseInt(id, 10, 64); err != nil {
+		return store.Backup{}, httpErr(http.StatusBadRequest, "malformed backup id %q", id)
+	}
+	b, err := s.Store.BackupByID(ctx, id)
+	if errors.Is(err, store.ErrNotFound) {
+		return b, httpErr(http.StatusNotFound, "no backup %s", id)
+	}
+	return b, err
+}
+
+func (s *Server) handleBackupDownload(c *gin.Context) error {
+	b, err := s.backup(c, c.Param("id"))
+	if err != nil {
+		return err
+	}
+	f, err := os.Open(filepath.Join(s.backupDir(), b.File))
+	if err != nil {
+		return &HTTPError{Code: http.StatusGone, Msg: "backup " + b.ID + " is recorded but its file is missing", Err: err}
+	}
+	defer f.Close()
+	h := c.Writer.Header()
+	h.Set("Content-Type", "application/octet-stream")
+	h.Set("Content-Disposition", `attachment; filename="`+b.File+`"`)
+	h.Set("ETag", `"`+b.StoredSHA256+`"`)
+	h.Set("X-Cm4bench-Sha256", b.SHA256)
+	h.Set("X-Cm4bench-Stored-Sha256", b.StoredSHA256)
+	http.ServeContent(c.Writer, c.Request, "", b.Created, f)
+	return nil
+}
+
+func (s *Server) handleDeleteBackup(c *gin.Context) error {
+	b, err := s.backup(c, c.Param("id"))
+	if err != nil {
+		return err
+	}
+	if err := os.Remove(filepath.Join(s.backupDir(), b.File)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return &HTTPError{Code: http.StatusInternalServerError, Msg: "could not delete the backup file: " + publicErr(err), Err: err}
+	}
+	if err := s.Store.DeleteBackup(c, b.ID); err != nil {
+		return err
+	}
+	s.emit(c, wire.Event{Kind: "backup.removed", MAC: b.MAC, Message: "backup " + b.ID + " deleted", Fields: map[string]any{"backup_id": b.ID}})
+	writeJSON(c.Writer, http.StatusOK, map[string]string{"status": "deleted", "id": b.ID})
+	return nil
+}
+
+func queryInt(c *gin.Context, name string, def int64) (int64, error) {
+	v := c.Query(name)
+	if v == "" {
+		return def, nil
+	}
+	n, err := strconv.ParseInt(v, 10, 64)
+	if err != nil {
+		return 0, httpErr(http.StatusBadRequest, "malformed %s=%q: want an integer", name, v)
+	}
+	return n, nil
+}
+
+func (s *Server) handleActions(c *gin.Context) error {
+	mac := ""
+	if m := c.Query("mac"); m != "" {
+		var err error
+		if mac, err = normMAC(m); err != nil {
+			return err
+		}
+	}
+	limit, err := queryInt(c, "limit", 100)
+	if err != nil {
+		return err
+	}
+	acts, err := s.Store.Actions(c, mac, int(limit))
+	if err != nil {
+		return err
+	}
+	out := make([]wire.Action, len(acts))
+	for i, a := range acts {
+		out[i] = a.Action
+	}
+	writeJSON(c.Writer, http.StatusOK, out)
+	return nil
+}
+
+func (s *Server) handleEvents(c *gin.Context) error {
+	since, err := queryInt(c, "since", -1)
+	if err != nil {
+		return err
+	}
+	limit, err := queryInt(c, "limit", 500)
+	if err != nil {
+		return err
+	}
+	evs, err := s.Store.Events(c, since, int(limit))
+	if err != nil {
+		return err
+	}
+	writeJSON(c.Writer, http.StatusOK, evs)
+	return nil
+}
+
+// sseHeartbeat keeps idle SSE connections (and proxies) alive.
+const sseHeartbeat = 15 * time.Second
+
+// handleSSE streams events as text/event-stream. With Last-Event-ID (or
+// ?since=) it first replays the log after that ID, so a reconnecting
+// dashboard misses nothing.
+func (s *Server) handleSSE(c *gin.Context) error {
+	since := int64(-1)
+	if v := c.GetHeader("Last-Event-ID"); v != "" {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
+			return httpErr(http.StatusBadRequest, "malformed Last-Event-ID %q", v)
+		}
+		since = n
+	} else if v := c.Query("since"); v != "" {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
+			return httpErr(http.StatusBadRequest, "malformed since=%q", v)
+		}
+		since = n
+	}
+	ch, cancel := s.Store.Subscribe(1024)
+	defer cancel()
+	w := c.Writer
+	h := w.Header()
+	h.Set("Content-Type", "text/event-stream")
+	h.Set("Cache-Control", "no-cache")
+	h.Set("X-Accel-Buffering", "no")
+	w.WriteHeader(http.StatusOK)
+	fmt.Fprint(w, "retry: 2000\n\n")
+	last := since
+	if since >= 0 {
+		for {
+			evs, err := s.Store.Events(c, last, 1000)
+			if err != nil {
+				return nil // headers are out; the client reconnects
+			}
+			for _, ev := range evs {
+				writeSSE(w, ev)
+				last = ev.ID
+			}
+			if len(evs) < 1000 {
+				break
+			}
+		}
+	}
+	w.Flush()
+	tick := time.NewTicker(sseHeartbeat)
+	defer tick.Stop()
+	for {
+		select {
+		case <-c.Request.Context().Done():
+			return nil
+		case <-tick.C:
+			fmt.Fprint(w, ": keepalive\n\n")
+			w.Flush()
+		case ev, ok := <-ch:
+			if !ok {
+				return nil // fell behind or server closing: client reconnects with Last-Event-ID
+			}
+			if ev.ID <= last {
+				continue
+			}
+			writeSSE(w, ev)
+			last = ev.ID
+			w.Flush()
+		}
+	}
+}
+
+func writeSSE(w gin.ResponseWriter, ev wire.Event) {
+	b, _ := json.Marshal(ev)
+	fmt.Fprintf(w, "id: %d\nevent: %s\ndata: %s\n\n", ev.ID, ev.Kind, b)
+}
