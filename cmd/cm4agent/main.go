@@ -1,0 +1,208 @@
+// Command cm4agent is the device agent of cm4bench. Packed by
+// `cm4bench netboot initramfs` as /init of the netboot initramfs, it runs as
+// PID 1: it mounts proc, sys and devtmpfs, loads its kernel modules, gets an
+// address by DHCP, registers with the cm4bench server and polls it, then
+// deploys an image to the eMMC or backs it up, as the technician asks.
+//
+// Outside an initramfs the same binary is a normal program, for tests and
+// the demo bench:
+//
+//	cm4agent --server http://127.0.0.1:5000 --target disk.img [--mac M] [--once]
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/cm4bench/cm4bench/api/wire"
+	"github.com/cm4bench/cm4bench/netboot/agent"
+	"github.com/cm4bench/cm4bench/netboot/agent/facts"
+	"github.com/cm4bench/cm4bench/netboot/agent/pid1"
+)
+
+// version is set with -ldflags "-X main.version=...".
+var version = "dev"
+
+func main() {
+	agent.Version = version
+	if os.Getpid() == 1 {
+		runPID1() // never returns
+	}
+	os.Exit(runProgram(os.Args[1:], os.Stderr))
+}
+
+type options struct {
+	server       string
+	target       string
+	mac          string
+	once         bool
+	blockOnly    bool
+	procRoot     string
+	sysRoot      string
+	disk         string
+	pollInterval time.Duration
+	stall        time.Duration
+	acceptZstd   bool
+	logLevel     string
+}
+
+func runProgram(args []string, stderr io.Writer) int {
+	fs := flag.NewFlagSet("cm4agent", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var o options
+	fs.StringVar(&o.server, "server", "", "base URL of the cm4bench server, e.g. http://127.0.0.1:5000 (required)")
+	fs.StringVar(&o.target, "target", "", "block device or disk-image file to deploy to and back up from (required)")
+	fs.StringVar(&o.mac, "mac", "", "MAC address to register as (default: the first Ethernet interface's)")
+	fs.BoolVar(&o.once, "once", false, "exit after the first deploy or backup (exit status 0 only if it succeeded)")
+	fs.BoolVar(&o.blockOnly, "block-only", false, "refuse a target that is not a block device (as in PID-1 mode)")
+	fs.StringVar(&o.procRoot, "proc", "/proc", "proc tree to read board facts from")
+	fs.StringVar(&o.sysRoot, "sys", "/sys", "sys tree to read board facts from")
+	fs.StringVar(&o.disk, "disk", "mmcblk0", "block device name under <sys>/block for the eMMC facts")
+	fs.DurationVar(&o.pollInterval, "poll", 0, "poll interval (default: what the server says)")
+	fs.DurationVar(&o.stall, "stall", 30*time.Second, "resume a download that delivered nothing for this long")
+	fs.BoolVar(&o.acceptZstd, "accept-zstd", false, "ask the server for the zstd-compressed image stream")
+	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, `Usage: cm4agent --server URL --target FILE|DEV [flags]
+
+cm4agent registers with a cm4bench server, polls it, and deploys an image
+to the target or backs the target up when the technician asks. As PID 1 of
+the netboot initramfs it configures itself from /etc/cm4agent.json, the
+kernel command line (cm4bench.server=URL) and DHCP.
+
+Flags:
+`)
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	if o.server == "" || o.target == "" || fs.NArg() > 0 {
+		fmt.Fprintln(stderr, "cm4agent: --server and --target are required (see --help)")
+		return 2
+	}
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(o.logLevel)); err != nil {
+		fmt.Fprintf(stderr, "cm4agent: --log-level %q: %v\n", o.logLevel, err)
+		return 2
+	}
+	mac := o.mac
+	if mac == "" {
+		mac = firstMAC()
+	}
+	hw, err := net.ParseMAC(mac)
+	if err != nil || len(hw) != 6 {
+		fmt.Fprintf(stderr, "cm4agent: --mac %q: not an Ethernet MAC address\n", mac)
+		return 2
+	}
+	fr := facts.Reader{Proc: o.procRoot, Sys: o.sysRoot, Disk: o.disk}
+	a := &agent.Agent{
+		Server:       strings.TrimRight(o.server, "/"),
+		MAC:          hw.String(),
+		Target:       o.target,
+		AllowFile:    !o.blockOnly,
+		Facts:        func() *wire.Facts { return fr.Read() },
+		Log:          slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lvl})).With("mac", hw.String()),
+		Once:         o.once,
+		PollInterval: o.pollInterval,
+		Stall:        o.stall,
+		AcceptZstd:   o.acceptZstd,
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := a.Run(ctx); err != nil {
+		if errors.Is(err, context.Canceled) && ctx.Err() != nil {
+			return 0
+		}
+		fmt.Fprintf(stderr, "cm4agent: %v\n", err)
+		return 1
+	}
+	return 0
+}
+
+// firstMAC is the MAC of the first up, non-loopback Ethernet interface.
+func firstMAC() string {
+	ifs, _ := net.Interfaces()
+	for _, i := range ifs {
+		if i.Flags&net.FlagLoopback == 0 && len(i.HardwareAddr) == 6 {
+			return i.HardwareAddr.String()
+		}
+	}
+	return ""
+}
+
+// runPID1 is init of the initramfs. It must never return: the kernel panics
+// when PID 1 exits.
+func runPID1() {
+	con := pid1.Console()
+	log := slog.New(slog.NewTextHandler(con, nil))
+	fail := func(step string, err error) {
+		fmt.Fprintf(con, "cm4agent: %s: %v\ncm4agent: retrying in 10 s\n", step, err)
+		time.Sleep(10 * time.Second)
+	}
+	for {
+		if err := pid1.Mount(); err != nil {
+			fail("mount", err)
+			continue
+		}
+		break
+	}
+	cmdline, _ := os.ReadFile("/proc/cmdline")
+	cfg, err := pid1.LoadConfig(pid1.ConfigPath, string(cmdline))
+	if err != nil {
+		fmt.Fprintf(con, "cm4agent: %v (using defaults)\n", err)
+	}
+	fmt.Fprintf(con, "cm4agent %s: PID 1, target %s, server %q\n", version, cfg.Target, cfg.Server)
+	if err := pid1.LoadModules(pid1.ModulesDir, cfg.Modules, log); err != nil {
+		fmt.Fprintf(con, "cm4agent: %v (going on: the driver may be built in)\n", err)
+	}
+	ctx := context.Background()
+	var lease *pid1.Lease
+	for {
+		lease, err = pid1.Network(ctx, cfg.Interface, log)
+		if err != nil {
+			fail("network", err)
+			continue
+		}
+		break
+	}
+	server := cfg.Server
+	if server == "" {
+		server = lease.Server
+	}
+	for server == "" {
+		fail("server", errors.New("no cm4bench.server= on the kernel command line and no server in the DHCP answer"))
+	}
+	fr := facts.Reader{Disk: strings.TrimPrefix(cfg.Target, "/dev/")}
+	a := &agent.Agent{
+		Server:       strings.TrimRight(server, "/"),
+		MAC:          lease.MAC,
+		IP:           lease.IP.String(),
+		Target:       cfg.Target,
+		Facts:        func() *wire.Facts { return fr.Read() },
+		Log:          log,
+		Console:      con,
+		PollInterval: time.Duration(cfg.PollSeconds * float64(time.Second)),
+		AcceptZstd:   cfg.AcceptZstd,
+	}
+	if !cfg.NoReboot {
+		a.Reboot = pid1.Reboot
+	}
+	for {
+		err := a.Run(ctx)
+		fail("agent", err)
+	}
+}

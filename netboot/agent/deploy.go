@@ -1,0 +1,507 @@
+package agent
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/klauspost/compress/gzip"
+	"github.com/klauspost/compress/zstd"
+	"github.com/ulikunitz/xz"
+
+	"github.com/cm4bench/cm4bench/netboot/agent/blockdev"
+)
+
+// Sizes of the deploy pipeline. Memory in flight is bounded by
+// BlockSize*(BlockBuffers) plus the network chunks and the decoder window.
+const (
+	BlockSize    = 2 << 20   // bytes per write block (aligned to 4 KiB)
+	BlockBuffers = 8         // blocks in flight between decompress, hash and write
+	HeadSize     = 1 << 20   // the first MiB is written last
+	zeroGrain    = 64 << 10  // granularity of zero-block detection
+	netChunk     = 256 << 10 // bytes per network read handed to the decoder
+	netChunks    = 16        // network chunks in flight
+)
+
+// Stream formats detected from magic bytes.
+const (
+	FormatRaw  = "raw"
+	FormatGzip = "gz"
+	FormatXZ   = "xz"
+	FormatZstd = "zst"
+)
+
+// DetectFormat names the compression of a stream from its first bytes.
+func DetectFormat(head []byte) string {
+	switch {
+	case bytes.HasPrefix(head, []byte{0x1f, 0x8b}):
+		return FormatGzip
+	case bytes.HasPrefix(head, []byte{0xfd, '7', 'z', 'X', 'Z', 0x00}):
+		return FormatXZ
+	case bytes.HasPrefix(head, []byte{0x28, 0xb5, 0x2f, 0xfd}):
+		return FormatZstd
+	}
+	return FormatRaw
+}
+
+// Meter is the live state of an action, sampled by the progress reporter.
+type Meter struct {
+	phase atomic.Value
+	done  atomic.Int64
+	total atomic.Int64
+}
+
+// Set switches to a new phase with its total and resets done.
+func (m *Meter) Set(phase string, total int64) {
+	m.phase.Store(phase)
+	m.total.Store(total)
+	m.done.Store(0)
+}
+
+// Add adds n to done.
+func (m *Meter) Add(n int64) { m.done.Add(n) }
+
+// Sample returns the current phase, done and total.
+func (m *Meter) Sample() (phase string, done, total int64) {
+	p, _ := m.phase.Load().(string)
+	return p, m.done.Load(), m.total.Load()
+}
+
+// DeployResult tells what a deploy did.
+type DeployResult struct {
+	Format     string  // stream format detected: raw, gz, xz, zst
+	Bytes      int64   // image bytes (uncompressed)
+	WireBytes  int64   // bytes read from the source (compressed)
+	Written    int64   // data bytes written to the target
+	Zeroed     int64   // zero bytes skipped (left as discarded/hole or zeroed by the device)
+	SHA256     string  // of the uncompressed stream
+	WireSHA256 string  // of the bytes read from the source
+	Verified   bool    // read back and matched
+	Direct     bool    // verify bypassed the page cache with O_DIRECT (else fadvise)
+	Discarded  bool    // the target range was discarded/punched first
+	Seconds    float64 // wall time
+}
+
+// DeployOptions tunes Deploy.
+type DeployOptions struct {
+	// Size is the expected uncompressed image size, or 0 if unknown. A known
+	// size is checked against the target before anything is written.
+	Size int64
+	// SHA256 is the expected hash of the uncompressed image, or "" if unknown.
+	SHA256 string
+	// Meter receives progress (phases "write" and "verify"); may be nil.
+	Meter *Meter
+	// NoVerify skips the read-back (benchmarks of the write path only).
+	NoVerify bool
+}
+
+// ErrTooSmall is returned when the target is smaller than the image.
+var ErrTooSmall = errors.New("target smaller than image")
+
+// ErrHashMismatch is returned when a hash does not match.
+var ErrHashMismatch = errors.New("sha256 mismatch")
+
+// Deploy streams src (raw, gz, xz or zst, detected from its magic bytes)
+// onto dev. Download, decompression, hashing and writing run in their own
+// goroutines joined by bounded queues. Zero blocks are not written: the
+// image range is discarded (BLKDISCARD, or a punched hole in a file) first
+// and zero runs are left as such (block devices get BLKZEROOUT so they read
+// back as zeros). The first MiB is zeroed at the start and written last.
+// After fsync the written range is read back around the page cache and its
+// sha256 compared with the stream's (and opts.SHA256 if set).
+func Deploy(ctx context.Context, dev *blockdev.Device, src io.Reader, opts DeployOptions) (*DeployResult, error) {
+	start := time.Now()
+	meter := opts.Meter
+	if meter == nil {
+		meter = &Meter{}
+	}
+	if opts.Size > 0 && opts.Size > dev.Size() {
+		return nil, fmt.Errorf("deploy: image of %d bytes, %s %s has %d: %w", opts.Size, dev.Kind(), dev.Path(), dev.Size(), ErrTooSmall)
+	}
+	res := &DeployResult{}
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+
+	// Stage 1: network reader -> chunks.
+	wireHash := sha256.New()
+	chunks := make(chan []byte, netChunks)
+	chunkPool := sync.Pool{New: func() any { b := make([]byte, netChunk); return &b }}
+	var wireN atomic.Int64
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		defer close(chunks)
+		for {
+			bp := chunkPool.Get().(*[]byte)
+			n, err := io.ReadFull(src, *bp)
+			if n > 0 {
+				wireHash.Write((*bp)[:n])
+				wireN.Add(int64(n))
+				select {
+				case chunks <- (*bp)[:n]:
+				case <-ctx.Done():
+					return
+				}
+			}
+			if err == io.EOF || err == io.ErrUnexpectedEOF {
+				return
+			}
+			if err != nil {
+				cancel(fmt.Errorf("deploy: download: %w", err))
+				return
+			}
+		}
+	}()
+	cr := &chanReader{ctx: ctx, ch: chunks, put: func(b []byte) { b = b[:cap(b)]; chunkPool.Put(&b) }}
+	br := bufio.NewReaderSize(cr, 64<<10)
+	head, _ := br.Peek(6)
+	res.Format = DetectFormat(head)
+	var raw io.Reader
+	switch res.Format {
+	case FormatGzip:
+		zr, err := gzip.NewReader(br)
+		if err != nil {
+			cancel(err)
+			wg.Wait()
+			return nil, fmt.Errorf("deploy: gzip header: %w", err)
+		}
+		raw = zr
+	case FormatXZ:
+		zr, err := xz.NewReader(br)
+		if err != nil {
+			cancel(err)
+			wg.Wait()
+			return nil, fmt.Errorf("deploy: xz header: %w", err)
+		}
+		raw = zr
+	case FormatZstd:
+		zr, err := zstd.NewReader(br, zstd.WithDecoderConcurrency(2), zstd.WithDecoderLowmem(true), zstd.WithDecoderMaxWindow(64<<20))
+		if err != nil {
+			cancel(err)
+			wg.Wait()
+			return nil, fmt.Errorf("deploy: zstd: %w", err)
+		}
+		defer zr.Close()
+		raw = zr
+	default:
+		raw = br
+	}
+
+	// Prepare the target: refuse early, then erase.
+	w := &blockWriter{dev: dev, zero: make([]byte, zeroGrain)}
+	if err := w.prepare(opts.Size); err != nil {
+		cancel(err)
+		wg.Wait()
+		return nil, err
+	}
+	res.Discarded = w.discarded
+	meter.Set("write", opts.Size)
+
+	// Stage 2: decompress into blocks; stage 3: hash; stage 4: write.
+	pool := make(chan []byte, BlockBuffers)
+	for range BlockBuffers {
+		pool <- blockdev.AlignedBuffer(BlockSize)
+	}
+	type block struct {
+		off int64
+		b   []byte
+	}
+	toHash := make(chan block, BlockBuffers)
+	toWrite := make(chan block, BlockBuffers)
+	rawHash := sha256.New()
+	var decErr error
+	wg.Add(3)
+	go func() { // decompress
+		defer wg.Done()
+		defer close(toHash)
+		off := int64(0)
+		for {
+			var b []byte
+			select {
+			case b = <-pool:
+			case <-ctx.Done():
+				return
+			}
+			n, err := io.ReadFull(raw, b)
+			if n > 0 {
+				select {
+				case toHash <- block{off, b[:n]}:
+				case <-ctx.Done():
+					return
+				}
+				off += int64(n)
+			} else {
+				pool <- b
+			}
+			if err == io.EOF || err == io.ErrUnexpectedEOF {
+				return
+			}
+			if err != nil {
+				decErr = fmt.Errorf("deploy: decompress %s at byte %d: %w", res.Format, off, err)
+				cancel(decErr)
+				return
+			}
+		}
+	}()
+	go func() { // hash
+		defer wg.Done()
+		defer close(toWrite)
+		for blk := range toHash {
+			rawHash.Write(blk.b)
+			select {
+			case toWrite <- blk:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	var end int64
+	go func() { // write
+		defer wg.Done()
+		for blk := range toWrite {
+			if err := w.write(blk.b, blk.off); err != nil {
+				cancel(err)
+				return
+			}
+			end = blk.off + int64(len(blk.b))
+			meter.Add(int64(len(blk.b)))
+			pool <- blk.b[:cap(blk.b)]
+		}
+	}()
+	wg.Wait()
+	if err := context.Cause(ctx); err != nil {
+		return nil, err
+	}
+	if decErr != nil {
+		return nil, decErr
+	}
+	if err := w.finish(end); err != nil {
+		return nil, err
+	}
+	res.Bytes = end
+	res.WireBytes = wireN.Load()
+	res.Written = w.written
+	res.Zeroed = w.zeroed
+	res.SHA256 = hex.EncodeToString(rawHash.Sum(nil))
+	res.WireSHA256 = hex.EncodeToString(wireHash.Sum(nil))
+	if opts.Size > 0 && end != opts.Size {
+		return res, fmt.Errorf("deploy: stream ended after %d of %d bytes", end, opts.Size)
+	}
+	if opts.SHA256 != "" && res.SHA256 != opts.SHA256 {
+		return res, fmt.Errorf("deploy: stream sha256 %s, image is %s: %w", res.SHA256, opts.SHA256, ErrHashMismatch)
+	}
+	if !opts.NoVerify {
+		meter.Set("verify", end)
+		sum, direct, err := HashDevice(ctx, dev, end, meter)
+		if err != nil {
+			return res, err
+		}
+		res.Direct = direct
+		if sum != res.SHA256 {
+			return res, fmt.Errorf("deploy: read back sha256 %s, wrote %s: %w", sum, res.SHA256, ErrHashMismatch)
+		}
+		res.Verified = true
+	}
+	res.Seconds = time.Since(start).Seconds()
+	return res, nil
+}
+
+// chanReader reads the network chunks in order.
+type chanReader struct {
+	ctx context.Context
+	ch  <-chan []byte
+	cur []byte
+	buf []byte
+	put func([]byte)
+}
+
+func (r *chanReader) Read(p []byte) (int, error) {
+	for len(r.cur) == 0 {
+		if r.buf != nil {
+			r.put(r.buf)
+			r.buf = nil
+		}
+		select {
+		case b, ok := <-r.ch:
+			if !ok {
+				if err := context.Cause(r.ctx); err != nil {
+					return 0, err
+				}
+				return 0, io.EOF
+			}
+			r.cur, r.buf = b, b
+		case <-r.ctx.Done():
+			return 0, context.Cause(r.ctx)
+		}
+	}
+	n := copy(p, r.cur)
+	r.cur = r.cur[n:]
+	return n, nil
+}
+
+// blockWriter writes image blocks, skipping zero runs and holding back the
+// head.
+type blockWriter struct {
+	dev       *blockdev.Device
+	zero      []byte
+	head      []byte
+	discarded bool  // the image range reads as zeros already (hole / discard+zeroout)
+	written   int64 // data bytes written
+	zeroed    int64 // zero bytes not written as data
+	limit     int64 // bytes the range prepared covers (image size or device size)
+}
+
+func (w *blockWriter) prepare(size int64) error {
+	limit := size
+	if limit <= 0 {
+		limit = w.dev.Size()
+	}
+	w.limit = limit
+	w.head = make([]byte, 0, HeadSize)
+	// Zero the head first, so an interrupted deploy never boots a half image.
+	if err := w.dev.ZeroRange(0, min(HeadSize, limit)); err != nil {
+		return fmt.Errorf("deploy: clear first MiB: %w", err)
+	}
+	if err := w.dev.Sync(); err != nil {
+		return fmt.Errorf("deploy: %w", err)
+	}
+	switch w.dev.Kind() {
+	case blockdev.KindFile:
+		// A punched hole reads as zeros: zero runs need no write at all.
+		if err := w.dev.Discard(0, limit); err == nil {
+			w.discarded = true
+		}
+	case blockdev.KindBlock:
+		// Discard for wear levelling; zero runs then get BLKZEROOUT so the
+		// device reads them back as zeros whatever its discard semantics.
+		_ = w.dev.Discard(HeadSize, limit-HeadSize)
+	}
+	return nil
+}
+
+func (w *blockWriter) write(b []byte, off int64) error {
+	if off+int64(len(b)) > w.dev.Size() {
+		return fmt.Errorf("deploy: image exceeds %s %s of %d bytes at offset %d: %w", w.dev.Kind(), w.dev.Path(), w.dev.Size(), off, ErrTooSmall)
+	}
+	if off < HeadSize {
+		k := min(int64(len(b)), HeadSize-off)
+		w.head = append(w.head, b[:k]...)
+		b, off = b[k:], off+k
+	}
+	// Walk zeroGrain pieces; coalesce data runs and zero runs.
+	i := 0
+	for i < len(b) {
+		j := i
+		isZero := w.isZero(b[i:min(i+zeroGrain, len(b))])
+		for j < len(b) && w.isZero(b[j:min(j+zeroGrain, len(b))]) == isZero {
+			j = min(j+zeroGrain, len(b))
+		}
+		if isZero {
+			if err := w.zeroRun(off+int64(i), int64(j-i)); err != nil {
+				return err
+			}
+		} else {
+			if _, err := w.dev.WriteAt(b[i:j], off+int64(i)); err != nil {
+				return fmt.Errorf("deploy: write at %d: %w", off+int64(i), err)
+			}
+			w.written += int64(j - i)
+		}
+		i = j
+	}
+	return nil
+}
+
+func (w *blockWriter) isZero(p []byte) bool { return bytes.Equal(p, w.zero[:len(p)]) }
+
+func (w *blockWriter) zeroRun(off, n int64) error {
+	w.zeroed += n
+	if w.discarded && off+n <= w.limit {
+		return nil
+	}
+	if err := w.dev.ZeroRange(off, n); err != nil {
+		return fmt.Errorf("deploy: zero [%d,+%d): %w", off, n, err)
+	}
+	return nil
+}
+
+func (w *blockWriter) finish(end int64) error {
+	if err := w.dev.Sync(); err != nil {
+		return fmt.Errorf("deploy: %w", err)
+	}
+	if len(w.head) > 0 {
+		if _, err := w.dev.WriteAt(w.head, 0); err != nil {
+			return fmt.Errorf("deploy: write first MiB: %w", err)
+		}
+		w.written += int64(len(w.head))
+	}
+	if err := w.dev.Sync(); err != nil {
+		return fmt.Errorf("deploy: %w", err)
+	}
+	return nil
+}
+
+// HashDevice reads [0, n) of dev around the page cache (O_DIRECT, or after
+// fadvise DONTNEED) and returns its sha256 and whether O_DIRECT was used.
+// Reading and hashing overlap.
+func HashDevice(ctx context.Context, dev *blockdev.Device, n int64, meter *Meter) (string, bool, error) {
+	f, direct, err := dev.OpenDirectReader()
+	if err != nil {
+		return "", false, err
+	}
+	defer f.Close()
+	const bufs = 3
+	pool := make(chan []byte, bufs)
+	for range bufs {
+		pool <- blockdev.AlignedBuffer(BlockSize)
+	}
+	full := make(chan []byte, bufs)
+	errc := make(chan error, 1)
+	go func() {
+		defer close(full)
+		for off := int64(0); off < n; {
+			var b []byte
+			select {
+			case b = <-pool:
+			case <-ctx.Done():
+				errc <- ctx.Err()
+				return
+			}
+			want := min(int64(len(b)), n-off)
+			rd := (want + blockdev.DirectAlign - 1) &^ (blockdev.DirectAlign - 1)
+			got, err := blockdev.ReadFullAt(f, b[:rd], off)
+			if err != nil && err != io.EOF {
+				errc <- fmt.Errorf("verify: read at %d: %w", off, err)
+				return
+			}
+			if int64(got) < want {
+				errc <- fmt.Errorf("verify: short read at %d: got %d of %d bytes", off, got, want)
+				return
+			}
+			full <- b[:want]
+			off += want
+		}
+	}()
+	h := sha256.New()
+	for b := range full {
+		h.Write(b)
+		if meter != nil {
+			meter.Add(int64(len(b)))
+		}
+		pool <- b[:cap(b)]
+	}
+	select {
+	case err := <-errc:
+		return "", direct, err
+	default:
+	}
+	return hex.EncodeToString(h.Sum(nil)), direct, nil
+}
