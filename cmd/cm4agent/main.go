@@ -54,6 +54,7 @@ type options struct {
 	stall        time.Duration
 	acceptZstd   bool
 	logLevel     string
+	exitOnReboot bool
 }
 
 func runProgram(args []string, stderr io.Writer) int {
@@ -72,6 +73,7 @@ func runProgram(args []string, stderr io.Writer) int {
 	fs.DurationVar(&o.stall, "stall", 30*time.Second, "resume a download that delivered nothing for this long")
 	fs.BoolVar(&o.acceptZstd, "accept-zstd", false, "ask the server for the zstd-compressed image stream")
 	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	fs.BoolVar(&o.exitOnReboot, "exit-on-reboot", false, "after a verified deploy, exit with status 3 where PID 1 would reboot (the simulated bench then reboots the board)")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, `Usage: cm4agent --server URL --target FILE|DEV [flags]
 
@@ -123,6 +125,21 @@ Flags:
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	rebooted := false
+	if o.exitOnReboot {
+		ctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		a.Reboot = func() error { rebooted = true; cancel(); return nil }
+		err := a.Run(ctx)
+		if rebooted {
+			return 3
+		}
+		if err != nil && !errors.Is(err, context.Canceled) {
+			fmt.Fprintf(stderr, "cm4agent: %v\n", err)
+			return 1
+		}
+		return 0
+	}
 	if err := a.Run(ctx); err != nil {
 		if errors.Is(err, context.Canceled) && ctx.Err() != nil {
 			return 0
