@@ -116,6 +116,8 @@ type Server struct {
 	Events func(wire.Event)
 	// Now is the clock (default time.Now).
 	Now func() time.Time
+	// Ready, if set, is called once Serve listens (after the rival probe).
+	Ready func()
 
 	initOnce sync.Once
 	initErr  error
@@ -319,6 +321,9 @@ func (s *Server) Serve(ctx context.Context) error {
 		return fmt.Errorf("dhcp: serve: listen on %s:67: %w", s.Iface, err)
 	}
 	s.log().Info("dhcp: serving", "iface", s.Iface, "addr", s.Addr, "range", fmt.Sprintf("%s-%s", s.Range[0], s.Range[1]), "proxy", s.Proxy)
+	if s.Ready != nil {
+		s.Ready()
+	}
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
