@@ -8,8 +8,9 @@
 //	h := ui.Handler()
 //	r.NoRoute(gin.WrapH(h)) // or mux.Handle("/", h)
 //
-// Handler serves "/" (and "/index.html") as the page and the files under
-// static/ by their names ("/app.js", "/app.css", "/favicon.svg"). Every
+// Handler serves "/" as the page and the files under static/ below /ui/
+// ("/ui/app.js", "/ui/app.css", "/ui/favicon.svg"), so a server can route
+// exactly "/" and "/ui/*" to it and keep every other path for itself. Every
 // answer carries a strict Content-Security-Policy that allows only this
 // origin, so the page cannot load anything from off the bench.
 package ui
@@ -57,12 +58,15 @@ type asset struct {
 
 // handler serves the embedded files from memory.
 type handler struct {
-	files map[string]asset // keyed by URL path, e.g. "/app.js"
+	files map[string]asset // keyed by URL path, e.g. "/ui/app.js"
 }
 
+// Prefix is the URL path under which Handler serves the dashboard's files.
+const Prefix = "/ui/"
+
 // Handler returns an http.Handler serving the dashboard. It answers GET and
-// HEAD only; "/" and "/index.html" are the page, other names are the files
-// in static/. Unknown paths get 404 (JSON for paths under /api/, which are
+// HEAD only; "/" is the page, Prefix+name the files in static/ (including
+// Prefix+"index.html"). Unknown paths get 404 (JSON for paths under /api/, which are
 // the API's and must never fall back to the page). Assets are revalidated
 // on every load (Cache-Control: no-cache with a content ETag), so a new
 // binary's dashboard is picked up without a hard reload.
@@ -78,7 +82,7 @@ func Handler() http.Handler {
 			return err
 		}
 		sum := sha256.Sum256(b)
-		h.files["/"+p] = asset{
+		h.files[Prefix+p] = asset{
 			body:  b,
 			ctype: contentType(p),
 			etag:  `"` + hex.EncodeToString(sum[:8]) + `"`,
@@ -88,7 +92,7 @@ func Handler() http.Handler {
 	if err != nil { // cannot happen: the files are embedded
 		panic(fmt.Sprintf("ui: read embedded assets: %v", err))
 	}
-	h.files["/"] = h.files["/index.html"]
+	h.files["/"] = h.files[Prefix+"index.html"]
 	return h
 }
 

@@ -22,14 +22,16 @@ func TestHandlerServesAssets(t *testing.T) {
 		wantType  string
 		wantInBod string
 	}{
-		{"/", 200, "text/html; charset=utf-8", `<script src="app.js" defer></script>`},
-		{"/index.html", 200, "text/html; charset=utf-8", `data-testid="login-token"`},
-		{"/app.js", 200, "text/javascript; charset=utf-8", `new EventSource("/api/events"`},
-		{"/app.css", 200, "text/css; charset=utf-8", `.device[data-state="failed"]`},
-		{"/favicon.svg", 200, "image/svg+xml", `<svg`},
-		{"/nope.js", 404, "text/plain; charset=utf-8", "ui: not found: /nope.js"},
+		{"/", 200, "text/html; charset=utf-8", `<script src="ui/app.js" defer></script>`},
+		{"/ui/index.html", 200, "text/html; charset=utf-8", `data-testid="login-token"`},
+		{"/ui/app.js", 200, "text/javascript; charset=utf-8", `new EventSource("/api/events"`},
+		{"/ui/app.css", 200, "text/css; charset=utf-8", `.device[data-state="failed"]`},
+		{"/ui/favicon.svg", 200, "image/svg+xml", `<svg`},
+		{"/ui/nope.js", 404, "text/plain; charset=utf-8", "ui: not found: /ui/nope.js"},
+		{"/app.js", 404, "text/plain; charset=utf-8", "not found"},
+		{"/ui/", 404, "text/plain; charset=utf-8", "not found"},
 		{"/static/app.js", 404, "text/plain; charset=utf-8", "not found"},
-		{"/../ui.go", 404, "text/plain; charset=utf-8", "not found"},
+		{"/ui/../ui.go", 404, "text/plain; charset=utf-8", "not found"},
 		{"/api/v1/whatever", 404, "application/json", `{"error":"ui: no API route GET /api/v1/whatever"}`},
 	} {
 		t.Run(tt.path, func(t *testing.T) {
@@ -67,7 +69,7 @@ func TestHandlerConditionalAndMethods(t *testing.T) {
 	srv := httptest.NewServer(ui.Handler())
 	t.Cleanup(srv.Close)
 
-	res, err := http.Get(srv.URL + "/app.js")
+	res, err := http.Get(srv.URL + "/ui/app.js")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -75,7 +77,7 @@ func TestHandlerConditionalAndMethods(t *testing.T) {
 	res.Body.Close()
 	etag := res.Header.Get("ETag")
 
-	req, _ := http.NewRequest(http.MethodGet, srv.URL+"/app.js", nil)
+	req, _ := http.NewRequest(http.MethodGet, srv.URL+"/ui/app.js", nil)
 	req.Header.Set("If-None-Match", etag)
 	res, err = http.DefaultClient.Do(req)
 	if err != nil {
@@ -83,7 +85,7 @@ func TestHandlerConditionalAndMethods(t *testing.T) {
 	}
 	res.Body.Close()
 	if res.StatusCode != http.StatusNotModified {
-		t.Errorf("GET /app.js If-None-Match %s: status %d, want 304", etag, res.StatusCode)
+		t.Errorf("GET /ui/app.js If-None-Match %s: status %d, want 304", etag, res.StatusCode)
 	}
 
 	res, err = http.Head(srv.URL + "/")

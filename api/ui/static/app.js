@@ -14,7 +14,7 @@
     "message", "device.register", "device.poll", "device.update", "device.offline", "device.log",
     "action.set", "action.start", "action.progress", "action.done", "action.failed", "action.cancelled",
     "netboot.set", "backup.stored", "backup.deleted", "backup.failed", "image.added", "image.deleted",
-    "image.default", "image.assign", "dhcp.rival", "dhcp.discover", "dhcp.offer", "dhcp.request",
+    "image.default", "image.assign", "image.removed", "device.image", "backup.removed", "dhcp.rival", "dhcp.discover", "dhcp.offer", "dhcp.request",
     "dhcp.ack", "dhcp.nak", "dhcp.decline", "dhcp.release", "dhcp.ignore", "dhcp.error", "tftp.transfer",
     "tftp.probe", "tftp.error", "tftp.denied", "server.start", "server.stop", "auth.login", "auth.failed",
   ];
@@ -37,6 +37,8 @@
     rivalText: "",
     refreshTimer: 0,
     pendingDevice: new Map(),
+    seq: 0,               // request sequence: a device answer older than the one shown is dropped
+    applied: new Map(),   // mac -> seq of the device state shown
     loggedIn: false,
   };
 
@@ -313,6 +315,7 @@
   // ---------- devices ----------
   async function loadDevices() {
     let list;
+    const seq = ++S.seq;
     try {
       list = (await api("GET", "/api/v1/devices")) || [];
     } catch (e) {
@@ -324,10 +327,10 @@
       const mac = pick(d, "mac", "MAC");
       if (!mac) continue;
       keep.add(mac);
-      upsertDevice(d);
+      upsertDevice(d, seq);
     }
     for (const mac of [...S.cards.keys()]) {
-      if (!keep.has(mac)) { S.cards.get(mac).remove(); S.cards.delete(mac); S.devices.delete(mac); }
+      if (!keep.has(mac) && (S.applied.get(mac) || 0) < seq) { S.cards.get(mac).remove(); S.cards.delete(mac); S.devices.delete(mac); }
     }
     renderCounts();
   }
@@ -337,16 +340,28 @@
     if (S.pendingDevice.has(mac)) return;
     S.pendingDevice.set(mac, setTimeout(async () => {
       S.pendingDevice.delete(mac);
+      const seq = ++S.seq;
       try {
-        upsertDevice(await api("GET", "/api/v1/devices/" + encodeURIComponent(mac)));
+        upsertDevice(await api("GET", "/api/v1/devices/" + encodeURIComponent(mac)), seq);
         renderCounts();
       } catch (e) {
         if (e.status === 404) loadDevices();
       }
     }, 120));
   }
-  function upsertDevice(d) {
+  // upsertDevice shows a device answer unless a newer one is already shown
+  // (answers can arrive out of order).
+  function upsertDevice(d, seq) {
     const mac = pick(d, "mac", "MAC");
+    if (!mac) return;
+    if (seq !== undefined) {
+      if ((S.applied.get(mac) || 0) > seq) return;
+      S.applied.set(mac, seq);
+    }
+    // List answers carry no log tail: keep the one already shown for this action.
+    const prev = S.devices.get(mac);
+    const pa = currentAction(prev), na = currentAction(d);
+    if (pa && na && pa.id === na.id && pa.log && !na.log) na.log = pa.log;
     S.devices.set(mac, d);
     let card = S.cards.get(mac);
     if (!card) {
@@ -495,6 +510,12 @@
     const showErr = err && (actState === "failed" || st === "failed");
     errEl.hidden = !showErr;
     errEl.textContent = showErr ? plainError(err, act) : "";
+    // The agent's log tail (GET /devices/:mac carries it) helps with a failure.
+    const lines = pick(act, "log", "Log");
+    const logBox = card.querySelector("[data-testid=device-log]");
+    const hasLog = Array.isArray(lines) && lines.length > 0 && (actState === "failed" || st === "failed");
+    logBox.hidden = !hasLog;
+    if (hasLog) logBox.querySelector("pre").textContent = lines.slice(-12).join("\n");
   }
   // plainError turns an agent or server error into words a technician can act on.
   function plainError(err, act) {
@@ -563,6 +584,7 @@
   function noteAction(mac, action) {
     const d = S.devices.get(mac);
     if (d && action && typeof action === "object" && !Array.isArray(action)) {
+      S.applied.set(mac, ++S.seq); // answers to requests sent before this one are stale
       d.action = action;
       const st = pick(action, "state", "State");
       if (st === "pending" || st === "running") d.state = st;
@@ -682,7 +704,8 @@
   }
   function connect() {
     if (S.es) S.es.close();
-    const es = new EventSource("/api/events", { withCredentials: true });
+    // since= makes the server replay what happened after the last event shown.
+    const es = new EventSource("/api/events" + (S.lastId ? "?since=" + S.lastId : ""), { withCredentials: true });
     S.es = es;
     setLive("connecting", "Connecting…");
     const onEv = m => {
@@ -697,7 +720,6 @@
     es.onopen = () => {
       S.retry = 0;
       setLive("live", "Live");
-      if (S.lastId) catchUp();
     };
     es.onerror = () => {
       if (S.es !== es) return;
@@ -710,7 +732,6 @@
         setTimeout(async () => {
           if (!S.loggedIn) return;
           try { await api("GET", "/api/v1/status"); } catch (e) { if (e.status === 401) return; }
-          await catchUp();
           if (S.loggedIn && !S.es) connect();
         }, wait);
       } else {
