@@ -143,10 +143,12 @@ type Record struct {
 	Arg *int `json:"arg,omitempty"`
 
 	TimeoutMS uint32 `json:"timeout_ms,omitempty"`
-	Actual    int    `json:"actual"`          // bytes moved in the data stage / bulk
-	Result    string `json:"result"`          // "ok" or the libusb error name
-	Note      string `json:"note,omitempty"`  // e.g. why the fake refused
-	Error     string `json:"error,omitempty"` // the device's own error text
+	DurMS     int64  `json:"dur_ms,omitempty"` // how long the transfer took (until the host gave up, for a NAK)
+	In        []byte `json:"in,omitempty"`     // data stage of a control IN (base64 in JSON)
+	Actual    int    `json:"actual"`           // bytes moved in the data stage / bulk
+	Result    string `json:"result"`           // "ok" or the libusb error name
+	Note      string `json:"note,omitempty"`   // e.g. why the fake refused
+	Error     string `json:"error,omitempty"`  // the device's own error text
 }
 
 // ReadTranscript parses a JSONL transcript written by a Server.
@@ -628,6 +630,7 @@ const (
 )
 
 func (s *Server) control(ctx context.Context, dev Device, hd *handle, q *Request, rec Record) (int32, []byte) {
+	start := time.Now()
 	st := q.Setup
 	rec.RequestType, rec.Request, rec.Value, rec.Index, rec.Length = ptr(st.RequestType), ptr(st.Request), ptr(st.Value), ptr(st.Index), ptr(st.Length)
 	rec.TimeoutMS = q.Timeout
@@ -669,8 +672,12 @@ func (s *Server) control(ctx context.Context, dev Device, hd *handle, q *Request
 		code = codeTimeout
 	}
 	rec.Result, rec.Error = resultName(code), errText(err)
+	rec.DurMS = time.Since(start).Milliseconds()
 	if code == codeSuccess {
 		rec.Actual = n
+		if st.In() {
+			rec.In = append([]byte(nil), in[:min(n, len(in))]...)
+		}
 	} else if ctx.Err() != nil {
 		rec.Note = "host gave up (timeout or cancel)"
 	}
@@ -688,6 +695,7 @@ func (s *Server) control(ctx context.Context, dev Device, hd *handle, q *Request
 }
 
 func (s *Server) transfer(ctx context.Context, dev Device, hd *handle, q *Request, rec Record) (int32, []byte) {
+	start := time.Now()
 	rec.Kind = "bulk"
 	rec.Endpoint, rec.Len = ptr(q.Endpoint), ptr(int(q.Length))
 	rec.TimeoutMS = q.Timeout
@@ -721,6 +729,7 @@ func (s *Server) transfer(ctx context.Context, dev Device, hd *handle, q *Reques
 		code = codeTimeout
 	}
 	rec.Actual, rec.Result, rec.Error = n, resultName(code), errText(err)
+	rec.DurMS = time.Since(start).Milliseconds()
 	if ctx.Err() != nil {
 		rec.Note = "host gave up (timeout or cancel)"
 	}
