@@ -26,6 +26,7 @@ import (
 
 	"github.com/cm4bench/cm4bench/api/images"
 	"github.com/cm4bench/cm4bench/api/store"
+	"github.com/cm4bench/cm4bench/api/ui"
 	"github.com/cm4bench/cm4bench/api/wire"
 	"github.com/gin-gonic/gin"
 	"golang.org/x/sync/errgroup"
@@ -59,7 +60,7 @@ type Server struct {
 	Version string
 	// Rivals, if set, reports other DHCP servers seen on the link.
 	Rivals func() []string
-	// UI serves the dashboard at /; nil = a minimal built-in page.
+	// UI serves the dashboard at / and /ui/; nil = the embedded api/ui dashboard.
 	UI http.Handler
 	// Logger receives request errors and lifecycle messages; nil = silent.
 	Logger *slog.Logger
@@ -212,12 +213,12 @@ func (s *Server) build() {
 	v.DELETE("/backups/:id", s.wrap(s.handleDeleteBackup))
 	v.GET("/events", s.wrap(s.handleEvents))
 
-	ui := s.UI
-	if ui == nil {
-		ui = http.HandlerFunc(placeholderUI)
+	dash := s.UI
+	if dash == nil {
+		dash = ui.Handler()
 	}
-	g.GET("/", gin.WrapH(ui))
-	g.GET("/ui/*path", gin.WrapH(ui))
+	g.GET("/", gin.WrapH(dash))
+	g.GET("/ui/*path", gin.WrapH(dash))
 
 	// The image and backup streams bypass gin: they are the hot path and
 	// need the plain ResponseWriter (sendfile) and the raw body.
@@ -273,15 +274,4 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		return fmt.Errorf("api: serve %s: %w", ln.Addr(), err)
 	})
 	return g.Wait()
-}
-
-func placeholderUI(w http.ResponseWriter, r *http.Request) {
-	if r.URL.Path != "/" {
-		http.NotFound(w, r)
-		return
-	}
-	w.Header().Set("Content-Type", "text/html; charset=utf-8")
-	fmt.Fprint(w, `<!doctype html><meta charset="utf-8"><title>cm4bench</title>
-<h1>cm4bench</h1><p>The dashboard is not built into this binary. The JSON API is at
-<a href="/api/openapi.json">/api/openapi.json</a>.</p>`)
 }
