@@ -1,0 +1,288 @@
+package simbench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/cm4bench/cm4bench/netboot/pisim"
+)
+
+// RigConfig describes a complete simulated bench: namespaces, the real
+// `cm4bench netboot serve` in the bench namespace, and the devices.
+type RigConfig struct {
+	Devices int    // simulated CM4s (default 4)
+	Prefix  string // namespace prefix (default DefaultPrefix)
+	// Cm4bench is the server binary (default: this executable).
+	Cm4bench string
+	// Agent is the host-built cm4agent (required).
+	Agent string
+	// DataDir is the server's --data (default: <bench dir>/data).
+	DataDir string
+	// Image is the golden image; "" = generate ImageSize bytes.
+	Image     string
+	ImageSize int64 // default 64 MiB
+	// HTTP, if set, is a host address (e.g. 127.0.0.1:5000) forwarded to
+	// the server's HTTP port inside the bench namespace.
+	HTTP string
+	// ServerArgs are extra `netboot serve` flags.
+	ServerArgs []string
+	// EEPROM of every device; AgentArgs are extra cm4agent flags.
+	EEPROM    pisim.EEPROM
+	AgentArgs []string
+	EMMCBytes int64 // default 128 MiB
+	// ServerOutput receives the server's log; AgentOutput device i's agent
+	// log (nil = discarded).
+	ServerOutput io.Writer
+	AgentOutput  func(i int) io.Writer
+	OnChange     func(Status)
+	Logger       *slog.Logger
+}
+
+// Rig is a running simulated bench.
+type Rig struct {
+	Bench     *Bench
+	Sim       *Sim
+	Server    *Proc
+	URL       string // the server as devices reach it, e.g. http://10.61.0.1:5000
+	HostURL   string // the forwarded dashboard on the host, when RigConfig.HTTP is set
+	Token     string
+	DataDir   string
+	TFTPRoot  string
+	Image     string
+	ImageSHA  string
+	ServerLog *syncBuffer
+
+	cfg      RigConfig
+	argv     []string
+	cancel   context.CancelFunc
+	simDone  chan struct{}
+	fwdDone  chan struct{}
+	serverMu sync.Mutex
+}
+
+// HTTPPort is where the server listens inside the bench namespace.
+const HTTPPort = 5000
+
+// StartRig builds and starts everything; Close tears it all down.
+func StartRig(ctx context.Context, cfg RigConfig) (_ *Rig, err error) {
+	if cfg.Devices == 0 {
+		cfg.Devices = 4
+	}
+	if cfg.ImageSize == 0 {
+		cfg.ImageSize = 64 << 20
+	}
+	if cfg.Cm4bench == "" {
+		if cfg.Cm4bench, err = os.Executable(); err != nil {
+			return nil, fmt.Errorf("simbench: find cm4bench: %w", err)
+		}
+	}
+	if cfg.Agent == "" {
+		return nil, errors.New("simbench: no cm4agent binary given")
+	}
+	lg := cfg.Logger
+	if lg == nil {
+		lg = slog.New(slog.DiscardHandler)
+	}
+	b, err := Create(ctx, Options{Prefix: cfg.Prefix, Devices: cfg.Devices, EMMCBytes: cfg.EMMCBytes, Logger: lg})
+	if err != nil {
+		return nil, err
+	}
+	r := &Rig{Bench: b, cfg: cfg, ServerLog: &syncBuffer{}}
+	defer func() {
+		if err != nil {
+			r.Close()
+		}
+	}()
+	addr := b.ServerAddr.Addr().String()
+	r.URL = fmt.Sprintf("http://%s:%d", addr, HTTPPort)
+	r.DataDir = cfg.DataDir
+	if r.DataDir == "" {
+		r.DataDir = filepath.Join(b.Dir, "data")
+	}
+	r.TFTPRoot = filepath.Join(b.Dir, "tftp")
+	for _, d := range []string{r.DataDir, r.TFTPRoot} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return nil, fmt.Errorf("simbench: %w", err)
+		}
+	}
+	if err := WriteTFTPRoot(r.TFTPRoot, r.URL); err != nil {
+		return nil, err
+	}
+	r.Image = cfg.Image
+	if r.Image == "" {
+		r.Image = filepath.Join(b.Dir, "golden-cm4.img")
+		if r.ImageSHA, err = WriteGoldenImage(r.Image, cfg.ImageSize, 0xc4b3); err != nil {
+			return nil, err
+		}
+		lg.Info("golden image generated", "path", r.Image, "bytes", cfg.ImageSize, "sha256", r.ImageSHA)
+	}
+	r.argv = append([]string{"netboot", "serve",
+		"--iface", BridgeName,
+		"--addr", b.ServerAddr.String(),
+		"--tftp-root", r.TFTPRoot,
+		"--data", r.DataDir,
+		"--image", r.Image,
+		"--http", net.JoinHostPort(addr, fmt.Sprint(HTTPPort)),
+	}, cfg.ServerArgs...)
+	if err := r.StartServer(ctx); err != nil {
+		return nil, err
+	}
+	tok, err := os.ReadFile(filepath.Join(r.DataDir, "admin-token"))
+	if err != nil {
+		return nil, fmt.Errorf("simbench: read the admin token the server wrote: %w", err)
+	}
+	r.Token = strings.TrimSpace(string(tok))
+
+	rctx, cancel := context.WithCancel(context.Background())
+	r.cancel = cancel
+	if cfg.HTTP != "" {
+		ln, err := net.Listen("tcp", cfg.HTTP)
+		if err != nil {
+			return nil, fmt.Errorf("simbench: dashboard on the host: %w", err)
+		}
+		r.HostURL = "http://" + ln.Addr().String()
+		r.fwdDone = make(chan struct{})
+		target := net.JoinHostPort(addr, fmt.Sprint(HTTPPort))
+		go func() {
+			defer close(r.fwdDone)
+			Forward(rctx, ln, func(ctx context.Context) (net.Conn, error) { return b.Server.DialContext(ctx, "tcp", target) })
+		}()
+	}
+	r.Sim = &Sim{Bench: b, Agent: cfg.Agent, AgentArgs: cfg.AgentArgs, EEPROM: cfg.EEPROM,
+		AgentOutput: cfg.AgentOutput, OnChange: cfg.OnChange, Logger: lg}
+	r.simDone = make(chan struct{})
+	go func() {
+		defer close(r.simDone)
+		if err := r.Sim.Run(rctx); err != nil {
+			lg.Error("simulation stopped", "err", err)
+		}
+	}()
+	return r, nil
+}
+
+// Client returns a technician API client that reaches the server inside
+// the bench namespace.
+func (r *Rig) Client() *Client { return NewClient(r.Bench.Server, r.URL, r.Token) }
+
+// StartServer starts `cm4bench netboot serve` in the bench namespace and
+// waits until it answers HTTP.
+func (r *Rig) StartServer(ctx context.Context) error {
+	r.serverMu.Lock()
+	defer r.serverMu.Unlock()
+	cmd := r.Bench.Server.Command(context.Background(), r.cfg.Cm4bench, r.argv...)
+	var w io.Writer = r.ServerLog
+	if r.cfg.ServerOutput != nil {
+		w = io.MultiWriter(r.ServerLog, r.cfg.ServerOutput)
+	}
+	cmd.Stdout, cmd.Stderr = w, w
+	p, err := r.Bench.Start(cmd)
+	if err != nil {
+		return err
+	}
+	r.Server = p
+	c := NewClient(r.Bench.Server, r.URL, "")
+	c.HTTP.Timeout = time.Second
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		err := c.Do(ctx, "GET", "/api/v1/status", nil, nil)
+		var he *HTTPError
+		if err == nil || errors.As(err, &he) {
+			return nil // it answers (401 without a token is an answer)
+		}
+		select {
+		case <-p.Done():
+			return fmt.Errorf("simbench: cm4bench netboot serve exited (%v):\n%s", p.Wait(), tail(r.ServerLog.String(), 30))
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			p.Kill()
+			return fmt.Errorf("simbench: cm4bench netboot serve did not answer on %s within 60 s:\n%s", r.URL, tail(r.ServerLog.String(), 30))
+		}
+	}
+}
+
+// KillServer kills the server with SIGKILL (a crash) and waits for it.
+func (r *Rig) KillServer() {
+	r.serverMu.Lock()
+	defer r.serverMu.Unlock()
+	if r.Server != nil {
+		r.Server.Kill()
+		<-r.Server.Done()
+	}
+}
+
+// StopServer stops the server with SIGTERM (Ctrl-C), killing it after 10 s.
+func (r *Rig) StopServer() {
+	r.serverMu.Lock()
+	defer r.serverMu.Unlock()
+	if r.Server == nil {
+		return
+	}
+	select {
+	case <-r.Server.Done():
+		return
+	default:
+	}
+	_ = r.Server.Cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-r.Server.Done():
+	case <-time.After(10 * time.Second):
+		r.Server.Kill()
+		<-r.Server.Done()
+	}
+}
+
+// Close stops the devices, the server and the forwarder, and removes the
+// bench (namespaces, processes, work directory).
+func (r *Rig) Close() error {
+	if r.cancel != nil {
+		r.cancel()
+	}
+	if r.simDone != nil {
+		<-r.simDone
+	}
+	if r.fwdDone != nil {
+		<-r.fwdDone
+	}
+	r.StopServer()
+	return r.Bench.Close()
+}
+
+// syncBuffer is a bytes buffer safe for concurrent use.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  []byte
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.b = append(s.b, p...)
+	return len(p), nil
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return string(s.b)
+}
+
+func tail(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
