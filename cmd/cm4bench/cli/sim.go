@@ -1,19 +1,332 @@
 package cli
 
 import (
+	"context"
 	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"text/tabwriter"
+	"time"
 
 	"github.com/spf13/cobra"
+
+	"github.com/cm4bench/cm4bench/netboot/pisim"
+	"github.com/cm4bench/cm4bench/netboot/simbench"
 )
 
-// newSimCmd is a placeholder until its issue lands; it refuses to run.
+// simOptions are the flags of `cm4bench sim` (and what `netboot serve
+// --demo` fixes).
+type simOptions struct {
+	devices     int
+	http        string
+	data        string
+	image       string
+	imageMiB    int64
+	emmcMiB     int64
+	agent       string
+	bootOrder   string
+	dhcpTimeout time.Duration
+	poll        time.Duration
+	agentLogs   bool
+	serverArgs  []string
+}
+
+func newSimOptions() *simOptions {
+	return &simOptions{devices: 4, http: "127.0.0.1:5000", imageMiB: 64, emmcMiB: 128, bootOrder: "0xf12", dhcpTimeout: 5 * time.Second}
+}
+
+func (o *simOptions) bind(cmd *cobra.Command) {
+	f := cmd.Flags()
+	f.IntVar(&o.devices, "devices", o.devices, "number of simulated CM4 boards")
+	f.StringVar(&o.http, "http", o.http, `host address for the dashboard, forwarded into the bench namespace ("" = none)`)
+	f.StringVar(&o.data, "data", "", "server data directory (default: a temporary one, removed at exit)")
+	f.StringVar(&o.image, "image", "", "golden image to deploy (default: a generated one)")
+	f.Int64Var(&o.imageMiB, "image-size", o.imageMiB, "size in MiB of the generated golden image")
+	f.Int64Var(&o.emmcMiB, "emmc-size", o.emmcMiB, "size in MiB of each board's file-backed eMMC")
+	f.StringVar(&o.agent, "agent", "", "host-built cm4agent (default: next to cm4bench, then $PATH)")
+	f.StringVar(&o.bootOrder, "boot-order", o.bootOrder, "BOOT_ORDER of the simulated boards (0xf12: network first, then eMMC)")
+	f.DurationVar(&o.dhcpTimeout, "dhcp-timeout", o.dhcpTimeout, "DHCP_TIMEOUT of the simulated boards (EEPROM minimum 5s)")
+	f.DurationVar(&o.poll, "poll", 0, "agent poll interval (default: what the server says)")
+	f.BoolVar(&o.agentLogs, "agent-logs", false, "copy every agent's log to stderr")
+}
+
 func newSimCmd() *cobra.Command {
-	return &cobra.Command{
-		Use:    "sim",
-		Short:  "(not built yet)",
-		Hidden: true,
+	o := newSimOptions()
+	cmd := &cobra.Command{
+		Use:   "sim [flags]",
+		Short: "Run a bench of simulated CM4s against the real server (no hardware)",
+		Long: `Run a whole provisioning bench on this host with no CM4 and no bench network.
+
+cm4bench sim creates Linux network namespaces: one bench namespace whose
+bridge carries the server's interface, and one namespace per simulated board
+behind that bridge. It starts the real "cm4bench netboot serve" (DHCP, TFTP,
+HTTP API and dashboard) in the bench namespace, and powers the boards on.
+
+Each simulated board behaves like a CM4 on the wire:
+  - its EEPROM bootloader walks BOOT_ORDER; in network mode it sends the
+    Pi 4 DHCPDISCOVER (options 60, 93, 94, 97, a Raspberry Pi MAC), a REQUEST
+    without option 60, and accepts only an answer with the "Raspberry Pi Boot"
+    menu in option 43;
+  - it fetches <serial>/start4.elf, falls back to the root, reads config.txt,
+    start4.elf, fixup4.dat, the device tree, cmdline.txt, the kernel and the
+    initramfs with "tsize 0 blksize 1024" requests and aborts its many
+    existence probes with "Early terminate";
+  - then the real cm4agent (a host build) runs in the board's namespace
+    against a file-backed eMMC, registers, polls, deploys or backs up;
+  - after a verified deploy it reboots: with netboot switched off for it, the
+    DHCP answer has no menu, the bootloader gives up after DHCP_TIMEOUT and
+    boots the eMMC ("booted-emmc", then an ordinary DHCP lease).
+
+The TFTP root holds placeholders (marked as such) for the firmware, kernel
+and initramfs: the simulated boards fetch them but do not execute them.
+
+The dashboard is forwarded to --http on the host (default
+http://127.0.0.1:5000); the admin token is printed at start. Ctrl-C stops
+the boards and the server and deletes every namespace and process it made.
+
+Needs root (network namespaces). State changes of the boards are printed as
+they happen (JSON lines with --json) and a summary table at exit.`,
+		Example: `  # Four boards and the dashboard on http://127.0.0.1:5000 (what make run does):
+  sudo build/cm4bench sim
+
+  # Twenty boards, a 32 MiB golden image, agents polling every second:
+  sudo build/cm4bench sim --devices 20 --image-size 32 --poll 1s
+
+  # Deploy your own image, keep the server's data afterwards:
+  sudo build/cm4bench sim --image my-cm4.img.zst --data /tmp/benchdata`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return errors.New("sim: not built yet")
+			return o.run(cmd.Context(), cmd, cmd.OutOrStdout())
 		},
 	}
+	o.bind(cmd)
+	return cmd
+}
+
+// runDemo is `cm4bench netboot serve --demo`: the simulated bench with four
+// boards and the dashboard on 127.0.0.1:5000.
+func runDemo(cmd *cobra.Command) error {
+	return newSimOptions().run(cmd.Context(), cmd, cmd.OutOrStdout())
+}
+
+// findAgent locates the host-built cm4agent.
+func (o *simOptions) findAgent() (string, error) {
+	if o.agent != "" {
+		return o.agent, nil
+	}
+	if exe, err := os.Executable(); err == nil {
+		p := filepath.Join(filepath.Dir(exe), "cm4agent")
+		if _, err := os.Stat(p); err == nil {
+			return p, nil
+		}
+	}
+	if p, err := exec.LookPath("cm4agent"); err == nil {
+		return p, nil
+	}
+	return "", errors.New("sim: cm4agent not found next to cm4bench or in $PATH: run `make build` (it builds build/cm4agent) or pass --agent FILE")
+}
+
+func (o *simOptions) eeprom() (pisim.EEPROM, error) {
+	bo, err := strconv.ParseUint(strings.TrimPrefix(strings.ToLower(o.bootOrder), "0x"), 16, 32)
+	if err != nil || bo == 0 {
+		return pisim.EEPROM{}, fmt.Errorf("sim: --boot-order %q: want hex nibbles such as 0xf12", o.bootOrder)
+	}
+	if o.dhcpTimeout < 5*time.Second {
+		return pisim.EEPROM{}, fmt.Errorf("sim: --dhcp-timeout %v: the EEPROM minimum is 5s", o.dhcpTimeout)
+	}
+	return pisim.EEPROM{BootOrder: uint32(bo), DHCPTimeout: o.dhcpTimeout}, nil
+}
+
+func (o *simOptions) run(ctx context.Context, cmd *cobra.Command, out io.Writer) error {
+	if o.devices < 1 || o.devices > 250 {
+		return fmt.Errorf("sim: --devices %d: want 1 to 250", o.devices)
+	}
+	ee, err := o.eeprom()
+	if err != nil {
+		return err
+	}
+	if !isRoot() {
+		return &ExitError{Code: 2, Err: fmt.Errorf("sim: %w", simbench.ErrNotRoot)}
+	}
+	agent, err := o.findAgent()
+	if err != nil {
+		return err
+	}
+	log := newLogger(cmd)
+	jsonOut := wantJSON(cmd)
+	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	var outMu sync.Mutex
+	last := map[int]string{}
+	onChange := func(s simbench.Status) {
+		outMu.Lock()
+		defer outMu.Unlock()
+		if last[s.Index] == s.State {
+			return
+		}
+		last[s.Index] = s.State
+		if jsonOut {
+			writeJSON(out, s)
+			return
+		}
+		fmt.Fprintf(out, "%s  board %d %s (serial %s): %s%s\n", time.Now().Format("15:04:05"), s.Index, s.MAC, s.Serial, s.State, stateDetail(s))
+	}
+	var agentArgs []string
+	if o.poll > 0 {
+		agentArgs = append(agentArgs, "--poll", o.poll.String())
+	}
+	cfg := simbench.RigConfig{
+		Devices:   o.devices,
+		Agent:     agent,
+		DataDir:   o.data,
+		Image:     o.image,
+		ImageSize: o.imageMiB << 20,
+		EMMCBytes: o.emmcMiB << 20,
+		HTTP:      o.http,
+		EEPROM:    ee,
+		AgentArgs: agentArgs,
+		// The server's own log goes to stderr, like `netboot serve`.
+		ServerOutput: cmd.ErrOrStderr(),
+		ServerArgs:   o.serverArgs,
+		OnChange:     onChange,
+		Logger:       log,
+	}
+	if o.agentLogs {
+		cfg.AgentOutput = func(i int) io.Writer { return prefixWriter(cmd.ErrOrStderr(), fmt.Sprintf("[board %d] ", i)) }
+	}
+	fmt.Fprintf(cmd.ErrOrStderr(), "sim: creating %d simulated CM4s in network namespaces ...\n", o.devices)
+	rig, err := simbench.StartRig(ctx, cfg)
+	if err != nil {
+		return fmt.Errorf("sim: %w", err)
+	}
+	defer func() {
+		fmt.Fprintln(cmd.ErrOrStderr(), "sim: stopping boards and server, removing namespaces ...")
+		if err := rig.Close(); err != nil {
+			fmt.Fprintf(cmd.ErrOrStderr(), "sim: teardown: %v\n", err)
+		}
+	}()
+	banner := map[string]any{
+		"dashboard":   rig.HostURL,
+		"bench_url":   rig.URL,
+		"admin_token": rig.Token,
+		"namespace":   rig.Bench.Server.Name,
+		"devices":     o.devices,
+		"image":       rig.Image,
+		"data":        rig.DataDir,
+		"tftp_root":   rig.TFTPRoot,
+	}
+	if jsonOut {
+		writeJSON(out, banner)
+	} else {
+		outMu.Lock()
+		fmt.Fprintf(out, `
+cm4bench simulated bench is running (%d CM4s, namespace %s)
+  Dashboard:    %s
+  Admin token:  %s
+  Bench server: %s (inside the bench namespace)
+  Golden image: %s
+  TFTP root:    %s (placeholder firmware: the simulated boards fetch it, nothing runs it)
+Log in with the token, then click Deploy or Backup on a board. Ctrl-C stops everything.
+
+`, o.devices, rig.Bench.Server.Name, orNone(rig.HostURL), rig.Token, rig.URL, rig.Image, rig.TFTPRoot)
+		outMu.Unlock()
+	}
+	select {
+	case <-ctx.Done():
+	case <-rig.Server.Done():
+		err = fmt.Errorf("sim: the server exited: %v", rig.Server.Wait())
+	}
+	outMu.Lock()
+	if jsonOut {
+		var all []simbench.Status
+		for _, d := range rig.Bench.Devices {
+			all = append(all, d.Status())
+		}
+		writeJSON(out, map[string]any{"devices": all})
+	} else {
+		writeSimTable(out, rig)
+	}
+	outMu.Unlock()
+	return err
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "(not forwarded: --http \"\")"
+	}
+	return s
+}
+
+func stateDetail(s simbench.Status) string {
+	var parts []string
+	if s.IP != "" {
+		parts = append(parts, "ip "+s.IP)
+	}
+	if s.State == simbench.StateAgent && s.TFTPFiles > 0 {
+		parts = append(parts, fmt.Sprintf("%d TFTP requests, %d probes", s.TFTPFiles, s.Probes))
+	}
+	if s.AgentExit != "" {
+		parts = append(parts, "agent: "+s.AgentExit)
+	}
+	if s.Error != "" {
+		parts = append(parts, "error: "+s.Error)
+	}
+	if len(parts) == 0 {
+		return ""
+	}
+	return " (" + strings.Join(parts, ", ") + ")"
+}
+
+func writeSimTable(out io.Writer, rig *simbench.Rig) {
+	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "BOARD\tMAC\tSERIAL\tSTATE\tIP\tBOOTS\tNETBOOTS\tEMMC BOOTS\tAGENT RUNS\tLAST AGENT EXIT")
+	devs := append([]*simbench.Device(nil), rig.Bench.Devices...)
+	sort.Slice(devs, func(i, j int) bool { return devs[i].Index < devs[j].Index })
+	for _, d := range devs {
+		s := d.Status()
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%d\t%d\t%d\t%d\t%s\n", s.Index, s.MAC, s.Serial, s.State, s.IP, s.Boots, s.Netboots, s.EMMCBoots, s.AgentRuns, s.AgentExit)
+	}
+	tw.Flush()
+}
+
+// prefixWriter prefixes every line written to w.
+func prefixWriter(w io.Writer, prefix string) io.Writer {
+	return &linePrefixer{w: w, prefix: prefix, bol: true}
+}
+
+type linePrefixer struct {
+	mu     sync.Mutex
+	w      io.Writer
+	prefix string
+	bol    bool
+}
+
+func (l *linePrefixer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var b []byte
+	for _, c := range p {
+		if l.bol {
+			b = append(b, l.prefix...)
+			l.bol = false
+		}
+		b = append(b, c)
+		if c == '\n' {
+			l.bol = true
+		}
+	}
+	if _, err := l.w.Write(b); err != nil {
+		return 0, err
+	}
+	return len(p), nil
 }
