@@ -41,10 +41,10 @@ func readShared(t testing.TB, rel string) []byte {
 
 // fixtures maps catalogue file IDs to the real files in ../shared.
 var fixtures = map[string]string{
-	"usbboot/firmware/bootfiles.bin":                          "firmware-fixtures/bootfiles.bin",
-	"usbboot/msd/bootcode.bin":                                "firmware-fixtures/msd-bootcode.bin",
-	"usbboot/recovery/config.txt":                             "firmware-fixtures/recovery-config.txt",
-	"usbboot/recovery/boot.conf":                              "firmware-fixtures/recovery-boot.conf",
-	"rpi-eeprom/firmware-2711/latest/recovery.bin":            "eeprom-vectors/recovery.bin",
+	"usbboot/firmware/bootfiles.bin":                           "firmware-fixtures/bootfiles.bin",
+	"usbboot/msd/bootcode.bin":                                 "firmware-fixtures/msd-bootcode.bin",
+	"usbboot/recovery/config.txt":                              "firmware-fixtures/recovery-config.txt",
+	"usbboot/recovery/boot.conf":                               "firmware-fixtures/recovery-boot.conf",
+	"rpi-eeprom/firmware-2711/latest/recovery.bin":             "eeprom-vectors/recovery.bin",
 	"rpi-eeprom/firmware-2711/default/pieeprom-2026-05-17.bin": "eeprom-vectors/pieeprom-2026-05-17.bin",
 }
