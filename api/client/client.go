@@ -1,0 +1,240 @@
+// Package client is the Go client of the cm4bench technician API, used by
+// the `cm4bench device`, `backup` and `netboot enable|disable|status`
+// commands.
+//
+//	c, err := client.FromDataDir("/var/lib/cm4bench") // server.json + admin-token
+//	devs, err := c.Devices(ctx)
+//	a, err := c.SetAction(ctx, "dc:a6:32:01:02:03", wire.ActionDeploy, "")
+package client
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"github.com/cm4bench/cm4bench/api/wire"
+)
+
+// Client talks to one server.
+type Client struct {
+	// BaseURL is the server, e.g. http://127.0.0.1:5000.
+	BaseURL string
+	// Token is the admin token.
+	Token string
+	// HTTP is the client to use; nil = http.DefaultClient.
+	HTTP *http.Client
+}
+
+// Error is a non-2xx answer from the server.
+type Error struct {
+	Status  int
+	Message string
+}
+
+func (e *Error) Error() string { return fmt.Sprintf("server answered %d: %s", e.Status, e.Message) }
+
+// FromDataDir builds a client from a server's data dir: the URL from
+// server.json and the token from admin-token.
+func FromDataDir(dir string) (*Client, error) {
+	b, err := os.ReadFile(filepath.Join(dir, wire.FileServerInfo))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("client: no %s in %s: is `cm4bench netboot serve --data %s` running? (or pass --server and --token)", wire.FileServerInfo, dir, dir)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("client: read server info: %w", err)
+	}
+	var si wire.ServerInfo
+	if err := json.Unmarshal(b, &si); err != nil || si.URL == "" {
+		return nil, fmt.Errorf("client: %s in %s is not valid server info", wire.FileServerInfo, dir)
+	}
+	tok, err := os.ReadFile(filepath.Join(dir, wire.FileAdminToken))
+	if err != nil {
+		return nil, fmt.Errorf("client: read admin token (are you allowed to read %s?): %w", filepath.Join(dir, wire.FileAdminToken), err)
+	}
+	return &Client{BaseURL: si.URL, Token: strings.TrimSpace(string(tok))}, nil
+}
+
+func (c *Client) http() *http.Client {
+	if c.HTTP != nil {
+		return c.HTTP
+	}
+	return http.DefaultClient
+}
+
+// do sends a request; in (if not nil) is sent as JSON and out (if not nil)
+// decoded from the JSON answer.
+func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
+	resp, err := c.send(ctx, method, path, in)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if out == nil {
+		io.Copy(io.Discard, resp.Body)
+		return nil
+	}
+	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+		return fmt.Errorf("client: decode answer of %s %s: %w", method, path, err)
+	}
+	return nil
+}
+
+func (c *Client) send(ctx context.Context, method, path string, in any) (*http.Response, error) {
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return nil, fmt.Errorf("client: encode request: %w", err)
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, strings.TrimRight(c.BaseURL, "/")+path, body)
+	if err != nil {
+		return nil, fmt.Errorf("client: %s %s: %w", method, path, err)
+	}
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	req.Header.Set(wire.HeaderToken, "Bearer "+c.Token)
+	resp, err := c.http().Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("client: %s %s: %w", method, path, err)
+	}
+	if resp.StatusCode/100 != 2 {
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+		var ae wire.APIError
+		msg := strings.TrimSpace(string(b))
+		if json.Unmarshal(b, &ae) == nil && ae.Error != "" {
+			msg = ae.Error
+		}
+		return nil, &Error{Status: resp.StatusCode, Message: msg}
+	}
+	return resp, nil
+}
+
+func esc(s string) string { return url.PathEscape(s) }
+
+// Status returns the server status.
+func (c *Client) Status(ctx context.Context) (wire.Status, error) {
+	var s wire.Status
+	return s, c.do(ctx, "GET", "/api/v1/status", nil, &s)
+}
+
+// Devices lists every device.
+func (c *Client) Devices(ctx context.Context) ([]wire.Device, error) {
+	var d []wire.Device
+	return d, c.do(ctx, "GET", "/api/v1/devices", nil, &d)
+}
+
+// Device returns one device with its recent actions.
+func (c *Client) Device(ctx context.Context, mac string) (wire.Device, error) {
+	var d wire.Device
+	return d, c.do(ctx, "GET", "/api/v1/devices/"+esc(mac), nil, &d)
+}
+
+// SetAction sets a device's action: deploy (image "" = assigned or
+// default), backup, or none (cancel).
+func (c *Client) SetAction(ctx context.Context, mac, action, image string) (wire.Action, error) {
+	var a wire.Action
+	return a, c.do(ctx, "POST", "/api/v1/devices/"+esc(mac)+"/action", wire.SetActionRequest{Action: action, Image: image}, &a)
+}
+
+// SetActions sets one action for several devices.
+func (c *Client) SetActions(ctx context.Context, macs []string, action, image string) ([]wire.Action, error) {
+	var a []wire.Action
+	return a, c.do(ctx, "POST", "/api/v1/actions", wire.BulkActionRequest{MACs: macs, Action: action, Image: image}, &a)
+}
+
+// SetDeviceImage assigns an image to a device ("" = default).
+func (c *Client) SetDeviceImage(ctx context.Context, mac, image string) (wire.Device, error) {
+	var d wire.Device
+	return d, c.do(ctx, "PUT", "/api/v1/devices/"+esc(mac)+"/image", wire.SetImageRequest{Image: image}, &d)
+}
+
+// Netboot returns the global switch.
+func (c *Client) Netboot(ctx context.Context) (bool, error) {
+	var n wire.NetbootSwitch
+	err := c.do(ctx, "GET", "/api/v1/netboot", nil, &n)
+	return n.Enabled, err
+}
+
+// SetNetboot sets the global switch.
+func (c *Client) SetNetboot(ctx context.Context, on bool) error {
+	return c.do(ctx, "PUT", "/api/v1/netboot", wire.NetbootSwitch{Enabled: on}, nil)
+}
+
+// DeviceNetboot returns one MAC's switch.
+func (c *Client) DeviceNetboot(ctx context.Context, mac string) (wire.NetbootSwitch, error) {
+	var n wire.NetbootSwitch
+	return n, c.do(ctx, "GET", "/api/v1/devices/"+esc(mac)+"/netboot", nil, &n)
+}
+
+// SetDeviceNetboot sets one MAC's switch (the MAC need not be known yet).
+func (c *Client) SetDeviceNetboot(ctx context.Context, mac string, on bool) (wire.NetbootSwitch, error) {
+	var n wire.NetbootSwitch
+	return n, c.do(ctx, "PUT", "/api/v1/devices/"+esc(mac)+"/netboot", wire.NetbootSwitch{Enabled: on}, &n)
+}
+
+// Images lists the images.
+func (c *Client) Images(ctx context.Context) ([]wire.Image, error) {
+	var im []wire.Image
+	return im, c.do(ctx, "GET", "/api/v1/images", nil, &im)
+}
+
+// Backups lists stored backups, newest first.
+func (c *Client) Backups(ctx context.Context) ([]wire.Backup, error) {
+	var b []wire.Backup
+	return b, c.do(ctx, "GET", "/api/v1/backups", nil, &b)
+}
+
+// DownloadBackup streams a backup, as stored (.img or .img.zst), into w
+// and returns the byte count; a short stream is an error.
+func (c *Client) DownloadBackup(ctx context.Context, id string, w io.Writer) (n int64, err error) {
+	resp, err := c.send(ctx, "GET", "/api/v1/backups/"+esc(id)+"/download", nil)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	n, err = io.Copy(w, resp.Body)
+	if err != nil {
+		return n, fmt.Errorf("client: download backup %s: %w", id, err)
+	}
+	if resp.ContentLength >= 0 && n != resp.ContentLength {
+		return n, fmt.Errorf("client: download backup %s: got %d of %d bytes", id, n, resp.ContentLength)
+	}
+	return n, nil
+}
+
+// DeleteBackup deletes a backup.
+func (c *Client) DeleteBackup(ctx context.Context, id string) error {
+	return c.do(ctx, "DELETE", "/api/v1/backups/"+esc(id), nil, nil)
+}
+
+// Actions lists the action history (mac "" = all), newest first.
+func (c *Client) Actions(ctx context.Context, mac string, limit int) ([]wire.Action, error) {
+	q := url.Values{}
+	if mac != "" {
+		q.Set("mac", mac)
+	}
+	if limit > 0 {
+		q.Set("limit", strconv.Itoa(limit))
+	}
+	var a []wire.Action
+	return a, c.do(ctx, "GET", "/api/v1/actions?"+q.Encode(), nil, &a)
+}
+
+// Events lists logged events after since (-1 = the newest limit).
+func (c *Client) Events(ctx context.Context, since int64, limit int) ([]wire.Event, error) {
+	var e []wire.Event
+	return e, c.do(ctx, "GET", fmt.Sprintf("/api/v1/events?since=%d&limit=%d", since, limit), nil, &e)
+}

@@ -1,0 +1,461 @@
+// Package serve composes the bench behind `cm4bench netboot serve`: one
+// store, then the DHCP, TFTP and HTTP servers around it, under one errgroup
+// (the first error cancels the rest; cancelling ctx stops all cleanly).
+//
+//	b, err := serve.New(ctx, serve.Config{Iface: "eth1", TFTPRoot: "/srv/tftp", DataDir: "/var/lib/cm4bench"})
+//	if err != nil { return err }
+//	defer b.Close()
+//	fmt.Println("admin token:", b.Token())
+//	err = b.Serve(ctx) // until ctx is done or a server fails
+//
+// The store is the netboot Policy of both DHCP and TFTP, so a switch flipped
+// through the API applies to the next packet. DHCP and TFTP events are queued
+// (never blocking their packet paths) into the store's event log, from which
+// the API fans them out over SSE and counts them in /metrics.
+//
+// Serve opens every socket on the calling goroutine or, for the servers it
+// runs on other goroutines, in the network namespace of the calling thread,
+// so a test or the demo bench can run the whole bench inside a namespace
+// with nettest.NS.Do(func() error { return b.Serve(ctx) }).
+package serve
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/cm4bench/cm4bench/api"
+	"github.com/cm4bench/cm4bench/api/images"
+	"github.com/cm4bench/cm4bench/api/store"
+	"github.com/cm4bench/cm4bench/api/wire"
+	"github.com/cm4bench/cm4bench/internal/atomicfile"
+	"github.com/cm4bench/cm4bench/netboot/dhcp"
+	"github.com/cm4bench/cm4bench/netboot/tftp"
+	"golang.org/x/sync/errgroup"
+	"golang.org/x/sys/unix"
+)
+
+// DefaultHTTPAddr is where the API and dashboard listen by default (plus
+// the bench address, port wire.DefaultPort).
+const DefaultHTTPAddr = "127.0.0.1:5000"
+
+// Config is everything `cm4bench netboot serve` takes. Zero values are
+// defaults where a default makes sense.
+type Config struct {
+	// Iface is the bench interface (DHCP binds to it; its first IPv4
+	// address is the bench address unless Addr is set). Required unless
+	// NoDHCP and NoTFTP.
+	Iface string
+	// Addr is the server's address on the bench link (must be configured
+	// on Iface). Default: Iface's first IPv4 address.
+	Addr netip.Prefix
+	// Range is the DHCP pool. Default: Addr's subnet minus Addr.
+	Range [2]netip.Addr
+	// Proxy runs DHCP as proxyDHCP (PXE options only).
+	Proxy bool
+	// AllowOtherDHCP starts even when another DHCP server answers.
+	AllowOtherDHCP bool
+	// TFTPRoot is the jailed TFTP root. Required unless NoTFTP.
+	TFTPRoot string
+	// DataDir holds the database, admin token, images, backups, leases and
+	// server.json. Required.
+	DataDir string
+	// HTTPAddr, if set, is the only HTTP listen address. Default:
+	// DefaultHTTPAddr plus <bench address>:5000.
+	HTTPAddr string
+	// Image is the golden default image (.img, .img.gz, .img.xz, .img.zst).
+	Image string
+	// NoDHCP and NoTFTP leave those servers out (HTTP-only use, or a bench
+	// with another netboot server).
+	NoDHCP, NoTFTP bool
+	// CompressBackups stores raw backup uploads zstd-compressed.
+	CompressBackups bool
+	// PollInterval is what devices are told to poll at (default 5 s).
+	PollInterval time.Duration
+	// Version is reported by the API.
+	Version string
+	// Logger receives every server's logs; nil = silent.
+	Logger *slog.Logger
+	// UI, if set, replaces the embedded dashboard.
+	UI http.Handler
+}
+
+// Bench is a composed, ready-to-serve bench.
+type Bench struct {
+	cfg     Config
+	st      *store.Store
+	srv     *api.Server
+	lib     *images.Library
+	token   string
+	created bool
+	bench   netip.Prefix // bench address (invalid when no iface)
+
+	events  chan wire.Event
+	dropped int64
+
+	mu     sync.Mutex
+	urls   []string
+	rivals []string
+	ready  chan struct{}
+}
+
+// New validates cfg, opens the store and the admin token, and checks the
+// image. Nothing listens until Serve.
+func New(ctx context.Context, cfg Config) (*Bench, error) {
+	if cfg.DataDir == "" {
+		return nil, errors.New("serve: a data dir is required (--data DIR)")
+	}
+	if !cfg.NoDHCP && cfg.Iface == "" {
+		return nil, errors.New("serve: --iface is required for DHCP (or use --no-dhcp)")
+	}
+	if !cfg.NoTFTP && cfg.TFTPRoot == "" {
+		return nil, errors.New("serve: --tftp-root is required for TFTP (or use --no-tftp)")
+	}
+	if !cfg.NoTFTP {
+		if fi, err := os.Stat(cfg.TFTPRoot); err != nil || !fi.IsDir() {
+			return nil, fmt.Errorf("serve: TFTP root %s is not a directory", cfg.TFTPRoot)
+		}
+	}
+	if cfg.Image != "" {
+		if err := checkImage(cfg.Image); err != nil {
+			return nil, err
+		}
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
+		return nil, fmt.Errorf("serve: create data dir: %w", err)
+	}
+	b := &Bench{cfg: cfg, events: make(chan wire.Event, 4096), ready: make(chan struct{})}
+	if cfg.Iface != "" {
+		p, err := benchAddr(cfg.Iface, cfg.Addr)
+		if err != nil {
+			return nil, err
+		}
+		b.bench = p
+	}
+	st, err := store.Open(ctx, filepath.Join(cfg.DataDir, "cm4bench.db"))
+	if err != nil {
+		return nil, fmt.Errorf("serve: %w", err)
+	}
+	b.st = st
+	b.token, b.created, err = api.LoadOrCreateToken(cfg.DataDir)
+	if err != nil {
+		st.Close()
+		return nil, fmt.Errorf("serve: %w", err)
+	}
+	b.lib = &images.Library{Dir: filepath.Join(cfg.DataDir, "images"), Default: cfg.Image, Cache: st, Logger: cfg.Logger}
+	b.srv = &api.Server{
+		Store: st, Images: b.lib, DataDir: cfg.DataDir, Token: b.token,
+		CompressBackups: cfg.CompressBackups, PollInterval: cfg.PollInterval,
+		Version: cfg.Version, Logger: cfg.Logger, Rivals: b.Rivals, UI: cfg.UI,
+	}
+	return b, nil
+}
+
+func checkImage(p string) error {
+	if _, err := images.FormatOf(filepath.Base(p)); err != nil {
+		return fmt.Errorf("serve: --image %s: %w", p, err)
+	}
+	fi, err := os.Stat(p)
+	if err != nil {
+		return fmt.Errorf("serve: --image: %w", err)
+	}
+	if !fi.Mode().IsRegular() {
+		return fmt.Errorf("serve: --image %s is not a regular file", p)
+	}
+	return nil
+}
+
+// benchAddr finds the server's address on iface: want if set (and present
+// on the interface), else its first IPv4 address.
+func benchAddr(iface string, want netip.Prefix) (netip.Prefix, error) {
+	ifi, err := net.InterfaceByName(iface)
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("serve: interface %s: %w", iface, err)
+	}
+	addrs, err := ifi.Addrs()
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("serve: addresses of %s: %w", iface, err)
+	}
+	for _, a := range addrs {
+		ipn, ok := a.(*net.IPNet)
+		if !ok || ipn.IP.To4() == nil {
+			continue
+		}
+		ip, _ := netip.AddrFromSlice(ipn.IP.To4())
+		ones, _ := ipn.Mask.Size()
+		p := netip.PrefixFrom(ip, ones)
+		if !want.IsValid() {
+			return p, nil
+		}
+		if p.Addr() == want.Addr() {
+			return want, nil
+		}
+	}
+	if want.IsValid() {
+		return netip.Prefix{}, fmt.Errorf("serve: %s is not configured on %s (add it: ip addr add %s dev %s)", want.Addr(), iface, want, iface)
+	}
+	return netip.Prefix{}, fmt.Errorf("serve: %s has no IPv4 address (give it one, or pass --addr IP/CIDR after adding it)", iface)
+}
+
+// Token is the admin token.
+func (b *Bench) Token() string { return b.token }
+
+// TokenCreated reports whether the token was generated by this start (so
+// it should be printed once).
+func (b *Bench) TokenCreated() bool { return b.created }
+
+// Store is the bench store (for in-process users such as the demo bench).
+func (b *Bench) Store() *store.Store { return b.st }
+
+// API is the HTTP server.
+func (b *Bench) API() *api.Server { return b.srv }
+
+// BenchAddr is the server's address on the bench link (invalid without an
+// interface).
+func (b *Bench) BenchAddr() netip.Prefix { return b.bench }
+
+// Ready is closed once every server listens.
+func (b *Bench) Ready() <-chan struct{} { return b.ready }
+
+// URLs are the HTTP base URLs, the loopback one first (valid after Ready).
+func (b *Bench) URLs() []string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return append([]string{}, b.urls...)
+}
+
+// Rivals lists other DHCP servers seen on the link while running.
+func (b *Bench) Rivals() []string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return append([]string{}, b.rivals...)
+}
+
+// Close closes the store. Call it after Serve returns.
+func (b *Bench) Close() error { return b.st.Close() }
+
+func (b *Bench) log() *slog.Logger {
+	if b.cfg.Logger == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return b.cfg.Logger
+}
+
+// queue is the Events hook of DHCP and TFTP: it never blocks their packet
+// paths; when the queue is full the event is dropped and counted.
+func (b *Bench) queue(ev wire.Event) {
+	if ev.Kind == wire.EventDHCPRival {
+		b.mu.Lock()
+		if len(b.rivals) < 16 {
+			b.rivals = append(b.rivals, ev.Message)
+		}
+		b.mu.Unlock()
+	}
+	select {
+	case b.events <- ev:
+	default:
+		b.mu.Lock()
+		b.dropped++
+		n := b.dropped
+		b.mu.Unlock()
+		if n == 1 || n%1000 == 0 {
+			b.log().Warn("event queue full: dropping DHCP/TFTP events", "dropped", n)
+		}
+	}
+}
+
+func (b *Bench) pump(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case ev := <-b.events:
+			if _, err := b.st.Emit(context.WithoutCancel(ctx), ev); err != nil {
+				b.log().Error("recording event", "kind", ev.Kind, "err", err)
+			}
+		}
+	}
+}
+
+// httpAddrs are the HTTP listen addresses.
+func (b *Bench) httpAddrs() []string {
+	if b.cfg.HTTPAddr != "" {
+		return []string{b.cfg.HTTPAddr}
+	}
+	out := []string{DefaultHTTPAddr}
+	if b.bench.IsValid() {
+		out = append(out, net.JoinHostPort(b.bench.Addr().String(), strconv.Itoa(wire.DefaultPort)))
+	}
+	return out
+}
+
+// Serve runs DHCP, TFTP and HTTP until ctx is done (then returns nil after
+// a clean stop) or one of them fails (then the others are stopped and the
+// error returned). It records the server's URL in <data>/server.json for
+// the CLI and removes it on the way out.
+func (b *Bench) Serve(ctx context.Context) error {
+	// Listen first, on this goroutine (and so in this thread's namespace).
+	var lns []net.Listener
+	for _, a := range b.httpAddrs() {
+		ln, err := net.Listen("tcp", a)
+		if err != nil {
+			for _, l := range lns {
+				l.Close()
+			}
+			return fmt.Errorf("serve: http listen %s: %w", a, err)
+		}
+		lns = append(lns, ln)
+		u := "http://" + ln.Addr().String()
+		b.mu.Lock()
+		b.urls = append(b.urls, u)
+		b.mu.Unlock()
+		b.srv.AddAddress(u)
+	}
+	info := wire.ServerInfo{URL: b.URLs()[0], PID: os.Getpid(), Started: time.Now().UTC()}
+	infoJSON, _ := json.MarshalIndent(info, "", "  ")
+	infoPath := filepath.Join(b.cfg.DataDir, wire.FileServerInfo)
+	if err := atomicfile.WriteFile(infoPath, append(infoJSON, '\n'), 0o644); err != nil {
+		for _, l := range lns {
+			l.Close()
+		}
+		return fmt.Errorf("serve: record server info: %w", err)
+	}
+	defer removeIfOurs(infoPath, info)
+
+	inNS, closeNS, err := namespaceRunner()
+	if err != nil {
+		for _, l := range lns {
+			l.Close()
+		}
+		return err
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { b.pump(gctx); return nil })
+	go b.lib.Warm(gctx)
+
+	var dsrv *dhcp.Server
+	var wg sync.WaitGroup // servers that must be up before Ready
+	if !b.cfg.NoDHCP {
+		dsrv = &dhcp.Server{
+			Iface: b.cfg.Iface, Addr: b.bench, Range: b.cfg.Range, Proxy: b.cfg.Proxy,
+			AllowOtherDHCP: b.cfg.AllowOtherDHCP, LeaseFile: filepath.Join(b.cfg.DataDir, "leases.json"),
+			Policy: b.st, Logger: b.cfg.Logger, Events: b.queue,
+		}
+		wg.Add(1)
+		var once sync.Once
+		dsrv.Ready = func() { once.Do(wg.Done) }
+		g.Go(func() error {
+			defer dsrv.Ready()
+			return inNS(func() error {
+				if err := dsrv.Serve(gctx); err != nil {
+					return fmt.Errorf("serve: dhcp: %w", err)
+				}
+				return nil
+			})
+		})
+	}
+	if !b.cfg.NoTFTP {
+		addr := "0.0.0.0:69"
+		if b.bench.IsValid() {
+			addr = net.JoinHostPort(b.bench.Addr().String(), "69")
+		}
+		tsrv := &tftp.Server{Root: b.cfg.TFTPRoot, Addr: addr, Policy: b.st, Logger: b.cfg.Logger, Events: b.queue}
+		if dsrv != nil {
+			tsrv.MACForIP = dsrv.MACForIP
+		}
+		g.Go(func() error {
+			return inNS(func() error {
+				if err := tsrv.Serve(gctx); err != nil {
+					return fmt.Errorf("serve: tftp: %w", err)
+				}
+				return nil
+			})
+		})
+	}
+	for _, ln := range lns {
+		g.Go(func() error { return b.srv.Serve(gctx, ln) })
+	}
+	go func() {
+		wg.Wait()
+		if gctx.Err() == nil {
+			b.log().Info("bench ready", "http", b.URLs(), "iface", b.cfg.Iface, "dhcp", !b.cfg.NoDHCP, "tftp", !b.cfg.NoTFTP)
+			close(b.ready)
+		}
+	}()
+	err = g.Wait()
+	closeNS()
+	if err != nil && ctx.Err() == nil {
+		return err
+	}
+	return nil
+}
+
+// removeIfOurs deletes server.json unless another server replaced it.
+func removeIfOurs(p string, info wire.ServerInfo) {
+	b, err := os.ReadFile(p)
+	if err != nil {
+		return
+	}
+	var cur wire.ServerInfo
+	if json.Unmarshal(b, &cur) == nil && cur.PID == info.PID && cur.URL == info.URL {
+		os.Remove(p)
+	}
+}
+
+// namespaceRunner returns a function that runs fn (on the current
+// goroutine) in the network namespace of the calling thread. When that is
+// the process's own namespace it runs fn as is; otherwise fn runs on a
+// locked thread switched into it, which is thrown away afterwards.
+// closeNS releases it once every server has returned.
+func namespaceRunner() (run func(fn func() error) error, closeNS func(), err error) {
+	direct := func(fn func() error) error { return fn() }
+	var self, thread unix.Stat_t
+	if err := unix.Stat("/proc/self/ns/net", &self); err != nil {
+		return direct, func() {}, nil // no /proc: no namespaces to care about
+	}
+	tpath := fmt.Sprintf("/proc/self/task/%d/ns/net", unix.Gettid())
+	if err := unix.Stat(tpath, &thread); err != nil {
+		return nil, nil, fmt.Errorf("serve: read thread namespace: %w", err)
+	}
+	if self.Ino == thread.Ino && self.Dev == thread.Dev {
+		return direct, func() {}, nil
+	}
+	fd, err := unix.Open(tpath, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, nil, fmt.Errorf("serve: open thread namespace: %w", err)
+	}
+	run = func(fn func() error) error {
+		runtime.LockOSThread() // never unlocked: the thread dies with the goroutine
+		if err := unix.Setns(fd, unix.CLONE_NEWNET); err != nil {
+			return fmt.Errorf("serve: enter network namespace: %w", err)
+		}
+		return fn()
+	}
+	return run, func() { unix.Close(fd) }, nil
+}
+
+// Run is New + Serve + Close, printing the admin token to out the first
+// time it is generated.
+func Run(ctx context.Context, cfg Config, out io.Writer) error {
+	b, err := New(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	defer b.Close()
+	if b.TokenCreated() && out != nil {
+		fmt.Fprintf(out, "admin token (shown once; also in %s): %s\n", filepath.Join(cfg.DataDir, wire.FileAdminToken), b.Token())
+	}
+	return b.Serve(ctx)
+}
