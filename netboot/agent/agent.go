@@ -75,6 +75,10 @@ type Agent struct {
 
 const tailLines = 40
 
+// userAgent marks requests as the agent's (wire.AgentUserAgent), so the
+// server leaves progress reporting to the agent.
+func userAgent() string { return wire.AgentUserAgent + "/" + Version }
+
 // Run registers and then polls until ctx ends (or, with Once, until the
 // first action finished).
 func (a *Agent) Run(ctx context.Context) error {
@@ -202,6 +206,7 @@ func (a *Agent) postJSON(ctx context.Context, path string, v, out any) error {
 		return err
 	}
 	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("User-Agent", userAgent())
 	resp, err := a.HTTP.Do(req)
 	if err != nil {
 		return err
@@ -251,6 +256,7 @@ func (a *Agent) poll(ctx context.Context) (*wire.PollResponse, error) {
 	if err != nil {
 		return nil, err
 	}
+	req.Header.Set("User-Agent", userAgent())
 	resp, err := a.HTTP.Do(req)
 	if err != nil {
 		return nil, fmt.Errorf("agent: poll: %w", err)
@@ -459,6 +465,8 @@ func (a *Agent) backup(ctx context.Context, pr *wire.PollResponse, meter *Meter)
 		}})
 		req.ContentLength = -1
 		req.Header.Set("Content-Type", "application/zstd")
+		req.Header.Set("Content-Encoding", "zstd")
+		req.Header.Set("User-Agent", userAgent())
 		resp, err := a.HTTP.Do(req)
 		if err != nil {
 			return err

@@ -231,7 +231,7 @@ func Deploy(ctx context.Context, dev *blockdev.Device, src io.Reader, opts Deplo
 			case <-ctx.Done():
 				return
 			}
-			n, err := io.ReadFull(raw, b)
+			n, err := fill(raw, b)
 			if n > 0 {
 				select {
 				case toHash <- block{off, b[:n]}:
@@ -242,7 +242,7 @@ func Deploy(ctx context.Context, dev *blockdev.Device, src io.Reader, opts Deplo
 			} else {
 				pool <- b
 			}
-			if err == io.EOF || err == io.ErrUnexpectedEOF {
+			if err == io.EOF {
 				return
 			}
 			if err != nil {
@@ -284,21 +284,23 @@ func Deploy(ctx context.Context, dev *blockdev.Device, src io.Reader, opts Deplo
 	if decErr != nil {
 		return nil, decErr
 	}
-	if err := w.finish(end); err != nil {
-		return nil, err
-	}
 	res.Bytes = end
 	res.WireBytes = wireN.Load()
-	res.Written = w.written
-	res.Zeroed = w.zeroed
 	res.SHA256 = hex.EncodeToString(rawHash.Sum(nil))
 	res.WireSHA256 = hex.EncodeToString(wireHash.Sum(nil))
+	// Check the stream before the first MiB goes on: a short or wrong
+	// stream leaves the target unbootable, not half-written.
 	if opts.Size > 0 && end != opts.Size {
 		return res, fmt.Errorf("deploy: stream ended after %d of %d bytes", end, opts.Size)
 	}
 	if opts.SHA256 != "" && res.SHA256 != opts.SHA256 {
 		return res, fmt.Errorf("deploy: stream sha256 %s, image is %s: %w", res.SHA256, opts.SHA256, ErrHashMismatch)
 	}
+	if err := w.finish(); err != nil {
+		return res, err
+	}
+	res.Written = w.written
+	res.Zeroed = w.zeroed
 	if !opts.NoVerify {
 		meter.Set("verify", end)
 		sum, direct, err := HashDevice(ctx, dev, end, meter)
@@ -313,6 +315,21 @@ func Deploy(ctx context.Context, dev *blockdev.Device, src io.Reader, opts Deplo
 	}
 	res.Seconds = time.Since(start).Seconds()
 	return res, nil
+}
+
+// fill reads into b until it is full or the stream ends. Unlike
+// io.ReadFull it reports a decoder's io.ErrUnexpectedEOF (a truncated
+// stream) as the error it is; io.EOF means a clean end.
+func fill(r io.Reader, b []byte) (int, error) {
+	n := 0
+	for n < len(b) {
+		k, err := r.Read(b[n:])
+		n += k
+		if err != nil {
+			return n, err
+		}
+	}
+	return n, nil
 }
 
 // chanReader reads the network chunks in order.
@@ -397,6 +414,11 @@ func (w *blockWriter) write(b []byte, off int64) error {
 		w.head = append(w.head, b[:k]...)
 		b, off = b[k:], off+k
 	}
+	return w.writeRuns(b, off)
+}
+
+// writeRuns writes b at off, leaving zero runs to zeroRun.
+func (w *blockWriter) writeRuns(b []byte, off int64) error {
 	// Walk zeroGrain pieces; coalesce data runs and zero runs.
 	i := 0
 	for i < len(b) {
@@ -424,7 +446,8 @@ func (w *blockWriter) isZero(p []byte) bool { return bytes.Equal(p, w.zero[:len(
 
 func (w *blockWriter) zeroRun(off, n int64) error {
 	w.zeroed += n
-	if w.discarded && off+n <= w.limit {
+	if off+n <= HeadSize || (w.discarded && off+n <= w.limit) {
+		// Zeroed by prepare (the head always; the rest when discarded).
 		return nil
 	}
 	if err := w.dev.ZeroRange(off, n); err != nil {
@@ -433,15 +456,15 @@ func (w *blockWriter) zeroRun(off, n int64) error {
 	return nil
 }
 
-func (w *blockWriter) finish(end int64) error {
+func (w *blockWriter) finish() error {
 	if err := w.dev.Sync(); err != nil {
 		return fmt.Errorf("deploy: %w", err)
 	}
-	if len(w.head) > 0 {
-		if _, err := w.dev.WriteAt(w.head, 0); err != nil {
-			return fmt.Errorf("deploy: write first MiB: %w", err)
-		}
-		w.written += int64(len(w.head))
+	// The head range was cleared at the start: write its data runs.
+	head := w.head
+	w.head = nil
+	if err := w.writeRuns(head, 0); err != nil {
+		return fmt.Errorf("deploy: write first MiB: %w", err)
 	}
 	if err := w.dev.Sync(); err != nil {
 		return fmt.Errorf("deploy: %w", err)

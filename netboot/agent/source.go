@@ -81,6 +81,7 @@ func (s *Source) connect() error {
 		cancel()
 		return fmt.Errorf("download: %w", err)
 	}
+	req.Header.Set("User-Agent", userAgent())
 	if s.AcceptZstd {
 		req.Header.Set("Accept-Encoding", "zstd")
 	} else {

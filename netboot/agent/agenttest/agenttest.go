@@ -1,0 +1,286 @@
+// Package agenttest runs the real cm4bench API server (package api, with a
+// SQLite store and an image library in a temporary directory) in-process
+// for the agent's tests, end-to-end test and benchmarks, and drives it
+// through the technician API like the dashboard does. Only tests import it.
+package agenttest
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cm4bench/cm4bench/api"
+	"github.com/cm4bench/cm4bench/api/images"
+	"github.com/cm4bench/cm4bench/api/store"
+	"github.com/cm4bench/cm4bench/api/wire"
+)
+
+// Bench is a running server.
+type Bench struct {
+	URL    string // base URL, e.g. http://127.0.0.1:41234
+	Addr   string // host:port it listens on
+	Data   string // data directory (backups under Data/backups)
+	Images string // image library directory
+	Token  string // admin token
+	Store  *store.Store
+	Server *api.Server
+}
+
+// Start starts a server listening on addr ("127.0.0.1:0" for any port) and
+// stops it when the test ends.
+func Start(tb testing.TB, addr string) *Bench {
+	tb.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	data := tb.TempDir()
+	st, err := store.Open(ctx, filepath.Join(data, "cm4bench.db"))
+	if err != nil {
+		tb.Fatalf("agenttest: open store: %v", err)
+	}
+	tok, _, err := api.LoadOrCreateToken(data)
+	if err != nil {
+		tb.Fatalf("agenttest: token: %v", err)
+	}
+	lib := &images.Library{Dir: filepath.Join(data, "images"), Cache: st}
+	if err := os.MkdirAll(lib.Dir, 0o755); err != nil {
+		tb.Fatal(err)
+	}
+	srv := &api.Server{Store: st, Images: lib, DataDir: data, Token: tok, PollInterval: 200 * time.Millisecond}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		tb.Fatalf("agenttest: listen: %v", err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx, ln) }()
+	tb.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				tb.Logf("agenttest: server: %v", err)
+			}
+		case <-time.After(10 * time.Second):
+			tb.Errorf("agenttest: server did not stop")
+		}
+		st.Close()
+	})
+	b := &Bench{URL: "http://" + ln.Addr().String(), Addr: ln.Addr().String(), Data: data, Images: lib.Dir, Token: tok, Store: st, Server: srv}
+	b.AddAddress(b.URL)
+	return b
+}
+
+// AddAddress tells the server another base URL it is reachable at (the
+// address a QEMU guest uses, for example).
+func (b *Bench) AddAddress(u string) { b.Server.AddAddress(u) }
+
+// AddImage uploads an image through the technician API (POST
+// /api/v1/images?name=NAME) and returns what the server computed.
+func (b *Bench) AddImage(tb testing.TB, name string, data io.Reader) wire.Image {
+	tb.Helper()
+	var img wire.Image
+	b.Do(tb, http.MethodPost, "/api/v1/images?name="+name, data, &img)
+	return img
+}
+
+// SetAction asks for a deploy (of image) or backup of mac, as the
+// dashboard's buttons do.
+func (b *Bench) SetAction(tb testing.TB, mac, action, image string) wire.Action {
+	tb.Helper()
+	body, _ := json.Marshal(map[string]string{"action": action, "image": image})
+	var a wire.Action
+	b.Do(tb, http.MethodPost, "/api/v1/devices/"+mac+"/action", bytes.NewReader(body), &a)
+	return a
+}
+
+// Device returns the device with its recent actions.
+func (b *Bench) Device(tb testing.TB, mac string) wire.Device {
+	tb.Helper()
+	var d wire.Device
+	b.Do(tb, http.MethodGet, "/api/v1/devices/"+mac, nil, &d)
+	return d
+}
+
+// Backups lists the stored backups.
+func (b *Bench) Backups(tb testing.TB) []wire.Backup {
+	tb.Helper()
+	var bs []wire.Backup
+	b.Do(tb, http.MethodGet, "/api/v1/backups", nil, &bs)
+	return bs
+}
+
+// DownloadBackup returns a stored backup as the technician API serves it.
+func (b *Bench) DownloadBackup(tb testing.TB, id string) []byte {
+	tb.Helper()
+	req, _ := http.NewRequest(http.MethodGet, b.URL+"/api/v1/backups/"+id+"/download", nil)
+	req.Header.Set("Authorization", "Bearer "+b.Token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		tb.Fatalf("agenttest: download backup: %v", err)
+	}
+	defer resp.Body.Close()
+	out, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		tb.Fatalf("agenttest: download backup: HTTP %d, %v", resp.StatusCode, err)
+	}
+	return out
+}
+
+// WaitRegistered waits until mac has registered.
+func (b *Bench) WaitRegistered(tb testing.TB, mac string, timeout time.Duration) wire.Device {
+	tb.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		req, _ := http.NewRequest(http.MethodGet, b.URL+"/api/v1/devices/"+mac, nil)
+		req.Header.Set("Authorization", "Bearer "+b.Token)
+		resp, err := http.DefaultClient.Do(req)
+		if err == nil {
+			var d wire.Device
+			ok := resp.StatusCode == http.StatusOK && json.NewDecoder(resp.Body).Decode(&d) == nil
+			resp.Body.Close()
+			if ok {
+				return d
+			}
+		}
+		if time.Now().After(deadline) {
+			tb.Fatalf("agenttest: %s did not register within %s", mac, timeout)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// WaitAction waits until the action id of mac is finished (done, failed or
+// cancelled) and returns it.
+func (b *Bench) WaitAction(tb testing.TB, mac, id string, timeout time.Duration) wire.Action {
+	tb.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		d := b.Device(tb, mac)
+		for _, a := range append(d.Actions, deref(d.Action)...) {
+			if a.ID == id && a.State != wire.StatePending && a.State != wire.StateRunning {
+				return a
+			}
+		}
+		if time.Now().After(deadline) {
+			tb.Fatalf("agenttest: action %s of %s not finished within %s", id, mac, timeout)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func deref(a *wire.Action) []wire.Action {
+	if a == nil {
+		return nil
+	}
+	return []wire.Action{*a}
+}
+
+// Do makes a technician request and decodes a JSON answer into out.
+func (b *Bench) Do(tb testing.TB, method, path string, body io.Reader, out any) {
+	tb.Helper()
+	req, err := http.NewRequest(method, b.URL+path, body)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+b.Token)
+	if body != nil && strings.HasPrefix(path, "/api/v1/devices") {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		tb.Fatalf("agenttest: %s %s: %v", method, path, err)
+	}
+	defer resp.Body.Close()
+	raw, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode/100 != 2 {
+		tb.Fatalf("agenttest: %s %s: HTTP %d: %s", method, path, resp.StatusCode, raw)
+	}
+	if out != nil {
+		if err := json.Unmarshal(raw, out); err != nil {
+			tb.Fatalf("agenttest: %s %s: decode %q: %v", method, path, raw, err)
+		}
+	}
+}
+
+// CutProxy is a TCP proxy in front of a server that drops each client
+// connection once it has forwarded CutAfter bytes from the server, for the
+// first Cuts connections that get that far.
+type CutProxy struct {
+	URL      string
+	CutAfter int64
+	cuts     chan struct{}
+	ln       net.Listener
+}
+
+// StartCutProxy proxies to the host:port target.
+func StartCutProxy(tb testing.TB, target string, cutAfter int64, cuts int) *CutProxy {
+	tb.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	p := &CutProxy{URL: "http://" + ln.Addr().String(), CutAfter: cutAfter, cuts: make(chan struct{}, cuts), ln: ln}
+	for range cuts {
+		p.cuts <- struct{}{}
+	}
+	tb.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go p.serve(c, target)
+		}
+	}()
+	return p
+}
+
+// Cuts is how many cuts are still to come.
+func (p *CutProxy) Cuts() int { return len(p.cuts) }
+
+func (p *CutProxy) serve(c net.Conn, target string) {
+	defer c.Close()
+	up, err := net.Dial("tcp", target)
+	if err != nil {
+		return
+	}
+	defer up.Close()
+	go func() { io.Copy(up, c); up.(*net.TCPConn).CloseWrite() }()
+	buf := make([]byte, 32<<10)
+	var n int64
+	for {
+		k, err := up.Read(buf)
+		if k > 0 {
+			if n+int64(k) > p.CutAfter {
+				select {
+				case <-p.cuts:
+					// Forward up to the cut point, then reset the connection.
+					c.Write(buf[:p.CutAfter-n])
+					if tc, ok := c.(*net.TCPConn); ok {
+						tc.SetLinger(0)
+					}
+					return
+				default:
+				}
+			}
+			if _, werr := c.Write(buf[:k]); werr != nil {
+				return
+			}
+			n += int64(k)
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// String describes the bench (for logs).
+func (b *Bench) String() string { return fmt.Sprintf("cm4bench api at %s (data %s)", b.URL, b.Data) }
