@@ -160,7 +160,7 @@ func (b *browser) waitFor(t *testing.T, what, expr string) {
 
 func (b *browser) text(t *testing.T, expr string) string {
 	t.Helper()
-	s, err := chromedp.Run(b.ctx, chromedp.Evaluate[string](expr))
+	s, err := chromedp.Run(b.ctx, chromedp.Evaluate[string](expr, chromedp.EvalAwaitPromise))
 	if err != nil {
 		t.Fatalf("browser: evaluate %s: %v", expr, err)
 	}
@@ -350,7 +350,8 @@ func card(mac string) string {
 // backup shows up in the backups list. Nothing loads from off the box and
 // the page never reloads.
 func TestDashboardInBrowser(t *testing.T) {
-	base, token := startBench(t)
+	bn := startBench(t)
+	base, token := bn.URL, bn.Token
 	dir := artifactsDir(t)
 	b := newBrowser(t)
 
@@ -439,11 +440,15 @@ func TestDashboardInBrowser(t *testing.T) {
 	fail.pollUntil(wire.ActionDeploy)
 	fail.fetchImage()
 	fail.progress("verify", total/2, total, 80e6)
+	fail.post(wire.PathLog, wire.LogLines{MAC: fail.MAC, ActionID: fail.poll.ActionID, Token: fail.poll.Token,
+		Lines: []string{"cm4agent: write done, 4194304 bytes", "cm4agent: verify: reading back /dev/mmcblk0"}})
 	fail.finish(wire.StatusFailed, "verify: sha256 mismatch at offset 1048576", 0, "")
 	b.waitFor(t, fail.MAC+" failed", card(fail.MAC)+`.dataset.state === 'failed' && !`+card(fail.MAC)+`.querySelector('[data-testid=device-error]').hidden`)
 	if got := b.text(t, card(fail.MAC)+`.querySelector('[data-testid=device-error]').textContent`); !strings.Contains(got, "Verification failed") || !strings.Contains(got, "sha256 mismatch") {
 		t.Errorf("%s: error shows %q, want the plain reason and the detail", fail.MAC, got)
 	}
+	b.waitFor(t, "the device log tail of "+fail.MAC, `(() => { const l = `+card(fail.MAC)+`.querySelector('[data-testid=device-log]');
+		return !l.hidden && l.textContent.includes('verify: reading back /dev/mmcblk0'); })()`)
 
 	// A backup: click, the device uploads, the backups list shows it.
 	b.do(t, "click Backup on "+bak.MAC, chromedp.Click(chromedp.CSS(`button[aria-label="Backup `+bak.MAC+`"]`)))
@@ -475,6 +480,157 @@ func TestDashboardInBrowser(t *testing.T) {
 	}
 	if got := b.text(t, `String(document.querySelectorAll('[data-testid=event-log] li').length)`); got == "0" {
 		t.Error("the event log is empty")
+	}
+	b.check(t)
+}
+
+// techDo calls the technician API with the bearer token and decodes the answer into v (if not nil).
+func techDo(t *testing.T, base, token, method, path string, body io.Reader, v any) {
+	t.Helper()
+	req, _ := http.NewRequest(method, base+path, body)
+	req.Header.Set(wire.HeaderToken, "Bearer "+token)
+	if body != nil && method != http.MethodPost || strings.Contains(path, "/action") {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer res.Body.Close()
+	b, _ := io.ReadAll(res.Body)
+	if res.StatusCode/100 != 2 {
+		t.Fatalf("%s %s: %s: %s", method, path, res.Status, b)
+	}
+	if v != nil {
+		if err := json.Unmarshal(b, v); err != nil {
+			t.Fatalf("%s %s: decode %s: %v", method, path, b, err)
+		}
+	}
+}
+
+func (b *browser) login(t *testing.T, base, token string) {
+	t.Helper()
+	b.do(t, "open the dashboard", chromedp.Navigate(base+"/"))
+	b.waitFor(t, "the login form", `!document.getElementById('login').hidden`)
+	b.do(t, "log in", chromedp.SendKeys(chromedp.ID("token"), token+kb.Enter))
+	b.waitFor(t, "the live dashboard", `!document.getElementById('app').hidden && document.getElementById('live').dataset.state === 'live'`)
+}
+
+// TestDashboardControlsInBrowser exercises the bench-wide controls against
+// the real server: the rival DHCP banner, the global netboot switch, the
+// per-device image picker feeding Deploy, Cancel, backup download (bytes
+// checked in the page) and delete, and logout.
+func TestDashboardControlsInBrowser(t *testing.T) {
+	bn := startBench(t)
+	base, token := bn.URL, bn.Token
+	dir := artifactsDir(t)
+	b := newBrowser(t)
+	b.login(t, base, token)
+
+	d := &simDevice{t: t, base: base, MAC: "dc:a6:32:0a:0b:01", Serial: "2000000a"}
+	d.register()
+	b.waitFor(t, "the card", card(d.MAC))
+
+	// A rival DHCP server, reported the way the DHCP server reports it: an event in the store.
+	bn.setRivals("192.168.7.1 (52:54:00:12:34:56)")
+	if _, err := bn.Store.Emit(context.Background(), wire.Event{Time: time.Now(), Kind: wire.EventDHCPRival, Level: "warn",
+		Message: "another DHCP server, 192.168.7.1 (52:54:00:12:34:56), answered a DISCOVER"}); err != nil {
+		t.Fatal(err)
+	}
+	b.waitFor(t, "the rival DHCP banner", `(() => { const e = document.querySelector('[data-testid=rival-banner]');
+		return !e.hidden && e.getAttribute('role') === 'alert' && e.textContent.includes('192.168.7.1'); })()`)
+
+	// The global netboot switch: off needs a confirmation, and the server follows.
+	b.do(t, "click the netboot switch", chromedp.Click(chromedp.CSS(`[role=switch][data-testid=netboot-switch]`)))
+	b.waitFor(t, "the confirmation", `document.getElementById('confirm').open`)
+	b.do(t, "confirm", chromedp.Click(chromedp.CSS(`[data-testid=confirm-ok]`)))
+	b.waitFor(t, "the switch off", `document.getElementById('netboot-switch').getAttribute('aria-checked') === 'false' && document.getElementById('netboot-state').textContent === 'Off'`)
+	var sw wire.NetbootSwitch
+	techDo(t, base, token, http.MethodGet, "/api/v1/netboot", nil, &sw)
+	if sw.Enabled {
+		t.Fatal("global netboot still on after switching it off in the dashboard")
+	}
+	b.waitFor(t, "the bench-off banner", `!document.querySelector('[data-testid=netboot-off-banner]').hidden`)
+	b.waitFor(t, "the card to mention the bench switch", `/off for the bench/.test(`+card(d.MAC)+`.querySelector('[data-testid=device-netboot]').textContent)`)
+	b.screenshot(t, dir, "dashboard-controls.png")
+	b.do(t, "switch netboot back on", chromedp.Click(chromedp.CSS(`[data-testid=netboot-switch]`)))
+	b.waitFor(t, "the switch on", `document.getElementById('netboot-switch').getAttribute('aria-checked') === 'true'`)
+	b.waitFor(t, "the bench-off banner to go", `document.querySelector('[data-testid=netboot-off-banner]').hidden`)
+	techDo(t, base, token, http.MethodGet, "/api/v1/netboot", nil, &sw)
+	if !sw.Enabled {
+		t.Fatal("global netboot still off after switching it on in the dashboard")
+	}
+
+	// A second image appears in the picker as soon as it is uploaded; picking it assigns it.
+	techDo(t, base, token, http.MethodPost, "/api/v1/images?name=second.img", bytes.NewReader(bytes.Repeat([]byte{0x5a}, 1<<20)), nil)
+	sel := card(d.MAC) + `.querySelector('select[data-testid=device-image]')`
+	b.waitFor(t, "second.img in the picker", `[...`+sel+`.options].some(o => o.value === 'second.img')`)
+	label := b.text(t, `document.querySelector('label[for="' + `+sel+`.id + '"]').textContent`)
+	if label != "Image" {
+		t.Errorf("device image picker label %q, want Image", label)
+	}
+	b.do(t, "pick second.img", chromedp.Evaluate[chromedp.Void](`(() => { const s = `+sel+`; s.focus(); s.value = 'second.img'; s.dispatchEvent(new Event('change')); })()`))
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		var dev wire.Device
+		techDo(t, base, token, http.MethodGet, "/api/v1/devices/"+url.PathEscape(d.MAC), nil, &dev)
+		if dev.Image == "second.img" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("device image %q after picking second.img, want second.img", dev.Image)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	b.do(t, "click Deploy", chromedp.Click(chromedp.CSS(`button[aria-label="Deploy `+d.MAC+`"]`)))
+	b.waitFor(t, "a confirmation naming second.img", `document.getElementById('confirm').open && document.getElementById('confirm-text').textContent.includes('second.img')`)
+	b.do(t, "confirm", chromedp.Click(chromedp.CSS(`[data-testid=confirm-ok]`)))
+	b.waitFor(t, "pending", card(d.MAC)+`.dataset.state === 'pending' && !`+card(d.MAC)+`.querySelector('[data-testid=cancel]').hidden`)
+	var dev wire.Device
+	techDo(t, base, token, http.MethodGet, "/api/v1/devices/"+url.PathEscape(d.MAC), nil, &dev)
+	if dev.Action == nil || dev.Action.Image != "second.img" || dev.Action.State != wire.StatePending {
+		t.Fatalf("after Deploy: action %+v, want a pending deploy of second.img", dev.Action)
+	}
+	b.do(t, "click Cancel", chromedp.Click(chromedp.CSS(`button[aria-label="Cancel action on `+d.MAC+`"]`)))
+	b.waitFor(t, "the cancel to land", card(d.MAC)+`.dataset.state !== 'pending' && `+card(d.MAC)+`.querySelector('[data-testid=cancel]').hidden`)
+	techDo(t, base, token, http.MethodGet, "/api/v1/devices/"+url.PathEscape(d.MAC), nil, &dev)
+	if dev.Action == nil || dev.Action.State != wire.StateCancelled {
+		t.Fatalf("after Cancel: action %+v, want cancelled", dev.Action)
+	}
+
+	// A backup: listed, downloadable with the session cookie (bytes hashed in the page), deletable.
+	techDo(t, base, token, http.MethodPost, "/api/v1/devices/"+url.PathEscape(d.MAC)+"/action", strings.NewReader(`{"action":"backup"}`), nil)
+	d.pollUntil(wire.ActionBackup)
+	data := bytes.Repeat([]byte("0123456789abcdef"), 1<<16)
+	sum := d.upload(data)
+	d.finish(wire.StatusSuccess, "", int64(len(data)), sum)
+	row := `[...document.querySelectorAll('[data-testid=backup-row]')].find(r => r.textContent.includes('` + d.MAC + `'))`
+	b.waitFor(t, "the backup row", row)
+	got := b.text(t, `(async () => {
+		const a = `+row+`.querySelector('a[data-testid=backup-download]');
+		const r = await fetch(a.href);
+		if (!r.ok) return 'HTTP ' + r.status;
+		const h = await crypto.subtle.digest('SHA-256', await r.arrayBuffer());
+		return [...new Uint8Array(h)].map(x => x.toString(16).padStart(2, '0')).join('');
+	})()`)
+	if got != sum {
+		t.Fatalf("backup downloaded through the dashboard link: sha256 %s, want %s", got, sum)
+	}
+	b.do(t, "click Delete", chromedp.Click(chromedp.CSS(`[data-testid=backup-row] [data-testid=backup-delete]`)))
+	b.waitFor(t, "the delete confirmation", `document.getElementById('confirm').open`)
+	b.do(t, "confirm", chromedp.Click(chromedp.CSS(`[data-testid=confirm-ok]`)))
+	b.waitFor(t, "the row to go", `!(`+row+`) && !document.querySelector('[data-testid=no-backups]').hidden`)
+	var backups []wire.Backup
+	techDo(t, base, token, http.MethodGet, "/api/v1/backups", nil, &backups)
+	if len(backups) != 0 {
+		t.Fatalf("backups after delete: %+v, want none", backups)
+	}
+
+	// Logout: back to the login form, and the session no longer works.
+	b.do(t, "log out", chromedp.Click(chromedp.CSS(`[data-testid=logout]`)))
+	b.waitFor(t, "the login form", `!document.getElementById('login').hidden && document.getElementById('app').hidden`)
+	if got := b.text(t, `fetch('/api/v1/status').then(r => String(r.status))`); got != "401" {
+		t.Errorf("status after logout: HTTP %s, want 401", got)
 	}
 	b.check(t)
 }

@@ -151,6 +151,8 @@
     if (S.es) { S.es.close(); S.es = null; }
     $("#app").hidden = true;
     $("#top-controls").hidden = true;
+    $("#netboot-off-banner").hidden = true;
+    hideRival();
     $("#login").hidden = false;
     const err = $("#login-error");
     if (message) { err.textContent = message; err.hidden = false; } else { err.hidden = true; }
@@ -242,9 +244,12 @@
     }
   }
   function setSwitch(on) {
+    if (S.status) S.status.netboot = on;
+    for (const [mac, d] of S.devices) renderDevice(S.cards.get(mac), d);
     const sw = $("#netboot-switch");
     sw.setAttribute("aria-checked", on ? "true" : "false");
     $("#netboot-state").textContent = on ? "On" : "Off";
+    $("#netboot-off-banner").hidden = on || !S.loggedIn;
     sw.title = on ? "Network boot is on for the bench: click to turn it off"
       : "Network boot is off for the whole bench: click to turn it on";
   }
