@@ -14,12 +14,11 @@ import (
 	"github.com/cm4bench/cm4bench/api"
 	"github.com/cm4bench/cm4bench/api/images"
 	"github.com/cm4bench/cm4bench/api/store"
-	"github.com/cm4bench/cm4bench/api/ui"
 )
 
 // bench is the real cm4bench HTTP server (api.Server over a fresh SQLite
-// store, an image library with a random 4 MiB golden image, and this
-// package's dashboard) listening on 127.0.0.1.
+// store, an image library with a random 4 MiB golden image, and the
+// dashboard, api/ui, that it mounts by default) listening on 127.0.0.1.
 type bench struct {
 	URL   string
 	Token string
@@ -63,7 +62,6 @@ func startBench(t *testing.T) *bench {
 		Token:        tok,
 		Version:      "test",
 		PollInterval: 200 * time.Millisecond,
-		UI:           ui.Handler(),
 		Rivals: func() []string {
 			b.mu.Lock()
 			defer b.mu.Unlock()
