@@ -1,19 +1,466 @@
 package cli
 
 import (
+	"context"
 	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
 
+	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
+	"golang.org/x/term"
+
+	"github.com/cm4bench/cm4bench/api/client"
+	"github.com/cm4bench/cm4bench/api/store"
+	"github.com/cm4bench/cm4bench/api/wire"
 )
 
-// newDeviceCmd is a placeholder until its issue lands; it refuses to run.
+// defaultDataDir is where `netboot serve` keeps its data unless told.
+const defaultDataDir = "/var/lib/cm4bench"
+
+// apiOpts find the running server: from --server and --token, or from the
+// data dir the server records itself in.
+type apiOpts struct {
+	data   string
+	server string
+	token  string
+}
+
+func (o *apiOpts) bind(cmd *cobra.Command) {
+	f := cmd.PersistentFlags()
+	f.StringVar(&o.data, "data", defaultDataDir, "data dir of the running `netboot serve` (its server.json and admin-token)")
+	f.StringVar(&o.server, "server", "", "server URL, e.g. http://127.0.0.1:5000 (instead of --data)")
+	f.StringVar(&o.token, "token", "", "admin token (with --server; default: <data>/admin-token)")
+}
+
+func (o *apiOpts) client() (*client.Client, error) {
+	if o.server != "" {
+		tok := o.token
+		if tok == "" {
+			b, err := os.ReadFile(o.data + "/" + wire.FileAdminToken)
+			if err != nil {
+				return nil, fmt.Errorf("--server needs --token (or a readable %s/%s): %w", o.data, wire.FileAdminToken, err)
+			}
+			tok = strings.TrimSpace(string(b))
+		}
+		return &client.Client{BaseURL: o.server, Token: tok}, nil
+	}
+	c, err := client.FromDataDir(o.data)
+	if err != nil {
+		return nil, err
+	}
+	if o.token != "" {
+		c.Token = o.token
+	}
+	return c, nil
+}
+
+// checkMACs validates MAC arguments before anything is sent.
+func checkMACs(args []string) ([]string, error) {
+	out := make([]string, len(args))
+	for i, a := range args {
+		m, err := store.NormalizeMAC(a)
+		if err != nil {
+			return nil, &ExitError{Code: 2, Err: err}
+		}
+		out[i] = m
+	}
+	return out, nil
+}
+
 func newDeviceCmd() *cobra.Command {
+	o := &apiOpts{}
+	cmd := &cobra.Command{
+		Use:   "device",
+		Short: "List netbooted boards and tell them to deploy, back up or stand by",
+		Long: `The device commands talk to a running ` + "`cm4bench netboot serve`" + ` over its HTTP API.
+
+A board that netboots into the provisioning initramfs (cm4agent, or the original curl+dd
+provisioning-client.sh) registers with the server and polls it. These commands give it an
+action: deploy writes the image (the device's assigned image, else the server's --image) to its
+eMMC; backup reads its eMMC to the server. When the board reports success, netboot is switched
+off for its MAC, so it boots from eMMC next time. Setting a new action switches it back on.
+
+The server and admin token are found from --data DIR (the server writes server.json and
+admin-token there) or given with --server URL --token T.
+
+Exit status: 0 ok, 1 error, 2 bad arguments, 3 an action failed (with --wait).`,
+		Example: `  cm4bench device list
+  cm4bench device show dc:a6:32:01:02:03
+  cm4bench device deploy dc:a6:32:01:02:03 dc:a6:32:01:02:04 --wait
+  cm4bench device deploy dc:a6:32:01:02:03 --image customer-b.img.zst
+  cm4bench device backup dc:a6:32:01:02:03 --wait
+  cm4bench device cancel dc:a6:32:01:02:03
+  cm4bench device image dc:a6:32:01:02:03 customer-b.img.zst
+  cm4bench device list --json --server http://10.42.0.1:5000 --token "$(cat token)"`,
+	}
+	o.bind(cmd)
+	cmd.AddCommand(newDeviceListCmd(o), newDeviceShowCmd(o), newDeviceActionCmd(o, wire.ActionDeploy),
+		newDeviceActionCmd(o, wire.ActionBackup), newDeviceCancelCmd(o), newDeviceImageCmd(o))
+	return cmd
+}
+
+type deviceListOpts struct{ api *apiOpts }
+
+func newDeviceListCmd(a *apiOpts) *cobra.Command {
+	o := &deviceListOpts{api: a}
 	return &cobra.Command{
-		Use:    "device",
-		Short:  "(not built yet)",
-		Hidden: true,
+		Use:   "list",
+		Short: "List every board the server has seen, with its state and progress",
+		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return errors.New("device: not built yet")
+			return o.run(cmd.Context(), wantJSON(cmd), cmd.OutOrStdout())
 		},
 	}
+}
+
+func (o *deviceListOpts) run(ctx context.Context, asJSON bool, out io.Writer) error {
+	c, err := o.api.client()
+	if err != nil {
+		return err
+	}
+	devs, err := c.Devices(ctx)
+	if err != nil {
+		return fmt.Errorf("device list: %w", err)
+	}
+	if asJSON {
+		return writeJSON(out, devs)
+	}
+	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "MAC\tSERIAL\tIP\tSTATE\tACTION\tPROGRESS\tNETBOOT\tLAST SEEN")
+	for _, d := range devs {
+		act, prog := "-", "-"
+		if a := d.Action; a != nil {
+			act = a.Type + " " + a.State
+			prog = progressText(*a)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", d.MAC, dash(d.Serial), dash(d.IP), d.State, act, prog, onOffText(d.Netboot), ago(d.LastSeen))
+	}
+	return tw.Flush()
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func onOffText(b bool) string {
+	if b {
+		return "on"
+	}
+	return "off"
+}
+
+func ago(t time.Time) string {
+	if t.IsZero() {
+		return "never"
+	}
+	return time.Since(t).Round(time.Second).String() + " ago"
+}
+
+func progressText(a wire.Action) string {
+	switch {
+	case a.State == wire.StateFailed:
+		return "failed: " + a.Error
+	case a.Total > 0:
+		s := fmt.Sprintf("%s %.0f%%", dash(a.Phase), 100*float64(a.Done)/float64(a.Total))
+		if a.Rate > 0 {
+			s += fmt.Sprintf(" %.1f MB/s", a.Rate/1e6)
+		}
+		return s
+	case a.Phase != "":
+		return a.Phase
+	}
+	return "-"
+}
+
+type deviceShowOpts struct{ api *apiOpts }
+
+func newDeviceShowCmd(a *apiOpts) *cobra.Command {
+	o := &deviceShowOpts{api: a}
+	return &cobra.Command{
+		Use:   "show MAC",
+		Short: "Show one board: facts, switches and its recent actions",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return o.run(cmd.Context(), args[0], wantJSON(cmd), cmd.OutOrStdout())
+		},
+	}
+}
+
+func (o *deviceShowOpts) run(ctx context.Context, mac string, asJSON bool, out io.Writer) error {
+	macs, err := checkMACs([]string{mac})
+	if err != nil {
+		return err
+	}
+	c, err := o.api.client()
+	if err != nil {
+		return err
+	}
+	d, err := c.Device(ctx, macs[0])
+	if err != nil {
+		return fmt.Errorf("device show: %w", err)
+	}
+	if asJSON {
+		return writeJSON(out, d)
+	}
+	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(tw, "MAC:\t%s\nState:\t%s\nSerial:\t%s\nIP:\t%s\nNetboot:\t%s\nImage:\t%s\nFirst seen:\t%s\nLast seen:\t%s\n",
+		d.MAC, d.State, dash(d.Serial), dash(d.IP), onOffText(d.Netboot), orDefaultText(d.Image), d.FirstSeen.Format(time.RFC3339), ago(d.LastSeen))
+	if f := d.Facts; f != nil {
+		fmt.Fprintf(tw, "Model:\t%s\nRevision:\t%s\neMMC:\t%d bytes, CID %s\nBootloader:\t%s\nTemperature:\t%.1f °C\nAgent:\t%s\n",
+			dash(f.Model), dash(f.Revision), f.EMMCBytes, dash(f.EMMCCID), dash(f.Bootloader), float64(f.TempMilliC)/1000, dash(f.Agent))
+	}
+	tw.Flush()
+	if len(d.Actions) > 0 {
+		fmt.Fprintln(out, "\nRecent actions:")
+		tw = tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "ID\tTYPE\tIMAGE\tSTATE\tCREATED\tPROGRESS\tSHA256")
+		for _, a := range d.Actions {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", a.ID, a.Type, dash(a.Image), a.State, a.Created.Format(time.RFC3339), progressText(a), dash(a.SHA256))
+		}
+		tw.Flush()
+	}
+	if d.Action != nil && len(d.Action.Log) > 0 {
+		fmt.Fprintln(out, "\nLog tail:")
+		for _, l := range d.Action.Log {
+			fmt.Fprintln(out, "  "+l)
+		}
+	}
+	return nil
+}
+
+func orDefaultText(s string) string {
+	if s == "" {
+		return "(server default)"
+	}
+	return s
+}
+
+type deviceActionOpts struct {
+	api     *apiOpts
+	action  string
+	image   string
+	wait    bool
+	timeout time.Duration
+}
+
+func newDeviceActionCmd(a *apiOpts, action string) *cobra.Command {
+	o := &deviceActionOpts{api: a, action: action}
+	cmd := &cobra.Command{
+		Use:  action + " MAC...",
+		Args: cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return o.run(cmd.Context(), args, wantJSON(cmd), cmd.OutOrStdout(), cmd.ErrOrStderr())
+		},
+	}
+	if action == wire.ActionDeploy {
+		cmd.Short = "Write an image to the eMMC of one or more boards"
+		cmd.Flags().StringVar(&o.image, "image", "", "image name (default: each board's assigned image, else the server's --image)")
+	} else {
+		cmd.Short = "Read the eMMC of one or more boards to the server"
+	}
+	cmd.Flags().BoolVar(&o.wait, "wait", false, "wait until every board reports done or failed, showing progress")
+	cmd.Flags().DurationVar(&o.timeout, "timeout", 2*time.Hour, "give up waiting after this long (with --wait)")
+	return cmd
+}
+
+func (o *deviceActionOpts) run(ctx context.Context, args []string, asJSON bool, out, errOut io.Writer) error {
+	macs, err := checkMACs(args)
+	if err != nil {
+		return err
+	}
+	c, err := o.api.client()
+	if err != nil {
+		return err
+	}
+	acts, err := c.SetActions(ctx, macs, o.action, o.image)
+	if err != nil {
+		return fmt.Errorf("device %s: %w", o.action, err)
+	}
+	if !o.wait {
+		if asJSON {
+			return writeJSON(out, acts)
+		}
+		for _, a := range acts {
+			img := ""
+			if a.Image != "" {
+				img = " of " + a.Image
+			}
+			fmt.Fprintf(out, "%s: %s%s requested (action %s); it runs when the board netboots and polls\n", a.MAC, a.Type, img, a.ID)
+		}
+		return nil
+	}
+	final, err := waitActions(ctx, c, acts, o.timeout, !asJSON, errOut)
+	if err != nil {
+		return err
+	}
+	if asJSON {
+		if err := writeJSON(out, final); err != nil {
+			return err
+		}
+	} else {
+		for _, a := range final {
+			msg := a.State
+			if a.Error != "" {
+				msg += ": " + a.Error
+			}
+			fmt.Fprintf(out, "%s: %s %s\n", a.MAC, a.Type, msg)
+		}
+	}
+	for _, a := range final {
+		if a.State != wire.StateDone {
+			return &ExitError{Code: 3, Err: fmt.Errorf("device %s: %s on %s: %s", o.action, a.State, a.MAC, a.Error)}
+		}
+	}
+	return nil
+}
+
+// waitActions polls until every action has ended, drawing one progress bar
+// over their summed bytes on errOut when it is a terminal.
+func waitActions(ctx context.Context, c *client.Client, acts []wire.Action, timeout time.Duration, bar bool, errOut io.Writer) ([]wire.Action, error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	var pb *progressbar.ProgressBar
+	if f, ok := errOut.(*os.File); bar && ok && term.IsTerminal(int(f.Fd())) {
+		pb = progressbar.NewOptions64(-1, progressbar.OptionSetWriter(errOut), progressbar.OptionShowBytes(true),
+			progressbar.OptionSetDescription(fmt.Sprintf("%d board(s)", len(acts))), progressbar.OptionClearOnFinish())
+		defer pb.Finish()
+	}
+	want := map[string]string{} // mac -> action id
+	for _, a := range acts {
+		want[a.MAC] = a.ID
+	}
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		var final []wire.Action
+		var done, total int64
+		open := 0
+		for _, a := range acts {
+			d, err := c.Device(ctx, a.MAC)
+			if err != nil {
+				return nil, fmt.Errorf("wait: %w", err)
+			}
+			cur := a
+			for _, h := range d.Actions {
+				if h.ID == want[a.MAC] {
+					cur = h
+				}
+			}
+			final = append(final, cur)
+			done += cur.Done
+			total += cur.Total
+			if cur.State == wire.StatePending || cur.State == wire.StateRunning {
+				open++
+			}
+		}
+		if pb != nil && total > 0 {
+			pb.ChangeMax64(total)
+			pb.Set64(done)
+		}
+		if open == 0 {
+			return final, nil
+		}
+		select {
+		case <-ctx.Done():
+			if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+				return final, fmt.Errorf("wait: %d action(s) still open after %s", open, timeout)
+			}
+			return final, ctx.Err()
+		case <-tick.C:
+		}
+	}
+}
+
+type deviceCancelOpts struct{ api *apiOpts }
+
+func newDeviceCancelCmd(a *apiOpts) *cobra.Command {
+	o := &deviceCancelOpts{api: a}
+	return &cobra.Command{
+		Use:   "cancel MAC...",
+		Short: "Cancel the pending or running action of one or more boards",
+		Args:  cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return o.run(cmd.Context(), args, wantJSON(cmd), cmd.OutOrStdout())
+		},
+	}
+}
+
+func (o *deviceCancelOpts) run(ctx context.Context, args []string, asJSON bool, out io.Writer) error {
+	macs, err := checkMACs(args)
+	if err != nil {
+		return err
+	}
+	c, err := o.api.client()
+	if err != nil {
+		return err
+	}
+	var res []wire.Action
+	var errs []error
+	for _, m := range macs {
+		a, err := c.SetAction(ctx, m, wire.ActionNone, "")
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", m, err))
+			continue
+		}
+		res = append(res, a)
+	}
+	if asJSON {
+		if err := writeJSON(out, res); err != nil {
+			return err
+		}
+	} else {
+		for _, a := range res {
+			fmt.Fprintf(out, "%s: %s (action %s) cancelled\n", a.MAC, a.Type, a.ID)
+		}
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("device cancel: %w", errors.Join(errs...))
+	}
+	return nil
+}
+
+type deviceImageOpts struct{ api *apiOpts }
+
+func newDeviceImageCmd(a *apiOpts) *cobra.Command {
+	o := &deviceImageOpts{api: a}
+	return &cobra.Command{
+		Use:   "image MAC [NAME]",
+		Short: "Assign an image to a board (no NAME: back to the server default)",
+		Args:  cobra.RangeArgs(1, 2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return o.run(cmd.Context(), args, wantJSON(cmd), cmd.OutOrStdout())
+		},
+	}
+}
+
+func (o *deviceImageOpts) run(ctx context.Context, args []string, asJSON bool, out io.Writer) error {
+	macs, err := checkMACs(args[:1])
+	if err != nil {
+		return err
+	}
+	name := ""
+	if len(args) == 2 {
+		name = args[1]
+	}
+	c, err := o.api.client()
+	if err != nil {
+		return err
+	}
+	d, err := c.SetDeviceImage(ctx, macs[0], name)
+	if err != nil {
+		return fmt.Errorf("device image: %w", err)
+	}
+	if asJSON {
+		return writeJSON(out, d)
+	}
+	_, err = fmt.Fprintf(out, "%s: image %s\n", d.MAC, orDefaultText(d.Image))
+	return err
 }

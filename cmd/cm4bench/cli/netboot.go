@@ -1,19 +1,307 @@
 package cli
 
 import (
+	"context"
 	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"strings"
+	"text/tabwriter"
+	"time"
 
 	"github.com/spf13/cobra"
+
+	"github.com/cm4bench/cm4bench/api/wire"
+	"github.com/cm4bench/cm4bench/netboot/serve"
 )
 
-// newNetbootCmd is a placeholder until its issue lands; it refuses to run.
 func newNetbootCmd() *cobra.Command {
-	return &cobra.Command{
-		Use:    "netboot",
-		Short:  "(not built yet)",
-		Hidden: true,
+	cmd := &cobra.Command{
+		Use:   "netboot",
+		Short: "Network-boot provisioning: DHCP + TFTP + HTTP API and dashboard, netboot switches",
+		Long: `A Raspberry Pi 4 / CM4 whose bootloader tries the network gets a lease with the PXE menu its
+bootloader needs from ` + "`cm4bench netboot serve`" + `, fetches its boot files over TFTP, boots the
+provisioning initramfs, registers with the HTTP API and waits for the technician's Deploy or
+Backup. When that succeeds, netboot is switched off for its MAC, so it boots from eMMC next time.
+
+  serve      run DHCP, TFTP and the HTTP API + dashboard on the bench interface
+  enable     switch netboot on (globally, or for given MACs) on the running server
+  disable    switch netboot off (globally, or for given MACs)
+  status     show the switches
+  initramfs  build the provisioning initramfs (cm4agent as /init)`,
+		Example: `  cm4bench netboot serve --iface eth1 --tftp-root /srv/tftp --data /var/lib/cm4bench --image golden.img.zst
+  cm4bench netboot disable dc:a6:32:01:02:03
+  cm4bench netboot status`,
+	}
+	cmd.AddCommand(newNetbootServeCmd(), newNetbootSwitchCmd(true), newNetbootSwitchCmd(false), newNetbootStatusCmd(), newNetbootInitramfsCmd())
+	return cmd
+}
+
+// netbootServeOpts are the flags of `netboot serve`. Extra modes (such as
+// the demo bench) add their flags here and branch in run.
+type netbootServeOpts struct {
+	iface           string
+	addr            string
+	rangeFlag       string
+	proxy           bool
+	allowOtherDHCP  bool
+	tftpRoot        string
+	data            string
+	http            string
+	image           string
+	noDHCP          bool
+	noTFTP          bool
+	compressBackups bool
+	pollInterval    time.Duration
+}
+
+func newNetbootServeCmd() *cobra.Command {
+	o := &netbootServeOpts{}
+	cmd := &cobra.Command{
+		Use:   "serve",
+		Short: "Run DHCP, TFTP and the HTTP API + dashboard for a netboot bench",
+		Long: `serve runs the whole bench in one process: a DHCP server on --iface that gives Raspberry Pi 4 /
+CM4 bootloaders the PXE menu they need (only to MACs whose netboot is on), a read-only TFTP server
+jailed to --tftp-root, and the HTTP API + dashboard (127.0.0.1:5000 and <bench address>:5000 unless
+--http is given). All three run under one context: if one fails the others stop, and Ctrl-C stops
+them all cleanly.
+
+Before it starts, serve sends a DHCPDISCOVER on the interface and refuses to run next to another
+DHCP server, naming it, unless --allow-other-dhcp (or --proxy, for a network that already has a
+DHCP server: then only the PXE options are offered, like dnsmasq's proxy mode).
+
+Everything the bench keeps lives in --data: the SQLite database (devices, actions, events,
+backups, netboot switches), the admin token (admin-token, mode 0600, printed once when it is
+created), uploaded images (images/), backups (backups/), DHCP leases and server.json, from which
+the device, backup and netboot commands find the server.
+
+Images: --image is the golden default; more can be uploaded through the API or the dashboard.
+Raw .img, .img.gz, .img.xz and .img.zst are served; sha256 and size are computed once and cached.
+
+--no-dhcp and --no-tftp leave those servers out, for an HTTP-only bench next to an existing
+netboot server (point its boot files' cm4bench.server= at this server).`,
+		Example: `  # A dedicated bench NIC with 10.42.0.1/24 on it:
+  cm4bench netboot serve --iface eth1 --tftp-root /srv/tftp --data /var/lib/cm4bench \
+      --image /srv/images/golden.img.zst
+
+  # Pool and address given explicitly:
+  cm4bench netboot serve --iface eth1 --addr 10.42.0.1/24 --range 10.42.0.100-10.42.0.199 \
+      --tftp-root /srv/tftp --data /var/lib/cm4bench
+
+  # The office network already has a DHCP server: proxyDHCP only.
+  cm4bench netboot serve --iface eth0 --proxy --tftp-root /srv/tftp --data /var/lib/cm4bench
+
+  # HTTP API and dashboard only (another server does DHCP/TFTP):
+  cm4bench netboot serve --no-dhcp --no-tftp --data ./bench --http 0.0.0.0:5000 --image golden.img`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return errors.New("netboot: not built yet")
+			return o.run(cmd.Context(), newLogger(cmd), cmd.OutOrStdout())
 		},
 	}
+	f := cmd.Flags()
+	f.StringVar(&o.iface, "iface", "", "bench network interface (required unless --no-dhcp --no-tftp)")
+	f.StringVar(&o.addr, "addr", "", "server address on the bench link as IP/CIDR (default: the interface's first IPv4 address)")
+	f.StringVar(&o.rangeFlag, "range", "", "DHCP pool as FIRST-LAST, e.g. 10.42.0.100-10.42.0.199 (default: the whole subnet)")
+	f.BoolVar(&o.proxy, "proxy", false, "proxyDHCP: offer only the PXE options, next to an existing DHCP server")
+	f.BoolVar(&o.allowOtherDHCP, "allow-other-dhcp", false, "start even when another DHCP server answers on the interface")
+	f.StringVar(&o.tftpRoot, "tftp-root", "", "directory served read-only over TFTP (the Pi boot files)")
+	f.StringVar(&o.data, "data", defaultDataDir, "data directory (database, token, images, backups, leases)")
+	f.StringVar(&o.http, "http", "", "HTTP listen address (default 127.0.0.1:5000 plus <bench address>:5000)")
+	f.StringVar(&o.image, "image", "", "golden default image (.img, .img.gz, .img.xz or .img.zst)")
+	f.BoolVar(&o.noDHCP, "no-dhcp", false, "do not run the DHCP server")
+	f.BoolVar(&o.noTFTP, "no-tftp", false, "do not run the TFTP server")
+	f.BoolVar(&o.compressBackups, "compress-backups", false, "store raw backup uploads zstd-compressed")
+	f.DurationVar(&o.pollInterval, "poll-interval", 5*time.Second, "how often devices are told to poll")
+	return cmd
+}
+
+// config turns the flags into a serve.Config.
+func (o *netbootServeOpts) config(logger *slog.Logger) (serve.Config, error) {
+	cfg := serve.Config{
+		Iface: o.iface, Proxy: o.proxy, AllowOtherDHCP: o.allowOtherDHCP, TFTPRoot: o.tftpRoot,
+		DataDir: o.data, HTTPAddr: o.http, Image: o.image, NoDHCP: o.noDHCP, NoTFTP: o.noTFTP,
+		CompressBackups: o.compressBackups, PollInterval: o.pollInterval, Version: version(), Logger: logger,
+	}
+	if o.addr != "" {
+		p, err := netip.ParsePrefix(o.addr)
+		if err != nil || !p.Addr().Is4() {
+			return cfg, &ExitError{Code: 2, Err: fmt.Errorf("netboot serve: --addr %q: want an IPv4 address with its prefix, like 10.42.0.1/24", o.addr)}
+		}
+		cfg.Addr = p
+	}
+	if o.rangeFlag != "" {
+		a, b, ok := strings.Cut(o.rangeFlag, "-")
+		first, err1 := netip.ParseAddr(strings.TrimSpace(a))
+		last, err2 := netip.ParseAddr(strings.TrimSpace(b))
+		if !ok || err1 != nil || err2 != nil || !first.Is4() || !last.Is4() || last.Less(first) {
+			return cfg, &ExitError{Code: 2, Err: fmt.Errorf("netboot serve: --range %q: want FIRST-LAST IPv4 addresses, first <= last", o.rangeFlag)}
+		}
+		cfg.Range = [2]netip.Addr{first, last}
+	}
+	return cfg, nil
+}
+
+func (o *netbootServeOpts) run(ctx context.Context, logger *slog.Logger, out io.Writer) error {
+	cfg, err := o.config(logger)
+	if err != nil {
+		return err
+	}
+	if err := serve.Run(ctx, cfg, out); err != nil {
+		return fmt.Errorf("netboot serve: %w", err)
+	}
+	return nil
+}
+
+type netbootSwitchOpts struct {
+	api *apiOpts
+	on  bool
+}
+
+func newNetbootSwitchCmd(on bool) *cobra.Command {
+	o := &netbootSwitchOpts{api: &apiOpts{}, on: on}
+	verb := "disable"
+	if on {
+		verb = "enable"
+	}
+	cmd := &cobra.Command{
+		Use:   verb + " [MAC...]",
+		Short: strings.ToUpper(verb[:1]) + verb[1:] + " network boot, globally or for given MACs, on the running server",
+		Long: `Without a MAC this flips the global switch: with it off, no board gets the PXE menu (they
+all boot from eMMC). With MACs it flips those boards' own switches (a MAC the server has not
+seen yet may be given too). A board netboots only when both switches are on. The change is
+effective at the next DHCP packet and survives a restart.`,
+		Example: "  cm4bench netboot " + verb + "\n  cm4bench netboot " + verb + " dc:a6:32:01:02:03 dc:a6:32:01:02:04",
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return o.run(cmd.Context(), args, wantJSON(cmd), cmd.OutOrStdout())
+		},
+	}
+	o.api.bind(cmd)
+	return cmd
+}
+
+func (o *netbootSwitchOpts) run(ctx context.Context, args []string, asJSON bool, out io.Writer) error {
+	macs, err := checkMACs(args)
+	if err != nil {
+		return err
+	}
+	c, err := o.api.client()
+	if err != nil {
+		return err
+	}
+	if len(macs) == 0 {
+		if err := c.SetNetboot(ctx, o.on); err != nil {
+			return fmt.Errorf("netboot: %w", err)
+		}
+		if asJSON {
+			return writeJSON(out, wire.NetbootSwitch{Enabled: o.on})
+		}
+		_, err := fmt.Fprintf(out, "global netboot %s\n", onOffText(o.on))
+		return err
+	}
+	var res []wire.NetbootSwitch
+	var errs []error
+	for _, m := range macs {
+		sw, err := c.SetDeviceNetboot(ctx, m, o.on)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", m, err))
+			continue
+		}
+		res = append(res, sw)
+	}
+	if asJSON {
+		if err := writeJSON(out, res); err != nil {
+			return err
+		}
+	} else {
+		for _, sw := range res {
+			fmt.Fprintf(out, "%s: netboot %s\n", sw.MAC, onOffText(sw.Enabled))
+		}
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("netboot: %w", errors.Join(errs...))
+	}
+	return nil
+}
+
+type netbootStatusOpts struct{ api *apiOpts }
+
+// netbootStatus is the --json answer of `netboot status`.
+type netbootStatus struct {
+	Global  bool                 `json:"global"`
+	Devices []wire.NetbootSwitch `json:"devices"`
+	Rivals  []string             `json:"rival_dhcp,omitempty"`
+}
+
+func newNetbootStatusCmd() *cobra.Command {
+	o := &netbootStatusOpts{api: &apiOpts{}}
+	cmd := &cobra.Command{
+		Use:   "status [MAC...]",
+		Short: "Show the global netboot switch and the per-board switches",
+		Long: `status shows the global switch and each board's own switch, and whether it would get the
+PXE menu now (both on). With MACs it shows only those boards.`,
+		Example: "  cm4bench netboot status\n  cm4bench netboot status dc:a6:32:01:02:03 --json",
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return o.run(cmd.Context(), args, wantJSON(cmd), cmd.OutOrStdout())
+		},
+	}
+	o.api.bind(cmd)
+	return cmd
+}
+
+func (o *netbootStatusOpts) run(ctx context.Context, args []string, asJSON bool, out io.Writer) error {
+	macs, err := checkMACs(args)
+	if err != nil {
+		return err
+	}
+	c, err := o.api.client()
+	if err != nil {
+		return err
+	}
+	st, err := c.Status(ctx)
+	if err != nil {
+		return fmt.Errorf("netboot status: %w", err)
+	}
+	res := netbootStatus{Global: st.Netboot, Devices: []wire.NetbootSwitch{}, Rivals: st.RivalDHCP}
+	if len(macs) > 0 {
+		for _, m := range macs {
+			sw, err := c.DeviceNetboot(ctx, m)
+			if err != nil {
+				return fmt.Errorf("netboot status %s: %w", m, err)
+			}
+			res.Devices = append(res.Devices, sw)
+		}
+	} else {
+		devs, err := c.Devices(ctx)
+		if err != nil {
+			return fmt.Errorf("netboot status: %w", err)
+		}
+		for _, d := range devs {
+			res.Devices = append(res.Devices, wire.NetbootSwitch{MAC: d.MAC, Enabled: d.Netboot})
+		}
+	}
+	if asJSON {
+		return writeJSON(out, res)
+	}
+	fmt.Fprintf(out, "global netboot: %s\n", onOffText(res.Global))
+	for _, r := range res.Rivals {
+		fmt.Fprintf(out, "WARNING: another DHCP server on the bench link: %s\n", r)
+	}
+	if len(res.Devices) == 0 {
+		return nil
+	}
+	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "MAC\tSWITCH\tNETBOOTS NOW")
+	for _, d := range res.Devices {
+		fmt.Fprintf(tw, "%s\t%s\t%s\n", d.MAC, onOffText(d.Enabled), yesNo(d.Enabled && res.Global))
+	}
+	return tw.Flush()
+}
+
+func yesNo(b bool) string {
+	if b {
+		return "yes"
+	}
+	return "no"
 }
