@@ -24,13 +24,19 @@ import (
 	"github.com/cm4bench/cm4bench/api/wire"
 )
 
+// Tech drives a running server through the technician API, as the
+// dashboard does.
+type Tech struct {
+	URL   string // base URL, e.g. http://127.0.0.1:41234
+	Token string // admin token
+}
+
 // Bench is a running server.
 type Bench struct {
-	URL    string // base URL, e.g. http://127.0.0.1:41234
+	Tech
 	Addr   string // host:port it listens on
 	Data   string // data directory (backups under Data/backups)
 	Images string // image library directory
-	Token  string // admin token
 	Store  *store.Store
 	Server *api.Server
 }
@@ -72,7 +78,7 @@ func Start(tb testing.TB, addr string) *Bench {
 		}
 		st.Close()
 	})
-	b := &Bench{URL: "http://" + ln.Addr().String(), Addr: ln.Addr().String(), Data: data, Images: lib.Dir, Token: tok, Store: st, Server: srv}
+	b := &Bench{Tech: Tech{URL: "http://" + ln.Addr().String(), Token: tok}, Addr: ln.Addr().String(), Data: data, Images: lib.Dir, Store: st, Server: srv}
 	b.AddAddress(b.URL)
 	return b
 }
@@ -83,7 +89,7 @@ func (b *Bench) AddAddress(u string) { b.Server.AddAddress(u) }
 
 // AddImage uploads an image through the technician API (POST
 // /api/v1/images?name=NAME) and returns what the server computed.
-func (b *Bench) AddImage(tb testing.TB, name string, data io.Reader) wire.Image {
+func (b *Tech) AddImage(tb testing.TB, name string, data io.Reader) wire.Image {
 	tb.Helper()
 	var img wire.Image
 	b.Do(tb, http.MethodPost, "/api/v1/images?name="+name, data, &img)
@@ -92,7 +98,7 @@ func (b *Bench) AddImage(tb testing.TB, name string, data io.Reader) wire.Image 
 
 // SetAction asks for a deploy (of image) or backup of mac, as the
 // dashboard's buttons do.
-func (b *Bench) SetAction(tb testing.TB, mac, action, image string) wire.Action {
+func (b *Tech) SetAction(tb testing.TB, mac, action, image string) wire.Action {
 	tb.Helper()
 	body, _ := json.Marshal(map[string]string{"action": action, "image": image})
 	var a wire.Action
@@ -101,7 +107,7 @@ func (b *Bench) SetAction(tb testing.TB, mac, action, image string) wire.Action 
 }
 
 // Device returns the device with its recent actions.
-func (b *Bench) Device(tb testing.TB, mac string) wire.Device {
+func (b *Tech) Device(tb testing.TB, mac string) wire.Device {
 	tb.Helper()
 	var d wire.Device
 	b.Do(tb, http.MethodGet, "/api/v1/devices/"+mac, nil, &d)
@@ -109,7 +115,7 @@ func (b *Bench) Device(tb testing.TB, mac string) wire.Device {
 }
 
 // Backups lists the stored backups.
-func (b *Bench) Backups(tb testing.TB) []wire.Backup {
+func (b *Tech) Backups(tb testing.TB) []wire.Backup {
 	tb.Helper()
 	var bs []wire.Backup
 	b.Do(tb, http.MethodGet, "/api/v1/backups", nil, &bs)
@@ -117,7 +123,7 @@ func (b *Bench) Backups(tb testing.TB) []wire.Backup {
 }
 
 // DownloadBackup returns a stored backup as the technician API serves it.
-func (b *Bench) DownloadBackup(tb testing.TB, id string) []byte {
+func (b *Tech) DownloadBackup(tb testing.TB, id string) []byte {
 	tb.Helper()
 	req, _ := http.NewRequest(http.MethodGet, b.URL+"/api/v1/backups/"+id+"/download", nil)
 	req.Header.Set("Authorization", "Bearer "+b.Token)
@@ -134,7 +140,7 @@ func (b *Bench) DownloadBackup(tb testing.TB, id string) []byte {
 }
 
 // WaitRegistered waits until mac has registered.
-func (b *Bench) WaitRegistered(tb testing.TB, mac string, timeout time.Duration) wire.Device {
+func (b *Tech) WaitRegistered(tb testing.TB, mac string, timeout time.Duration) wire.Device {
 	tb.Helper()
 	deadline := time.Now().Add(timeout)
 	for {
@@ -158,7 +164,7 @@ func (b *Bench) WaitRegistered(tb testing.TB, mac string, timeout time.Duration)
 
 // WaitAction waits until the action id of mac is finished (done, failed or
 // cancelled) and returns it.
-func (b *Bench) WaitAction(tb testing.TB, mac, id string, timeout time.Duration) wire.Action {
+func (b *Tech) WaitAction(tb testing.TB, mac, id string, timeout time.Duration) wire.Action {
 	tb.Helper()
 	deadline := time.Now().Add(timeout)
 	for {
@@ -183,7 +189,7 @@ func deref(a *wire.Action) []wire.Action {
 }
 
 // Do makes a technician request and decodes a JSON answer into out.
-func (b *Bench) Do(tb testing.TB, method, path string, body io.Reader, out any) {
+func (b *Tech) Do(tb testing.TB, method, path string, body io.Reader, out any) {
 	tb.Helper()
 	req, err := http.NewRequest(method, b.URL+path, body)
 	if err != nil {

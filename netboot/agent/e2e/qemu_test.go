@@ -1,0 +1,288 @@
+// Package e2e boots a real arm64 Linux kernel (Debian's linux-image-*-arm64,
+// fetched by scripts/arm64-kernel.sh) in qemu-system-aarch64 with the
+// initramfs cm4bench builds, and has cm4agent, as PID 1, deploy an image to
+// a virtio disk standing in for the eMMC and back it up again, through the
+// real `cm4bench netboot serve` composition (package serve, HTTP only) on
+// 127.0.0.1, which the guest reaches as 10.0.2.2 through QEMU user
+// networking. It takes about half a minute under TCG, so it is part of
+// `make test`; `make e2e` fetches the kernel and runs it alone, verbosely.
+// Without qemu or the kernel it fails in CI and skips elsewhere.
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/klauspost/compress/zstd"
+
+	"github.com/cm4bench/cm4bench/api/wire"
+	"github.com/cm4bench/cm4bench/netboot/agent/agenttest"
+	"github.com/cm4bench/cm4bench/netboot/agent/pid1"
+	"github.com/cm4bench/cm4bench/netboot/initramfs"
+	"github.com/cm4bench/cm4bench/netboot/serve"
+)
+
+const (
+	imageSize = 48 << 20 // golden image
+	diskSize  = 64 << 20 // virtio "eMMC"
+	guestMAC  = "52:54:00:c4:be:01"
+)
+
+func repoRoot(t *testing.T) string {
+	dir, _ := os.Getwd()
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			return dir
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			t.Fatal("no go.mod above the test")
+		}
+		dir = parent
+	}
+}
+
+// need fails in CI (where .ci/run installs everything) and skips elsewhere.
+func need(t *testing.T, what string, err error) {
+	t.Helper()
+	if err == nil {
+		return
+	}
+	if os.Getenv("CI") != "" {
+		t.Fatalf("%s: %v", what, err)
+	}
+	t.Skipf("%s: %v (run scripts/deps.sh and scripts/arm64-kernel.sh)", what, err)
+}
+
+func kernelCache(t *testing.T) string {
+	dir := os.Getenv("CM4BENCH_KERNEL_CACHE")
+	if dir == "" {
+		dir = "/var/cache/cm4bench-test/arm64-kernel"
+	}
+	_, err := os.Stat(filepath.Join(dir, "vmlinuz"))
+	need(t, "arm64 kernel (scripts/arm64-kernel.sh)", err)
+	return dir
+}
+
+func goldenImage() []byte {
+	r := rand.New(rand.NewPCG(42, 42))
+	img := make([]byte, imageSize)
+	copy(img[446:], []byte{0x80, 0, 0, 0, 0x0c}) // an MBR-ish first sector
+	img[510], img[511] = 0x55, 0xaa
+	for off := 64 << 10; off < imageSize; off += 64 << 10 {
+		if r.IntN(100) < 60 {
+			continue // 60% zero blocks, like a mostly empty file system
+		}
+		for i := off; i < off+64<<10; i++ {
+			img[i] = byte(r.Uint32() >> 8)
+		}
+	}
+	return img
+}
+
+func hexsum(b []byte) string { s := sha256.Sum256(b); return hex.EncodeToString(s[:]) }
+
+func freePort(t *testing.T) int {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// guest is one QEMU run.
+type guest struct {
+	cmd  *exec.Cmd
+	log  *syncBuffer
+	done chan error
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func tail(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+func boot(t *testing.T, qemu, kdir, initrd, disk string, port int) *guest {
+	t.Helper()
+	args := []string{
+		"-M", "virt", "-cpu", "cortex-a57", "-smp", "2", "-m", "512", "-nographic", "-no-reboot",
+		"-kernel", filepath.Join(kdir, "vmlinuz"), "-initrd", initrd,
+		"-append", "console=ttyAMA0 panic=-1 cm4bench.server=http://10.0.2.2:" + strconv.Itoa(port),
+		"-netdev", "user,id=n0", "-device", "virtio-net-device,netdev=n0,mac=" + guestMAC,
+		"-drive", "file=" + disk + ",if=none,format=raw,id=d0,discard=unmap,detect-zeroes=unmap", "-device", "virtio-blk-device,drive=d0",
+	}
+	g := &guest{log: &syncBuffer{}, done: make(chan error, 1)}
+	g.cmd = exec.Command(qemu, args...)
+	g.cmd.Stdout, g.cmd.Stderr = g.log, g.log
+	g.cmd.Stdin = nil
+	if err := g.cmd.Start(); err != nil {
+		t.Fatalf("start qemu: %v", err)
+	}
+	go func() { g.done <- g.cmd.Wait() }()
+	t.Cleanup(func() {
+		if g.cmd.ProcessState == nil {
+			g.cmd.Process.Kill()
+			<-g.done
+		}
+		if t.Failed() {
+			t.Logf("guest console (tail):\n%s", tail(g.log.String(), 60))
+		}
+	})
+	return g
+}
+
+func TestQEMUDeployAndBackup(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("linux only")
+	}
+	qemu, err := exec.LookPath("qemu-system-aarch64")
+	need(t, "qemu-system-aarch64 (qemu-system-arm)", err)
+	kdir := kernelCache(t)
+	root := repoRoot(t)
+	tmp := t.TempDir()
+
+	// The agent for arm64, as `make build` embeds it.
+	agentBin := filepath.Join(tmp, "cm4agent-linux-arm64")
+	build := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w", "-o", agentBin, "./cmd/cm4agent")
+	build.Dir = root
+	build.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=arm64")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build cm4agent: %v\n%s", err, out)
+	}
+	agent, _ := os.ReadFile(agentBin)
+
+	// The initramfs, with the virtio drivers of this kernel.
+	mods, err := initramfs.ResolveModules(filepath.Join(kdir, "modules"), []string{"virtio_mmio", "virtio_blk", "virtio_net"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rd, err := initramfs.Build(initramfs.Options{Agent: agent, Modules: mods,
+		Config: pid1.Config{Target: "/dev/vda", AcceptZstd: true, PollSeconds: 1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	initrd := filepath.Join(tmp, "initrd.img")
+	os.WriteFile(initrd, rd, 0o644)
+
+	// The golden image, stored zstd-compressed as the server's default.
+	img := goldenImage()
+	var z bytes.Buffer
+	enc, _ := zstd.NewWriter(&z)
+	enc.Write(img)
+	enc.Close()
+	golden := filepath.Join(tmp, "golden.img.zst")
+	os.WriteFile(golden, z.Bytes(), 0o644)
+
+	// A used eMMC: every byte non-zero, so skipped zero blocks must really
+	// have been zeroed (discard/write-zeroes) to pass.
+	disk := filepath.Join(tmp, "emmc.img")
+	os.WriteFile(disk, bytes.Repeat([]byte("old eMMC"), diskSize/8), 0o644)
+
+	// The real server composition of `cm4bench netboot serve --no-dhcp --no-tftp`.
+	port := freePort(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	bench, err := serve.New(ctx, serve.Config{DataDir: filepath.Join(tmp, "data"), NoDHCP: true, NoTFTP: true,
+		HTTPAddr: "127.0.0.1:" + strconv.Itoa(port), Image: golden, PollInterval: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- bench.Serve(ctx) }()
+	t.Cleanup(func() { cancel(); <-served; bench.Close() })
+	tech := &agenttest.Tech{URL: "http://127.0.0.1:" + strconv.Itoa(port), Token: bench.Token()}
+
+	// Boot 1: deploy. After a verified deploy the agent reboots, and
+	// -no-reboot makes QEMU exit.
+	start := time.Now()
+	g := boot(t, qemu, kdir, initrd, disk, port)
+	d := tech.WaitRegistered(t, guestMAC, 3*time.Minute)
+	t.Logf("guest registered after %s: facts %+v", time.Since(start).Round(time.Second), d.Facts)
+	if d.Facts == nil || d.Facts.EMMCBytes != diskSize || len(d.Facts.MACs) == 0 || d.Facts.MACs[0] != guestMAC {
+		t.Errorf("facts from the guest: %+v", d.Facts)
+	}
+	act := tech.SetAction(t, guestMAC, wire.ActionDeploy, filepath.Base(golden))
+	select {
+	case <-g.done:
+	case <-time.After(4 * time.Minute):
+		t.Fatal("guest did not reboot after the deploy")
+	}
+	done := tech.WaitAction(t, guestMAC, act.ID, 10*time.Second)
+	t.Logf("deploy: %s after %s, %+v", done.State, time.Since(start).Round(time.Second), done)
+	if done.State != wire.StateDone || done.SHA256 != hexsum(img) {
+		t.Fatalf("deploy action %+v\nconsole:\n%s", done, tail(g.log.String(), 40))
+	}
+	if !strings.Contains(g.log.String(), "verified on read-back (O_DIRECT)") {
+		t.Errorf("the guest did not verify with O_DIRECT:\n%s", tail(g.log.String(), 20))
+	}
+	got, _ := os.ReadFile(disk)
+	if !bytes.Equal(got[:imageSize], img) {
+		t.Fatal("virtio disk differs from the image after the deploy")
+	}
+	if !bytes.Equal(got[imageSize:imageSize+8], []byte("old eMMC")) {
+		t.Error("the deploy wrote past the image")
+	}
+
+	// Boot 2: backup of the whole disk.
+	act = tech.SetAction(t, guestMAC, wire.ActionBackup, "")
+	start = time.Now()
+	g = boot(t, qemu, kdir, initrd, disk, port)
+	done = tech.WaitAction(t, guestMAC, act.ID, 4*time.Minute)
+	t.Logf("backup: %s after %s, %+v", done.State, time.Since(start).Round(time.Second), done)
+	if done.State != wire.StateDone || done.SHA256 != hexsum(got) || done.Bytes != diskSize {
+		t.Fatalf("backup action %+v", done)
+	}
+	var bk *wire.Backup
+	for _, b := range tech.Backups(t) {
+		if b.ActionID == act.ID {
+			bk = &b
+		}
+	}
+	if bk == nil || bk.SHA256 != hexsum(got) {
+		t.Fatalf("stored backup %+v", bk)
+	}
+	stored := tech.DownloadBackup(t, bk.ID)
+	if bytes.HasPrefix(stored, []byte{0x28, 0xb5, 0x2f, 0xfd}) {
+		dec, _ := zstd.NewReader(bytes.NewReader(stored))
+		stored, _ = io.ReadAll(dec)
+	}
+	if !bytes.Equal(stored, got) {
+		t.Fatal("the stored backup differs from the virtio disk")
+	}
+	fmt.Fprintf(os.Stderr, "e2e: deploy %d bytes and backup %d bytes through a real arm64 kernel: ok\n", imageSize, diskSize)
+}
