@@ -138,7 +138,7 @@ func (b *browser) media(t *testing.T, scheme string) {
 // do runs steps, failing the test with what was being done.
 func (b *browser) do(t *testing.T, what string, steps ...chromedp.Action[chromedp.Void]) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(b.ctx, 20*time.Second)
+	ctx, cancel := context.WithTimeout(b.ctx, 40*time.Second)
 	defer cancel()
 	if err := chromedp.Do(ctx, steps...); err != nil {
 		t.Fatalf("browser: %s: %v", what, err)
@@ -148,10 +148,10 @@ func (b *browser) do(t *testing.T, what string, steps ...chromedp.Action[chromed
 // waitFor polls a JavaScript predicate until it is truthy.
 func (b *browser) waitFor(t *testing.T, what, expr string) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(b.ctx, 20*time.Second)
+	ctx, cancel := context.WithTimeout(b.ctx, 40*time.Second)
 	defer cancel()
 	_, err := chromedp.Run(ctx, chromedp.Poll[chromedp.Void](expr,
-		chromedp.WithPollingInterval(50*time.Millisecond), chromedp.WithPollingTimeout(15*time.Second)))
+		chromedp.WithPollingInterval(50*time.Millisecond), chromedp.WithPollingTimeout(30*time.Second)))
 	if err != nil {
 		state, _ := chromedp.Run(b.ctx, chromedp.Evaluate[string](`document.querySelector('main').innerText.slice(0, 1500)`))
 		t.Fatalf("browser: waiting for %s (%s): %v\npage text:\n%s", what, expr, err, state)
@@ -241,7 +241,7 @@ func (d *simDevice) register() {
 // pollUntil polls until the server hands out the wanted action.
 func (d *simDevice) pollUntil(want string) {
 	d.t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(30 * time.Second)
 	for {
 		res, err := http.Get(d.base + wire.PathPoll + "?mac=" + url.QueryEscape(d.MAC))
 		if err != nil {
@@ -425,13 +425,16 @@ func TestDashboardInBrowser(t *testing.T) {
 		done := total * pct / 100
 		rate := 38.2e6 + float64(i)*1.1e6
 		a.progress("write", done, total, rate)
-		b.waitFor(t, fmt.Sprintf("%s at %d%%", a.MAC, pct), card(a.MAC)+`.querySelector('[role=progressbar]').getAttribute('aria-valuenow') === '`+strconv.FormatInt(pct, 10)+`'`)
+		want := strconv.FormatInt(done*100/total, 10) // floor, as shown
+		b.waitFor(t, fmt.Sprintf("%s at %d%%", a.MAC, pct), card(a.MAC)+`.querySelector('[role=progressbar]').getAttribute('aria-valuenow') === '`+want+`' && `+
+			card(a.MAC)+`.querySelector('[data-testid=device-percent]').textContent === '`+want+`%'`)
 		wantRate := fmt.Sprintf("%.0f MB/s", rate/1e6)
 		b.waitFor(t, "rate "+wantRate, card(a.MAC)+`.querySelector('[data-testid=device-rate]').textContent === '`+wantRate+`'`)
 	}
 	if got := b.text(t, card(a.MAC)+`.querySelector('[data-testid=device-eta]').textContent`); !strings.HasPrefix(got, "ETA ") {
 		t.Errorf("%s: ETA shows %q, want an ETA", a.MAC, got)
 	}
+	b.waitFor(t, "the bench throughput", `(document.querySelector('[data-testid=bench-rate]') || {}).textContent === '40 MB/s total'`)
 	if got := b.text(t, card(a.MAC)+`.dataset.state`); got != "running" {
 		t.Errorf("%s: state %q during progress, want running", a.MAC, got)
 	}

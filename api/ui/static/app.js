@@ -487,14 +487,17 @@
     set("phase", phase);
     card.querySelector(".activity").toggleAttribute("data-idle", !act);
     fill.style.width = pct.toFixed(1) + "%";
-    bar.setAttribute("aria-valuenow", pct.toFixed(0));
+    bar.setAttribute("aria-valuenow", String(Math.floor(pct)));
     bar.setAttribute("aria-label", "Progress of " + pick(d, "mac", "MAC"));
     set("pct", act && (p.total > 0 || finished) ? Math.floor(pct) + "%" : "–");
     const remaining = p.total - p.done;
     if (actState === "running" || (!actState && st === "running")) {
       set("bytes", p.total ? fmtBytes(p.done) + " of " + fmtBytes(p.total) : fmtBytes(p.done));
       set("rate", fmtRate(p.rate));
-      set("eta", p.rate > 0 && p.total > 0 && remaining > 0 ? "ETA " + fmtDuration(remaining / p.rate) : "");
+      set("eta", p.rate > 0 && p.total > 0 && remaining > 0 ? "ETA " + fmtDuration(Math.max(1, remaining / p.rate)) : "");
+      const t0 = toDate(pick(act, "started", "Started"));
+      const secs = t0 ? (Date.now() - t0.getTime()) / 1000 : 0;
+      set("avg", secs >= 2 && p.done > 0 ? "avg " + fmtRate(p.done / secs) : "");
       bar.setAttribute("aria-valuetext", Math.floor(pct) + "%" + (p.rate > 0 ? ", " + fmtRate(p.rate) : ""));
     } else if (finished) {
       const bytes = Number(pick(act, "bytes", "Bytes") || p.total || 0);
@@ -503,11 +506,13 @@
       set("bytes", bytes ? fmtBytes(bytes) : "");
       set("rate", secs > 0 && bytes ? "avg " + fmtRate(bytes / secs) : "");
       set("eta", secs >= 0 ? "took " + fmtDuration(secs) : "");
+      set("avg", "");
       bar.setAttribute("aria-valuetext", "done");
     } else {
       set("bytes", p.total && act ? fmtBytes(p.done) + " of " + fmtBytes(p.total) : "");
       set("rate", "");
       set("eta", "");
+      set("avg", "");
       bar.setAttribute("aria-valuetext", actState || st);
     }
     const errEl = card.querySelector("[data-field=error]");
@@ -543,6 +548,12 @@
     const n = {};
     for (const d of S.devices.values()) { const s = deviceState(d); n[s] = (n[s] || 0) + 1; }
     const order = ["running", "pending", "failed", "done", "idle", "offline"];
+    let rate = 0;
+    for (const d of S.devices.values()) {
+      const a = currentAction(d);
+      if (a && pick(a, "state", "State") === "running") rate += Number(pick(a, "rate", "rate_bps", "Rate") || 0);
+    }
+    if (rate > 0) c.append(el("span", { class: "count total", "data-testid": "bench-rate", title: "Sum of the running transfers" }, fmtRate(rate) + " total"));
     c.append(el("span", { class: "count total" }, S.devices.size + (S.devices.size === 1 ? " device" : " devices")));
     for (const s of order) {
       if (n[s]) c.append(el("span", { class: "count " + s, "data-testid": "count-" + s }, n[s] + " " + (STATE_WORDS[s] || s).toLowerCase()));
@@ -802,12 +813,13 @@
       const actID = pick(act, "id", "ID");
       if (p.actionId && actID && p.actionId !== actID) { refreshDevice(mac); return; }
       if (pick(act, "state", "State") === "pending") { act.state = "running"; d.state = "running"; }
-      act.phase = p.phase; act.done = p.done; act.total = p.total; act.rate = p.rate;
+      act.phase = p.phase; act.done = p.done; act.total = p.total; act.rate = p.rate; act.rate_bps = p.rate;
     } else {
       refreshDevice(mac);
       return;
     }
     renderDevice(card, d);
+    renderCounts();
   }
   function logEvent(e) {
     const log = $("#log");
