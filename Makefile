@@ -6,15 +6,33 @@ LDFLAGS := -s -w -X github.com/cm4bench/cm4bench/cmd/cm4bench/cli.Version=$(VERS
 # Packages that must build without cgo (everything but the gousb glue).
 NOCGO_PKGS := $(shell $(GO) list ./... 2>/dev/null | grep -v /usbboot/gousbdev)
 
-.PHONY: all run test bench build lint deps clean libusbfake
+.PHONY: all run test bench build lint deps clean libusbfake agents arm64-kernel e2e
 
 all: build
 
 deps:
 	@scripts/deps.sh
 
-build: deps
-	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BUILD)/cm4bench ./cmd/cm4bench
+build: deps agents
+	$(GO) build -tags embedagent -trimpath -ldflags '$(LDFLAGS)' -o $(BUILD)/cm4bench ./cmd/cm4bench
+
+# cm4agent for the boards (arm64) and x86 test benches (amd64), without cgo,
+# into the git-ignored dir that `-tags embedagent` embeds into cm4bench.
+AGENT_BIN := netboot/initramfs/agentbin/bin
+agents:
+	@mkdir -p $(AGENT_BIN)
+	for arch in arm64 amd64; do \
+		CGO_ENABLED=0 GOOS=linux GOARCH=$$arch $(GO) build -trimpath \
+			-ldflags '-s -w -X main.version=$(VERSION)' -o $(AGENT_BIN)/cm4agent-linux-$$arch ./cmd/cm4agent || exit 1; \
+	done
+
+# Debian's arm64 kernel for the QEMU end-to-end test of cm4agent (cached).
+arm64-kernel:
+	@scripts/arm64-kernel.sh >/dev/null || echo "arm64-kernel: not fetched; the QEMU agent test will skip (or fail in CI)"
+
+# The QEMU end-to-end test alone, verbose (it also runs in `make test`).
+e2e: deps arm64-kernel
+	$(GO) test -count=1 -v -timeout 15m ./netboot/agent/e2e/
 
 run: build
 	$(BUILD)/cm4bench --help
@@ -23,7 +41,7 @@ run: build
 	$(BUILD)/cm4bench eeprom info ../shared/eeprom-vectors/pieeprom-2026-05-17.bin
 	$(BUILD)/cm4bench eeprom show ../shared/eeprom-vectors/pieeprom-2026-05-17.bin
 
-test: deps libusbfake
+test: deps libusbfake arm64-kernel
 	CGO_ENABLED=0 $(GO) vet $(NOCGO_PKGS)
 	LIBUSBFAKE_SO=$(abspath $(LIBUSBFAKE)) $(GO) test -count=1 -timeout 40m ./...
 

@@ -14,6 +14,7 @@ pkgs=(
   dnsmasq-base        # netboot tests/bench: rival DHCP server and TFTP/DHCP performance peer (no service unit)
   curl                # netboot tests: TFTP/HTTP client
   chromium            # api/ui: headless browser test of the dashboard (chromedp)
+  qemu-system-arm     # agent e2e: qemu-system-aarch64 boots Debian's arm64 kernel with our initramfs
 )
 
 missing=()
