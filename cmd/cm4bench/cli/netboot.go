@@ -55,6 +55,7 @@ type netbootServeOpts struct {
 	noTFTP          bool
 	compressBackups bool
 	pollInterval    time.Duration
+	demo            bool
 }
 
 func newNetbootServeCmd() *cobra.Command {
@@ -93,14 +94,21 @@ netboot server (point its boot files' cm4bench.server= at this server).`,
   # The office network already has a DHCP server: proxyDHCP only.
   cm4bench netboot serve --iface eth0 --proxy --tftp-root /srv/tftp --data /var/lib/cm4bench
 
+  # No hardware: a demo bench of simulated CM4s (what make run starts):
+  sudo cm4bench netboot serve --demo
+
   # HTTP API and dashboard only (another server does DHCP/TFTP):
   cm4bench netboot serve --no-dhcp --no-tftp --data ./bench --http 0.0.0.0:5000 --image golden.img`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if o.demo {
+				return runDemo(cmd, o.data, o.image, o.http)
+			}
 			return o.run(cmd.Context(), newLogger(cmd), cmd.OutOrStdout())
 		},
 	}
 	f := cmd.Flags()
+	f.BoolVar(&o.demo, "demo", false, "run the simulated bench instead (needs root): 4 simulated CM4s in network namespaces, a generated golden image, the dashboard on 127.0.0.1:5000 (see cm4bench sim)")
 	f.StringVar(&o.iface, "iface", "", "bench network interface (required unless --no-dhcp --no-tftp)")
 	f.StringVar(&o.addr, "addr", "", "server address on the bench link as IP/CIDR (default: the interface's first IPv4 address)")
 	f.StringVar(&o.rangeFlag, "range", "", "DHCP pool as FIRST-LAST, e.g. 10.42.0.100-10.42.0.199 (default: the whole subnet)")

@@ -113,9 +113,19 @@ they happen (JSON lines with --json) and a summary table at exit.`,
 }
 
 // runDemo is `cm4bench netboot serve --demo`: the simulated bench with four
-// boards and the dashboard on 127.0.0.1:5000.
-func runDemo(cmd *cobra.Command) error {
-	return newSimOptions().run(cmd.Context(), cmd, cmd.OutOrStdout())
+// boards and the dashboard on 127.0.0.1:5000. Of serve's flags it honours
+// --image, --http and an explicitly given --data (never the production
+// default: demo data must not land in /var/lib/cm4bench).
+func runDemo(cmd *cobra.Command, data, image, httpAddr string) error {
+	o := newSimOptions()
+	if cmd.Flags().Changed("data") {
+		o.data = data
+	}
+	o.image = image
+	if httpAddr != "" {
+		o.http = httpAddr
+	}
+	return o.run(cmd.Context(), cmd, cmd.OutOrStdout())
 }
 
 // findAgent locates the host-built cm4agent.
