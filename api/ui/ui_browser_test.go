@@ -629,6 +629,25 @@ func TestDashboardControlsInBrowser(t *testing.T) {
 		t.Fatalf("backups after delete: %+v, want none", backups)
 	}
 
+	// Deploy all ready: one confirmation, every idle device gets a deploy.
+	// (d is done: it reboots from its eMMC, so it is not waiting for work.)
+	e := &simDevice{t: t, base: base, MAC: "dc:a6:32:0a:0b:02", Serial: "2000000b"}
+	f := &simDevice{t: t, base: base, MAC: "dc:a6:32:0a:0b:03", Serial: "2000000c"}
+	e.register()
+	f.register()
+	b.waitFor(t, "two ready devices", `document.querySelector('[data-testid=deploy-all]').textContent === 'Deploy all ready (2)'`)
+	b.do(t, "click Deploy all ready", chromedp.Click(chromedp.CSS(`[data-testid=deploy-all]`)))
+	b.waitFor(t, "the bulk confirmation", `document.getElementById('confirm').open && document.getElementById('confirm-text').textContent.includes('`+e.MAC+`, `+f.MAC+`')`)
+	b.do(t, "confirm", chromedp.Click(chromedp.CSS(`[data-testid=confirm-ok]`)))
+	for _, m := range []string{e.MAC, f.MAC} {
+		b.waitFor(t, m+" pending", card(m)+`.dataset.state === 'pending'`)
+		techDo(t, base, token, http.MethodGet, "/api/v1/devices/"+url.PathEscape(m), nil, &dev)
+		if dev.Action == nil || dev.Action.Type != wire.ActionDeploy || dev.Action.State != wire.StatePending {
+			t.Fatalf("%s after Deploy all: action %+v, want a pending deploy", m, dev.Action)
+		}
+	}
+	b.waitFor(t, "no ready device left", `document.querySelector('[data-testid=deploy-all]').disabled`)
+
 	// Logout: back to the login form, and the session no longer works.
 	b.do(t, "log out", chromedp.Click(chromedp.CSS(`[data-testid=logout]`)))
 	b.waitFor(t, "the login form", `!document.getElementById('login').hidden && document.getElementById('app').hidden`)

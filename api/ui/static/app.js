@@ -559,6 +559,38 @@
       if (n[s]) c.append(el("span", { class: "count " + s, "data-testid": "count-" + s }, n[s] + " " + (STATE_WORDS[s] || s).toLowerCase()));
     }
     $("#no-devices").hidden = S.devices.size > 0;
+    const ready = readyMACs().length;
+    const all = $("#deploy-all");
+    all.disabled = ready === 0;
+    all.textContent = ready ? "Deploy all ready (" + ready + ")" : "Deploy all ready";
+  }
+  // readyMACs lists the devices that are netbooted and waiting for work.
+  function readyMACs() {
+    return [...S.devices.values()].filter(d => deviceState(d) === "idle").map(d => pick(d, "mac", "MAC")).sort();
+  }
+  async function onDeployAll() {
+    const macs = readyMACs();
+    if (!macs.length) return;
+    const img = $("#default-image").value || "";
+    const shown = img || defaultImageName() || "the bench default image";
+    const assigned = macs.filter(m => pick(S.devices.get(m), "image", "Image")).length;
+    if (!(await confirmDialog("Deploy to " + macs.length + (macs.length === 1 ? " device?" : " devices?"),
+      "This overwrites the eMMC of " + macs.join(", ") + " with " + shown +
+      (assigned && !img ? " (or the image assigned to the device)" : "") + ".", "Deploy and overwrite all"))) return;
+    const btn = $("#deploy-all");
+    btn.disabled = true;
+    try {
+      const body = { macs, action: "deploy" };
+      if (img) body.image = img;
+      const acts = (await api("POST", "/api/v1/actions", body)) || [];
+      for (const a of acts) noteAction(pick(a, "mac", "MAC"), a);
+      if (acts.length < macs.length) showError("Only " + acts.length + " of " + macs.length + " deploys were queued.");
+    } catch (e) {
+      showError("Deploy all failed: " + e.message);
+      loadDevices();
+    } finally {
+      renderCounts();
+    }
   }
 
   async function onDeviceButton(mac, act, btn) {
@@ -843,6 +875,7 @@
     $("#login-form").addEventListener("submit", onLogin);
     $("#logout").addEventListener("click", onLogout);
     $("#netboot-switch").addEventListener("click", onSwitch);
+    $("#deploy-all").addEventListener("click", onDeployAll);
     // Keep the "seen … ago" notes fresh without a reload.
     setInterval(() => { for (const [mac, d] of S.devices) renderDevice(S.cards.get(mac), d); }, 30000);
     start();
