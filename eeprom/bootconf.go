@@ -234,11 +234,31 @@ func validKey(key string) error {
 	return nil
 }
 
-// Boot modes, one per BOOT_ORDER nibble.
-var bootModes = [16]string{
-	0x0: "SD CARD DETECT", 0x1: "SD CARD/eMMC", 0x2: "NETWORK", 0x3: "RPIBOOT",
-	0x4: "USB-MSD", 0x5: "BCM-USB-MSD", 0x6: "NVME", 0x7: "HTTP",
-	0xe: "STOP", 0xf: "RESTART",
+// modeName names a BOOT_ORDER nibble; "" for a value that is not a mode.
+func modeName(n uint64) string {
+	switch n {
+	case 0x0:
+		return "SD CARD DETECT"
+	case 0x1:
+		return "SD CARD/eMMC"
+	case 0x2:
+		return "NETWORK"
+	case 0x3:
+		return "RPIBOOT"
+	case 0x4:
+		return "USB-MSD"
+	case 0x5:
+		return "BCM-USB-MSD"
+	case 0x6:
+		return "NVME"
+	case 0x7:
+		return "HTTP"
+	case 0xe:
+		return "STOP"
+	case 0xf:
+		return "RESTART"
+	}
+	return ""
 }
 
 // BootModes decodes a BOOT_ORDER value into its modes in the order the
@@ -251,10 +271,10 @@ func BootModes(order string) ([]string, error) {
 	var modes []string
 	for ; v != 0; v >>= 4 {
 		n := v & 0xf
-		if bootModes[n] == "" {
+		if modeName(n) == "" {
 			return nil, fmt.Errorf("eeprom: BOOT_ORDER %s: unknown mode 0x%x: %w", order, n, ErrInvalid)
 		}
-		modes = append(modes, bootModes[n])
+		modes = append(modes, modeName(n))
 	}
 	return modes, nil
 }
@@ -294,36 +314,39 @@ func ValidateBootOrder(order string) (warnings []string, err error) {
 		n := v & 0xf
 		lastMode := v>>4 == 0
 		switch {
-		case bootModes[n] == "":
+		case modeName(n) == "":
 			return nil, fmt.Errorf("eeprom: BOOT_ORDER %s: nibble %d is 0x%x, not a boot mode (0-7, e, f): %w", order, pos, n, ErrInvalid)
 		case (n == 0xf || n == 0xe) && !lastMode:
 			return nil, fmt.Errorf("eeprom: BOOT_ORDER %s: %s (0x%x) must be the last mode (the leftmost digit), found at nibble %d: %w",
-				order, bootModes[n], n, pos, ErrInvalid)
+				order, modeName(n), n, pos, ErrInvalid)
 		case n == 0x3 && !lastMode && v>>4 != 0xf:
 			warnings = append(warnings, fmt.Sprintf("BOOT_ORDER %s: RPIBOOT (3) waits forever; put it last", order))
 		case n == 0x0:
 			warnings = append(warnings, fmt.Sprintf("BOOT_ORDER %s: SD CARD DETECT (0) is deprecated", order))
 		}
 		if seen[n] && n != 0xf {
-			warnings = append(warnings, fmt.Sprintf("BOOT_ORDER %s: mode %s (0x%x) appears twice", order, bootModes[n], n))
+			warnings = append(warnings, fmt.Sprintf("BOOT_ORDER %s: mode %s (0x%x) appears twice", order, modeName(n), n))
 		}
 		seen[n] = true
 	}
 	return warnings, nil
 }
 
-// knownKeys are the documented bootloader config keys (eeprom.md §3.3).
-var knownKeys = []string{
-	"BOOT_ORDER", "BOOT_UART", "WAKE_ON_GPIO", "POWER_OFF_ON_HALT", "ENABLE_SELF_UPDATE", "FREEZE_VERSION",
-	"DISABLE_HDMI", "HDMI_DELAY", "PARTITION", "PARTITION_WALK", "BOOT_WATCHDOG_TIMEOUT", "REBOOT_ON_FATAL_ERROR",
-	"MAX_RESTARTS", "NET_BOOT_MAX_RETRIES", "SD_BOOT_MAX_RETRIES", "DHCP_TIMEOUT", "DHCP_REQ_TIMEOUT",
-	"TFTP_FILE_TIMEOUT", "TFTP_IP", "TFTP_PREFIX", "TFTP_PREFIX_STR", "CLIENT_IP", "SUBNET", "GATEWAY",
-	"PXE_OPTION43", "DHCP_OPTION97", "MAC_ADDRESS", "MAC_ADDRESS_OTP", "NET_INSTALL_ENABLED",
-	"NET_INSTALL_AT_POWER_ON", "NET_INSTALL_KEYBOARD_WAIT", "HTTP_HOST", "HTTP_PORT", "HTTP_PATH",
-	"HTTP_CACERT_HASH", "NETCONSOLE", "USB_MSD_EXCLUDE_VID_PID", "USB_MSD_DISCOVER_TIMEOUT",
-	"USB_MSD_LUN_TIMEOUT", "USB_MSD_PWR_OFF_TIME", "USB_MSD_STARTUP_DELAY", "VL805", "XHCI_DEBUG",
-	"SDRAM_BANKLOW", "SIGNED_BOOT", "BOOTVAR0", "PSU_MAX_CURRENT", "USB_MSD_BOOT_MAX_RETRIES",
-}
-
 // KnownKey reports whether key is a documented bootloader config key.
-func KnownKey(key string) bool { return slices.Contains(knownKeys, key) }
+// The list is eeprom.md §3.3 (documented keys and defaults).
+func KnownKey(key string) bool {
+	switch key {
+	case
+		"BOOT_ORDER", "BOOT_UART", "WAKE_ON_GPIO", "POWER_OFF_ON_HALT", "ENABLE_SELF_UPDATE", "FREEZE_VERSION",
+		"DISABLE_HDMI", "HDMI_DELAY", "PARTITION", "PARTITION_WALK", "BOOT_WATCHDOG_TIMEOUT", "REBOOT_ON_FATAL_ERROR",
+		"MAX_RESTARTS", "NET_BOOT_MAX_RETRIES", "SD_BOOT_MAX_RETRIES", "DHCP_TIMEOUT", "DHCP_REQ_TIMEOUT",
+		"TFTP_FILE_TIMEOUT", "TFTP_IP", "TFTP_PREFIX", "TFTP_PREFIX_STR", "CLIENT_IP", "SUBNET", "GATEWAY",
+		"PXE_OPTION43", "DHCP_OPTION97", "MAC_ADDRESS", "MAC_ADDRESS_OTP", "NET_INSTALL_ENABLED",
+		"NET_INSTALL_AT_POWER_ON", "NET_INSTALL_KEYBOARD_WAIT", "HTTP_HOST", "HTTP_PORT", "HTTP_PATH",
+		"HTTP_CACERT_HASH", "NETCONSOLE", "USB_MSD_EXCLUDE_VID_PID", "USB_MSD_DISCOVER_TIMEOUT",
+		"USB_MSD_LUN_TIMEOUT", "USB_MSD_PWR_OFF_TIME", "USB_MSD_STARTUP_DELAY", "VL805", "XHCI_DEBUG",
+		"SDRAM_BANKLOW", "SIGNED_BOOT", "BOOTVAR0", "PSU_MAX_CURRENT", "USB_MSD_BOOT_MAX_RETRIES":
+		return true
+	}
+	return false
+}

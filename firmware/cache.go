@@ -98,7 +98,7 @@ func (c *Cache) BlobPath(sum string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	if !hexSHA256.MatchString(sum) {
+	if !isSHA256(sum) {
 		return "", fmt.Errorf("firmware: %q is not a sha256", sum)
 	}
 	return filepath.Join(root, "sha256", sum), nil
@@ -356,7 +356,7 @@ func (c *Cache) readLock() (lockFile, error) {
 		return lf, fmt.Errorf("firmware: lock file %s is damaged (fix or delete it to re-pin): %w", p, err)
 	}
 	for u, e := range lf.Files {
-		if !hexSHA256.MatchString(e.SHA256) || e.Size < 0 {
+		if !isSHA256(e.SHA256) || e.Size < 0 {
 			return lf, fmt.Errorf("firmware: lock file %s: entry for %s is invalid", p, u)
 		}
 	}

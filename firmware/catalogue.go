@@ -41,7 +41,6 @@ import (
 	"fmt"
 	"net/url"
 	"path"
-	"regexp"
 	"slices"
 	"sort"
 	"strings"
@@ -88,10 +87,32 @@ type Catalogue struct {
 // ErrUnknown is wrapped when a set or file is not in the catalogue.
 var ErrUnknown = errors.New("not in the catalogue")
 
-var (
-	hexSHA256 = regexp.MustCompile(`^[0-9a-f]{64}$`)
-	setName   = regexp.MustCompile(`^[a-z0-9][a-z0-9-]*$`)
-)
+// isSHA256 reports whether s is 64 lowercase hex digits.
+func isSHA256(s string) bool {
+	if len(s) != 64 {
+		return false
+	}
+	for _, c := range []byte(s) {
+		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f') {
+			return false
+		}
+	}
+	return true
+}
+
+// isSetName reports whether s is lowercase letters, digits and '-', not
+// starting with '-'.
+func isSetName(s string) bool {
+	if s == "" || s[0] == '-' {
+		return false
+	}
+	for _, c := range []byte(s) {
+		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
 
 // Default parses the embedded catalogue.
 func Default() (*Catalogue, error) { return Parse([]byte(catalogueJSON)) }
@@ -121,7 +142,7 @@ func Parse(b []byte) (*Catalogue, error) {
 			return nil, fmt.Errorf("firmware: catalogue file %s: url %q is not an https URL", id, f.URL)
 		}
 		switch {
-		case f.SHA256 != "" && !hexSHA256.MatchString(f.SHA256):
+		case f.SHA256 != "" && !isSHA256(f.SHA256):
 			return nil, fmt.Errorf("firmware: catalogue file %s: sha256 %q is not 64 lowercase hex digits", id, f.SHA256)
 		case f.SHA256 != "" && f.Size <= 0:
 			return nil, fmt.Errorf("firmware: catalogue file %s: a pinned file needs its size", id)
@@ -131,7 +152,7 @@ func Parse(b []byte) (*Catalogue, error) {
 		c.files[id] = f
 	}
 	for name, s := range m.Sets {
-		if !setName.MatchString(name) {
+		if !isSetName(name) {
 			return nil, fmt.Errorf("firmware: catalogue set %q: names are lowercase letters, digits and '-'", name)
 		}
 		s.Name = name

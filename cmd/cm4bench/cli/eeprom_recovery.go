@@ -82,6 +82,11 @@ func (o *setBootOrderOptions) run(ctx context.Context, args []string, asJSON boo
 		return errors.New("eeprom set-boot-order: --image FILE is required (a pieeprom-*.bin release image)")
 	}
 	if !o.NoFlash {
+		// The USB flashing seam: this branch is to become buildRecoveryDir
+		// into o.OutDir (a temporary directory when empty) followed by
+		// flashRecoveryDir(ctx, o, rd, ...) from eeprom_flash.go, which
+		// serves the directory with usbboot and checks EEPROM_UPDATE and
+		// EEPROM_HASH (= rd.ImageSHA256).
 		return &ExitError{Code: 2, Err: errors.New("eeprom set-boot-order: flashing over USB needs `cm4bench usbboot`, " +
 			"which is not wired in yet: pass --no-flash --out-dir DIR, then serve DIR with `cm4bench usbboot DIR` or `rpiboot -d DIR`")}
 	}
@@ -162,7 +167,9 @@ type recoveryFile struct {
 
 // Names of the recovery directory files, in the order they are written
 // (pieeprom.sig last: without it recovery.bin flashes nothing).
-var recoveryFileNames = []string{"config.txt", "bootcode4.bin", "pieeprom.bin", "pieeprom.sig"}
+func recoveryFileNames() []string {
+	return []string{"config.txt", "bootcode4.bin", "pieeprom.bin", "pieeprom.sig"}
+}
 
 // buildRecoveryDir sets BOOT_ORDER in spec.Image and writes the recovery
 // directory outDir: config.txt, bootcode4.bin, pieeprom.bin and, last,
@@ -212,7 +219,7 @@ func buildRecoveryDir(spec recoverySpec, outDir string) (recoveryDir, error) {
 	}
 	var stray []string
 	for _, e := range entries {
-		if !slices.Contains(recoveryFileNames, e.Name()) {
+		if !slices.Contains(recoveryFileNames(), e.Name()) {
 			stray = append(stray, e.Name())
 		}
 	}
@@ -226,7 +233,7 @@ func buildRecoveryDir(spec recoverySpec, outDir string) (recoveryDir, error) {
 		return rd, fmt.Errorf("eeprom set-boot-order: remove old pieeprom.sig: %w", err)
 	}
 	var written []string
-	for _, name := range recoveryFileNames {
+	for _, name := range recoveryFileNames() {
 		p := filepath.Join(outDir, name)
 		if err := atomicfile.WriteFile(p, contents[name], 0o644); err != nil {
 			for _, w := range written {
