@@ -24,6 +24,11 @@ type bench struct {
 	Token string
 	Store *store.Store // events emitted here reach the dashboard as the DHCP server's would
 
+	dir    string
+	golden string
+	addr   string
+	stop   func() // stops the running server and waits for it
+
 	mu     sync.Mutex
 	rivals []string
 }
@@ -38,10 +43,8 @@ func (b *bench) setRivals(r ...string) {
 func startBench(t *testing.T) *bench {
 	t.Helper()
 	dir := t.TempDir()
-	ctx, cancel := context.WithCancel(context.Background())
-	st, err := store.Open(ctx, filepath.Join(dir, "cm4bench.db"))
+	st, err := store.Open(context.Background(), filepath.Join(dir, "cm4bench.db"))
 	if err != nil {
-		cancel()
 		t.Fatalf("open store: %v", err)
 	}
 	golden := make([]byte, 4<<20)
@@ -54,12 +57,23 @@ func startBench(t *testing.T) *bench {
 	if err != nil || !created {
 		t.Fatalf("admin token: created=%v err=%v", created, err)
 	}
-	b := &bench{Token: tok, Store: st}
+	b := &bench{Token: tok, Store: st, dir: dir, golden: gp, addr: "127.0.0.1:0"}
+	b.serve(t)
+	t.Cleanup(func() {
+		b.stop()
+		st.Close()
+	})
+	return b
+}
+
+// serve starts a new api.Server on b.addr (the same port after a restart).
+func (b *bench) serve(t *testing.T) {
+	t.Helper()
 	srv := &api.Server{
-		Store:        st,
-		Images:       &images.Library{Dir: filepath.Join(dir, "images"), Default: gp, Cache: st},
-		DataDir:      dir,
-		Token:        tok,
+		Store:        b.Store,
+		Images:       &images.Library{Dir: filepath.Join(b.dir, "images"), Default: b.golden, Cache: b.Store},
+		DataDir:      b.dir,
+		Token:        b.Token,
 		Version:      "test",
 		PollInterval: 200 * time.Millisecond,
 		Rivals: func() []string {
@@ -68,20 +82,32 @@ func startBench(t *testing.T) *bench {
 			return append([]string(nil), b.rivals...)
 		},
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	ln, err := net.Listen("tcp", b.addr)
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("listen %s: %v", b.addr, err)
 	}
-	b.URL = "http://" + ln.Addr().String()
+	b.addr = ln.Addr().String()
+	b.URL = "http://" + b.addr
 	srv.AddAddress(b.URL)
+	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(ctx, ln) }()
-	t.Cleanup(func() {
+	b.stop = func() {
 		cancel()
 		if err := <-done; err != nil && !errors.Is(err, context.Canceled) {
 			t.Errorf("server: %v", err)
 		}
-		st.Close()
-	})
-	return b
+	}
+}
+
+// restart stops the server (closing every stream, as a crash or an upgrade
+// would), runs between while it is down, and starts a new one on the same
+// address over the same store.
+func (b *bench) restart(t *testing.T, between func()) {
+	t.Helper()
+	b.stop()
+	if between != nil {
+		between()
+	}
+	b.serve(t)
 }

@@ -656,3 +656,37 @@ func TestDashboardControlsInBrowser(t *testing.T) {
 	}
 	b.check(t)
 }
+
+// TestDashboardReconnectsInBrowser restarts the server under an open
+// dashboard: the page shows that it lost the stream, reconnects by itself
+// (EventSource with Last-Event-ID), receives the event recorded while it
+// was away, and keeps following live events, without a reload.
+func TestDashboardReconnectsInBrowser(t *testing.T) {
+	bn := startBench(t)
+	b := newBrowser(t)
+	b.login(t, bn.URL, bn.Token)
+	b.do(t, "mark the page", chromedp.Evaluate[chromedp.Void](`window.__cm4benchNoReload = 7`))
+	d1 := &simDevice{t: t, base: bn.URL, MAC: "dc:a6:32:0c:00:01", Serial: "3000000a"}
+	d1.register()
+	b.waitFor(t, "the first card", card(d1.MAC))
+
+	bn.restart(t, func() {
+		b.waitFor(t, "the page to notice", `document.getElementById('live').dataset.state === 'reconnecting'`)
+		// Recorded while no stream is open: only a replay can bring it to the page.
+		if _, err := bn.Store.Emit(context.Background(), wire.Event{Time: time.Now(), Kind: wire.EventDHCPRival, Level: "warn",
+			Message: "another DHCP server, 192.168.9.9, answered while the dashboard was away"}); err != nil {
+			t.Fatal(err)
+		}
+	})
+	b.waitFor(t, "the stream back", `document.getElementById('live').dataset.state === 'live'`)
+	b.waitFor(t, "the replayed rival event", `(() => { const e = document.querySelector('[data-testid=rival-banner]');
+		return !e.hidden && e.textContent.includes('192.168.9.9'); })()`)
+
+	d2 := &simDevice{t: t, base: bn.URL, MAC: "dc:a6:32:0c:00:02", Serial: "3000000b"}
+	d2.register()
+	b.waitFor(t, "a card registered after the restart", card(d2.MAC))
+	if got := b.text(t, `String(window.__cm4benchNoReload)`); got != "7" {
+		t.Errorf("the page reloaded (marker %q)", got)
+	}
+	b.check(t)
+}
