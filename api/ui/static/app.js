@@ -201,7 +201,13 @@
     try {
       st = await api("GET", "/api/v1/status");
     } catch (e) {
-      if (e.status !== 401) showLogin("Cannot load the bench status: " + e.message);
+      if (e.status === 0) {
+        // The server is not answering (restarting?): say so and try again.
+        showLogin("Cannot reach the bench server; trying again…");
+        setTimeout(() => { if (!S.loggedIn) start(); }, 3000);
+      } else if (e.status !== 401) {
+        showLogin("Cannot load the bench status: " + e.message);
+      }
       return;
     }
     S.loggedIn = true;
@@ -235,13 +241,12 @@
     let nb = pick(st, "netboot", "netboot_enabled", "global_netboot");
     if (nb && typeof nb === "object") nb = pick(nb, "enabled");
     if (typeof nb === "boolean") setSwitch(nb);
-    const rivals = pick(st, "rival_dhcp", "rivals", "dhcp_rivals", "rival_dhcp_warnings", "warnings");
-    if (rivals !== undefined) {
-      const list = (Array.isArray(rivals) ? rivals : [rivals]).filter(Boolean).map(r =>
-        typeof r === "string" ? r : (pick(r, "message", "server", "addr", "ip") || JSON.stringify(r)));
-      if (list.length) showRival(list.join("; "), 0);
-      else if (Date.now() > S.rivalUntil) hideRival();
-    }
+    // The server omits rival_dhcp when it has seen none.
+    const rivals = pick(st, "rival_dhcp", "rivals", "dhcp_rivals") || [];
+    const list = (Array.isArray(rivals) ? rivals : [rivals]).filter(Boolean).map(r =>
+      typeof r === "string" ? r : (pick(r, "message", "server", "addr", "ip") || JSON.stringify(r)));
+    if (list.length) showRival(list.join("; "), 0);
+    else if (Date.now() > S.rivalUntil) hideRival();
   }
   function setSwitch(on) {
     if (S.status) S.status.netboot = on;
@@ -735,15 +740,14 @@
       for (const e of evs) handleEvent(e, true);
     } catch { /* the stream still works */ }
   }
-  async function catchUp() {
-    if (S.catching) return;
-    S.catching = true;
+  // catchUp fetches the events after id from the history (those the stream
+  // did not deliver, e.g. of a kind this page has no listener for).
+  async function catchUp(from) {
     try {
-      const evs = (await api("GET", "/api/v1/events?since=" + S.lastId + "&limit=500")) || [];
+      const evs = (await api("GET", "/api/v1/events?since=" + from + "&limit=500")) || [];
       evs.sort((a, b) => (a.id || 0) - (b.id || 0));
       for (const e of evs) handleEvent(e, false);
-    } catch { /* next gap or reconnect tries again */ }
-    S.catching = false;
+    } catch { /* the periodic refresh still brings the devices up to date */ }
   }
   function setLive(state, text) {
     const l = $("#live");
@@ -793,7 +797,7 @@
       if (S.seen.has(id)) return;
       S.seen.add(id);
       if (S.seen.size > 5000) S.seen = new Set([...S.seen].slice(-2500));
-      if (!history && S.lastId && id > S.lastId + 1) setTimeout(catchUp, 0);
+      if (!history && S.lastId && id > S.lastId + 1) { const from = S.lastId; setTimeout(() => catchUp(from), 0); }
       if (id > S.lastId) S.lastId = id;
     }
     const kind = String(e.kind || "");
