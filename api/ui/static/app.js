@@ -402,6 +402,7 @@
     return st;
   }
   function renderDevice(card, d) {
+    if (!card || !d) return;
     const mac = pick(d, "mac", "MAC");
     const facts = pick(d, "facts", "Facts") || {};
     const st = deviceState(d);
