@@ -40,6 +40,9 @@ run: build
 	@echo '== Example: the bootloader config of a real CM4 EEPROM image'
 	$(BUILD)/cm4bench eeprom info ../shared/eeprom-vectors/pieeprom-2026-05-17.bin
 	$(BUILD)/cm4bench eeprom show ../shared/eeprom-vectors/pieeprom-2026-05-17.bin
+	@echo '== Example: a USB recovery directory that flashes BOOT_ORDER=0xf21 (eMMC, network, restart)'
+	$(BUILD)/cm4bench eeprom set-boot-order --image ../shared/eeprom-vectors/pieeprom-2026-05-17.bin \
+	  --recovery ../shared/eeprom-vectors/recovery.bin --out-dir $(BUILD)/recovery --no-flash
 
 test: deps libusbfake arm64-kernel
 	CGO_ENABLED=0 $(GO) vet $(NOCGO_PKGS)
