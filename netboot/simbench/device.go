@@ -191,3 +191,21 @@ func (l link) Reset() error { return l.ns.Do(l.h.Reset) }
 // Link returns the device's eth0 for a pisim.Bootloader: every socket and
 // address change happens inside the device's namespace.
 func (d *Device) Link() pisim.Link { return link{d.NS, &pisim.HostLink{Name: d.NS.Iface}} }
+
+// SetRate shapes the device's link in both directions to rate (a tc rate
+// such as "40mbit"), like a slow switch port; "" removes the shaping.
+func (d *Device) SetRate(ctx context.Context, rate string) error {
+	ends := []struct{ ns, dev string }{{d.NS.Name, d.NS.Iface}, {d.bench.Server.Name, d.Port}}
+	for _, e := range ends {
+		var err error
+		if rate == "" {
+			err = ip(ctx, "netns", "exec", e.ns, "tc", "qdisc", "del", "dev", e.dev, "root")
+		} else {
+			err = ip(ctx, "netns", "exec", e.ns, "tc", "qdisc", "replace", "dev", e.dev, "root", "tbf", "rate", rate, "burst", "64kb", "latency", "200ms")
+		}
+		if err != nil {
+			return fmt.Errorf("simbench: device %d: shape link: %w", d.Index, err)
+		}
+	}
+	return nil
+}

@@ -8,7 +8,6 @@ import (
 	"os/exec"
 	"runtime"
 	"strings"
-	"syscall"
 
 	"golang.org/x/sys/unix"
 )
@@ -46,11 +45,11 @@ func (n *NS) Do(fn func() error) error {
 
 // Command returns a Cmd that runs name inside the namespace through
 // `ip netns exec` (which execs the program, so the Cmd's pid is the
-// program's). It is killed if this process dies.
+// program's). No parent-death signal is set: Linux ties it to the forking
+// thread, and threads that entered a namespace (Do) exit on purpose, which
+// would kill unrelated children. Bench.Close reaps what it started.
 func (n *NS) Command(ctx context.Context, name string, args ...string) *exec.Cmd {
-	cmd := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", n.Name, name}, args...)...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	return cmd
+	return exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", n.Name, name}, args...)...)
 }
 
 // DialContext connects from inside the namespace (use it as an

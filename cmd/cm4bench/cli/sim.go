@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"sort"
 	"strconv"
 	"strings"
@@ -19,6 +20,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/cm4bench/cm4bench/netboot/initramfs/agentbin"
 	"github.com/cm4bench/cm4bench/netboot/pisim"
 	"github.com/cm4bench/cm4bench/netboot/simbench"
 )
@@ -80,7 +82,9 @@ Each simulated board behaves like a CM4 on the wire:
     start4.elf, fixup4.dat, the device tree, cmdline.txt, the kernel and the
     initramfs with "tsize 0 blksize 1024" requests and aborts its many
     existence probes with "Early terminate";
-  - then the real cm4agent (a host build) runs in the board's namespace
+  - then the real cm4agent (for this host's architecture: --agent, a
+    cm4agent next to cm4bench, or the one embedded by make build) runs in
+    the board's namespace
     against a file-backed eMMC, registers, polls, deploys or backs up;
   - after a verified deploy it reboots: with netboot switched off for it, the
     DHCP answer has no menu, the bootloader gives up after DHCP_TIMEOUT and
@@ -128,21 +132,41 @@ func runDemo(cmd *cobra.Command, data, image, httpAddr string) error {
 	return o.run(cmd.Context(), cmd, cmd.OutOrStdout())
 }
 
-// findAgent locates the host-built cm4agent.
-func (o *simOptions) findAgent() (string, error) {
+// findAgent locates the host cm4agent: --agent, then cm4agent next to this
+// binary, then the agent embedded in this binary (make build), then $PATH.
+// An embedded agent is written to a temporary file that cleanup removes.
+func (o *simOptions) findAgent() (path string, cleanup func(), err error) {
+	cleanup = func() {}
 	if o.agent != "" {
-		return o.agent, nil
+		if _, err := os.Stat(o.agent); err != nil {
+			return "", cleanup, fmt.Errorf("sim: --agent: %w", err)
+		}
+		return o.agent, cleanup, nil
 	}
 	if exe, err := os.Executable(); err == nil {
 		p := filepath.Join(filepath.Dir(exe), "cm4agent")
 		if _, err := os.Stat(p); err == nil {
-			return p, nil
+			return p, cleanup, nil
 		}
 	}
-	if p, err := exec.LookPath("cm4agent"); err == nil {
-		return p, nil
+	if bin, err := agentbin.Agent(runtime.GOARCH); err == nil {
+		dir, err := os.MkdirTemp("", "cm4bench-agent-")
+		if err != nil {
+			return "", cleanup, fmt.Errorf("sim: unpack the embedded cm4agent: %w", err)
+		}
+		cleanup = func() { os.RemoveAll(dir) }
+		os.Chmod(dir, 0o755)
+		p := filepath.Join(dir, "cm4agent")
+		if err := os.WriteFile(p, bin, 0o755); err != nil {
+			cleanup()
+			return "", func() {}, fmt.Errorf("sim: unpack the embedded cm4agent: %w", err)
+		}
+		return p, cleanup, nil
 	}
-	return "", errors.New("sim: cm4agent not found next to cm4bench or in $PATH: run `make build` (it builds build/cm4agent) or pass --agent FILE")
+	if p, err := exec.LookPath("cm4agent"); err == nil {
+		return p, cleanup, nil
+	}
+	return "", cleanup, errors.New("sim: no cm4agent: this cm4bench does not embed one and there is none next to it or in $PATH; run `make build`, or pass --agent FILE (go build -o cm4agent ./cmd/cm4agent)")
 }
 
 func (o *simOptions) eeprom() (pisim.EEPROM, error) {
@@ -167,10 +191,11 @@ func (o *simOptions) run(ctx context.Context, cmd *cobra.Command, out io.Writer)
 	if !isRoot() {
 		return &ExitError{Code: 2, Err: fmt.Errorf("sim: %w", simbench.ErrNotRoot)}
 	}
-	agent, err := o.findAgent()
+	agent, cleanupAgent, err := o.findAgent()
 	if err != nil {
 		return err
 	}
+	defer cleanupAgent()
 	log := newLogger(cmd)
 	jsonOut := wantJSON(cmd)
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
