@@ -365,13 +365,20 @@ const InitramfsLine = "initramfs initrd.img followkernel"
 func EditConfigTxt(s string) string {
 	var out []string
 	for _, l := range strings.Split(strings.ReplaceAll(s, "\r\n", "\n"), "\n") {
+		l = strings.TrimRight(l, "\r")
 		f := strings.Fields(l)
 		if len(f) > 0 && (f[0] == "initramfs" || f[0] == "ramfsfile" || f[0] == "ramfsaddr") {
 			continue
 		}
 		out = append(out, l)
 	}
-	for len(out) > 0 && strings.TrimSpace(out[len(out)-1]) == "" {
+	// Drop trailing blank lines and a trailing empty [all] (ours, from an
+	// earlier edit), so that editing twice changes nothing.
+	for len(out) > 0 {
+		last := strings.TrimSpace(out[len(out)-1])
+		if last != "" && !strings.EqualFold(last, "[all]") {
+			break
+		}
 		out = out[:len(out)-1]
 	}
 	out = append(out, "", "[all]", InitramfsLine)
