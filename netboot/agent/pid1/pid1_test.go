@@ -25,9 +25,9 @@ func TestLoadConfig(t *testing.T) {
 	os.WriteFile(p, []byte(`{"server":"http://a:1","modules":["x.ko"],"accept_zstd":true}`), 0o644)
 	for _, tc := range []struct {
 		name, path, cmdline string
-		server, target     string
-		noReboot           bool
-		err                string
+		server, target      string
+		noReboot            bool
+		err                 string
 	}{
 		{"file", p, "console=ttyAMA0", "http://a:1", "/dev/mmcblk0", false, ""},
 		{"cmdline wins", p, "cm4bench.server=http://b:2 cm4bench.target=/dev/vda cm4bench.reboot=0", "http://b:2", "/dev/vda", true, ""},
