@@ -15,6 +15,9 @@ pkgs=(
   curl                # netboot tests: TFTP/HTTP client
   chromium            # api/ui: headless browser test of the dashboard (chromedp)
   qemu-system-arm     # agent e2e: qemu-system-aarch64 boots Debian's arm64 kernel with our initramfs
+  zstd                # api tests: real zstd for compressed images and backups
+  xz-utils            # api tests: real xz for .img.xz images
+  nginx-light         # api bench: nginx serving the same image as the peer to beat (own config, never the service)
 )
 
 missing=()
