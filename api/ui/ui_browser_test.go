@@ -474,6 +474,8 @@ func TestDashboardInBrowser(t *testing.T) {
 		t.Errorf("%s: percent shows %q at the end, want 100%%", a.MAC, got)
 	}
 	b.waitFor(t, a.MAC+" netboot off", `/Netboot off/.test(`+card(a.MAC)+`.querySelector('[data-testid=device-netboot]').textContent)`)
+	b.waitFor(t, "the golden image hashed", `(() => { const r = document.querySelector('[data-testid=image-row][data-name="golden.img"]');
+		return r && !r.textContent.includes('hashing') && r.textContent.includes('4.19 MB'); })()`)
 	b.screenshot(t, dir, "dashboard-done.png")
 	b.media(t, "dark")
 	b.screenshot(t, dir, "dashboard-done-dark.png")
@@ -568,7 +570,29 @@ func TestDashboardControlsInBrowser(t *testing.T) {
 	}
 
 	// A second image appears in the picker as soon as it is uploaded; picking it assigns it.
-	techDo(t, base, token, http.MethodPost, "/api/v1/images?name=second.img", bytes.NewReader(bytes.Repeat([]byte{0x5a}, 1<<20)), nil)
+	// The image is uploaded through the dashboard's file input.
+	upload := func(name string, data []byte) {
+		t.Helper()
+		p := filepath.Join(t.TempDir(), name)
+		if err := os.WriteFile(p, data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		b.do(t, "upload "+name, chromedp.SetUploadFiles(chromedp.CSS(`input[data-testid=image-file]`), []string{p}))
+		b.waitFor(t, name+" in the images list", `[...document.querySelectorAll('[data-testid=image-row]')].some(r => r.dataset.name === '`+name+`')`)
+	}
+	second := bytes.Repeat([]byte{0x5a}, 1<<20)
+	upload("second.img", second)
+	var imgs []wire.Image
+	techDo(t, base, token, http.MethodGet, "/api/v1/images", nil, &imgs)
+	found := false
+	for _, im := range imgs {
+		if im.Name == "second.img" {
+			found = im.Size == int64(len(second))
+		}
+	}
+	if !found {
+		t.Fatalf("images after the dashboard upload: %+v, want second.img of %d bytes", imgs, len(second))
+	}
 	sel := card(d.MAC) + `.querySelector('select[data-testid=device-image]')`
 	b.waitFor(t, "second.img in the picker", `[...`+sel+`.options].some(o => o.value === 'second.img')`)
 	label := b.text(t, `document.querySelector('label[for="' + `+sel+`.id + '"]').textContent`)
@@ -630,6 +654,22 @@ func TestDashboardControlsInBrowser(t *testing.T) {
 	techDo(t, base, token, http.MethodGet, "/api/v1/backups", nil, &backups)
 	if len(backups) != 0 {
 		t.Fatalf("backups after delete: %+v, want none", backups)
+	}
+
+	// An image is deleted from the dashboard after a confirmation.
+	upload("scratch.img", bytes.Repeat([]byte{0x11}, 64<<10))
+	b.do(t, "click Delete on scratch.img", chromedp.Click(chromedp.CSS(`button[aria-label="Delete image scratch.img"]`)))
+	b.waitFor(t, "the image delete confirmation", `document.getElementById('confirm').open`)
+	b.do(t, "confirm", chromedp.Click(chromedp.CSS(`[data-testid=confirm-ok]`)))
+	b.waitFor(t, "scratch.img to go", `![...document.querySelectorAll('[data-testid=image-row]')].some(r => r.dataset.name === 'scratch.img')`)
+	techDo(t, base, token, http.MethodGet, "/api/v1/images", nil, &imgs)
+	for _, im := range imgs {
+		if im.Name == "scratch.img" {
+			t.Fatal("scratch.img still on the server after delete")
+		}
+	}
+	if n := b.text(t, `String(document.querySelectorAll('button[aria-label="Delete image golden.img"]').length)`); n != "0" {
+		t.Error("the default image offers a Delete button")
 	}
 
 	// Deploy all ready: one confirmation, every idle device gets a deploy.

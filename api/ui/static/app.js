@@ -291,6 +291,89 @@
     }
     renderImageSelect($("#default-image"), $("#default-image").value, true);
     for (const [mac, card] of S.cards) renderDeviceImage(card, S.devices.get(mac));
+    renderImages();
+  }
+  function renderImages() {
+    const rows = $("#image-rows");
+    rows.textContent = "";
+    for (const img of S.images) {
+      const name = pick(img, "name", "Name");
+      if (!name) continue;
+      const tr = el("tr", { "data-testid": "image-row", "data-name": name });
+      const nameTd = el("td", { class: "mono" }, name);
+      const isDefault = !!pick(img, "default", "Default");
+      if (isDefault) nameTd.append(el("span", { class: "tag" }, "default"));
+      tr.append(nameTd);
+      const rawSize = Number(pick(img, "size", "Size") || 0);
+      const sizeTd = el("td", { class: "nowrap" }, rawSize > 0 ? fmtBytes(rawSize) : "–");
+      const fmt = pick(img, "format", "Format");
+      const csize = pick(img, "compressed_size", "CompressedSize");
+      if (fmt && fmt !== "raw" && csize) sizeTd.append(el("div", { class: "muted" }, fmt + " " + fmtBytes(csize)));
+      tr.append(sizeTd);
+      const sha = String(pick(img, "sha256", "SHA256") || "");
+      tr.append(el("td", { class: "mono", title: sha }, sha ? sha.slice(0, 10) + "…" : "hashing…"));
+      const actions = el("td", { class: "actions" });
+      if (!isDefault) {
+        const del = el("button", { type: "button", class: "btn quiet", "data-testid": "image-delete", "aria-label": "Delete image " + name }, "Delete");
+        del.addEventListener("click", async () => {
+          if (!(await confirmDialog("Delete " + name + "?", "The image is removed from the server. Devices assigned to it go back to the bench default.", "Delete"))) return;
+          try {
+            await api("DELETE", "/api/v1/images/" + encodeURIComponent(name));
+            await loadImages();
+          } catch (e) {
+            showError("Could not delete " + name + ": " + e.message);
+          }
+        });
+        actions.append(del);
+      }
+      tr.append(actions);
+      rows.append(tr);
+    }
+    $("#images").hidden = S.images.length === 0;
+    $("#no-images").hidden = S.images.length !== 0;
+    // The server hashes new images in the background: look again until done.
+    clearTimeout(S.hashTimer);
+    if (S.loggedIn && S.images.some(i => !pick(i, "sha256", "SHA256"))) S.hashTimer = setTimeout(loadImages, 2000);
+  }
+  // onUpload streams the chosen file to POST /api/v1/images?name=... with
+  // upload progress (XMLHttpRequest reports it; fetch does not).
+  function onUpload(ev) {
+    const input = ev.target;
+    const file = input.files && input.files[0];
+    if (!file) return;
+    const box = $("#upload-progress"), bar = box.querySelector(".bar"), fill = bar.querySelector(".fill"), text = $("#upload-text");
+    box.hidden = false;
+    input.disabled = true;
+    const show = (pct, msg) => {
+      fill.style.width = pct.toFixed(1) + "%";
+      bar.setAttribute("aria-valuenow", String(Math.floor(pct)));
+      text.textContent = msg;
+    };
+    show(0, "Uploading " + file.name + "…");
+    const xhr = new XMLHttpRequest();
+    xhr.open("POST", "/api/v1/images?name=" + encodeURIComponent(file.name));
+    xhr.setRequestHeader("Content-Type", "application/octet-stream");
+    xhr.upload.onprogress = e => {
+      if (e.lengthComputable && e.total > 0) {
+        show(e.loaded / e.total * 100, "Uploading " + file.name + ": " + fmtBytes(e.loaded) + " of " + fmtBytes(e.total));
+      }
+    };
+    const finish = msg => {
+      input.disabled = false;
+      input.value = "";
+      if (msg) showError(msg);
+      box.hidden = true;
+      loadImages();
+    };
+    xhr.onload = () => {
+      if (xhr.status >= 200 && xhr.status < 300) { show(100, file.name + " uploaded"); finish(""); return; }
+      let msg = xhr.statusText;
+      try { msg = JSON.parse(xhr.responseText).error || msg; } catch { /* not JSON */ }
+      if (xhr.status === 401) showLogin("Your session has ended. Log in again.");
+      finish("Upload of " + file.name + " failed: " + msg);
+    };
+    xhr.onerror = () => finish("Upload of " + file.name + " failed: the connection to the server broke.");
+    xhr.send(file);
   }
   function defaultImageName() {
     const d = S.images.find(i => pick(i, "default", "Default"));
@@ -881,6 +964,7 @@
     $("#logout").addEventListener("click", onLogout);
     $("#netboot-switch").addEventListener("click", onSwitch);
     $("#deploy-all").addEventListener("click", onDeployAll);
+    $("#image-file").addEventListener("change", onUpload);
     // Keep the "seen … ago" notes fresh without a reload.
     setInterval(() => { for (const [mac, d] of S.devices) renderDevice(S.cards.get(mac), d); }, 30000);
     start();
