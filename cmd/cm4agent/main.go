@@ -55,6 +55,7 @@ type options struct {
 	acceptZstd   bool
 	logLevel     string
 	exitOnReboot bool
+	peakRSS      bool
 }
 
 func runProgram(args []string, stderr io.Writer) int {
@@ -73,6 +74,7 @@ func runProgram(args []string, stderr io.Writer) int {
 	fs.DurationVar(&o.stall, "stall", 30*time.Second, "resume a download that delivered nothing for this long")
 	fs.BoolVar(&o.acceptZstd, "accept-zstd", false, "ask the server for the zstd-compressed image stream")
 	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	fs.BoolVar(&o.peakRSS, "print-peak-rss", false, "print the peak resident memory (VmHWM) on exit (benchmarks)")
 	fs.BoolVar(&o.exitOnReboot, "exit-on-reboot", false, "after a verified deploy, exit with status 3 where PID 1 would reboot (the simulated bench then reboots the board)")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, `Usage: cm4agent --server URL --target FILE|DEV [flags]
@@ -125,6 +127,9 @@ Flags:
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	if o.peakRSS {
+		defer printPeakRSS(stderr)
+	}
 	rebooted := false
 	if o.exitOnReboot {
 		ctx, cancel := context.WithCancel(ctx)
@@ -148,6 +153,20 @@ Flags:
 		return 1
 	}
 	return 0
+}
+
+// printPeakRSS prints the VmHWM line of /proc/self/status.
+func printPeakRSS(w io.Writer) {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		fmt.Fprintf(w, "cm4agent: peak RSS: %v\n", err)
+		return
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "VmHWM:"); ok {
+			fmt.Fprintf(w, "cm4agent: peak RSS (VmHWM) %s\n", strings.TrimSpace(v))
+		}
+	}
 }
 
 // firstMAC is the MAC of the first up, non-loopback Ethernet interface.
