@@ -434,6 +434,7 @@ func TestDashboardInBrowser(t *testing.T) {
 	if got := b.text(t, card(a.MAC)+`.querySelector('[data-testid=device-eta]').textContent`); !strings.HasPrefix(got, "ETA ") {
 		t.Errorf("%s: ETA shows %q, want an ETA", a.MAC, got)
 	}
+	b.waitFor(t, "the Write step current", card(a.MAC)+`.querySelector('[data-testid=device-steps] [aria-current=step]').dataset.step === 'write'`)
 	b.waitFor(t, "the bench throughput", `(document.querySelector('[data-testid=bench-rate]') || {}).textContent === '40 MB/s total'`)
 	if got := b.text(t, card(a.MAC)+`.dataset.state`); got != "running" {
 		t.Errorf("%s: state %q during progress, want running", a.MAC, got)
@@ -447,6 +448,8 @@ func TestDashboardInBrowser(t *testing.T) {
 		Lines: []string{"cm4agent: write done, 4194304 bytes", "cm4agent: verify: reading back /dev/mmcblk0"}})
 	fail.finish(wire.StatusFailed, "verify: sha256 mismatch at offset 1048576", 0, "")
 	b.waitFor(t, fail.MAC+" failed", card(fail.MAC)+`.dataset.state === 'failed' && !`+card(fail.MAC)+`.querySelector('[data-testid=device-error]').hidden`)
+	b.waitFor(t, "the Verify step failed", `(() => { const s = `+card(fail.MAC)+`.querySelector('[data-testid=device-steps] [aria-current=step]');
+		return s && s.dataset.step === 'verify' && s.className === 'failed'; })()`)
 	if got := b.text(t, card(fail.MAC)+`.querySelector('[data-testid=device-error]').textContent`); !strings.Contains(got, "Verification failed") || !strings.Contains(got, "sha256 mismatch") {
 		t.Errorf("%s: error shows %q, want the plain reason and the detail", fail.MAC, got)
 	}
@@ -470,6 +473,9 @@ func TestDashboardInBrowser(t *testing.T) {
 	a.progress("verify", total, total, 41e6)
 	a.finish(wire.StatusSuccess, "", total, sum)
 	b.waitFor(t, a.MAC+" done", card(a.MAC)+`.dataset.state === 'done' && `+card(a.MAC)+`.querySelector('[role=progressbar]').getAttribute('aria-valuenow') === '100'`)
+	if got := b.text(t, `[...`+card(a.MAC)+`.querySelectorAll('[data-testid=device-steps] li')].map(l => l.dataset.step + ':' + l.className).join(' ')`); got != "queued:done write:done verify:done done:done" {
+		t.Errorf("%s: steps at the end %q, want every step done", a.MAC, got)
+	}
 	if got := b.text(t, card(a.MAC)+`.querySelector('[data-testid=device-percent]').textContent`); got != "100%" {
 		t.Errorf("%s: percent shows %q at the end, want 100%%", a.MAC, got)
 	}

@@ -575,6 +575,7 @@
     }
     set("phase", phase);
     card.querySelector(".activity").toggleAttribute("data-idle", !act);
+    renderSteps(card.querySelector(".steps"), act ? actType : "", actState || st, p.phase);
     fill.style.width = pct.toFixed(1) + "%";
     bar.setAttribute("aria-valuenow", String(Math.floor(pct)));
     bar.setAttribute("aria-label", "Progress of " + pick(d, "mac", "MAC"));
@@ -615,6 +616,29 @@
     const hasLog = Array.isArray(lines) && lines.length > 0 && (actState === "failed" || st === "failed");
     logBox.hidden = !hasLog;
     if (hasLog) logBox.querySelector("pre").textContent = lines.slice(-12).join("\n");
+  }
+  // renderSteps shows where an action is: queued, then the agent's phases
+  // (deploy: write, verify; backup: upload), then done.
+  const STEP_WORDS = { queued: "Queued", write: "Write", verify: "Verify", upload: "Upload", done: "Done" };
+  function renderSteps(ol, type, state, phase) {
+    const steps = type === "deploy" ? ["queued", "write", "verify", "done"]
+      : type === "backup" ? ["queued", "upload", "done"] : [];
+    let cur = 0;
+    if (state === "done") cur = steps.length; // every step passed
+    else if (state === "running" || state === "failed") cur = Math.max(1, steps.indexOf(phase));
+    const key = steps.join() + "|" + cur + "|" + state;
+    if (ol.dataset.key === key) return;
+    ol.dataset.key = key;
+    ol.textContent = "";
+    steps.forEach((name, i) => {
+      const li = el("li", { "data-step": name }, STEP_WORDS[name] || name);
+      if (i < cur || (state === "done" && i === steps.length - 1)) li.className = "done";
+      else if (i === cur) {
+        li.className = state === "failed" ? "failed" : state === "cancelled" ? "cancelled" : "current";
+        li.setAttribute("aria-current", "step");
+      }
+      ol.append(li);
+    });
   }
   // plainError turns an agent or server error into words a technician can act on.
   function plainError(err, act) {
