@@ -46,6 +46,10 @@ type Server struct {
 	// OnEvent, when set, receives every event; it is called from several
 	// goroutines at once.
 	OnEvent func(Event)
+	// Finish, when set, is called when a board's session ends, before its
+	// result is reported; a non-nil error fails the board (for example a
+	// flash not confirmed, or metadata that could not be saved).
+	Finish func(Result) error
 	// OnResult, when set, receives each board's result when it finishes.
 	OnResult func(Result)
 }
@@ -351,6 +355,13 @@ func (s *Server) board(ctx context.Context, d Desc) Result {
 		}
 		if err != nil {
 			err = fmt.Errorf("usbboot: %s: %w", d.Port, err)
+		}
+	}
+	ss.res.End = clk.Now()
+	if s.Finish != nil {
+		ss.res.Err = err
+		if ferr := s.Finish(ss.res); ferr != nil {
+			err = errors.Join(err, fmt.Errorf("usbboot: %s: %w", d.Port, ferr))
 		}
 	}
 	if err != nil && ss.fullSpd && !errors.Is(err, ErrFullSpeed) {
