@@ -30,12 +30,14 @@ type setBootOrderOptions struct {
 	Timestamp int64  // --timestamp: ts of pieeprom.sig (-1 = $SOURCE_DATE_EPOCH or now)
 	UART      bool   // --uart: recovery.bin logs on GPIO14/15 (uart_2ndstage=1)
 	Cache     string // --cache: firmware cache directory ("" = user cache dir)
+
+	usbServeFlags // flashing: --loop, --port, --serial, --timeout, --metadata-dir (eeprom_flash.go)
 }
 
 func newEEPROMSetBootOrderCmd() *cobra.Command {
 	opts := &setBootOrderOptions{}
 	cmd := &cobra.Command{
-		Use:   "set-boot-order [ORDER] --image IMAGE --out-dir DIR --no-flash",
+		Use:   "set-boot-order [ORDER] --image IMAGE [--out-dir DIR --no-flash]",
 		Short: "Build a USB recovery directory that flashes a new BOOT_ORDER",
 		Long: `set-boot-order sets BOOT_ORDER (default 0xf21: eMMC, then network, then restart) in a copy
 of IMAGE and writes a ready recovery directory for USB boot:
@@ -50,13 +52,18 @@ pieeprom.sig is written last: a directory without it is incomplete. The director
 empty, or one written before by set-boot-order: stray files (a pieeprom.upd, say) are refused
 because USB boot would serve them.
 
-Flashing over USB is done by "cm4bench usbboot"; until it is wired in here, --no-flash is
-required and the directory can be served with "cm4bench usbboot DIR" or "rpiboot -d DIR".
+Without --no-flash the directory (a temporary one unless --out-dir is given) is served over
+USB at once, as "cm4bench usbboot DIR" would: a board counts as flashed only when recovery.bin
+read this pieeprom.bin, reported EEPROM_UPDATE=success and then Done, and reported an
+EEPROM_HASH equal to the image's sha256. --loop flashes board after board; --port and --serial
+select boards; exit status as for usbboot (5: a board not confirmed, 6: timed out). With
+--no-flash the directory can be served later with "cm4bench usbboot DIR" or "rpiboot -d DIR".
 On the board: fit nRPIBOOT, connect the USB slave port, power on; recovery.bin reports
 EEPROM_UPDATE=success as USB metadata and the green LED then flashes rapidly.`,
 		Example: `  cm4bench eeprom set-boot-order --image pieeprom-2026-05-17.bin --recovery recovery.bin \
       --out-dir recovery --no-flash
-  cm4bench eeprom set-boot-order 0xf2 --image pieeprom.bin --out-dir netboot-only --no-flash --json`,
+  cm4bench eeprom set-boot-order 0xf2 --image pieeprom.bin --out-dir netboot-only --no-flash --json
+  cm4bench eeprom set-boot-order --image pieeprom.bin --recovery recovery.bin --loop   # flash board after board`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return opts.run(cmd.Context(), args, wantJSON(cmd), cmd.OutOrStdout(), cmd.ErrOrStderr())
@@ -70,6 +77,7 @@ EEPROM_UPDATE=success as USB metadata and the green LED then flashes rapidly.`,
 	f.Int64Var(&opts.Timestamp, "timestamp", -1, "ts: of pieeprom.sig in `UNIX` seconds (default $SOURCE_DATE_EPOCH or now)")
 	f.BoolVar(&opts.UART, "uart", false, "have recovery.bin log on the UART (GPIO14/15, 115200 baud)")
 	f.StringVar(&opts.Cache, "cache", "", "firmware cache `DIR` for the default recovery.bin")
+	opts.usbServeFlags.bind(cmd)
 	return cmd
 }
 
@@ -82,13 +90,7 @@ func (o *setBootOrderOptions) run(ctx context.Context, args []string, asJSON boo
 		return errors.New("eeprom set-boot-order: --image FILE is required (a pieeprom-*.bin release image)")
 	}
 	if !o.NoFlash {
-		// The USB flashing seam: this branch is to become buildRecoveryDir
-		// into o.OutDir (a temporary directory when empty) followed by
-		// flashRecoveryDir(ctx, o, rd, ...) from eeprom_flash.go, which
-		// serves the directory with usbboot and checks EEPROM_UPDATE and
-		// EEPROM_HASH (= rd.ImageSHA256).
-		return &ExitError{Code: 2, Err: errors.New("eeprom set-boot-order: flashing over USB needs `cm4bench usbboot`, " +
-			"which is not wired in yet: pass --no-flash --out-dir DIR, then serve DIR with `cm4bench usbboot DIR` or `rpiboot -d DIR`")}
+		return o.flash(ctx, order, asJSON, stdout, stderr) // eeprom_flash.go
 	}
 	if o.OutDir == "" {
 		return errors.New("eeprom set-boot-order: --out-dir DIR is required with --no-flash")

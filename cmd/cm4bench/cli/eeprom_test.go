@@ -373,7 +373,7 @@ func TestEEPROMSetBootOrderRefusals(t *testing.T) {
 		want string
 		code int
 	}{
-		{"flash not wired", []string{"--image", img, "--recovery", recovery, "--out-dir", filepath.Join(base, "a")}, "--no-flash", 2},
+		{"flash, no board", []string{"--image", img, "--recovery", recovery, "--timeout", "1ms"}, "no RPIBOOT device", 3},
 		{"no image", []string{"--recovery", recovery, "--out-dir", filepath.Join(base, "b"), "--no-flash"}, "--image FILE is required", 1},
 		{"no out dir", []string{"--image", img, "--recovery", recovery, "--no-flash"}, "--out-dir DIR is required", 1},
 		{"no recovery", []string{"--image", img, "--out-dir", filepath.Join(base, "c"), "--no-flash", "--cache", filepath.Join(base, "cache")}, "recovery", 1},
