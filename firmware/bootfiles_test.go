@@ -165,7 +165,9 @@ func FuzzBootFiles(f *testing.F) {
 	tw.Write([]byte("abc"))
 	tw.Close()
 	f.Add(posix.Bytes())
-	f.Add(readShared(f, "firmware-fixtures/bootfiles.bin")[:8192])
+	// the real archive's first header (GNU "ustar  " magic, a 2711/ directory)
+	// followed by the end-of-archive marker
+	f.Add(append(bytes.Clone(readShared(f, "firmware-fixtures/bootfiles.bin")[:512]), make([]byte, 1024)...))
 	f.Add([]byte{})
 	f.Fuzz(func(t *testing.T, data []byte) {
 		bf, err := ParseBootFiles(data)

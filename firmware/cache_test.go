@@ -496,3 +496,34 @@ func TestNetbootLock(t *testing.T) {
 		t.Errorf("import with lock = %v, %v", got, err)
 	}
 }
+
+// FuzzCatalogue: Parse never panics, and an accepted catalogue only has
+// https URLs, well-formed pins, safe served names and resolvable sets.
+func FuzzCatalogue(f *testing.F) {
+	f.Add([]byte(catalogueJSON))
+	f.Add([]byte(`{"version":1,"files":{"a":{"url":"https://x/a"}},"sets":{"s":{"files":{"d/x":"a"}}}}`))
+	f.Add([]byte(`{"version":1}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		cat, err := Parse(b)
+		if err != nil {
+			return
+		}
+		for _, file := range cat.Files() {
+			u, err := url.Parse(file.URL)
+			if err != nil || u.Scheme != "https" || (file.SHA256 != "" && (!isSHA256(file.SHA256) || file.Size <= 0)) {
+				t.Fatalf("accepted bad file %+v", file)
+			}
+		}
+		for _, name := range cat.SetNames() {
+			files, err := cat.SetFiles(name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, sf := range files {
+				if checkServedName(sf.Name) != nil || filepath.IsAbs(sf.Name) || strings.Contains(sf.Name, "..") {
+					t.Fatalf("accepted served name %q", sf.Name)
+				}
+			}
+		}
+	})
+}
