@@ -36,6 +36,13 @@ type RigConfig struct {
 	HTTP string
 	// ServerArgs are extra `netboot serve` flags.
 	ServerArgs []string
+	// Prepare, if set, runs after the namespaces and eMMC files exist and
+	// before the server starts and the boards power on (fill an eMMC,
+	// mount a small backup disk, ...).
+	Prepare func(r *Rig) error
+	// DeviceURL is the cm4bench.server= URL written into cmdline.txt; ""
+	// = the server itself. Fault tests point it at a proxy.
+	DeviceURL string
 	// EEPROM of every device; AgentArgs are extra cm4agent flags.
 	EEPROM    pisim.EEPROM
 	AgentArgs []string
@@ -115,7 +122,11 @@ func StartRig(ctx context.Context, cfg RigConfig) (_ *Rig, err error) {
 			return nil, fmt.Errorf("simbench: %w", err)
 		}
 	}
-	if err := WriteTFTPRoot(r.TFTPRoot, r.URL); err != nil {
+	devURL := cfg.DeviceURL
+	if devURL == "" {
+		devURL = r.URL
+	}
+	if err := WriteTFTPRoot(r.TFTPRoot, devURL); err != nil {
 		return nil, err
 	}
 	r.Image = cfg.Image
@@ -125,6 +136,11 @@ func StartRig(ctx context.Context, cfg RigConfig) (_ *Rig, err error) {
 			return nil, err
 		}
 		lg.Info("golden image generated", "path", r.Image, "bytes", cfg.ImageSize, "sha256", r.ImageSHA)
+	}
+	if cfg.Prepare != nil {
+		if err := cfg.Prepare(r); err != nil {
+			return nil, fmt.Errorf("simbench: prepare: %w", err)
+		}
 	}
 	r.argv = append([]string{"netboot", "serve",
 		"--iface", BridgeName,

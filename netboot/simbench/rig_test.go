@@ -47,9 +47,8 @@ func findRepoRoot() (string, error) {
 	}
 }
 
-// buildBinaries builds cm4agent and cm4bench (the server) for the bench.
-// While `cm4bench netboot serve` is not built yet it falls back to the
-// stand-in composition of the same real servers (internal/standin).
+// buildBinaries builds the real cm4agent and cm4bench (whose netboot serve
+// is the server) once per test run.
 func buildBinaries(t *testing.T) (agent, server string) {
 	t.Helper()
 	binOnce.Do(func() {
@@ -60,37 +59,30 @@ func buildBinaries(t *testing.T) (agent, server string) {
 			return
 		}
 		os.Chmod(binDir, 0o755)
-		build := func(out, pkg string) error {
+		build := func(out, pkg string, cgo bool) error {
 			cmd := exec.Command("go", "build", "-o", filepath.Join(binDir, out), pkg)
 			cmd.Dir = repoRoot
-			cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+			cmd.Env = os.Environ()
+			if !cgo {
+				cmd.Env = append(cmd.Env, "CGO_ENABLED=0")
+			}
 			if b, err := cmd.CombinedOutput(); err != nil {
 				return fmt.Errorf("go build %s: %v\n%s", pkg, err, b)
 			}
 			return nil
 		}
-		if binErr = build("cm4agent", "./cmd/cm4agent"); binErr != nil {
+		if binErr = build("cm4agent", "./cmd/cm4agent", false); binErr != nil {
 			return
 		}
 		agentBin = filepath.Join(binDir, "cm4agent")
-		// A cm4bench that does not build is caught by its own packages' tests.
-		if build("cm4bench", "./cmd/cm4bench") == nil {
-			serverBin = filepath.Join(binDir, "cm4bench")
-			help, _ := exec.Command(serverBin, "netboot", "serve", "--help").CombinedOutput()
-			serverIsReal = strings.Contains(string(help), "--iface") && strings.Contains(string(help), "--tftp-root")
+		// cm4bench links gousb (cgo) for usbboot.
+		if binErr = build("cm4bench", "./cmd/cm4bench", true); binErr != nil {
+			return
 		}
-		if !serverIsReal {
-			if binErr = build("standin", "./netboot/simbench/internal/standin"); binErr != nil {
-				return
-			}
-			serverBin = filepath.Join(binDir, "standin")
-		}
+		serverBin = filepath.Join(binDir, "cm4bench")
 	})
 	if binErr != nil {
 		t.Fatal(binErr)
-	}
-	if !serverIsReal {
-		t.Log("cm4bench netboot serve is not built yet: using the stand-in composition of the same DHCP, TFTP and API servers")
 	}
 	return agentBin, serverBin
 }
