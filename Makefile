@@ -6,7 +6,7 @@ LDFLAGS := -s -w -X github.com/cm4bench/cm4bench/cmd/cm4bench/cli.Version=$(VERS
 # Packages that must build without cgo (everything but the gousb glue).
 NOCGO_PKGS := $(shell $(GO) list ./... 2>/dev/null | grep -v /usbboot/gousbdev)
 
-.PHONY: all run test bench build lint deps clean libusbfake agents arm64-kernel e2e
+.PHONY: all run test bench build lint deps clean libusbfake agents arm64-kernel e2e soak
 
 all: build
 
@@ -43,6 +43,16 @@ run: build
 	@echo '== Example: a USB recovery directory that flashes BOOT_ORDER=0xf21 (eMMC, network, restart)'
 	$(BUILD)/cm4bench eeprom set-boot-order --image ../shared/eeprom-vectors/pieeprom-2026-05-17.bin \
 	  --recovery ../shared/eeprom-vectors/recovery.bin --out-dir $(BUILD)/recovery --no-flash
+	@echo
+	@echo '== The demo bench: simulated CM4s netboot from the real server, run the real cm4agent;'
+	@echo '   open the dashboard, log in with the printed token, click Deploy or Backup. Ctrl-C ends it.'
+	$(BUILD)/cm4bench netboot serve --demo
+
+# The simulated bench's load and fault runs, long: 50 boards with 16 deploys
+# and 4 backups going for 10 minutes (make test runs the same for 1 minute).
+SOAK ?= 10m
+soak: deps
+	CM4BENCH_SOAK=$(SOAK) $(GO) test -count=1 -v -timeout 90m -run '^(TestLoad|TestFault)' ./netboot/simbench/
 
 test: deps libusbfake arm64-kernel
 	CGO_ENABLED=0 $(GO) vet $(NOCGO_PKGS)
