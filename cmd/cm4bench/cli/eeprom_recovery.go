@@ -23,13 +23,13 @@ const defaultBootOrder = "0xf21"
 // setBootOrderOptions are the flags of "eeprom set-boot-order". Flashing
 // flags (--loop, --port, --serial, --timeout) belong here too.
 type setBootOrderOptions struct {
-	Image     string // --image: the pieeprom.bin to start from (required)
+	Image     string // --image: the pieeprom.bin to start from ("" = firmware cache)
 	Recovery  string // --recovery: recovery.bin, served as bootcode4.bin ("" = firmware cache)
 	OutDir    string // --out-dir: where the recovery directory is written
 	NoFlash   bool   // --no-flash: only write the directory
 	Timestamp int64  // --timestamp: ts of pieeprom.sig (-1 = $SOURCE_DATE_EPOCH or now)
 	UART      bool   // --uart: recovery.bin logs on GPIO14/15 (uart_2ndstage=1)
-	Cache     string // --cache: firmware cache directory ("" = user cache dir)
+	Cache     string // --cache: firmware cache for the defaults ("" = user cache dir)
 
 	usbServeFlags // flashing: --loop, --port, --serial, --timeout, --metadata-dir (eeprom_flash.go)
 }
@@ -42,7 +42,8 @@ func newEEPROMSetBootOrderCmd() *cobra.Command {
 		Long: `set-boot-order sets BOOT_ORDER (default 0xf21: eMMC, then network, then restart) in a copy
 of IMAGE and writes a ready recovery directory for USB boot:
 
-  pieeprom.bin   the image with the new BOOT_ORDER (the rest of its config is kept)
+  pieeprom.bin   IMAGE with the new BOOT_ORDER (the rest of its config is kept); without
+                 --image, the default release pieeprom-2026-05-17.bin from the firmware cache
   pieeprom.sig   its SHA-256 and timestamp, checked by recovery.bin before flashing
   bootcode4.bin  recovery.bin (the EEPROM updater the CM4 boot ROM runs), from --recovery,
                  or from the firmware cache ("cm4bench firmware fetch recovery") when omitted
@@ -70,13 +71,13 @@ EEPROM_UPDATE=success as USB metadata and the green LED then flashes rapidly.`,
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&opts.Image, "image", "", "bootloader image `FILE` to start from (pieeprom-*.bin)")
+	f.StringVar(&opts.Image, "image", "", "bootloader image `FILE` to start from (default: pieeprom-2026-05-17.bin from the firmware cache)")
 	f.StringVar(&opts.Recovery, "recovery", "", "recovery.bin `FILE` served as bootcode4.bin (default: the firmware cache)")
 	f.StringVar(&opts.OutDir, "out-dir", "", "write the recovery directory to `DIR`")
 	f.BoolVar(&opts.NoFlash, "no-flash", false, "only write the recovery directory, do not flash over USB")
 	f.Int64Var(&opts.Timestamp, "timestamp", -1, "ts: of pieeprom.sig in `UNIX` seconds (default $SOURCE_DATE_EPOCH or now)")
 	f.BoolVar(&opts.UART, "uart", false, "have recovery.bin log on the UART (GPIO14/15, 115200 baud)")
-	f.StringVar(&opts.Cache, "cache", "", "firmware cache `DIR` for the default recovery.bin")
+	f.StringVar(&opts.Cache, "cache", "", "firmware cache `DIR` for the default image and recovery.bin")
 	opts.usbServeFlags.bind(cmd)
 	return cmd
 }
@@ -85,9 +86,6 @@ func (o *setBootOrderOptions) run(ctx context.Context, args []string, asJSON boo
 	order := defaultBootOrder
 	if len(args) == 1 {
 		order = args[0]
-	}
-	if o.Image == "" {
-		return errors.New("eeprom set-boot-order: --image FILE is required (a pieeprom-*.bin release image)")
 	}
 	if !o.NoFlash {
 		return o.flash(ctx, order, asJSON, stdout, stderr) // eeprom_flash.go
@@ -99,7 +97,7 @@ func (o *setBootOrderOptions) run(ctx context.Context, args []string, asJSON boo
 	if err != nil {
 		return err
 	}
-	_, image, err := readImageFile(o.Image)
+	image, err := o.imageBytes(ctx)
 	if err != nil {
 		return err
 	}
@@ -123,6 +121,21 @@ func (o *setBootOrderOptions) run(ctx context.Context, args []string, asJSON boo
 	}
 	_, err = fmt.Fprintf(stdout, "serve it to a CM4 in RPIBOOT mode: cm4bench usbboot %s  (or: rpiboot -d %s)\n", rd.Dir, rd.Dir)
 	return err
+}
+
+// imageBytes reads --image. Without it, the default release image comes
+// from the verified firmware cache (the image usbboot's recovery/ flashes).
+func (o *setBootOrderOptions) imageBytes(ctx context.Context) ([]byte, error) {
+	if o.Image != "" {
+		_, b, err := readImageFile(o.Image)
+		return b, err
+	}
+	b, err := cachedFile(ctx, o.Cache, defaultImageID)
+	if err != nil {
+		return nil, fmt.Errorf("eeprom set-boot-order: no --image FILE given and the default image is not usable from the firmware cache "+
+			"(run `cm4bench firmware fetch recovery` or pass --image): %w", err)
+	}
+	return b, nil
 }
 
 // recoveryBin reads --recovery. Without it, recovery.bin comes from the

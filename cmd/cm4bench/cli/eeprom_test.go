@@ -374,7 +374,7 @@ func TestEEPROMSetBootOrderRefusals(t *testing.T) {
 		code int
 	}{
 		{"flash, no board", []string{"--image", img, "--recovery", recovery, "--timeout", "1ms"}, "no RPIBOOT device", 3},
-		{"no image", []string{"--recovery", recovery, "--out-dir", filepath.Join(base, "b"), "--no-flash"}, "--image FILE is required", 1},
+		{"no image", []string{"--recovery", recovery, "--out-dir", filepath.Join(base, "b"), "--no-flash", "--cache", filepath.Join(base, "cache")}, "no --image FILE given", 1},
 		{"no out dir", []string{"--image", img, "--recovery", recovery, "--no-flash"}, "--out-dir DIR is required", 1},
 		{"no recovery", []string{"--image", img, "--out-dir", filepath.Join(base, "c"), "--no-flash", "--cache", filepath.Join(base, "cache")}, "recovery", 1},
 		{"empty recovery", []string{"--image", img, "--recovery", emptyRec, "--out-dir", filepath.Join(base, "d"), "--no-flash"}, "recovery.bin is empty", 1},

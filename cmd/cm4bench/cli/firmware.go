@@ -2,7 +2,6 @@ package cli
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -384,36 +383,48 @@ func (o *firmwareDirOptions) run(ctx context.Context, cmd *cobra.Command, set st
 	return err
 }
 
-// recoveryBinID is the catalogue file set-boot-order serves as bootcode4.bin
-// when --recovery is not given.
-const recoveryBinID = "rpi-eeprom/firmware-2711/latest/recovery.bin"
+// Catalogue files set-boot-order uses when --recovery or --image is
+// omitted.
+const (
+	recoveryBinID  = "rpi-eeprom/firmware-2711/latest/recovery.bin"
+	defaultImageID = "rpi-eeprom/firmware-2711/default/pieeprom-2026-05-17.bin"
+)
 
-// recoveryFromCache returns the verified recovery.bin from the firmware
-// cache (never downloading: set-boot-order must not reach the network
-// behind the technician's back).
-func recoveryFromCache(_ context.Context, cacheDir string) ([]byte, error) {
+// cachedFile returns the verified bytes of a catalogue file from the
+// firmware cache, never downloading (set-boot-order must not reach the
+// network behind the technician's back).
+func cachedFile(_ context.Context, cacheDir, id string) ([]byte, error) {
 	cat, err := firmware.Default()
 	if err != nil {
 		return nil, err
 	}
-	f, err := cat.File(recoveryBinID)
+	f, err := cat.File(id)
 	if err != nil {
 		return nil, err
 	}
 	c := &firmware.Cache{Dir: cacheDir, Catalogue: cat, Offline: true}
 	p, err := c.Lookup(f)
-	if errors.Is(err, firmware.ErrNotCached) {
-		return nil, fmt.Errorf("eeprom set-boot-order: no --recovery FILE given and recovery.bin is not in the firmware cache: run `cm4bench firmware fetch recovery` or pass --recovery: %w", err)
-	}
 	if err != nil {
-		return nil, fmt.Errorf("eeprom set-boot-order: %w", err)
+		return nil, err
 	}
 	b, err := os.ReadFile(p)
 	if err != nil {
-		return nil, fmt.Errorf("eeprom set-boot-order: read cached recovery.bin: %w", err)
+		return nil, fmt.Errorf("read cached %s: %w", id, err)
 	}
+	// re-check: the blob could change between Lookup and ReadFile
 	if got := sha256Hex(b); int64(len(b)) != f.Size || got != f.SHA256 {
-		return nil, fmt.Errorf("eeprom set-boot-order: cached recovery.bin changed while reading (sha256 %s): %w", got, firmware.ErrChecksum)
+		return nil, fmt.Errorf("cached %s changed while reading (sha256 %s): %w", id, got, firmware.ErrChecksum)
+	}
+	return b, nil
+}
+
+// recoveryFromCache returns the verified recovery.bin from the firmware
+// cache.
+func recoveryFromCache(ctx context.Context, cacheDir string) ([]byte, error) {
+	b, err := cachedFile(ctx, cacheDir, recoveryBinID)
+	if err != nil {
+		return nil, fmt.Errorf("eeprom set-boot-order: no --recovery FILE given and recovery.bin is not usable from the firmware cache "+
+			"(run `cm4bench firmware fetch recovery` or pass --recovery): %w", err)
 	}
 	return b, nil
 }

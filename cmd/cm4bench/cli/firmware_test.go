@@ -119,6 +119,15 @@ func TestFirmwareFetchListVerifyDir(t *testing.T) {
 	if !bytes.Equal(readFile(t, filepath.Join(rec, "bootcode4.bin")), readFile(t, eepromVector(t, "recovery.bin"))) {
 		t.Error("set-boot-order did not use the cached recovery.bin")
 	}
+	// and the default image too, when --image is omitted
+	rec2 := filepath.Join(t.TempDir(), "rec")
+	if _, _, err := runCLI(t, "eeprom", "set-boot-order", "--out-dir", rec2, "--no-flash", "--cache", cache, "--timestamp", "1700000000"); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(readFile(t, filepath.Join(rec2, "pieeprom.bin")), readFile(t, eepromVector(t, "pieeprom-2026-05-17.bootorder-f21.bin"))) ||
+		!bytes.Equal(readFile(t, filepath.Join(rec2, "pieeprom.sig")), readFile(t, eepromVector(t, "pieeprom-2026-05-17.bootorder-f21.sig"))) {
+		t.Error("set-boot-order from the cached default image differs from upstream's 0xf21 image")
+	}
 
 	// verify: all good, then a damaged blob is reported (exit 1) and removed
 	if _, _, err := runCLI(t, "firmware", "verify", "recovery", "--cache", cache); err != nil {
