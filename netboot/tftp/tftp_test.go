@@ -393,3 +393,35 @@ func TestRefusals(t *testing.T) {
 }
 
 func fmtSscan(s string, v *int64) (int, error) { return fmt.Sscan(s, v) }
+
+// TestLargeFileWarning: a file the Pi 4 can not fetch (over 65535 blocks of
+// 1024) is still served but flagged in the log and the event.
+func TestLargeFileWarning(t *testing.T) {
+	rootDir, _ := makeRoot(t)
+	f, err := os.Create(filepath.Join(rootDir, "initramfs.img"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Truncate(PiFileLimit + 1); err != nil { // sparse
+		t.Fatal(err)
+	}
+	f.Close()
+	ev := newEvents()
+	srv := &Server{Root: rootDir, Events: ev.add}
+	addr := startLoopback(t, srv)
+	if got := probe(t, addr, "initramfs.img"); got != PiFileLimit+1 {
+		t.Fatalf("tsize %d", got)
+	}
+	e := ev.wait(t, "tftp.probe")
+	if w, _ := e.Fields["warning"].(string); !strings.Contains(w, "64 MiB") {
+		t.Fatalf("no size warning in %+v", e.Fields)
+	}
+	// A file at the limit is not flagged.
+	if err := os.Truncate(filepath.Join(rootDir, "initramfs.img"), PiFileLimit); err != nil {
+		t.Fatal(err)
+	}
+	probe(t, addr, "initramfs.img")
+	if e := ev.wait(t, "tftp.probe"); e.Fields["warning"] != nil {
+		t.Fatalf("file at the limit flagged: %+v", e.Fields)
+	}
+}
