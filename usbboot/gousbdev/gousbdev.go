@@ -1,3 +1,5 @@
+//go:build cgo
+
 // Package gousbdev implements usbboot.Bus and usbboot.Device over libusb
 // with github.com/google/gousb. It is the only cgo package of cm4bench and
 // is a thin pass-through: every protocol decision lives in usbboot.
@@ -6,6 +8,9 @@
 //	if err != nil { return err } // usbboot.ErrNoUSB on a machine without USB
 //	defer bus.Close()
 //	srv := &usbboot.Server{Bus: bus, Files: dir}
+//
+// Built without cgo (CGO_ENABLED=0), the package keeps its API but Open
+// fails with usbboot.ErrNoUSB, so importers still build.
 package gousbdev
 
 import (
@@ -15,7 +20,6 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -251,19 +255,4 @@ func mapErr(ctx context.Context, err error) error {
 		return err
 	}
 	return fmt.Errorf("%w: %w", s, err)
-}
-
-// SubsystemPresent reports whether this machine has a USB subsystem at all
-// (on Linux: /sys/bus/usb or /dev/bus/usb). libusb initialises without one
-// and simply lists nothing, so callers use this to say why.
-func SubsystemPresent() bool {
-	if runtime.GOOS != "linux" {
-		return true
-	}
-	for _, p := range []string{"/sys/bus/usb", "/dev/bus/usb"} {
-		if _, err := os.Stat(p); err == nil {
-			return true
-		}
-	}
-	return false
 }
