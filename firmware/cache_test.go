@@ -248,6 +248,14 @@ func TestSetDirFetchAndVerify(t *testing.T) {
 	if err != nil || dir2 != dir {
 		t.Fatalf("offline SetDir = %s, %v; want %s", dir2, err, dir)
 	}
+	// a stray file dropped into the set directory is not served: it is rebuilt
+	os.WriteFile(filepath.Join(dir, "pieeprom.upd"), []byte("stray"), 0o644)
+	if dir3, err := off.SetDir(context.Background(), "recovery"); err != nil || dir3 != dir {
+		t.Fatalf("SetDir after a stray file = %s, %v", dir3, err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "pieeprom.upd")); !os.IsNotExist(err) {
+		t.Error("stray file still in the set directory")
+	}
 	if n := srv.count(rec); n != 1 {
 		t.Errorf("offline SetDir made requests (%d)", n)
 	}

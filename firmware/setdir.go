@@ -60,6 +60,10 @@ func (c *Cache) SetDir(ctx context.Context, set string) (string, error) {
 				break
 			}
 		}
+		// nothing else may have appeared in it: usbboot would serve it
+		if n, err := countFiles(final); err != nil || n != len(entries) {
+			ok = false
+		}
 		if ok {
 			return final, nil
 		}
@@ -124,4 +128,19 @@ func linkOrCopy(src, dst string) error {
 		return err
 	}
 	return out.Close()
+}
+
+// countFiles counts the non-directory entries under dir.
+func countFiles(dir string) (int, error) {
+	n := 0
+	err := filepath.WalkDir(dir, func(_ string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if !d.IsDir() {
+			n++
+		}
+		return nil
+	})
+	return n, err
 }
