@@ -306,6 +306,9 @@ func (s *Server) Serve(ctx context.Context) error {
 			timeout = 3 * time.Second
 		}
 		r, err := watch.probe(ctx, timeout, s.Addr.Addr())
+		if ctx.Err() != nil {
+			return nil // stopped while probing
+		}
 		if err != nil {
 			return fmt.Errorf("dhcp: serve: probe for other DHCP servers: %w", err)
 		}

@@ -272,6 +272,9 @@ func (p *pool) load(path string) error {
 		if _, dup := p.byIP[l.IP]; dup {
 			continue
 		}
+		if _, dup := p.byMAC[l.MAC]; dup {
+			continue
+		}
 		lc := l
 		p.byMAC[l.MAC] = &lc
 		p.byIP[l.IP] = &lc

@@ -5,7 +5,9 @@ import (
 	"encoding/hex"
 	"net"
 	"net/netip"
+	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -355,4 +357,36 @@ func (c *capture) WriteTo(b []byte, addr net.Addr) (int, error) {
 	c.sent = append([]byte(nil), b...)
 	c.to = addr
 	return len(b), nil
+}
+
+// FuzzLeaseFile: any lease file either fails to load with an error or loads
+// leases that are all inside the pool, one per address and per MAC.
+func FuzzLeaseFile(f *testing.F) {
+	f.Add([]byte(`{"version":1,"leases":[{"mac":"dc:a6:32:01:36:c2","ip":"10.42.0.100","expiry":"2026-01-01T00:00:00Z","bound":true}]}`))
+	f.Add([]byte(`{"version":1,"leases":[{"mac":"dc:a6:32:01:36:c2","ip":"10.42.0.100"},{"mac":"dc:a6:32:01:36:c3","ip":"10.42.0.100"}]}`))
+	f.Add([]byte(`{"version":1,"leases":[{"mac":"dc:a6:32:01:36:c2","ip":"10.42.0.100"},{"mac":"DC-A6-32-01-36-C2","ip":"10.42.0.101"}]}`))
+	f.Add([]byte(`{"version":2}`))
+	f.Add([]byte(`{"version":1,"leases":[{"mac":"zz","ip":"1.2.3.4"}]}`))
+	f.Add([]byte(`not json`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		path := filepath.Join(t.TempDir(), "leases.json")
+		if err := os.WriteFile(path, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		s := newTestServer(t, nil)
+		s.LeaseFile = path
+		if err := s.setup(); err != nil {
+			if !strings.Contains(err.Error(), path) {
+				t.Fatalf("error does not name the file: %v", err)
+			}
+			return
+		}
+		seenIP, seenMAC := map[netip.Addr]bool{}, map[string]bool{}
+		for _, l := range s.Leases() {
+			if !s.pool.inRange(l.IP) || seenIP[l.IP] || seenMAC[l.MAC] {
+				t.Fatalf("bad lease loaded: %+v", l)
+			}
+			seenIP[l.IP], seenMAC[l.MAC] = true, true
+		}
+	})
 }
