@@ -87,6 +87,15 @@ func (o *setBootOrderOptions) run(ctx context.Context, args []string, asJSON boo
 	if len(args) == 1 {
 		order = args[0]
 	}
+	if o.Image == "" {
+		// Default image: the verified release image in the firmware cache.
+		p, err := cachedPath(o.Cache, defaultImageID)
+		if err != nil {
+			return fmt.Errorf("eeprom set-boot-order: no --image FILE given and the default image is not usable from the firmware cache "+
+				"(run `cm4bench firmware fetch recovery` or pass --image): %w", err)
+		}
+		o.Image = p
+	}
 	if !o.NoFlash {
 		return o.flash(ctx, order, asJSON, stdout, stderr) // eeprom_flash.go
 	}
@@ -97,7 +106,7 @@ func (o *setBootOrderOptions) run(ctx context.Context, args []string, asJSON boo
 	if err != nil {
 		return err
 	}
-	image, err := o.imageBytes(ctx)
+	_, image, err := readImageFile(o.Image)
 	if err != nil {
 		return err
 	}
@@ -121,21 +130,6 @@ func (o *setBootOrderOptions) run(ctx context.Context, args []string, asJSON boo
 	}
 	_, err = fmt.Fprintf(stdout, "serve it to a CM4 in RPIBOOT mode: cm4bench usbboot %s  (or: rpiboot -d %s)\n", rd.Dir, rd.Dir)
 	return err
-}
-
-// imageBytes reads --image. Without it, the default release image comes
-// from the verified firmware cache (the image usbboot's recovery/ flashes).
-func (o *setBootOrderOptions) imageBytes(ctx context.Context) ([]byte, error) {
-	if o.Image != "" {
-		_, b, err := readImageFile(o.Image)
-		return b, err
-	}
-	b, err := cachedFile(ctx, o.Cache, defaultImageID)
-	if err != nil {
-		return nil, fmt.Errorf("eeprom set-boot-order: no --image FILE given and the default image is not usable from the firmware cache "+
-			"(run `cm4bench firmware fetch recovery` or pass --image): %w", err)
-	}
-	return b, nil
 }
 
 // recoveryBin reads --recovery. Without it, recovery.bin comes from the

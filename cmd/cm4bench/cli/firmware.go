@@ -390,6 +390,20 @@ const (
 	defaultImageID = "rpi-eeprom/firmware-2711/default/pieeprom-2026-05-17.bin"
 )
 
+// cachedPath returns the path of a verified catalogue file in the firmware
+// cache, never downloading.
+func cachedPath(cacheDir, id string) (string, error) {
+	cat, err := firmware.Default()
+	if err != nil {
+		return "", err
+	}
+	f, err := cat.File(id)
+	if err != nil {
+		return "", err
+	}
+	return (&firmware.Cache{Dir: cacheDir, Catalogue: cat, Offline: true}).Lookup(f)
+}
+
 // cachedFile returns the verified bytes of a catalogue file from the
 // firmware cache, never downloading (set-boot-order must not reach the
 // network behind the technician's back).
