@@ -65,11 +65,12 @@ type Server struct {
 	// Logger receives request errors and lifecycle messages; nil = silent.
 	Logger *slog.Logger
 
-	once    sync.Once
-	handler http.Handler
-	engine  *gin.Engine
-	metrics *metrics
-	started time.Time
+	once     sync.Once
+	handler  http.Handler
+	engine   *gin.Engine
+	metrics  *metrics
+	progress chan progressReport
+	started  time.Time
 
 	addrMu sync.Mutex
 	addrs  []string
@@ -166,6 +167,7 @@ func (s *Server) addresses() []string {
 func (s *Server) build() {
 	s.started = time.Now().UTC()
 	s.metrics = newMetrics(s)
+	s.progress = make(chan progressReport, 256)
 	// gin's mode is a package setting of gin; release mode only silences its
 	// route-table printout.
 	gin.SetMode(gin.ReleaseMode)
@@ -254,6 +256,10 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
 		s.metrics.follow(gctx, s.Store)
+		return nil
+	})
+	g.Go(func() error {
+		s.writeProgress(gctx)
 		return nil
 	})
 	g.Go(func() error {

@@ -181,7 +181,7 @@ func (s *Server) handleImage(w http.ResponseWriter, r *http.Request) {
 	var report func(int64, float64)
 	var offset int64
 	if tracked && !zstdOut {
-		report = func(n int64, rate float64) { s.serverProgress(a, "download", offset+n, e.Size, rate) }
+		report = func(n int64, rate float64) { s.queueProgress(a, "download", offset+n, e.Size, rate) }
 	}
 	m := newMeter(w, report, s.metrics.bytesServed.Add)
 
@@ -270,6 +270,36 @@ func (s *Server) handleImage(w http.ResponseWriter, r *http.Request) {
 	}
 	if tracked && code == http.StatusOK && n == e.Size {
 		s.serverProgress(a, phaseServed, e.Size, e.Size, m.rate())
+	}
+}
+
+// progressReport is progress the server measured on a stream.
+type progressReport struct {
+	a           store.Action
+	phase       string
+	done, total int64
+	rate        float64
+}
+
+// queueProgress hands a report to the progress writer without blocking the
+// stream; when the writer is behind, the report is dropped (the next one,
+// a second later, supersedes it).
+func (s *Server) queueProgress(a store.Action, phase string, done, total int64, rate float64) {
+	select {
+	case s.progress <- progressReport{a, phase, done, total, rate}:
+	default:
+	}
+}
+
+// writeProgress records queued progress reports until ctx ends.
+func (s *Server) writeProgress(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case r := <-s.progress:
+			s.serverProgress(r.a, r.phase, r.done, r.total, r.rate)
+		}
 	}
 }
 
@@ -426,7 +456,7 @@ func (s *Server) receiveBackup(r *http.Request, a store.Action) (store.Backup, i
 	}
 	var report func(int64, float64)
 	if !strings.HasPrefix(r.UserAgent(), wire.AgentUserAgent) {
-		report = func(n int64, rate float64) { s.serverProgress(a, "upload", n, total, rate) }
+		report = func(n int64, rate float64) { s.queueProgress(a, "upload", n, total, rate) }
 	}
 	m := newMeter(nil, report, s.metrics.bytesReceived.Add)
 	body := io.TeeReader(r.Body, meterSink{m})
