@@ -238,6 +238,10 @@ func (s *Server) read(name string, rf io.ReaderFrom) error {
 		macStr = mac.String()
 	}
 	fields := map[string]any{"file": name, "ip": remote.String()}
+	serial := "" // the bootloader's TFTP_PREFIX=0 folder names the board
+	if dir, _, ok := strings.Cut(name, "/"); ok && isSerial(dir) {
+		serial = strings.ToLower(dir)
+	}
 	s.mu.Lock()
 	root := s.root
 	s.mu.Unlock()
@@ -262,7 +266,7 @@ func (s *Server) read(name string, rf io.ReaderFrom) error {
 			s.count(func(st *Stats) { st.NotFound++ })
 			s.log().Debug("tftp: not found", "file", name, "ip", remote, "err", err)
 		}
-		s.emit(wire.Event{Kind: kind, Level: level, MAC: macStr, Message: name + ": " + msg, Fields: fields})
+		s.emit(wire.Event{Kind: kind, Level: level, MAC: macStr, Serial: serial, Message: name + ": " + msg, Fields: fields})
 		return errors.New(msg) // becomes the ERROR packet text: no server paths
 	}
 	defer f.Close()
@@ -290,13 +294,13 @@ func (s *Server) read(name string, rf io.ReaderFrom) error {
 		if isProbe(err, n) {
 			s.count(func(st *Stats) { st.Probes++ })
 			s.log().Debug("tftp: probe", "file", served, "mac", macStr)
-			s.emit(wire.Event{Kind: "tftp.probe", Level: "info", MAC: macStr, Message: served + ": size probe (early terminate)", Fields: fields})
+			s.emit(wire.Event{Kind: "tftp.probe", Level: "info", MAC: macStr, Serial: serial, Message: served + ": size probe (early terminate)", Fields: fields})
 			return nil
 		}
 		s.count(func(st *Stats) { st.Failures++ })
 		fields["error"] = err.Error()
 		s.log().Warn("tftp: transfer failed", "file", served, "ip", remote, "mac", macStr, "bytes", n, "err", err)
-		s.emit(wire.Event{Kind: "tftp.error", Level: "warn", MAC: macStr, Message: fmt.Sprintf("%s: failed after %d bytes: %v", served, n, err), Fields: fields})
+		s.emit(wire.Event{Kind: "tftp.error", Level: "warn", MAC: macStr, Serial: serial, Message: fmt.Sprintf("%s: failed after %d bytes: %v", served, n, err), Fields: fields})
 		return nil // pin/tftp already told the client
 	}
 	rate := 0.0
@@ -306,7 +310,7 @@ func (s *Server) read(name string, rf io.ReaderFrom) error {
 	fields["rate_bps"] = rate
 	s.count(func(st *Stats) { st.Transfers++; st.Bytes += n })
 	s.log().Info("tftp: sent", "file", served, "ip", remote, "mac", macStr, "bytes", n, "duration", elapsed, "rate_mbps", rate/1e6)
-	s.emit(wire.Event{Kind: "tftp.transfer", Level: "info", MAC: macStr, Message: fmt.Sprintf("%s: %d bytes in %s (%.1f MB/s)", served, n, elapsed.Round(time.Millisecond), rate/1e6), Fields: fields})
+	s.emit(wire.Event{Kind: "tftp.transfer", Level: "info", MAC: macStr, Serial: serial, Message: fmt.Sprintf("%s: %d bytes in %s (%.1f MB/s)", served, n, elapsed.Round(time.Millisecond), rate/1e6), Fields: fields})
 	return nil
 }
 

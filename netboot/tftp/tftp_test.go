@@ -335,7 +335,7 @@ func TestProbeCountedSeparately(t *testing.T) {
 		t.Fatalf("probe tsize = %d, want 300000", got)
 	}
 	e := ev.wait(t, "tftp.probe")
-	if e.Fields["path"] != "start4.elf" {
+	if e.Fields["path"] != "start4.elf" || e.Serial != "abcd1234" {
 		t.Errorf("probe event %+v", e)
 	}
 	if st := srv.Stats(); st.Probes != 1 || st.Failures != 0 || st.Transfers != 0 {
