@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"sync"
 	"sync/atomic"
@@ -88,6 +89,9 @@ type DeployResult struct {
 	Direct     bool    // verify bypassed the page cache with O_DIRECT (else fadvise)
 	Discarded  bool    // the target range was discarded/punched first
 	Seconds    float64 // wall time
+	// Where the time went: streaming (download, decompress, hash, write),
+	// fsync and first MiB, read-back verification.
+	StreamSeconds, SyncSeconds, VerifySeconds float64
 }
 
 // DeployOptions tunes Deploy.
@@ -131,7 +135,6 @@ func Deploy(ctx context.Context, dev *blockdev.Device, src io.Reader, opts Deplo
 	defer cancel(nil)
 
 	// Stage 1: network reader -> chunks.
-	wireHash := sha256.New()
 	chunks := make(chan []byte, netChunks)
 	chunkPool := sync.Pool{New: func() any { b := make([]byte, netChunk); return &b }}
 	var wireN atomic.Int64
@@ -144,7 +147,6 @@ func Deploy(ctx context.Context, dev *blockdev.Device, src io.Reader, opts Deplo
 			bp := chunkPool.Get().(*[]byte)
 			n, err := io.ReadFull(src, *bp)
 			if n > 0 {
-				wireHash.Write((*bp)[:n])
 				wireN.Add(int64(n))
 				select {
 				case chunks <- (*bp)[:n]:
@@ -165,10 +167,18 @@ func Deploy(ctx context.Context, dev *blockdev.Device, src io.Reader, opts Deplo
 	br := bufio.NewReaderSize(cr, 64<<10)
 	head, _ := br.Peek(6)
 	res.Format = DetectFormat(head)
+	// The hash of the wire bytes: for a compressed stream computed on the
+	// way into the decoder; for a raw one it is the image hash itself.
+	var wireHash hash.Hash
+	var comp io.Reader = br
+	if res.Format != FormatRaw {
+		wireHash = sha256.New()
+		comp = io.TeeReader(br, wireHash)
+	}
 	var raw io.Reader
 	switch res.Format {
 	case FormatGzip:
-		zr, err := gzip.NewReader(br)
+		zr, err := gzip.NewReader(comp)
 		if err != nil {
 			cancel(err)
 			wg.Wait()
@@ -176,7 +186,7 @@ func Deploy(ctx context.Context, dev *blockdev.Device, src io.Reader, opts Deplo
 		}
 		raw = zr
 	case FormatXZ:
-		zr, err := xz.NewReader(br)
+		zr, err := xz.NewReader(comp)
 		if err != nil {
 			cancel(err)
 			wg.Wait()
@@ -184,7 +194,7 @@ func Deploy(ctx context.Context, dev *blockdev.Device, src io.Reader, opts Deplo
 		}
 		raw = zr
 	case FormatZstd:
-		zr, err := zstd.NewReader(br, zstd.WithDecoderConcurrency(2), zstd.WithDecoderLowmem(true), zstd.WithDecoderMaxWindow(64<<20))
+		zr, err := zstd.NewReader(comp, zstd.WithDecoderConcurrency(2), zstd.WithDecoderLowmem(true), zstd.WithDecoderMaxWindow(64<<20))
 		if err != nil {
 			cancel(err)
 			wg.Wait()
@@ -284,10 +294,14 @@ func Deploy(ctx context.Context, dev *blockdev.Device, src io.Reader, opts Deplo
 	if decErr != nil {
 		return nil, decErr
 	}
+	res.StreamSeconds = time.Since(start).Seconds()
 	res.Bytes = end
 	res.WireBytes = wireN.Load()
 	res.SHA256 = hex.EncodeToString(rawHash.Sum(nil))
-	res.WireSHA256 = hex.EncodeToString(wireHash.Sum(nil))
+	res.WireSHA256 = res.SHA256
+	if wireHash != nil {
+		res.WireSHA256 = hex.EncodeToString(wireHash.Sum(nil))
+	}
 	// Check the stream before the first MiB goes on: a short or wrong
 	// stream leaves the target unbootable, not half-written.
 	if opts.Size > 0 && end != opts.Size {
@@ -296,14 +310,18 @@ func Deploy(ctx context.Context, dev *blockdev.Device, src io.Reader, opts Deplo
 	if opts.SHA256 != "" && res.SHA256 != opts.SHA256 {
 		return res, fmt.Errorf("deploy: stream sha256 %s, image is %s: %w", res.SHA256, opts.SHA256, ErrHashMismatch)
 	}
+	t := time.Now()
 	if err := w.finish(); err != nil {
 		return res, err
 	}
+	res.SyncSeconds = time.Since(t).Seconds()
 	res.Written = w.written
 	res.Zeroed = w.zeroed
 	if !opts.NoVerify {
 		meter.Set("verify", end)
+		t := time.Now()
 		sum, direct, err := HashDevice(ctx, dev, end, meter)
+		res.VerifySeconds = time.Since(t).Seconds()
 		if err != nil {
 			return res, err
 		}
