@@ -266,6 +266,9 @@ func (n *NS) Run(tb testing.TB, name string, args ...string) string {
 // Start starts name inside the namespace in the background with its output
 // collected into the returned buffer. The process is killed and reaped at
 // test cleanup (before the namespaces are removed) unless it has exited.
+// It also gets SIGKILL if the thread that started it exits (so a crashed
+// test binary leaves no dnsmasq behind): call Start from test code, never
+// from inside NS.Do, whose thread is discarded when fn returns.
 func (n *NS) Start(tb testing.TB, name string, args ...string) (*exec.Cmd, *SyncBuffer) {
 	tb.Helper()
 	var buf SyncBuffer
