@@ -54,6 +54,12 @@ func (im *Image) Timestamp() (uint32, bool) {
 // "target-soc: S" line when targetSoC is not 0.
 func Digest(image []byte, ts int64, targetSoC int) []byte {
 	sum := sha256.Sum256(image)
+	return FormatDigest(sum, ts, targetSoC)
+}
+
+// FormatDigest is Digest for a SHA-256 computed elsewhere (while streaming
+// a file, say).
+func FormatDigest(sum [sha256.Size]byte, ts int64, targetSoC int) []byte {
 	out := make([]byte, 0, 100)
 	out = append(out, hex.EncodeToString(sum[:])...)
 	out = append(out, "\nts: "...)

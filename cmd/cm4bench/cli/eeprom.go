@@ -464,11 +464,19 @@ func (o *eepromDigestOptions) run(_ context.Context, image string, asJSON bool, 
 	if err != nil {
 		return err
 	}
-	data, err := os.ReadFile(image)
+	f, err := os.Open(image)
 	if err != nil {
 		return fmt.Errorf("read image: %w", err)
 	}
-	sig := eeprom.Digest(data, ts, o.targetSoC)
+	h := sha256.New()
+	_, err = io.Copy(h, f)
+	f.Close()
+	if err != nil {
+		return fmt.Errorf("read image %s: %w", image, err)
+	}
+	var sum [sha256.Size]byte
+	h.Sum(sum[:0])
+	sig := eeprom.FormatDigest(sum, ts, o.targetSoC)
 	if o.out != "" {
 		if err := atomicfile.WriteFile(o.out, sig, 0o644); err != nil {
 			return err
@@ -476,7 +484,7 @@ func (o *eepromDigestOptions) run(_ context.Context, image string, asJSON bool, 
 	}
 	switch {
 	case asJSON:
-		return writeJSON(stdout, map[string]any{"image": image, "sha256": sha256Hex(data), "ts": ts, "sig": string(sig), "out": o.out})
+		return writeJSON(stdout, map[string]any{"image": image, "sha256": hex.EncodeToString(sum[:]), "ts": ts, "sig": string(sig), "out": o.out})
 	case o.out == "":
 		_, err = stdout.Write(sig)
 		return err
