@@ -3,6 +3,19 @@
 // fonts). The dashboard talks only to the technician API on the same origin
 // (/api/v1/...) and follows the live event stream (/api/events, SSE).
 //
+// The page logs in with the admin token (POST /api/v1/login sets the
+// HttpOnly session cookie) and then shows one card per device (MAC, serial,
+// IP, model, eMMC size, state, step, progress bar with %, MB/s, average and
+// ETA, the last error in plain words with the agent's log tail, and Deploy,
+// Backup, Cancel and netboot buttons, Deploy behind a confirmation), the
+// global netboot switch, the image for Deploy and a per-device image
+// picker, "Deploy all ready", the images (upload with progress, delete),
+// the backups (download, delete), a live event log and a banner when a
+// rival DHCP server answers. Cards change in place from SSE events; after a
+// lost stream the browser reconnects with Last-Event-ID and the server
+// replays what was missed. Every control has an accessible name and a
+// stable data-testid; the browser tests drive it by those.
+//
 // The API server mounts it at the root:
 //
 //	h := ui.Handler()
