@@ -261,3 +261,43 @@ func TestMetadataRPIBootJSON(t *testing.T) {
 		t.Errorf("empty = %q", got)
 	}
 }
+
+// FuzzDirBootfiles feeds NewDir arbitrary bootfiles.bin archives: it must
+// refuse or index them without panicking, and every member it indexes must
+// read back exactly its announced size.
+func FuzzDirBootfiles(f *testing.F) {
+	shared := usbboottest.SharedFile(f, "firmware-fixtures/bootfiles.bin")
+	real, err := os.ReadFile(shared)
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(real[:4096]) // first member header and the start of its data, truncated
+	f.Add(real[:1536])
+	f.Add([]byte{})
+	f.Add(bytes.Repeat([]byte{0}, 1024))
+	f.Fuzz(func(t *testing.T, archive []byte) {
+		dir := t.TempDir()
+		if err := os.WriteFile(filepath.Join(dir, "bootfiles.bin"), archive, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		d, err := usbboot.NewDir(dir, false)
+		if err != nil {
+			return
+		}
+		for _, m := range d.Members() {
+			soc, name, ok := strings.Cut(m, "/")
+			if !ok || usbboot.CheckName(name) != nil {
+				continue
+			}
+			rc, n, err := d.Open(context.Background(), usbboot.Target{SoC: usbboot.SoC(soc)}, name)
+			if err != nil {
+				continue // e.g. a same-named file on disk shadows it
+			}
+			got, err := io.Copy(io.Discard, rc)
+			rc.Close()
+			if err == nil && got != n {
+				t.Fatalf("member %s: read %d bytes, announced %d", m, got, n)
+			}
+		}
+	})
+}
