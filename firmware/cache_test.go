@@ -535,3 +535,32 @@ func FuzzCatalogue(f *testing.F) {
 		}
 	})
 }
+
+// TestConcurrentSetDir: boards served in parallel may ask for the same set
+// at once; all get the same verified directory.
+func TestConcurrentSetDir(t *testing.T) {
+	c, _, _ := testCache(t)
+	const n = 4
+	dirs := make([]string, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			dirs[i], errs[i] = c.SetDir(context.Background(), "recovery")
+		}()
+	}
+	wg.Wait()
+	for i := range n {
+		if errs[i] != nil || dirs[i] != dirs[0] {
+			t.Fatalf("SetDir %d = %s, %v; want %s", i, dirs[i], errs[i], dirs[0])
+		}
+	}
+	if n, err := countFiles(dirs[0]); err != nil || n != 4 {
+		t.Errorf("set dir holds %d files, %v", n, err)
+	}
+	if es, _ := os.ReadDir(filepath.Join(c.Dir, "sets")); len(es) != 1 {
+		t.Errorf("sets/ holds %d entries (temporary dirs left?)", len(es))
+	}
+}
