@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"runtime"
 	"strings"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 )
@@ -47,9 +48,13 @@ func (n *NS) Do(fn func() error) error {
 // `ip netns exec` (which execs the program, so the Cmd's pid is the
 // program's). No parent-death signal is set: Linux ties it to the forking
 // thread, and threads that entered a namespace (Do) exit on purpose, which
-// would kill unrelated children. Bench.Close reaps what it started.
+// would kill unrelated children. Bench.Close reaps what it started. The
+// child gets its own process group, so a Ctrl-C at the terminal reaches
+// only this process, which then tears the bench down in order.
 func (n *NS) Command(ctx context.Context, name string, args ...string) *exec.Cmd {
-	return exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", n.Name, name}, args...)...)
+	cmd := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", n.Name, name}, args...)...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	return cmd
 }
 
 // DialContext connects from inside the namespace (use it as an

@@ -34,8 +34,10 @@ type RigConfig struct {
 	// HTTP, if set, is a host address (e.g. 127.0.0.1:5000) forwarded to
 	// the server's HTTP port inside the bench namespace.
 	HTTP string
-	// ServerArgs are extra `netboot serve` flags.
+	// ServerArgs are extra `netboot serve` flags; ServerPre are global
+	// flags put before "netboot serve" (e.g. --log-level warn).
 	ServerArgs []string
+	ServerPre  []string
 	// Prepare, if set, runs after the namespaces and eMMC files exist and
 	// before the server starts and the boards power on (fill an eMMC,
 	// mount a small backup disk, ...).
@@ -142,14 +144,14 @@ func StartRig(ctx context.Context, cfg RigConfig) (_ *Rig, err error) {
 			return nil, fmt.Errorf("simbench: prepare: %w", err)
 		}
 	}
-	r.argv = append([]string{"netboot", "serve",
+	r.argv = append(append([]string(nil), cfg.ServerPre...), "netboot", "serve",
 		"--iface", BridgeName,
 		"--addr", b.ServerAddr.String(),
 		"--tftp-root", r.TFTPRoot,
 		"--data", r.DataDir,
 		"--image", r.Image,
-		"--http", net.JoinHostPort(addr, fmt.Sprint(HTTPPort)),
-	}, cfg.ServerArgs...)
+		"--http", net.JoinHostPort(addr, fmt.Sprint(HTTPPort)))
+	r.argv = append(r.argv, cfg.ServerArgs...)
 	if err := r.StartServer(ctx); err != nil {
 		return nil, err
 	}

@@ -230,9 +230,12 @@ func (o *simOptions) run(ctx context.Context, cmd *cobra.Command, out io.Writer)
 		HTTP:      o.http,
 		EEPROM:    ee,
 		AgentArgs: agentArgs,
-		// The server's own log goes to stderr, like `netboot serve`.
+		// The server's own log goes to stderr, like `netboot serve`; at
+		// warn unless --log-level says otherwise (its events are on the
+		// dashboard, and the banner should stay readable).
 		ServerOutput: cmd.ErrOrStderr(),
 		ServerArgs:   o.serverArgs,
+		ServerPre:    []string{"--log-level", serverLogLevel(cmd)},
 		OnChange:     onChange,
 		Logger:       log,
 	}
@@ -293,6 +296,13 @@ Log in with the token, then click Deploy or Backup on a board. Ctrl-C stops ever
 	}
 	outMu.Unlock()
 	return err
+}
+
+func serverLogLevel(cmd *cobra.Command) string {
+	if f := cmd.Flags().Lookup("log-level"); f != nil && f.Changed {
+		return f.Value.String()
+	}
+	return "warn"
 }
 
 func orNone(s string) string {
