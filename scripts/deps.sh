@@ -6,6 +6,7 @@ set -euo pipefail
 
 pkgs=(
   pkg-config          # cgo: find libusb
+  gcc                 # cgo, and the libusb-1.0 stand-in (make libusbfake)
   libusb-1.0-0-dev    # cgo: usbboot/gousbdev and the libusb-ABI fake
   iproute2            # network namespaces and veth pairs for the bench tests
   busybox             # netboot tests: udhcpc as a Pi-like DHCP client
