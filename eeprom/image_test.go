@@ -245,18 +245,27 @@ func TestReduceSize(t *testing.T) {
 
 // Test2712 checks a 2 MiB A/B layout where bootconf.txt is followed by
 // padding: the replace writes a padding header over the freed space.
-func Test2712(t *testing.T) {
-	const partB = 0x107000
-	img := buildImage(t, Size2712,
+const partB = 0x107000
+
+// synth2712 is a 2 MiB A/B-style image: bootcode with an updatetime file
+// below 64 KiB, partition A with bootsys, a module and bootconf.txt followed
+// by padding up to partition B.
+func synth2712(t testing.TB) []byte {
+	return buildImage(t, Size2712,
 		synthSection{magic: MagicBootcode, content: bytes.Repeat([]byte{0xBC}, 0x8000)},
 		synthSection{magic: MagicFile, name: "updatetime", content: bytes.Repeat([]byte{0xFF}, 8)},
 		synthSection{at: 0x10000, magic: MagicFile, name: "bootsys", content: bytes.Repeat([]byte{0x5A}, 0x20000)},
+		synthSection{magic: MagicFile, name: "updatetime", content: bytes.Repeat([]byte{0xFF}, 8)},
 		synthSection{magic: MagicModule4, content: bytes.Repeat([]byte{0x44}, 0x1000)},
 		synthSection{at: 0x40000, magic: MagicFile, name: BootConfName, content: []byte("[all]\nBOOT_ORDER=0xf461\n")},
 		synthSection{magic: MagicPadding, content: bytes.Repeat([]byte{0xFF}, 0x100)},
 		synthSection{at: 0x41000, magic: MagicPadding, content: bytes.Repeat([]byte{0xFF}, partB-0x41000-8)},
 		synthSection{at: partB, magic: MagicModule4, content: []byte("journal")},
 	)
+}
+
+func Test2712(t *testing.T) {
+	img := synth2712(t)
 	im, err := Parse(img)
 	if err != nil {
 		t.Fatal(err)
@@ -290,15 +299,40 @@ func Test2712(t *testing.T) {
 	if !bytes.Equal(out[partB:], img[partB:]) {
 		t.Error("bytes beyond the partition changed")
 	}
-	// The timestamp goes into the updatetime file below 64 KiB.
-	im.SetTimestamp(1700000000)
+	// The timestamp goes into both updatetime files, below 64 KiB and in
+	// the partition (as rpi-eeprom-config --timestamp).
+	if err := im.SetTimestamp(1700000000); err != nil {
+		t.Fatal(err)
+	}
 	out = im.Bytes()
-	ut := align8(8+0x8000) + 24
-	if got := hex.EncodeToString(out[ut : ut+8]); got != "ff0eac9a00f15365" {
-		t.Errorf("updatetime = %s", got)
+	for _, ut := range []int{align8(8+0x8000) + 24, align8(0x10000+8+16+0x20000) + 24} {
+		if got := hex.EncodeToString(out[ut : ut+8]); got != "ff0eac9a00f15365" {
+			t.Errorf("updatetime at 0x%x = %s", ut, got)
+		}
+	}
+	if ts, ok := im.Timestamp(); !ok || ts != 1700000000 {
+		t.Errorf("Timestamp = %d, %v", ts, ok)
 	}
 	if got := out[Size2712-8:]; !bytes.Equal(got, bytes.Repeat([]byte{0xFF}, 8)) {
 		t.Errorf("2712 timestamp also written to the last 8 bytes: %x", got)
+	}
+	if err := im.ClearTimestamp(); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := im.Timestamp(); ok {
+		t.Error("timestamp still set after ClearTimestamp")
+	}
+	// a read-only updatetime without its partition copy is refused, as upstream does
+	broken := buildImage(t, Size2712,
+		synthSection{magic: MagicBootcode, content: make([]byte, 64)},
+		synthSection{magic: MagicFile, name: "updatetime", content: bytes.Repeat([]byte{0xFF}, 8)},
+		synthSection{at: 0x10000, magic: MagicFile, name: BootConfName, content: []byte("[all]\n")})
+	bim, err := Parse(broken)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := bim.SetTimestamp(1); !errors.Is(err, ErrCorrupt) || !bytes.Equal(bim.Bytes(), broken) {
+		t.Errorf("SetTimestamp without a partition updatetime = %v", err)
 	}
 }
 
@@ -311,7 +345,9 @@ func TestTimestamp(t *testing.T) {
 	if _, ok := im.Timestamp(); ok {
 		t.Fatal("release image reports a timestamp")
 	}
-	im.SetTimestamp(1700000000)
+	if err := im.SetTimestamp(1700000000); err != nil {
+		t.Fatal(err)
+	}
 	out := im.Bytes()
 	if got := hex.EncodeToString(out[Size2711-8:]); got != "ff0eac9a00f15365" {
 		t.Errorf("last 8 bytes = %s, want ff0eac9a00f15365", got)
@@ -322,7 +358,9 @@ func TestTimestamp(t *testing.T) {
 	if ts, ok := im.Timestamp(); !ok || ts != 1700000000 {
 		t.Errorf("Timestamp = %d, %v", ts, ok)
 	}
-	im.ClearTimestamp()
+	if err := im.ClearTimestamp(); err != nil {
+		t.Fatal(err)
+	}
 	if !bytes.Equal(im.Bytes(), orig) {
 		t.Error("ClearTimestamp did not restore the erased sector")
 	}

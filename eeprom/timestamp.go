@@ -8,42 +8,73 @@ import (
 	"strconv"
 )
 
-// updateTimeName is the 8-byte file that holds the update timestamp inside
-// the read-only first 64 KiB of 2712 images.
+// updateTimeName is the 8-byte file that holds the update timestamp of
+// 2712 images, once in the read-only first 64 KiB and once in partition A.
 const updateTimeName = "updatetime"
 
-// timestampSlot is where the 8-byte (~T, T) update-timestamp pair lives: an
-// "updatetime" file section below 64 KiB when the image has one (2712), the
-// last 8 bytes of the image otherwise (every 2711 image, whose updatetime
-// file sits above 64 KiB and is not used for this).
-func (im *Image) timestampSlot() int {
-	for _, s := range im.sections {
-		if s.Magic == MagicFile && s.Name == updateTimeName && s.Offset < windowStart && s.ContentSize() >= 8 {
-			return s.Offset + fileHeaderLen
+// timestampSlots are the offsets of the 8-byte (^T, T) update-timestamp
+// pairs, found as rpi-eeprom-config --timestamp finds them: when an
+// "updatetime" file section lies in the read-only first 64 KiB (2712
+// images), its content and that of the "updatetime" file in the update
+// window (partition A) must both be written; otherwise (every 2711 image,
+// whose updatetime file sits above 64 KiB) the last 8 bytes of the image.
+func (im *Image) timestampSlots() ([]int, error) {
+	find := func(from, to int) int {
+		for _, s := range im.sections {
+			if s.Magic == MagicFile && s.Name == updateTimeName && s.Offset >= from && s.Offset < to && s.ContentSize() >= 8 {
+				return s.Offset + fileHeaderLen
+			}
 		}
+		return -1
 	}
-	return len(im.data) - 8
+	ro := find(0, windowStart)
+	if ro < 0 {
+		return []int{len(im.data) - 8}, nil
+	}
+	part := find(windowStart, windowEnd)
+	if part < 0 {
+		return nil, fmt.Errorf("eeprom: timestamp: %s file at 0x%x in the read-only area but none in the partition [0x%x, 0x%x): %w",
+			updateTimeName, ro-fileHeaderLen, windowStart, windowEnd, ErrCorrupt)
+	}
+	return []int{ro, part}, nil
 }
 
 // SetTimestamp writes the update timestamp t as rpi-eeprom-config
-// --timestamp does: ^t then t, both u32 little-endian.
-func (im *Image) SetTimestamp(t uint32) {
-	off := im.timestampSlot()
-	binary.LittleEndian.PutUint32(im.data[off:], ^t)
-	binary.LittleEndian.PutUint32(im.data[off+4:], t)
+// --timestamp does: ^t then t, both u32 little-endian, into every
+// timestamp slot. On error the image is unchanged.
+func (im *Image) SetTimestamp(t uint32) error {
+	slots, err := im.timestampSlots()
+	if err != nil {
+		return err
+	}
+	for _, off := range slots {
+		binary.LittleEndian.PutUint32(im.data[off:], ^t)
+		binary.LittleEndian.PutUint32(im.data[off+4:], t)
+	}
+	return nil
 }
 
-// ClearTimestamp sets the timestamp slot back to erased flash (0xFF), as in
-// release images.
-func (im *Image) ClearTimestamp() {
-	off := im.timestampSlot()
-	fill(im.data[off : off+8])
+// ClearTimestamp sets the timestamp slots back to erased flash (0xFF), as
+// in release 2711 images.
+func (im *Image) ClearTimestamp() error {
+	slots, err := im.timestampSlots()
+	if err != nil {
+		return err
+	}
+	for _, off := range slots {
+		fill(im.data[off : off+8])
+	}
+	return nil
 }
 
 // Timestamp returns the update timestamp and whether a valid one (a ^t, t
-// pair) is set.
+// pair) is set (in the first slot).
 func (im *Image) Timestamp() (uint32, bool) {
-	off := im.timestampSlot()
+	slots, err := im.timestampSlots()
+	if err != nil {
+		return 0, false
+	}
+	off := slots[0]
 	inv := binary.LittleEndian.Uint32(im.data[off:])
 	t := binary.LittleEndian.Uint32(im.data[off+4:])
 	return t, inv == ^t

@@ -317,7 +317,7 @@ func setTimestamp(im *eeprom.Image, ts int64) error {
 	case ts > 0xFFFFFFFF:
 		return fmt.Errorf("eeprom: --timestamp %d does not fit in 32 bits", ts)
 	default:
-		im.SetTimestamp(uint32(ts))
+		return im.SetTimestamp(uint32(ts))
 	}
 	return nil
 }
