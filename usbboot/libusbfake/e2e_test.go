@@ -202,7 +202,12 @@ func runBench(t *testing.T, s *simProc, timeout time.Duration, args ...string) b
 // board may ask for.
 func bootDir(t *testing.T, mode usbboottest.Mode) string {
 	t.Helper()
-	return usbboottest.BootDir(t, filepath.Join(t.TempDir(), "boot"), usbboot.SoC2711, mode)
+	return socBootDir(t, usbboot.SoC2711, mode)
+}
+
+func socBootDir(t *testing.T, soc usbboot.SoC, mode usbboottest.Mode) string {
+	t.Helper()
+	return usbboottest.BootDir(t, filepath.Join(t.TempDir(), "boot"), soc, mode)
 }
 
 // fileSize returns the size the host should announce for name from dir
@@ -423,9 +428,13 @@ func serve(cmd usbboot.Command, name string, n int) []string {
 // secondStage is the whole file-server session for a script of names: for
 // each, GetFileSize, then ReadFile when present and wanted.
 func secondStage(t *testing.T, dir string, script []scriptStep) []string {
+	return socSecondStage(t, dir, usbboot.SoC2711, script)
+}
+
+func socSecondStage(t *testing.T, dir string, soc usbboot.SoC, script []scriptStep) []string {
 	var toks []string
 	for _, s := range script {
-		n := fileSize(t, dir, usbboot.SoC2711, s.name)
+		n := fileSize(t, dir, soc, s.name)
 		toks = append(toks, serve(usbboot.GetFileSize, s.name, n)...)
 		if n > 0 && s.read {
 			toks = append(toks, serve(usbboot.ReadFile, s.name, n)...)
@@ -445,6 +454,7 @@ var (
 	gadgetScript = []scriptStep{{"mcb.bin", true}, {"memsys00.bin", true}, {"memsys01.bin", true}, {"memsys02.bin", true},
 		{"memsys03.bin", true}, {"memsys04.bin", true}, {"memsys05.bin", true}, {"memsys06.bin", true}, {"memsys07.bin", true},
 		{"memsys08.bin", true}, {"bootmain", true}, {"config.txt", true}, {"boot.img", true}, {"", false}}
+	script2835 = []scriptStep{{"autoboot.txt", true}, {"config.txt", true}, {"recovery.elf", true}, {"start.elf", true}, {"fixup.dat", true}, {"", false}}
 )
 
 func recoveryScript(metadata []string) []scriptStep {
@@ -467,11 +477,16 @@ func diffTokens(t *testing.T, port string, got, want []string) {
 // checkFiles checks every file the board received against the boot dir.
 func checkFiles(t *testing.T, rep boardReport, dir string) {
 	t.Helper()
+	socCheckFiles(t, rep, dir, usbboot.SoC2711)
+}
+
+func socCheckFiles(t *testing.T, rep boardReport, dir string, soc usbboot.SoC) {
+	t.Helper()
 	if len(rep.Violations) > 0 {
 		t.Errorf("%s: the board saw protocol violations:\n  %s", rep.Port, strings.Join(rep.Violations, "\n  "))
 	}
 	for _, f := range rep.Files {
-		want, ok := usbboottest.ExpectedSHA256(t, dir, usbboot.SoC2711, f.Name)
+		want, ok := usbboottest.ExpectedSHA256(t, dir, soc, f.Name)
 		switch {
 		case !ok && f.Size != 0:
 			t.Errorf("%s: %s does not exist but the host announced %d bytes", rep.Port, f.Name, f.Size)
@@ -554,18 +569,23 @@ func TestE2EUSBBootNoUSB(t *testing.T) {
 // 3 MiB boot.img.
 func TestE2EUSBBootModes(t *testing.T) {
 	for _, tc := range []struct {
-		name   string
-		mode   usbboottest.Mode
-		args   []string
-		outEP  uint8
-		script []scriptStep
+		name     string
+		soc      usbboot.SoC
+		mode     usbboottest.Mode
+		args     []string
+		outEP    uint8
+		bootcode string
+		script   []scriptStep
 	}{
-		{"msd", usbboottest.ModeMSD, nil, 0x01, msdScript},
-		{"msd two interfaces", usbboottest.ModeMSD, []string{"--two-interfaces"}, 0x03, msdScript},
-		{"gadget", usbboottest.ModeGadget, nil, 0x01, gadgetScript},
+		{"msd", usbboot.SoC2711, usbboottest.ModeMSD, nil, 0x01, "bootcode4.bin", msdScript},
+		{"msd two interfaces", usbboot.SoC2711, usbboottest.ModeMSD, []string{"--two-interfaces"}, 0x03, "bootcode4.bin", msdScript},
+		{"gadget", usbboot.SoC2711, usbboottest.ModeGadget, nil, 0x01, "bootcode4.bin", gadgetScript},
+		// BCM2835/7: full-speed ROM 0a5c:2763 with iSerialNumber index 0,
+		// second stage 0a5c:2764 with index 1.
+		{"2835 msd", usbboot.SoC2835, usbboottest.ModeMSD, []string{"--soc", string(usbboot.SoC2835)}, 0x01, "bootcode.bin", script2835},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			dir := bootDir(t, tc.mode)
+			dir := socBootDir(t, tc.soc, tc.mode)
 			sim := startSim(t, append([]string{"--scenario", string(tc.mode)}, tc.args...)...)
 			r := runBench(t, sim, 2*time.Minute, "usbboot", dir, "--timeout", "60s")
 			if r.code != 0 {
@@ -573,12 +593,12 @@ func TestE2EUSBBootModes(t *testing.T) {
 			}
 			reports := sim.stop(t)
 			rep := reports[0]
-			checkFiles(t, rep, dir)
+			socCheckFiles(t, rep, dir, tc.soc)
 			if rep.ROMLoads != 1 || !strings.Contains(rep.State, "mass-storage") && rep.State != "done" {
 				t.Errorf("board ended in state %q after %d ROM loads, want done/mass-storage after 1", rep.State, rep.ROMLoads)
 			}
-			want := romTokens(fileSize(t, dir, usbboot.SoC2711, "bootcode4.bin"))
-			want = append(want, secondStage(t, dir, tc.script)...)
+			want := romTokens(fileSize(t, dir, tc.soc, tc.bootcode))
+			want = append(want, socSecondStage(t, dir, tc.soc, tc.script)...)
 			diffTokens(t, "1-1.1", protocol(t, sim.records(t), "1-1.1", tc.outEP), want)
 		})
 	}
