@@ -103,7 +103,7 @@ func checkServed(t *testing.T, b *usbboottest.Board, dir string, res usbboot.Res
 			if !ok || hs.SHA256 != f.SHA256 {
 				t.Errorf("%s: host reports %s as %+v, board got %s", cfg.Port, f.Name, hs, f.SHA256)
 			}
-		case f.Size == 0 && exists:
+		case f.Size == 0 && exists && f.Command == usbboot.GetFileSize && usbboot.CheckName(f.Name) == nil:
 			t.Errorf("%s: %s exists in the boot dir but was answered as missing", cfg.Port, f.Name)
 		}
 	}
@@ -458,4 +458,38 @@ func TestLoopDoesNotReserveAFinishedBoard(t *testing.T) {
 	if results != 1 || r.boards[0].ROMLoads() != 1 {
 		t.Errorf("served %d times, ROM loads %d; want 1 and 1", results, r.boards[0].ROMLoads())
 	}
+}
+
+// The host's answers to odd requests follow rpiboot: a ReadFile with no
+// file opened by a GetFileSize gets size 0, names with ".." are "missing",
+// metadata is acknowledged with size 0 whatever the command.
+func TestOddRequests(t *testing.T) {
+	r := newRig(t, usbboottest.BoardConfig{Port: "1-5", Mode: usbboottest.ModeMSD, Extra: []usbboot.Request{
+		{Command: usbboot.ReadFile, Name: "start4.elf"},
+		{Command: usbboot.GetFileSize, Name: "../../etc/passwd"},
+		{Command: usbboot.GetFileSize, Name: "/etc/passwd"},
+		{Command: usbboot.ReadFile, Name: "*BOARD_ATTR*00000000"},
+		{Command: usbboot.GetFileSize, Name: "*FLAG"},
+	}})
+	res, err := r.server(t).Serve(t.Context())
+	if err != nil || len(res) != 1 || res[0].Err != nil {
+		t.Fatalf("Serve: %v %+v", err, res)
+	}
+	b := r.boards[0]
+	files := b.Files()
+	for i, want := range []struct {
+		name string
+		size int64
+	}{{"bootcode4.bin", 73120}, {"start4.elf", 0}, {"../../etc/passwd", 0}, {"/etc/passwd", 0}, {"*BOARD_ATTR*00000000", 0}, {"*FLAG", 0}} {
+		if i >= len(files) || files[i].Name != want.name || files[i].Size != want.size {
+			t.Fatalf("file %d: %+v, want %s answered %d", i, files, want.name, want.size)
+		}
+	}
+	if v, ok := res[0].Metadata.Get("BOARD_ATTR"); !ok || v != "00000000" {
+		t.Errorf("metadata %+v", res[0].Metadata)
+	}
+	if _, ok := res[0].Metadata.Get("FLAG"); !ok {
+		t.Errorf("metadata without a value lost: %+v", res[0].Metadata)
+	}
+	checkServed(t, b, r.dirs["1-5"], res[0], []string{"bootcode4.bin", "start4.elf"})
 }

@@ -116,6 +116,11 @@ type BoardConfig struct {
 	FlashTime time.Duration
 	// Address is the first bus address (default assigned by Bus.Add).
 	Address int
+	// Extra requests the second stage issues, as is, before its mode's
+	// script: a ReadFile without a GetFileSize, a name with "..", odd
+	// metadata. Their answers are recorded in Files (a ReadFile answered
+	// with n > 0 bytes is then received in full).
+	Extra []usbboot.Request
 }
 
 // Setup is a USB setup packet.
@@ -142,6 +147,7 @@ type Record struct {
 
 // FileRecord is what the board learnt about one requested file.
 type FileRecord struct {
+	Command  usbboot.Command // the request answered (ReadFile for the ROM image)
 	Name     string
 	Size     int64  // size answered to GetFileSize (0 = missing)
 	Received bool   // ReadFile completed
@@ -163,6 +169,7 @@ type step struct {
 	req      usbboot.Request
 	readIt   bool // issue ReadFile when GetFileSize answers > 0
 	required bool // stop (hang) when missing, like the real firmware
+	raw      bool // from BoardConfig.Extra: issued as is, any answer accepted
 }
 
 // Board is one simulated board on one port path. All methods are safe for
@@ -364,7 +371,11 @@ func (b *Board) enumerateSecond() {
 	}
 	b.speed = usbboot.SpeedHigh
 	b.phase = phSecond
-	b.script = b.buildScript()
+	b.script = nil
+	for _, r := range b.cfg.Extra {
+		b.script = append(b.script, step{req: r, raw: true})
+	}
+	b.script = append(b.script, b.buildScript()...)
 	b.stepIdx = 0
 	b.curReq = nil
 	b.awaiting = false
@@ -720,7 +731,7 @@ func (b *Board) size(ctx context.Context, s Setup, timeout time.Duration) (int, 
 		}
 		name := b.BootcodeName()
 		b.arm(int(n), name, func(sum string) {
-			b.files = append(b.files, FileRecord{Name: name, Size: int64(n), Received: true, SHA256: sum})
+			b.files = append(b.files, FileRecord{Command: usbboot.ReadFile, Name: name, Size: int64(n), Received: true, SHA256: sum})
 			b.romLoads++
 			b.phase = phROMStatus
 		})
@@ -767,6 +778,21 @@ func (b *Board) reply(n uint32) error {
 	st := b.script[b.stepIdx]
 	b.awaiting = false
 	switch {
+	case st.raw && !b.readFile:
+		b.files = append(b.files, FileRecord{Command: req.Command, Name: req.Name, Size: int64(n)})
+		if req.Command == usbboot.ReadFile && n > 0 {
+			b.arm(int(n), req.Name, func(sum string) {
+				fr := &b.files[len(b.files)-1]
+				fr.Received, fr.SHA256 = true, sum
+				b.stepIdx++
+			})
+			return nil
+		}
+		if req.IsDone() {
+			b.finish()
+			return nil
+		}
+		b.stepIdx++
 	case req.IsDone():
 		if n != 0 {
 			b.violate("Done (empty name): SIZE(%d), want 0", n)
@@ -778,7 +804,7 @@ func (b *Board) reply(n uint32) error {
 		}
 		b.stepIdx++
 	case req.Command == usbboot.GetFileSize:
-		b.files = append(b.files, FileRecord{Name: req.Name, Size: int64(n)})
+		b.files = append(b.files, FileRecord{Command: usbboot.GetFileSize, Name: req.Name, Size: int64(n)})
 		switch {
 		case n > 0 && st.readIt:
 			b.readFile = true
