@@ -245,7 +245,7 @@ type BootConfSlot struct {
 	Limit  int  `json:"limit"`  // the section may extend up to (not including) this offset
 	Max    int  `json:"max"`    // largest content that fits: min(MaxBootConf, Limit-Offset-24)
 	Free   int  `json:"free"`   // Max - Size (negative if the current config is already too big)
-	Last   bool `json:"last"`   // no non-padding section follows
+	Last   bool `json:"last"`   // the last section of the chain (no padding header is written after it)
 }
 
 // BootConfSlot finds the bootconf.txt that SetBootConf replaces: the first
@@ -263,12 +263,15 @@ func (im *Image) BootConfSlot() (BootConfSlot, error) {
 			BootConfName, windowStart, windowEnd, ErrNoBootConf)
 	}
 	s := im.sections[idx]
+	// As upstream: "last" is literally the last section of the chain; the
+	// limit is the next section that is not padding (padding after the
+	// file is free space), else the reserved sector or the window end.
+	// Unlike upstream, the limit never reaches into the reserved sector.
 	limit := min(len(im.data)-ReservedSize, windowEnd)
-	last := true
+	last := idx == len(im.sections)-1
 	for _, n := range im.sections[idx+1:] {
 		if n.Magic != MagicPadding {
 			limit = min(limit, n.Offset)
-			last = false
 			break
 		}
 	}

@@ -264,6 +264,46 @@ func synth2712(t testing.TB) []byte {
 	)
 }
 
+// synthTrailingPad is a 2711 image whose bootconf.txt is followed by a
+// padding section up to the reserved sector: not the last section, so the
+// replace writes a padding header (upstream's is_last is literal).
+func synthTrailingPad(t testing.TB) []byte {
+	return buildImage(t, Size2711,
+		synthSection{magic: MagicBootcode, content: bytes.Repeat([]byte{0xBC}, 0x1000)},
+		synthSection{at: 0x70000, magic: MagicFile, name: BootConfName, content: []byte("[all]\nBOOT_UART=0\n")},
+		synthSection{magic: MagicPadding, content: bytes.Repeat([]byte{0xFF}, Size2711-ReservedSize-align8(0x70000+24+18)-8)},
+	)
+}
+
+func TestTrailingPadding(t *testing.T) {
+	img := synthTrailingPad(t)
+	im, err := Parse(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	slot, err := im.BootConfSlot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if slot.Last || slot.Limit != Size2711-ReservedSize {
+		t.Fatalf("slot = %+v, want not last, limit 0x%x", slot, Size2711-ReservedSize)
+	}
+	conf := []byte("[all]\nBOOT_ORDER=0xf21\n")
+	if err := im.SetBootConf(conf); err != nil {
+		t.Fatal(err)
+	}
+	secs := im.Sections()
+	if last := secs[len(secs)-1]; last.Magic != MagicPadding || last.End() != Size2711-ReservedSize {
+		t.Errorf("last section = %+v, want padding up to the reserved sector", last)
+	}
+	if err := im.SetBootConf([]byte("[all]\nBOOT_UART=0\n")); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(im.Bytes(), img) {
+		t.Error("writing the original config back did not restore the image")
+	}
+}
+
 func Test2712(t *testing.T) {
 	img := synth2712(t)
 	im, err := Parse(img)

@@ -24,7 +24,11 @@ func TestUpstreamInterop(t *testing.T) {
 	if err := os.WriteFile(synth, synth2712(t), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	srcs := map[string]string{"synth-2712": synth}
+	pad := filepath.Join(dir, "synth-trailing-pad.bin")
+	if err := os.WriteFile(pad, synthTrailingPad(t), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	srcs := map[string]string{"synth-2712": synth, "synth-trailing-pad": pad}
 	for _, name := range vectorNames {
 		srcs[name] = filepath.Join(sharedDir(t), "eeprom-vectors", name+".bin")
 	}
