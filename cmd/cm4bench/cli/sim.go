@@ -39,6 +39,7 @@ type simOptions struct {
 	dhcpTimeout time.Duration
 	poll        time.Duration
 	agentLogs   bool
+	serverBin   string
 	serverArgs  []string
 }
 
@@ -59,6 +60,8 @@ func (o *simOptions) bind(cmd *cobra.Command) {
 	f.DurationVar(&o.dhcpTimeout, "dhcp-timeout", o.dhcpTimeout, "DHCP_TIMEOUT of the simulated boards (EEPROM minimum 5s)")
 	f.DurationVar(&o.poll, "poll", 0, "agent poll interval (default: what the server says)")
 	f.BoolVar(&o.agentLogs, "agent-logs", false, "copy every agent's log to stderr")
+	f.StringVar(&o.serverBin, "server-binary", "", "cm4bench binary to run as the server (default: this one)")
+	f.MarkHidden("server-binary")
 }
 
 func newSimCmd() *cobra.Command {
@@ -222,6 +225,7 @@ func (o *simOptions) run(ctx context.Context, cmd *cobra.Command, out io.Writer)
 	}
 	cfg := simbench.RigConfig{
 		Devices:   o.devices,
+		Cm4bench:  o.serverBin,
 		Agent:     agent,
 		DataDir:   o.data,
 		Image:     o.image,
