@@ -458,6 +458,8 @@ func (s *Server) handle(ctx context.Context, q *Request) (int32, []byte) {
 		}
 		rec.Result = resultName(code)
 		switch q.Op {
+		case OpClaim, OpRelease, OpSetConfig, OpSetAlt:
+			rec.Arg = ptr(int(q.Arg))
 		case OpControl:
 			rec.RequestType, rec.Request, rec.Value, rec.Index, rec.Length = ptr(q.Setup.RequestType), ptr(q.Setup.Request), ptr(q.Setup.Value), ptr(q.Setup.Index), ptr(q.Setup.Length)
 		case OpTransfer:
