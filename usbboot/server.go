@@ -229,6 +229,7 @@ func (s *Server) Serve(ctx context.Context) ([]Result, error) {
 		finished = map[string]int{} // port -> last address served; re-armed on a new enumeration
 		results  []Result
 		started  int
+		skipped  = map[string]bool{} // ports of RPIBOOT devices the filter left alone
 	)
 	collect := func(r Result) {
 		delete(active, r.Port)
@@ -265,6 +266,9 @@ func (s *Server) Serve(ctx context.Context) ([]Result, error) {
 			}
 		}
 		for _, d := range list {
+			if d.IsRPIBoot() && !s.selected(d) {
+				skipped[d.Port] = true
+			}
 			if _, done := finished[d.Port]; !s.selected(d) || active[d.Port] || done {
 				continue
 			}
@@ -291,7 +295,11 @@ func (s *Server) Serve(ctx context.Context) ([]Result, error) {
 				return results, nil
 			}
 			if started == 0 && !clk.Now().Before(waitUntil) {
-				return results, fmt.Errorf("usbboot: waited %s: %w", s.waitFor(), ErrNoDevice)
+				var note string
+				if len(skipped) > 0 {
+					note = fmt.Sprintf(" (%d RPIBOOT device(s) did not match the filter)", len(skipped))
+				}
+				return results, fmt.Errorf("usbboot: waited %s: %w%s", s.waitFor(), ErrNoDevice, note)
 			}
 		}
 		if len(active) > 0 {

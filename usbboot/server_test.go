@@ -386,9 +386,15 @@ func TestFilterNeverOpensOthers(t *testing.T) {
 			}
 		}
 	}
+	srv := r.server(t)
+	srv.Match = func(d usbboot.Desc) bool { return d.Serial == "nobody" } // 1-1.3 is mass storage by now
+	srv.Timeout = 10 * time.Second
+	if _, err := srv.Serve(t.Context()); !errors.Is(err, usbboot.ErrNoDevice) || !strings.Contains(err.Error(), "2 RPIBOOT device(s) did not match") {
+		t.Errorf("a filter matching nothing: %v", err)
+	}
 	// by serial: the ROM's serial string selects the board; its second
 	// stage is followed by port path.
-	srv := r.server(t)
+	srv = r.server(t)
 	srv.Match = func(d usbboot.Desc) bool { return d.Serial == "bbbb0002" }
 	res, err := srv.Serve(t.Context())
 	if err != nil || len(res) != 1 || res[0].Port != "1-1.2" || res[0].Err != nil || res[0].Serial != "bbbb0002" {
