@@ -130,7 +130,7 @@ func (s *syncBuffer) records(t testing.TB) []libusbfake.Record {
 }
 
 // startServer serves devs in-process on a fresh socket.
-func startServer(t *testing.T, devs ...libusbfake.Device) (socket string, transcript *syncBuffer) {
+func startServer(t testing.TB, devs ...libusbfake.Device) (socket string, transcript *syncBuffer) {
 	t.Helper()
 	socket = filepath.Join(t.TempDir(), "usb.sock")
 	transcript = &syncBuffer{}

@@ -92,7 +92,7 @@ func (d *testDevice) BulkOut(ctx context.Context, ep uint8, p []byte) (int, erro
 
 // probe runs probe.c against socket; it fails the test if the program
 // errors, unless wantHang, where it must still run when ctx ends.
-func probe(t *testing.T, ctx context.Context, socket string, args ...string) string {
+func probe(t testing.TB, ctx context.Context, socket string, args ...string) string {
 	t.Helper()
 	dir := artifacts(t)
 	cmd := exec.CommandContext(ctx, filepath.Join(dir, "probe"), args...)
