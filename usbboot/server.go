@@ -358,7 +358,7 @@ func (s *Server) board(ctx context.Context, d Desc) Result {
 	err := ss.run(ctx, d)
 	if err == nil {
 		err = ss.res.checkHash()
-		if v, ok := ss.res.Metadata.Get("EEPROM_UPDATE"); ok && v != "success" && err == nil {
+		if v, ok := ss.res.Metadata.Get("EEPROM_UPDATE"); ok && v != "success" && v != "none" && err == nil {
 			err = fmt.Errorf("EEPROM_UPDATE=%s: %w", v, ErrEEPROMUpdate)
 		}
 		if err != nil {

@@ -215,6 +215,7 @@ type Board struct {
 	sigHash   string
 	eepromSum string
 	readFile  bool // the pending ReadFile of the current step
+	metaAdded bool // recovery metadata appended to the script
 
 	faults     []Fault
 	transcript []Record
@@ -447,8 +448,10 @@ func (b *Board) buildScript() []step {
 		if b.cfg.SoC == usbboot.SoC2712 {
 			ddr()
 		}
-		s = append(s, gfs("config.txt", true, false), gfs("pieeprom.sig", true, true), gfs("pieeprom.bin", true, true))
-		// metadata steps are appended once the image is flashed
+		// Without image files recovery.bin flashes nothing but still reports
+		// its metadata (usbboot #735, EEPROM_UPDATE=none: inferred).
+		s = append(s, gfs("config.txt", true, false), gfs("pieeprom.sig", true, false), gfs("pieeprom.bin", true, false))
+		// metadata steps are appended when the script runs out (read)
 	}
 	return s
 }
@@ -456,7 +459,10 @@ func (b *Board) buildScript() []step {
 func (b *Board) metadataSteps() []step {
 	update := "success"
 	sum := b.eepromSum
-	if b.sigHash == "" || b.sigHash != b.eepromSum {
+	switch {
+	case b.eepromSum == "":
+		update = "none" // no image served: nothing flashed
+	case b.sigHash != b.eepromSum:
 		update = "fail" // recovery.bin checks the image against pieeprom.sig
 	}
 	if _, ok := b.hasFault(FaultFlashFails, ""); ok {
@@ -469,7 +475,10 @@ func (b *Board) metadataSteps() []step {
 	mac := "d8:3a:dd:" + b.cfg.Serial[2:4] + ":" + b.cfg.Serial[4:6] + ":" + b.cfg.Serial[6:8]
 	kv := [][2]string{
 		{"MAC_ADDR", mac}, {"USER_SERIAL_NUM", b.cfg.Serial}, {"USER_BOARDREV", "c03141"},
-		{"BOOT_ROM", "0000c8b0"}, {"JTAG_LOCKED", "0"}, {"EEPROM_UPDATE", update}, {"EEPROM_HASH", sum},
+		{"BOOT_ROM", "0000c8b0"}, {"JTAG_LOCKED", "0"}, {"EEPROM_UPDATE", update},
+	}
+	if sum != "" {
+		kv = append(kv, [2]string{"EEPROM_HASH", sum})
 	}
 	var s []step
 	for _, p := range kv {
@@ -849,7 +858,6 @@ func (b *Board) fileDone(name, sum string) {
 			}
 		}
 		b.busyUntil = b.clock.Now().Add(wait)
-		b.script = append(b.script, b.metadataSteps()...)
 	}
 }
 
@@ -938,6 +946,10 @@ func (b *Board) read(ctx context.Context, s Setup, data []byte, timeout time.Dur
 		if b.readFile {
 			req = usbboot.Request{Command: usbboot.ReadFile, Name: b.script[b.stepIdx].req.Name}
 		} else {
+			if b.stepIdx >= len(b.script) && b.cfg.Mode == ModeRecovery && !b.metaAdded {
+				b.metaAdded = true
+				b.script = append(b.script, b.metadataSteps()...)
+			}
 			if b.stepIdx >= len(b.script) {
 				b.script = append(b.script, b.doneStep())
 			}

@@ -378,8 +378,8 @@ What is served:
 
 Metadata ("*KEY*VALUE" names sent by recovery.bin) is printed per board and, with
 --metadata-dir, written to DIR/<serial>.json as rpiboot -j does. A board that reports
-EEPROM_UPDATE other than success, or an EEPROM_HASH that is not the sha256 of the served
-pieeprom.bin, counts as failed.
+EEPROM_UPDATE other than success or none (nothing to flash), or an EEPROM_HASH that is not
+the sha256 of the served pieeprom.bin, counts as failed.
 
 Exit status: 0 every board served; 3 no board appeared (or no USB subsystem); 4 access denied
 to the device node (install "cm4bench usbboot udev-rules"); 5 a board failed; 6 a board

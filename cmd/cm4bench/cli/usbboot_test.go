@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cm4bench/cm4bench/firmware"
 	"github.com/cm4bench/cm4bench/usbboot"
 	"github.com/cm4bench/cm4bench/usbboot/gousbdev"
 	"github.com/cm4bench/cm4bench/usbboot/usbboottest"
@@ -435,5 +436,42 @@ func TestEEPROMSetBootOrderFlashLoop(t *testing.T) {
 	}
 	if strings.Contains(stdout, `"ok":false`) {
 		t.Errorf("a board failed:\n%s", stdout)
+	}
+}
+
+// --mode recovery serves the verified recovery set of the firmware cache
+// (imported offline here from the real files in ../shared): recovery.bin
+// reports the board's metadata; with no pieeprom.bin nothing is flashed
+// (EEPROM_UPDATE=none), which is not a failure for usbboot.
+func TestUSBBootModeRecoveryFromCache(t *testing.T) {
+	cacheDir := t.TempDir()
+	cat, err := firmware.Default()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &firmware.Cache{Dir: cacheDir, Catalogue: cat, Offline: true}
+	if _, err := c.Import(usbboottest.SharedDir(t)); err != nil {
+		t.Fatal(err)
+	}
+	s := newSimBench(t, usbboottest.BoardConfig{Port: "1-1.1", Mode: usbboottest.ModeRecovery, Serial: "af04b2da"})
+	md := t.TempDir()
+	stdout, stderr, err := s.run(t, t.Context(), "usbboot", "--mode", "recovery", "--cache", cacheDir, "--metadata-dir", md)
+	if err != nil {
+		t.Fatalf("usbboot --mode recovery: %v\n%s\n%s", err, stdout, stderr)
+	}
+	for _, want := range []string{"EEPROM_UPDATE=none", "MAC_ADDR=d8:3a:dd:", "USER_SERIAL_NUM=af04b2da"} {
+		if !strings.Contains(stdout, want) {
+			t.Errorf("report lacks %s:\n%s", want, stdout)
+		}
+	}
+	if raw, err := os.ReadFile(filepath.Join(md, "af04b2da.json")); err != nil || !strings.Contains(string(raw), `"EEPROM_UPDATE": "none"`) {
+		t.Errorf("metadata file: %v\n%s", err, raw)
+	}
+	files := s.boards[0].Files()
+	if len(files) < 3 || files[0].Name != "bootcode4.bin" || files[1].Name != "config.txt" || !files[1].Received || files[2].Name != "pieeprom.sig" || files[2].Size != 0 {
+		t.Fatalf("files %+v", files)
+	}
+	if got, want := files[0].SHA256, sha256File(t, eepromVector(t, "recovery.bin")); got != want {
+		t.Errorf("bootcode4.bin sha256 %s, want recovery.bin's %s", got, want)
 	}
 }
