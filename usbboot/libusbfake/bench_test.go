@@ -15,7 +15,7 @@ import (
 // hardware. It shows the shim is far faster than a USB 2.0 bus (~40 MB/s).
 func BenchmarkShimBulk16K(b *testing.B) {
 	const chunks = 256 // 4 MiB per program run
-	artifacts(b) // build outside the timed part
+	artifacts(b)       // build outside the timed part
 	for _, mode := range []string{"bulk", "async"} {
 		b.Run(mode, func(b *testing.B) {
 			dev := &testDevice{attached: true, address: 9}

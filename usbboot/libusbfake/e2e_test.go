@@ -730,7 +730,7 @@ func TestE2EUSBBootFaults(t *testing.T) {
 			check: func(t *testing.T, rep boardReport, recs []libusbfake.Record) {
 				// The SIZE timeout is 1 s (usbboot.md §2.1), enforced by libusb.
 				r := failed(recs, "control")
-				if len(r) != 1 || r[0].DurMS < 950 || r[0].DurMS > 2000 || r[0].Result != "LIBUSB_ERROR_TIMEOUT" {
+				if len(r) != 1 || r[0].DurMS < 800 || r[0].DurMS > 3000 || r[0].Result != "LIBUSB_ERROR_TIMEOUT" {
 					t.Errorf("want one SIZE given up after 1 s, got %+v", r)
 				}
 			}},
@@ -739,7 +739,7 @@ func TestE2EUSBBootFaults(t *testing.T) {
 			check: func(t *testing.T, rep boardReport, recs []libusbfake.Record) {
 				// The boot message's bulk never completes; the host cancels it after 5 s.
 				r := failed(recs, "bulk")
-				if len(r) != 1 || r[0].DurMS < 4900 || r[0].DurMS > 7000 {
+				if len(r) != 1 || r[0].DurMS < 4000 || r[0].DurMS > 9000 {
 					t.Errorf("want one bulk given up after 5 s, got %+v", r)
 				}
 			}},
@@ -755,7 +755,7 @@ func TestE2EUSBBootFaults(t *testing.T) {
 			// The silent flash outlasts one READ: the host must wait the
 			// full 20 s, then ask again (usbboot.md §2.3).
 			silent := failed(recs, "control")
-			if len(silent) != 1 || silent[0].Result != "LIBUSB_ERROR_TIMEOUT" || silent[0].DurMS < 19500 || silent[0].DurMS > 21000 {
+			if len(silent) != 1 || silent[0].Result != "LIBUSB_ERROR_TIMEOUT" || silent[0].DurMS < 18000 || silent[0].DurMS > 23000 {
 				t.Errorf("want exactly one READ given up after 20 s, got %+v", silent)
 			}
 			diffTokens(t, rep.Port, protocol(t, recs, rep.Port, 0x01),
