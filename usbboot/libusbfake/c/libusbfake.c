@@ -246,24 +246,27 @@ static int sim_call(libusb_context *ctx, struct buf *req, unsigned timeout_ms, i
 
 	int64_t deadline = timeout_ms ? now_ms() + timeout_ms : -1;
 	int ret = LIBUSB_ERROR_IO;
-	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (fd < 0) {
 		free(req->p);
 		return LIBUSB_ERROR_IO;
 	}
+	/* A Unix-socket connect completes at once (or waits for a free backlog
+	 * slot); connect blocking, then switch to non-blocking I/O so that the
+	 * caller's timeout and cancellation govern the transfer itself. */
 	struct sockaddr_un sa = {.sun_family = AF_UNIX};
 	memcpy(sa.sun_path, ctx->sock, sizeof(sa.sun_path));
-	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
-		if (errno != EINPROGRESS && errno != EAGAIN) {
-			fprintf(stderr, "libusbfake: connect %s: %s\n", ctx->sock, strerror(errno));
-			goto out;
-		}
-		int w = wait_fd(fd, POLLOUT, deadline, cancel_fd);
-		if (w <= 0 || w == -2) {
-			ret = w == 0 ? LIBUSB_ERROR_TIMEOUT : w == -2 ? LIBUSB_ERROR_INTERRUPTED : LIBUSB_ERROR_IO;
-			goto out;
-		}
+	int cr;
+	do
+		cr = connect(fd, (struct sockaddr *)&sa, sizeof(sa));
+	while (cr < 0 && errno == EINTR);
+	if (cr < 0) {
+		fprintf(stderr, "libusbfake: connect %s: %s\n", ctx->sock, strerror(errno));
+		goto out;
 	}
+	int fl = fcntl(fd, F_GETFL);
+	if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0)
+		goto out;
 	size_t off = 0;
 	while (off < req->len) {
 		ssize_t k = send(fd, req->p + off, req->len - off, MSG_NOSIGNAL);
