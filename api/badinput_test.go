@@ -242,6 +242,57 @@ func TestBackupFailures(t *testing.T) {
 		b.assertNothingComplete(mac, a.ID, "not a valid zstd stream")
 	})
 
+	t.Run("raw sha256 trailer", func(t *testing.T) {
+		b.t = t
+		const mac = "dc:a6:32:00:60:05"
+		b.register(mac)
+		zst, err := exec.Command("sh", "-c", "head -c 300000 /dev/zero | tr '\\0' k | zstd -c").Output()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, tt := range []struct {
+			sum  string
+			want int
+		}{
+			{sha(bytes.Repeat([]byte("k"), 300000)), 201},
+			{sha([]byte("something else")), 400},
+		} {
+			var a wire.Action
+			b.admin("POST", "/api/v1/devices/"+mac+"/action", wire.SetActionRequest{Action: "backup"}, 200, &a)
+			p := b.poll(mac)
+			// As the agent sends it: zstd, chunked, raw sha256 in a trailer.
+			req, _ := http.NewRequest("PUT", p.UploadURL, io.MultiReader(bytes.NewReader(zst)))
+			req.ContentLength = -1
+			req.Trailer = http.Header{wire.HeaderRawSHA256: []string{tt.sum}}
+			req.Header.Set("Content-Encoding", "zstd")
+			req.Header.Set("User-Agent", wire.AgentUserAgent+"/test")
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			msg, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != tt.want {
+				t.Errorf("upload with trailer sha %s = %d %s, want %d", tt.sum, resp.StatusCode, msg, tt.want)
+			}
+			if tt.want != 201 {
+				got, _ := b.st.ActionByID(ctx, a.ID)
+				if got.State != wire.StateFailed || !strings.Contains(got.Error, "raw sha256") {
+					t.Errorf("action after a sha mismatch = %s %q", got.State, got.Error)
+				}
+			} else {
+				b.call("POST", wire.PathActionDone, []byte(`{"mac":"`+mac+`"}`), "")
+			}
+		}
+		bs, _ := b.st.Backups(ctx)
+		for _, bk := range bs { // keep the dir clean for the next subtests
+			if bk.MAC == mac {
+				b.st.DeleteBackup(ctx, bk.ID)
+				os.Remove(filepath.Join(dir, "backups", bk.File))
+			}
+		}
+	})
+
 	t.Run("disk full", func(t *testing.T) {
 		b.t = t
 		if os.Geteuid() != 0 {

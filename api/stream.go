@@ -500,7 +500,11 @@ func (s *Server) receiveBackup(r *http.Request, a store.Action) (store.Backup, i
 		return store.Backup{}, http.StatusBadRequest, errors.New("backup upload is empty")
 	}
 	raw := hex.EncodeToString(rawSHA.Sum(nil))
-	if want := r.Header.Get(wire.HeaderRawSHA256); want != "" && !strings.EqualFold(want, raw) {
+	want := r.Header.Get(wire.HeaderRawSHA256)
+	if want == "" {
+		want = r.Trailer.Get(wire.HeaderRawSHA256) // the agent knows it only at the end
+	}
+	if want != "" && !strings.EqualFold(want, raw) {
 		return store.Backup{}, http.StatusBadRequest, fmt.Errorf("backup: device says raw sha256 %s, received %s", strings.ToLower(want), raw)
 	}
 	stored := raw
