@@ -160,7 +160,7 @@ func (f *usbServeFlags) serve(ctx context.Context, files usbboot.FileSource, che
 	asJSON := f.asJSON
 	out := &usbReporter{json: asJSON, stdout: stdout, stderr: stderr}
 	if tf, ok := stderr.(*os.File); ok && !asJSON && term.IsTerminal(int(tf.Fd())) {
-		out.bars = true
+		out.bars, out.throttle = true, 100*time.Millisecond
 	}
 	srv := &usbboot.Server{
 		Bus: bus, Files: files, Match: f.match(), Loop: f.Loop, Timeout: f.Timeout, Clock: clock,
@@ -249,9 +249,11 @@ type usbReporter struct {
 	bars           bool
 	stdout, stderr io.Writer
 
-	mu      sync.Mutex
-	bar     *progressbar.ProgressBar
-	barPort string
+	throttle time.Duration // least time between two bar redraws
+
+	mu     sync.Mutex
+	bar    *progressbar.ProgressBar
+	boards map[string]*boardProgress // port -> progress, boards in flight
 }
 
 // boardReport is the JSON form of one board's result.
@@ -277,26 +279,76 @@ func (u *usbReporter) event(e usbboot.Event) {
 		}
 		return
 	}
-	if !u.bars {
-		return
+	if u.bars {
+		u.progress(e)
+	}
+}
+
+// boardProgress is what the bar shows for one board.
+type boardProgress struct {
+	file        string
+	bytes, size int64 // of the file being sent
+	files       int   // files sent so far
+	sent        int64 // bytes of the files sent so far
+}
+
+// progress keeps one bar for every board in flight: its length is the sum
+// of the files being sent, and its label names each board's file and how
+// many files and bytes that board has had.
+func (u *usbReporter) progress(e usbboot.Event) {
+	if u.boards == nil {
+		u.boards = map[string]*boardProgress{}
+	}
+	bp := u.boards[e.Port]
+	if bp == nil {
+		bp = &boardProgress{}
+		u.boards[e.Port] = bp
 	}
 	switch e.Kind {
 	case usbboot.EventFileStart:
-		if u.bar == nil || u.barPort == e.Port {
-			u.bar = progressbar.NewOptions64(e.Total, progressbar.OptionSetWriter(u.stderr), progressbar.OptionShowBytes(true),
-				progressbar.OptionSetDescription(e.Port+" "+e.File), progressbar.OptionClearOnFinish())
-			u.barPort = e.Port
-		}
+		bp.file, bp.bytes, bp.size = e.File, 0, e.Total
 	case usbboot.EventProgress:
-		if u.bar != nil && u.barPort == e.Port {
-			_ = u.bar.Set64(e.Bytes)
+		bp.bytes = e.Bytes
+	case usbboot.EventFileDone:
+		bp.files++
+		bp.sent += e.Total
+		bp.file, bp.bytes, bp.size = "", 0, 0
+	case usbboot.EventDone, usbboot.EventFailed:
+		delete(u.boards, e.Port)
+	default:
+		return
+	}
+	var done, total int64
+	var labels []string
+	ports := make([]string, 0, len(u.boards))
+	for p := range u.boards {
+		ports = append(ports, p)
+	}
+	slices.Sort(ports)
+	for _, p := range ports {
+		b := u.boards[p]
+		done += b.bytes
+		total += b.size
+		label := fmt.Sprintf("%s #%d", p, b.files+1)
+		if b.file != "" {
+			label += " " + b.file
 		}
-	case usbboot.EventFileDone, usbboot.EventDone, usbboot.EventFailed:
-		if u.bar != nil && u.barPort == e.Port {
+		labels = append(labels, label)
+	}
+	if total == 0 {
+		if u.bar != nil && len(u.boards) == 0 {
 			_ = u.bar.Finish()
 			u.bar = nil
 		}
+		return
 	}
+	if u.bar == nil {
+		u.bar = progressbar.NewOptions64(total, progressbar.OptionSetWriter(u.stderr), progressbar.OptionShowBytes(true),
+			progressbar.OptionClearOnFinish(), progressbar.OptionThrottle(u.throttle))
+	}
+	u.bar.ChangeMax64(total)
+	u.bar.Describe(strings.Join(labels, " | "))
+	_ = u.bar.Set64(done)
 }
 
 func (u *usbReporter) result(r usbboot.Result) {

@@ -7,6 +7,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -473,5 +474,27 @@ func TestUSBBootModeRecoveryFromCache(t *testing.T) {
 	}
 	if got, want := files[0].SHA256, sha256File(t, eepromVector(t, "recovery.bin")); got != want {
 		t.Errorf("bootcode4.bin sha256 %s, want recovery.bin's %s", got, want)
+	}
+}
+
+// The progress bar (drawn only on a terminal) covers every board in flight.
+func TestUSBBootProgressBar(t *testing.T) {
+	var bar bytes.Buffer
+	u := &usbReporter{bars: true, stdout: io.Discard, stderr: &bar}
+	for _, e := range []usbboot.Event{
+		{Kind: usbboot.EventFileStart, Port: "1-1.1", File: "start4.elf", Total: 536536},
+		{Kind: usbboot.EventFileStart, Port: "1-1.2", File: "boot.img", Total: 3 << 20},
+		{Kind: usbboot.EventProgress, Port: "1-1.2", File: "boot.img", Bytes: 1 << 20, Total: 3 << 20},
+	} {
+		u.event(e)
+	}
+	if out := bar.String(); !strings.Contains(out, "1-1.1 #1 start4.elf | 1-1.2 #1 boot.img") {
+		t.Errorf("bar does not show both boards:\n%q", out)
+	}
+	u.event(usbboot.Event{Kind: usbboot.EventFileDone, Port: "1-1.1", File: "start4.elf", Bytes: 536536, Total: 536536})
+	u.event(usbboot.Event{Kind: usbboot.EventDone, Port: "1-1.1"})
+	u.event(usbboot.Event{Kind: usbboot.EventFailed, Port: "1-1.2"})
+	if u.bar != nil || len(u.boards) != 0 {
+		t.Errorf("bar still up after every board finished")
 	}
 }
