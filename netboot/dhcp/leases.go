@@ -49,6 +49,7 @@ type pool struct {
 	byMAC    map[string]*Lease
 	byIP     map[netip.Addr]*Lease
 	declined map[netip.Addr]time.Time // address -> until when it is not handed out
+	cursor   netip.Addr               // where the next free-address scan starts
 	dirty    bool
 }
 
@@ -135,8 +136,21 @@ func (p *pool) free(want netip.Addr, now time.Time) (netip.Addr, bool) {
 	if want.IsValid() && p.usable(want, now) {
 		return want, true
 	}
-	for a := p.first; a.IsValid() && a.Compare(p.last) <= 0; a = a.Next() {
+	// Scan from just after the last address handed out, wrapping around, so
+	// filling a large pool does not rescan the taken part every time.
+	start := p.cursor
+	if !start.IsValid() || !p.inRange(start) {
+		start = p.first
+	}
+	for a := start; a.IsValid() && a.Compare(p.last) <= 0; a = a.Next() {
 		if p.usable(a, now) {
+			p.cursor = a.Next()
+			return a, true
+		}
+	}
+	for a := p.first; a.IsValid() && a.Less(start); a = a.Next() {
+		if p.usable(a, now) {
+			p.cursor = a.Next()
 			return a, true
 		}
 	}
