@@ -66,17 +66,6 @@ func (p *pool) inRange(a netip.Addr) bool {
 	return a.Is4() && a.Compare(p.first) >= 0 && a.Compare(p.last) <= 0 && a != p.server
 }
 
-// lookup returns a copy of mac's lease.
-func (p *pool) lookup(mac net.HardwareAddr) (Lease, bool) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	l, ok := p.byMAC[mac.String()]
-	if !ok {
-		return Lease{}, false
-	}
-	return *l, true
-}
-
 // macForIP returns the MAC holding ip.
 func (p *pool) macForIP(ip netip.Addr) (net.HardwareAddr, bool) {
 	p.mu.Lock()
@@ -228,8 +217,8 @@ func (p *pool) decline(mac net.HardwareAddr, ip netip.Addr, now time.Time) {
 	}
 }
 
-// remember records that mac is a Pi without binding (used for REQUESTs that
-// lack the Pi's options).
+// isPi reports whether an earlier packet from mac was recognised as a Pi
+// (the Pi's REQUEST lacks option 60, and may lack option 97).
 func (p *pool) isPi(mac net.HardwareAddr) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -237,6 +226,7 @@ func (p *pool) isPi(mac net.HardwareAddr) bool {
 	return ok && l.Pi
 }
 
+// markPi remembers that mac is a Pi.
 func (p *pool) markPi(mac net.HardwareAddr) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
