@@ -39,7 +39,7 @@ func (s *Server) handleRegister(c *gin.Context) error {
 	if f := req.Facts; f != nil && f.Serial != "" && !isHex(f.Serial) {
 		return httpErr(http.StatusBadRequest, "malformed serial %q: want hex digits", f.Serial)
 	}
-	created, err := s.Store.Register(c, mac, ip, req.Facts)
+	created, err := s.Store.Register(c.Request.Context(), mac, ip, req.Facts)
 	if err != nil {
 		return err
 	}
@@ -49,7 +49,7 @@ func (s *Server) handleRegister(c *gin.Context) error {
 		ev.Serial = f.Serial
 		ev.Fields["facts"] = f
 	}
-	s.emit(c, ev)
+	s.emit(c.Request.Context(), ev)
 	writeJSON(c.Writer, http.StatusOK, wire.RegisterResponse{Status: "registered", MAC: mac, PollInterval: s.pollInterval().Seconds()})
 	return nil
 }
@@ -69,12 +69,12 @@ func (s *Server) handlePoll(c *gin.Context) error {
 		return err
 	}
 	ip := remoteIP(c.Request)
-	if err := s.Store.Touch(c, mac, ip); errors.Is(err, store.ErrNotFound) {
+	if err := s.Store.Touch(c.Request.Context(), mac, ip); errors.Is(err, store.ErrNotFound) {
 		return httpErr(http.StatusNotFound, "unknown device %s: register first (POST %s)", mac, wire.PathRegister)
 	} else if err != nil {
 		return err
 	}
-	a, err := s.Store.OpenAction(c, mac)
+	a, err := s.Store.OpenAction(c.Request.Context(), mac)
 	if errors.Is(err, store.ErrNotFound) {
 		writeJSON(c.Writer, http.StatusOK, wire.PollResponse{Action: wire.ActionNone})
 		return nil
@@ -87,12 +87,12 @@ func (s *Server) handlePoll(c *gin.Context) error {
 	q := "?token=" + url.QueryEscape(a.Token)
 	switch a.Type {
 	case wire.ActionDeploy:
-		e, err := s.Images.Info(c, a.Image)
+		e, err := s.Images.Info(c.Request.Context(), a.Image)
 		if err != nil {
 			// The technician picked an image that is gone or unreadable:
 			// fail the action now, with the reason, rather than hand the
 			// device a URL that cannot work.
-			s.failAction(c, a, fmt.Sprintf("image %q is not usable: %v", a.Image, err))
+			s.failAction(c.Request.Context(), a, fmt.Sprintf("image %q is not usable: %v", a.Image, err))
 			writeJSON(c.Writer, http.StatusOK, wire.PollResponse{Action: wire.ActionNone})
 			return nil
 		}
@@ -102,11 +102,11 @@ func (s *Server) handlePoll(c *gin.Context) error {
 		resp.UploadURL = base + wire.PathBackup + "/" + a.ID + q
 	}
 	first := a.State == wire.StatePending
-	if a, err = s.Store.MarkPolled(c, a.ID, ip); err != nil {
+	if a, err = s.Store.MarkPolled(c.Request.Context(), a.ID, ip); err != nil {
 		return err
 	}
 	if first {
-		s.emit(c, wire.Event{Kind: wire.EventActionProgress, MAC: mac, Message: a.Type + " fetched by the device",
+		s.emit(c.Request.Context(), wire.Event{Kind: wire.EventActionProgress, MAC: mac, Message: a.Type + " fetched by the device",
 			Fields: map[string]any{"action_id": a.ID, "phase": "polled", "done": 0, "total": a.Total, "rate": 0.0}})
 	}
 	writeJSON(c.Writer, http.StatusOK, resp)
@@ -196,12 +196,12 @@ func (s *Server) handleActionDone(c *gin.Context) error {
 	if err != nil {
 		return err
 	}
-	if _, err := s.Store.Device(c, mac); errors.Is(err, store.ErrNotFound) {
+	if _, err := s.Store.Device(c.Request.Context(), mac); errors.Is(err, store.ErrNotFound) {
 		return httpErr(http.StatusNotFound, "unknown device %s", mac)
 	} else if err != nil {
 		return err
 	}
-	a, err := s.deviceAction(c, c.Request, mac, req.ActionID, req.Token)
+	a, err := s.deviceAction(c.Request.Context(), c.Request, mac, req.ActionID, req.Token)
 	if err != nil {
 		return err
 	}
@@ -221,21 +221,21 @@ func (s *Server) handleActionDone(c *gin.Context) error {
 		}
 	}
 	if res.OK {
-		res.Error = s.checkDone(c, a, req)
+		res.Error = s.checkDone(c.Request.Context(), a, req)
 		res.OK = res.Error == ""
 	}
-	fa, err := s.Store.Finish(c, a.ID, res)
+	fa, err := s.Store.Finish(c.Request.Context(), a.ID, res)
 	if err != nil {
 		return err
 	}
 	s.metrics.actionFinished(fa.Action)
 	if res.OK {
-		s.emit(c, wire.Event{Kind: wire.EventActionDone, MAC: mac, Message: a.Type + " done",
+		s.emit(c.Request.Context(), wire.Event{Kind: wire.EventActionDone, MAC: mac, Message: a.Type + " done",
 			Fields: map[string]any{"action_id": a.ID, "type": a.Type, "sha256": fa.SHA256, "bytes": fa.Bytes}})
-		s.emit(c, wire.Event{Kind: wire.EventNetbootSet, MAC: mac, Message: "netboot switched off after a successful " + a.Type,
+		s.emit(c.Request.Context(), wire.Event{Kind: wire.EventNetbootSet, MAC: mac, Message: "netboot switched off after a successful " + a.Type,
 			Fields: map[string]any{"enabled": false}})
 	} else {
-		s.emit(c, wire.Event{Kind: wire.EventActionFailed, Level: "error", MAC: mac, Message: a.Type + " failed: " + res.Error,
+		s.emit(c.Request.Context(), wire.Event{Kind: wire.EventActionFailed, Level: "error", MAC: mac, Message: a.Type + " failed: " + res.Error,
 			Fields: map[string]any{"action_id": a.ID, "type": a.Type, "error": res.Error}})
 	}
 	writeJSON(c.Writer, http.StatusOK, fa.Action)
@@ -285,14 +285,14 @@ func (s *Server) handleProgress(c *gin.Context) error {
 	if p.Done < 0 || p.Total < 0 || p.Rate < 0 || len(p.Phase) > 64 {
 		return httpErr(http.StatusBadRequest, "progress values out of range")
 	}
-	a, err := s.deviceAction(c, c.Request, mac, p.ActionID, p.Token)
+	a, err := s.deviceAction(c.Request.Context(), c.Request, mac, p.ActionID, p.Token)
 	if err != nil {
 		return err
 	}
-	if err := s.Store.Progress(c, a.ID, p.Phase, p.Done, p.Total, p.Rate); err != nil {
+	if err := s.Store.Progress(c.Request.Context(), a.ID, p.Phase, p.Done, p.Total, p.Rate); err != nil {
 		return err
 	}
-	s.emit(c, wire.Event{Kind: wire.EventActionProgress, MAC: mac, Message: p.Phase,
+	s.emit(c.Request.Context(), wire.Event{Kind: wire.EventActionProgress, MAC: mac, Message: p.Phase,
 		Fields: map[string]any{"action_id": a.ID, "phase": p.Phase, "done": p.Done, "total": p.Total, "rate": p.Rate}})
 	writeJSON(c.Writer, http.StatusOK, map[string]string{"status": "ok"})
 	return nil
@@ -310,23 +310,23 @@ func (s *Server) handleLog(c *gin.Context) error {
 	if len(l.Lines) == 0 {
 		return httpErr(http.StatusBadRequest, "no log lines")
 	}
-	if _, err := s.Store.Device(c, mac); errors.Is(err, store.ErrNotFound) {
+	if _, err := s.Store.Device(c.Request.Context(), mac); errors.Is(err, store.ErrNotFound) {
 		return httpErr(http.StatusNotFound, "unknown device %s", mac)
 	} else if err != nil {
 		return err
 	}
 	ev := wire.Event{Kind: wire.EventDeviceLog, MAC: mac, Message: l.Lines[len(l.Lines)-1], Fields: map[string]any{"lines": l.Lines}}
 	if l.ActionID != "" {
-		a, err := s.deviceAction(c, c.Request, mac, l.ActionID, l.Token)
+		a, err := s.deviceAction(c.Request.Context(), c.Request, mac, l.ActionID, l.Token)
 		if err != nil {
 			return err
 		}
-		if err := s.Store.AppendLog(c, a.ID, l.Lines); err != nil {
+		if err := s.Store.AppendLog(c.Request.Context(), a.ID, l.Lines); err != nil {
 			return err
 		}
 		ev.Fields["action_id"] = a.ID
 	}
-	s.emit(c, ev)
+	s.emit(c.Request.Context(), ev)
 	writeJSON(c.Writer, http.StatusOK, map[string]string{"status": "ok"})
 	return nil
 }

@@ -77,11 +77,11 @@ func (s *Server) device(ctx context.Context, macParam string) (wire.Device, erro
 }
 
 func (s *Server) handleDevice(c *gin.Context) error {
-	d, err := s.device(c, c.Param("mac"))
+	d, err := s.device(c.Request.Context(), c.Param("mac"))
 	if err != nil {
 		return err
 	}
-	acts, err := s.Store.Actions(c, d.MAC, 20)
+	acts, err := s.Store.Actions(c.Request.Context(), d.MAC, 20)
 	if err != nil {
 		return err
 	}
@@ -156,7 +156,7 @@ func (s *Server) handleSetAction(c *gin.Context) error {
 	if err := s.decodeJSON(c.Request, &req); err != nil {
 		return err
 	}
-	a, err := s.setAction(c, c.Param("mac"), req.Action, req.Image)
+	a, err := s.setAction(c.Request.Context(), c.Param("mac"), req.Action, req.Image)
 	if err != nil {
 		return err
 	}
@@ -174,14 +174,14 @@ func (s *Server) handleBulkAction(c *gin.Context) error {
 	}
 	// Check everything first so that a typo changes nothing.
 	for _, m := range req.MACs {
-		if _, err := s.device(c, m); err != nil {
+		if _, err := s.device(c.Request.Context(), m); err != nil {
 			return err
 		}
 	}
 	out := []wire.Action{}
 	var errs []string
 	for _, m := range req.MACs {
-		a, err := s.setAction(c, m, req.Action, req.Image)
+		a, err := s.setAction(c.Request.Context(), m, req.Action, req.Image)
 		if err != nil {
 			_, msg := statusOf(err)
 			errs = append(errs, m+": "+msg)
@@ -204,21 +204,21 @@ func (s *Server) handleSetDeviceImage(c *gin.Context) error {
 	if err := s.decodeJSON(c.Request, &req); err != nil {
 		return err
 	}
-	d, err := s.device(c, c.Param("mac"))
+	d, err := s.device(c.Request.Context(), c.Param("mac"))
 	if err != nil {
 		return err
 	}
 	if req.Image != "" {
-		if _, err := s.Images.Stat(c, req.Image); err != nil {
+		if _, err := s.Images.Stat(c.Request.Context(), req.Image); err != nil {
 			return err
 		}
 	}
-	if err := s.Store.SetDeviceImage(c, d.MAC, req.Image); err != nil {
+	if err := s.Store.SetDeviceImage(c.Request.Context(), d.MAC, req.Image); err != nil {
 		return err
 	}
-	s.emit(c, wire.Event{Kind: "device.image", MAC: d.MAC, Message: "image assigned: " + orDefault(req.Image),
+	s.emit(c.Request.Context(), wire.Event{Kind: "device.image", MAC: d.MAC, Message: "image assigned: " + orDefault(req.Image),
 		Fields: map[string]any{"image": req.Image}})
-	d, err = s.Store.Device(c, d.MAC)
+	d, err = s.Store.Device(c.Request.Context(), d.MAC)
 	if err != nil {
 		return err
 	}
@@ -243,17 +243,17 @@ func (s *Server) handleSetDeviceNetboot(c *gin.Context) error {
 		return err
 	}
 	// Known or not: a switch may be set before a board first boots.
-	if err := s.Store.SetDeviceNetboot(c, mac, req.Enabled); err != nil {
+	if err := s.Store.SetDeviceNetboot(c.Request.Context(), mac, req.Enabled); err != nil {
 		return err
 	}
-	s.emit(c, wire.Event{Kind: wire.EventNetbootSet, MAC: mac, Message: "netboot " + onOff(req.Enabled) + " by the technician",
+	s.emit(c.Request.Context(), wire.Event{Kind: wire.EventNetbootSet, MAC: mac, Message: "netboot " + onOff(req.Enabled) + " by the technician",
 		Fields: map[string]any{"enabled": req.Enabled}})
 	writeJSON(c.Writer, http.StatusOK, wire.NetbootSwitch{MAC: mac, Enabled: req.Enabled})
 	return nil
 }
 
 func (s *Server) handleGetDeviceNetboot(c *gin.Context) error {
-	d, err := s.device(c, c.Param("mac"))
+	d, err := s.device(c.Request.Context(), c.Param("mac"))
 	if err != nil {
 		return err
 	}
@@ -281,10 +281,10 @@ func (s *Server) handleSetNetboot(c *gin.Context) error {
 	if req.MAC != "" {
 		return httpErr(http.StatusBadRequest, "the global switch takes no mac; use PUT /api/v1/devices/%s/netboot", req.MAC)
 	}
-	if err := s.Store.SetGlobalNetboot(c, req.Enabled); err != nil {
+	if err := s.Store.SetGlobalNetboot(c.Request.Context(), req.Enabled); err != nil {
 		return err
 	}
-	s.emit(c, wire.Event{Kind: wire.EventNetbootSet, Message: "global netboot " + onOff(req.Enabled),
+	s.emit(c.Request.Context(), wire.Event{Kind: wire.EventNetbootSet, Message: "global netboot " + onOff(req.Enabled),
 		Fields: map[string]any{"enabled": req.Enabled, "global": true}})
 	writeJSON(c.Writer, http.StatusOK, wire.NetbootSwitch{Enabled: req.Enabled})
 	return nil
@@ -304,7 +304,7 @@ func (s *Server) handleAddImage(c *gin.Context) error {
 	if name == "" {
 		return httpErr(http.StatusBadRequest, "missing ?name=FILE.img[.gz|.xz|.zst]")
 	}
-	im, err := s.Images.Add(c, name, c.Request.Body)
+	im, err := s.Images.Add(c.Request.Context(), name, c.Request.Body)
 	if err != nil {
 		if errors.Is(err, images.ErrBadName) || errors.Is(err, images.ErrExists) || errors.Is(err, images.ErrIsDefault) {
 			return err
@@ -314,7 +314,7 @@ func (s *Server) handleAddImage(c *gin.Context) error {
 		}
 		return &HTTPError{Code: http.StatusBadRequest, Msg: "image upload failed: " + publicErr(err), Err: err}
 	}
-	s.emit(c, wire.Event{Kind: wire.EventImageAdded, Message: fmt.Sprintf("image %s added (%d bytes raw)", im.Name, im.Size),
+	s.emit(c.Request.Context(), wire.Event{Kind: wire.EventImageAdded, Message: fmt.Sprintf("image %s added (%d bytes raw)", im.Name, im.Size),
 		Fields: map[string]any{"image": im.Name, "size": im.Size, "sha256": im.SHA256}})
 	writeJSON(c.Writer, http.StatusCreated, im)
 	return nil
@@ -334,7 +334,7 @@ func (s *Server) handleRemoveImage(c *gin.Context) error {
 	if err := s.Images.Remove(name); err != nil {
 		return err
 	}
-	s.emit(c, wire.Event{Kind: wire.EventImageRemoved, Message: "image " + name + " removed", Fields: map[string]any{"image": name}})
+	s.emit(c.Request.Context(), wire.Event{Kind: wire.EventImageRemoved, Message: "image " + name + " removed", Fields: map[string]any{"image": name}})
 	writeJSON(c.Writer, http.StatusOK, map[string]string{"status": "removed", "image": name})
 	return nil
 }
@@ -364,7 +364,7 @@ func (s *Server) backup(ctx context.Context, id string) (store.Backup, error) {
 }
 
 func (s *Server) handleBackupDownload(c *gin.Context) error {
-	b, err := s.backup(c, c.Param("id"))
+	b, err := s.backup(c.Request.Context(), c.Param("id"))
 	if err != nil {
 		return err
 	}
@@ -384,17 +384,17 @@ func (s *Server) handleBackupDownload(c *gin.Context) error {
 }
 
 func (s *Server) handleDeleteBackup(c *gin.Context) error {
-	b, err := s.backup(c, c.Param("id"))
+	b, err := s.backup(c.Request.Context(), c.Param("id"))
 	if err != nil {
 		return err
 	}
 	if err := os.Remove(filepath.Join(s.backupDir(), b.File)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return &HTTPError{Code: http.StatusInternalServerError, Msg: "could not delete the backup file: " + publicErr(err), Err: err}
 	}
-	if err := s.Store.DeleteBackup(c, b.ID); err != nil {
+	if err := s.Store.DeleteBackup(c.Request.Context(), b.ID); err != nil {
 		return err
 	}
-	s.emit(c, wire.Event{Kind: "backup.removed", MAC: b.MAC, Message: "backup " + b.ID + " deleted", Fields: map[string]any{"backup_id": b.ID}})
+	s.emit(c.Request.Context(), wire.Event{Kind: "backup.removed", MAC: b.MAC, Message: "backup " + b.ID + " deleted", Fields: map[string]any{"backup_id": b.ID}})
 	writeJSON(c.Writer, http.StatusOK, map[string]string{"status": "deleted", "id": b.ID})
 	return nil
 }
@@ -423,7 +423,7 @@ func (s *Server) handleActions(c *gin.Context) error {
 	if err != nil {
 		return err
 	}
-	acts, err := s.Store.Actions(c, mac, int(limit))
+	acts, err := s.Store.Actions(c.Request.Context(), mac, int(limit))
 	if err != nil {
 		return err
 	}
@@ -444,7 +444,7 @@ func (s *Server) handleEvents(c *gin.Context) error {
 	if err != nil {
 		return err
 	}
-	evs, err := s.Store.Events(c, since, int(limit))
+	evs, err := s.Store.Events(c.Request.Context(), since, int(limit))
 	if err != nil {
 		return err
 	}
@@ -485,7 +485,7 @@ func (s *Server) handleSSE(c *gin.Context) error {
 	last := since
 	if since >= 0 {
 		for {
-			evs, err := s.Store.Events(c, last, 1000)
+			evs, err := s.Store.Events(c.Request.Context(), last, 1000)
 			if err != nil {
 				return nil // headers are out; the client reconnects
 			}
