@@ -64,6 +64,7 @@ func waitProgress(t *testing.T, c *simbench.Client, mac, id string, frac float64
 // request, the deploy completes verified, and the action's history shows
 // the interruption.
 func TestFaultServerKilledMidDeploy(t *testing.T) {
+	t.Parallel() // each run has its own namespaces; the waits overlap
 	agentLog := &lockedLogs{m: map[int]*bytes.Buffer{}}
 	r := testRig(t, simbench.RigConfig{Devices: 1, ImageSize: 32 << 20, EMMCBytes: 64 << 20, AgentOutput: agentLog.writer})
 	waitRegistered(t, r, 90*time.Second)
@@ -152,6 +153,9 @@ func firstLine(s, sub string) string {
 // backup. No backup may be recorded as complete, the action ends failed,
 // and netboot stays on for the board.
 func TestFaultLinkCutMidBackup(t *testing.T) {
+	// Parallel: most of this run is the server noticing the dead TCP
+	// connection (keepalive, about 2.5 minutes), which overlaps the others.
+	t.Parallel()
 	r := testRig(t, simbench.RigConfig{Devices: 1, EMMCBytes: 64 << 20, Prepare: func(r *simbench.Rig) error {
 		return fillEMMC(r.Bench.Devices[0].EMMC(), 64<<20, 11)
 	}})

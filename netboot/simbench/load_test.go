@@ -183,6 +183,7 @@ func (r *runStats) add(a wire.Action) {
 // actions; every deploy is verified against the image on the board's eMMC
 // file; p99 poll latency and a table of where the time went are reported.
 func TestLoad(t *testing.T) {
+	t.Parallel()
 	const boards, deploySlots, backupSlots = 50, 16, 4
 	dur := soakDuration(t)
 	sl := &stateLog{last: map[int]simbench.Status{}, at: map[int]time.Time{}}
