@@ -137,14 +137,22 @@ func BenchmarkDeployVsCurlDD(b *testing.B) {
 	imageFile(b, filepath.Join(bench.Images, "raw.img"), size, 30, 1)
 	imageFile(b, filepath.Join(bench.Images, "os.img.zst"), size, 30, 1)
 	imageFile(b, filepath.Join(bench.Images, "sparse.img.zst"), size, 70, 2)
+	// The same runs through a proxy paced like 1 GbE (117 MB/s of payload).
+	gbe := agenttest.StartThrottleProxy(b, bench.Addr, 117e6)
+	viaGbE := func(u string) string { return strings.Replace(u, bench.URL, gbe.URL, 1) }
+	direct := func(u string) string { return u }
 	var rows []row
 	for _, tc := range []struct {
 		name, sub, image string
 		zstd             bool
+		via              func(string) string
 	}{
-		{"raw (30% zero)", "raw", "raw.img", false},
-		{"zstd (30% zero)", "zstd", "os.img.zst", true},
-		{"sparse zstd (70% zero)", "sparse-zstd", "sparse.img.zst", true},
+		{"raw (30% zero)", "raw", "raw.img", false, direct},
+		{"zstd (30% zero)", "zstd", "os.img.zst", true, direct},
+		{"sparse zstd (70% zero)", "sparse-zstd", "sparse.img.zst", true, direct},
+		{"raw, 1GbE pace", "raw-1gbe", "raw.img", false, viaGbE},
+		{"zstd, 1GbE pace", "zstd-1gbe", "os.img.zst", true, viaGbE},
+		{"sparse zstd, 1GbE pace", "sparse-zstd-1gbe", "sparse.img.zst", true, viaGbE},
 	} {
 		r := row{name: tc.name, agentS: 1e9, peerS: 1e9, fsyncS: 1e9}
 		peer := func(fsync bool) float64 {
@@ -155,7 +163,7 @@ func BenchmarkDeployVsCurlDD(b *testing.B) {
 			if fsync {
 				conv = "conv=fsync"
 			}
-			cmd := exec.Command("sh", "-c", `curl -sS --fail "$1" | dd of="$2" bs=4M iflag=fullblock status=none `+conv, "sh", pr.URL, disk)
+			cmd := exec.Command("sh", "-c", `curl -sS --fail "$1" | dd of="$2" bs=4M iflag=fullblock status=none `+conv, "sh", tc.via(pr.URL), disk)
 			start := time.Now()
 			if out, err := cmd.CombinedOutput(); err != nil {
 				b.Fatalf("curl | dd: %v\n%s", err, out)
@@ -177,7 +185,7 @@ func BenchmarkDeployVsCurlDD(b *testing.B) {
 					if err != nil {
 						b.Fatal(err)
 					}
-					src := &agent.Source{URL: pr.URL, AcceptZstd: tc.zstd}
+					src := &agent.Source{URL: tc.via(pr.URL), AcceptZstd: tc.zstd}
 					start := time.Now()
 					if err := src.Open(context.Background()); err != nil {
 						b.Fatal(err)
@@ -201,7 +209,7 @@ func BenchmarkDeployVsCurlDD(b *testing.B) {
 		})
 		rows = append(rows, r)
 	}
-	fmt.Printf("\nDeploy of a %d MiB image through the real server on loopback, best of %d (agent: verified, fsync + O_DIRECT read-back)\n", size>>20, reps)
+	fmt.Printf("\nDeploy of a %d MiB image through the real server on loopback (and paced to 1 GbE), best of %d (agent: verified, fsync + O_DIRECT read-back)\n", size>>20, reps)
 	fmt.Printf("%-24s %8s %9s %7s %9s %7s %11s %11s %11s %11s\n", "image", "agent s", "curl|dd s", "ratio", "+fsync s", "ratio", "agent wire", "peer wire", "agent write", "peer write")
 	for _, r := range rows {
 		fmt.Printf("%-24s %8.2f %9.2f %6.2fx %9.2f %6.2fx %11d %11d %11d %11d\n", r.name, r.agentS, r.peerS, r.peerS/r.agentS, r.fsyncS, r.fsyncS/r.agentS, r.agentWire, r.peerWire, r.agentWritten, r.peerWritten)
@@ -215,9 +223,23 @@ func BenchmarkBackupVsDDCurl(b *testing.B) {
 	bench := agenttest.Start(b, "127.0.0.1:0")
 	disk := filepath.Join(b.TempDir(), "emmc.img")
 	imageFile(b, disk, size, 30, 5)
-	var agentS, peerS float64
+	agentS, peerS := 1e9, 1e9
 	var sent int64
 	for b.Loop() {
+		for range reps {
+			agentS, peerS, sent = backupOnce(b, bench, disk, agentS, peerS)
+		}
+	}
+	b.ReportMetric(peerS/agentS, "x-vs-dd|curl")
+	fmt.Printf("\nBackup of a %d MiB disk (30%% zero) to the real server on loopback, best of %d\n", size>>20, reps)
+	fmt.Printf("%-14s %9s %14s\n", "client", "seconds", "bytes sent")
+	fmt.Printf("%-14s %9.2f %14d (zstd, raw+zstd sha256, O_DIRECT reads)\n", "agent", agentS, sent)
+	fmt.Printf("%-14s %9.2f %14d (raw)\n", "dd | curl -T", peerS, int64(size))
+	fmt.Printf("ratio %.2fx\n", peerS/agentS)
+}
+
+func backupOnce(b *testing.B, bench *agenttest.Bench, disk string, bestAgent, bestPeer float64) (agentS, peerS float64, sent int64) {
+	{
 		pr := poll(b, bench, wire.ActionBackup, "")
 		dev, err := blockdev.Open(disk, false, true)
 		if err != nil {
@@ -232,13 +254,13 @@ func BenchmarkBackupVsDDCurl(b *testing.B) {
 				return err
 			}
 			defer resp.Body.Close()
-			if resp.StatusCode != http.StatusOK {
+			if resp.StatusCode/100 != 2 {
 				msg, _ := io.ReadAll(resp.Body)
 				return fmt.Errorf("HTTP %d: %s", resp.StatusCode, msg)
 			}
 			return nil
 		})
-		agentS = time.Since(start).Seconds()
+		agentS = min(bestAgent, time.Since(start).Seconds())
 		dev.Close()
 		if err != nil {
 			b.Fatal(err)
@@ -251,14 +273,9 @@ func BenchmarkBackupVsDDCurl(b *testing.B) {
 		if out, err := cmd.CombinedOutput(); err != nil {
 			b.Fatalf("dd | curl: %v\n%s", err, out)
 		}
-		peerS = time.Since(start).Seconds()
+		peerS = min(bestPeer, time.Since(start).Seconds())
 	}
-	b.ReportMetric(peerS/agentS, "x-vs-dd|curl")
-	fmt.Printf("\nBackup of a %d MiB disk (30%% zero) to the real server on loopback\n", size>>20)
-	fmt.Printf("%-14s %9s %14s\n", "client", "seconds", "bytes sent")
-	fmt.Printf("%-14s %9.2f %14d (zstd, raw+zstd sha256, O_DIRECT reads)\n", "agent", agentS, sent)
-	fmt.Printf("%-14s %9.2f %14d (raw)\n", "dd | curl -T", peerS, int64(size))
-	fmt.Printf("ratio %.2fx\n", peerS/agentS)
+	return agentS, peerS, sent
 }
 
 // BenchmarkAgentPeakRSS deploys an 8 GiB sparse image with the real

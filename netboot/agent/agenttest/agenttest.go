@@ -290,3 +290,61 @@ func (p *CutProxy) serve(c net.Conn, target string) {
 
 // String describes the bench (for logs).
 func (b *Bench) String() string { return fmt.Sprintf("cm4bench api at %s (data %s)", b.URL, b.Data) }
+
+// ThrottleProxy is a TCP proxy that paces the server-to-client direction
+// of each connection to a fixed rate, to give loopback the shape of a bench
+// link (1 GbE carries about 117 MB/s of TCP payload). Uploads pass unpaced.
+type ThrottleProxy struct {
+	URL string
+	ln  net.Listener
+}
+
+// StartThrottleProxy proxies to the host:port target at bytesPerSec.
+func StartThrottleProxy(tb testing.TB, target string, bytesPerSec float64) *ThrottleProxy {
+	tb.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				up, err := net.Dial("tcp", target)
+				if err != nil {
+					return
+				}
+				defer up.Close()
+				go func() { io.Copy(up, c); up.(*net.TCPConn).CloseWrite() }()
+				buf := make([]byte, 256<<10)
+				// Each chunk may leave at next; idle time earns no credit
+				// (a kept-alive connection is paced like a new one).
+				next := time.Now()
+				for {
+					k, err := up.Read(buf)
+					if k > 0 {
+						if now := time.Now(); now.Sub(next) > 50*time.Millisecond {
+							next = now // idle: restart the schedule
+						}
+						next = next.Add(time.Duration(float64(k) / bytesPerSec * float64(time.Second)))
+						if d := time.Until(next); d > 2*time.Millisecond {
+							time.Sleep(d) // oversleeping is caught up on later chunks
+						}
+						if _, werr := c.Write(buf[:k]); werr != nil {
+							return
+						}
+					}
+					if err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	return &ThrottleProxy{URL: "http://" + ln.Addr().String(), ln: ln}
+}
