@@ -390,3 +390,81 @@ func FuzzLeaseFile(f *testing.F) {
 		}
 	})
 }
+
+func TestReplyAddr(t *testing.T) {
+	s := newTestServer(t, nil)
+	offer, err := s.Reply(plainDiscover(t, otherMAC))
+	if err != nil {
+		t.Fatal(err)
+	}
+	bcast := &net.UDPAddr{IP: net.IPv4bcast, Port: 68}
+	for _, tt := range []struct {
+		name string
+		mod  func(m *dhcpv4.DHCPv4)
+		want string
+	}{
+		{"selecting: broadcast on the link", func(m *dhcpv4.DHCPv4) {}, bcast.String()},
+		{"relayed: to the relay's server port", func(m *dhcpv4.DHCPv4) { m.GatewayIPAddr = net.IPv4(10, 42, 0, 254) }, "10.42.0.254:67"},
+		{"renewing: unicast to ciaddr", func(m *dhcpv4.DHCPv4) {
+			m.ClientIPAddr = offer.YourIPAddr
+			m.Options.Del(dhcpv4.OptionRequestedIPAddress)
+			m.Options.Del(dhcpv4.OptionServerIdentifier)
+		}, offer.YourIPAddr.String() + ":68"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			req := piRequest(t, offer)
+			tt.mod(req)
+			c := &capture{}
+			s.handle(c, &net.UDPAddr{IP: net.IPv4zero, Port: 68}, req.ToBytes())
+			if c.sent == nil {
+				t.Fatal("no reply")
+			}
+			if c.to.String() != tt.want {
+				t.Fatalf("reply sent to %s, want %s", c.to, tt.want)
+			}
+		})
+	}
+}
+
+func TestReleaseDeclineInform(t *testing.T) {
+	now := time.Unix(1_700_000_000, 0)
+	s := newTestServer(t, nil)
+	s.Now = func() time.Time { return now }
+	offer, _ := s.Reply(plainDiscover(t, otherMAC))
+	ack, err := s.Reply(piRequest(t, offer))
+	if err != nil || ack == nil {
+		t.Fatal(err)
+	}
+	ip := ack.YourIPAddr
+
+	// RELEASE ends the lease but keeps the address for this MAC.
+	rel, _ := dhcpv4.New(dhcpv4.WithMessageType(dhcpv4.MessageTypeRelease), dhcpv4.WithHwAddr(otherMAC),
+		dhcpv4.WithClientIP(ip), dhcpv4.WithOption(dhcpv4.OptServerIdentifier(net.IPv4(10, 42, 0, 1))))
+	if r, _ := s.Reply(rel); r != nil {
+		t.Fatalf("reply to RELEASE: %v", r)
+	}
+	if again, _ := s.Reply(plainDiscover(t, otherMAC)); !again.YourIPAddr.Equal(ip) {
+		t.Fatalf("after release offered %s, want %s again", again.YourIPAddr, ip)
+	}
+
+	// DECLINE: the address is in use by someone else; the client moves.
+	dec, _ := dhcpv4.New(dhcpv4.WithMessageType(dhcpv4.MessageTypeDecline), dhcpv4.WithHwAddr(otherMAC),
+		dhcpv4.WithOption(dhcpv4.OptRequestedIPAddress(ip)), dhcpv4.WithOption(dhcpv4.OptServerIdentifier(net.IPv4(10, 42, 0, 1))))
+	if r, _ := s.Reply(dec); r != nil {
+		t.Fatalf("reply to DECLINE: %v", r)
+	}
+	moved, _ := s.Reply(plainDiscover(t, otherMAC))
+	if moved.YourIPAddr.Equal(ip) {
+		t.Fatalf("declined address %s offered again", ip)
+	}
+	if other, _ := s.Reply(plainDiscover(t, net.HardwareAddr{2, 0, 0, 0, 0, 7})); other.YourIPAddr.Equal(ip) {
+		t.Fatalf("declined address %s offered to another client", ip)
+	}
+
+	// INFORM: configuration only, no address.
+	inf, _ := dhcpv4.New(dhcpv4.WithMessageType(dhcpv4.MessageTypeInform), dhcpv4.WithHwAddr(otherMAC), dhcpv4.WithClientIP(net.IPv4(10, 42, 0, 50)))
+	r, err := s.Reply(inf)
+	if err != nil || r == nil || r.MessageType() != dhcpv4.MessageTypeAck || !r.YourIPAddr.IsUnspecified() || r.IPAddressLeaseTime(0) != 0 {
+		t.Fatalf("INFORM reply %v %v", r, err)
+	}
+}
