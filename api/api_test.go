@@ -566,3 +566,80 @@ func (j *cookieJar) SetCookies(_ *url.URL, cs []*http.Cookie) {
 	}
 }
 func (j *cookieJar) Cookies(*url.URL) []*http.Cookie { return j.c }
+
+// TestImageLibrary uploads images through the API (refusing a corrupt or
+// misnamed one), assigns one to a device, deploys it by default, and
+// deletes it.
+func TestImageLibrary(t *testing.T) {
+	dir := t.TempDir()
+	raw := filepath.Join(dir, "golden.img")
+	makeImage(t, raw, 1<<20)
+	b := startServer(t, dir, raw)
+	other := makeImage(t, filepath.Join(dir, "other.img"), 2<<20+1)
+	compress(t, "zstd", filepath.Join(dir, "other.img"), filepath.Join(dir, "other.img.zst"))
+	zst, _ := os.ReadFile(filepath.Join(dir, "other.img.zst"))
+
+	var im wire.Image
+	b.admin("POST", "/api/v1/images?name=customer.img.zst", zst, 201, &im)
+	if im.SHA256 != sha(other) || im.Size != int64(len(other)) || im.Format != "zst" {
+		t.Errorf("uploaded image = %+v", im)
+	}
+	for _, tt := range []struct {
+		name string
+		body []byte
+		want int
+	}{
+		{"customer.img.zst", zst, 409},        // exists
+		{"golden.img", zst, 409},              // the default
+		{"broken.img.zst", []byte("xx"), 400}, // not zstd
+		{"noext", zst, 400},
+	} {
+		if code, out := b.call("POST", "/api/v1/images?name="+tt.name, tt.body, b.token); code != tt.want {
+			t.Errorf("upload %s = %d %s, want %d", tt.name, code, out, tt.want)
+		}
+	}
+	var imgs []wire.Image
+	b.admin("GET", "/api/v1/images", nil, 200, &imgs)
+	if len(imgs) != 2 || !imgs[0].Default || imgs[1].Name != "customer.img.zst" {
+		t.Fatalf("images = %+v", imgs)
+	}
+
+	const mac = "dc:a6:32:00:80:01"
+	b.register(mac)
+	b.admin("PUT", "/api/v1/devices/"+mac+"/image", wire.SetImageRequest{Image: "customer.img.zst"}, 200, nil)
+	if code, _ := b.call("PUT", "/api/v1/devices/"+mac+"/image", []byte(`{"image":"nope.img"}`), b.token); code != 404 {
+		t.Errorf("assigning a missing image = %d, want 404", code)
+	}
+	var a wire.Action
+	b.admin("POST", "/api/v1/devices/"+mac+"/action", wire.SetActionRequest{Action: "deploy"}, 200, &a)
+	if a.Image != "customer.img.zst" {
+		t.Errorf("deploy without an image used %q, want the assigned one", a.Image)
+	}
+	p := b.poll(mac)
+	resp, err := http.Get(p.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !bytes.Equal(got, other) {
+		t.Errorf("deployed %d bytes, want the assigned image", len(got))
+	}
+	b.admin("POST", "/api/v1/devices/"+mac+"/action", wire.SetActionRequest{Action: "none"}, 200, nil)
+	b.admin("DELETE", "/api/v1/images/customer.img.zst", nil, 200, nil)
+	if code, _ := b.call("DELETE", "/api/v1/images/golden.img", nil, b.token); code != 409 {
+		t.Errorf("deleting the default image = %d, want 409", code)
+	}
+	// A deploy whose image vanished fails with the reason at the next poll.
+	b.admin("POST", "/api/v1/devices/"+mac+"/action", wire.SetActionRequest{Action: "deploy", Image: "golden.img"}, 200, &a)
+	os.Remove(raw)
+	if p := b.poll(mac); p.Action != wire.ActionNone {
+		t.Errorf("poll with a vanished image = %+v, want none", p)
+	}
+	got2, _ := b.st.ActionByID(context.Background(), a.ID)
+	if got2.State != wire.StateFailed || !strings.Contains(got2.Error, "not usable") {
+		t.Errorf("action with a vanished image = %s %q", got2.State, got2.Error)
+	}
+	b.admin("GET", "/api/v1/images", nil, 200, &imgs)
+	b.admin("GET", "/api/v1/status", nil, 200, nil)
+}

@@ -301,10 +301,18 @@ func (l *Library) List(ctx context.Context) ([]wire.Image, error) {
 	out := []wire.Image{}
 	if l.Default != "" {
 		e, err := l.Stat(ctx, l.DefaultName())
-		if err != nil {
+		switch {
+		case errors.Is(err, ErrNotFound):
+			// Gone from disk while running: deploys of it fail with the
+			// reason; the list shows what can be deployed.
+			if l.Logger != nil {
+				l.Logger.Warn("the default image is missing", "path", l.Default)
+			}
+		case err != nil:
 			return nil, fmt.Errorf("images: default image %s: %w", l.Default, err)
+		default:
+			out = append(out, e.Image)
 		}
-		out = append(out, e.Image)
 	}
 	if l.Dir == "" {
 		return out, nil
