@@ -218,6 +218,7 @@ type Board struct {
 	metaAdded bool // recovery metadata appended to the script
 
 	faults     []Fault
+	note       string // transcript note of the transfer being handled
 	transcript []Record
 	violations []string
 	changes    chan struct{}
@@ -323,6 +324,16 @@ func (b *Board) record(r Record) {
 	r.Time = b.clock.Now()
 	r.Address = b.address
 	b.transcript = append(b.transcript, r)
+}
+
+// insertRecord puts a transfer's record before the records its handling
+// produced (a detach, a violation), stamped with the address it went to.
+func (b *Board) insertRecord(at, addr int, r Record) {
+	r.Time = b.clock.Now()
+	r.Address = addr
+	b.transcript = append(b.transcript, Record{})
+	copy(b.transcript[at+1:], b.transcript[at:])
+	b.transcript[at] = r
 }
 
 func (b *Board) violate(format string, args ...any) {
@@ -649,12 +660,14 @@ func (b *Board) Control(ctx context.Context, s Setup, data []byte, timeout time.
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.advance()
+	at, addr := len(b.transcript), b.address
+	b.note = ""
 	n, err := b.control(ctx, s, data, timeout)
-	r := Record{Kind: "control", Setup: s, Len: int(s.Length), N: n}
+	r := Record{Kind: "control", Setup: s, Len: int(s.Length), N: n, Note: b.note}
 	if err != nil {
 		r.Err = err.Error()
 	}
-	b.record(r)
+	b.insertRecord(at, addr, r)
 	return n, err
 }
 
@@ -960,6 +973,7 @@ func (b *Board) read(ctx context.Context, s Setup, data []byte, timeout time.Dur
 			return 0, err
 		}
 		copy(data, rec)
+		b.note = fmt.Sprintf("%s %q", req.Command, req.Name)
 		b.curReq = &req
 		b.awaiting = true
 		if req.Command == usbboot.Done && req.Name != "" {
@@ -980,12 +994,13 @@ func (b *Board) BulkOut(ctx context.Context, ep uint8, p []byte) (int, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.advance()
+	at, addr := len(b.transcript), b.address
 	n, err := b.bulk(ctx, ep, p)
 	r := Record{Kind: "bulk", EP: ep, Len: len(p), N: n}
 	if err != nil {
 		r.Err = err.Error()
 	}
-	b.record(r)
+	b.insertRecord(at, addr, r)
 	return n, err
 }
 
@@ -1102,4 +1117,27 @@ func (b *Board) Unplug() {
 	b.next = nil
 	b.state = "unplugged"
 	b.detach("unplugged")
+}
+
+// String renders r as one transcript line: the setup packet or the bulk
+// endpoint and lengths, without the wall time.
+func (r Record) String() string {
+	var s string
+	switch r.Kind {
+	case "control":
+		s = fmt.Sprintf("control %02x %02x wValue=%04x wIndex=%04x wLength=%d -> %d", r.Setup.RequestType, r.Setup.Request,
+			r.Setup.Value, r.Setup.Index, r.Setup.Length, r.N)
+	case "bulk":
+		s = fmt.Sprintf("bulk    ep=%02x len=%d -> %d", r.EP, r.Len, r.N)
+	default:
+		s = r.Kind
+	}
+	s = fmt.Sprintf("addr %-3d %s", r.Address, s)
+	if r.Err != "" {
+		s += " error: " + r.Err
+	}
+	if r.Note != "" {
+		s += " (" + r.Note + ")"
+	}
+	return s
 }
