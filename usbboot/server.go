@@ -365,7 +365,6 @@ func (s *Server) board(ctx context.Context, d Desc) Result {
 			err = fmt.Errorf("usbboot: %s: %w", d.Port, err)
 		}
 	}
-	ss.res.End = clk.Now()
 	if s.Finish != nil {
 		ss.res.Err = err
 		if ferr := s.Finish(ss.res); ferr != nil {
@@ -399,7 +398,8 @@ func (ss *session) run(ctx context.Context, d Desc) error {
 		if err != nil {
 			return err
 		}
-		ss.res.Address = dev.Desc().Address
+		d = dev.Desc() // open may have followed a re-enumeration to a new address
+		ss.res.Address = d.Address
 		idx, err := serialIndex(dev)
 		if err != nil {
 			dev.Close()
