@@ -293,7 +293,7 @@ func protocol(t reporter, recs []libusbfake.Record, port string, outEP uint8) []
 			n := deref(r.Len)
 			if armed <= 0 {
 				t.Errorf("%s: bulk of %d bytes without a SIZE", port, n)
-			} else if want := min(armed, usbboot.BulkChunk); n != want {
+			} else if want := min(armed, refChunk); n != want {
 				t.Errorf("%s: bulk chunk of %d bytes, want min(rest %d, 16384) = %d", port, n, armed, want)
 			}
 			armed -= r.Actual
@@ -312,18 +312,18 @@ func protocol(t reporter, recs []libusbfake.Record, port string, outEP uint8) []
 				}
 				continue
 			}
-			if st.Request != usbboot.ReqVendor {
+			if st.Request != 0 {
 				t.Errorf("%s: vendor request with bRequest %d, want 0", port, st.Request)
 			}
-			n := int(usbboot.SizeFromFields(st.Value, st.Index))
+			n := int(st.Index)<<16 | int(st.Value) // usbboot.md §2.1: wValue low 16 bits, wIndex high
 			switch st.RequestType {
-			case usbboot.ReqTypeOut:
+			case 0x40: // SIZE
 				if armed > 0 && len(chunk) > 0 {
 					t.Errorf("%s: SIZE(%d) while %d bulk bytes of the last file were still due", port, n, armed)
 				}
 				flush()
 				armed = 0
-				if st.Length != 0 || r.TimeoutMS != uint32(usbboot.SizeTimeout/time.Millisecond) {
+				if st.Length != 0 || r.TimeoutMS != refSizeTimeoutMS {
 					t.Errorf("%s: SIZE(%d) with wLength %d timeout %d ms, want 0 and 1000 ms", port, n, st.Length, r.TimeoutMS)
 				}
 				if r.Result != "ok" {
@@ -331,13 +331,13 @@ func protocol(t reporter, recs []libusbfake.Record, port string, outEP uint8) []
 					continue
 				}
 				sizeN, armed = n, n
-			case usbboot.ReqTypeIn:
+			case 0xc0: // READ
 				if armed > 0 && len(chunk) > 0 {
 					t.Errorf("%s: READ(%d) while %d bulk bytes of the last file were still due", port, n, armed)
 				}
 				flush()
 				armed = 0
-				if int(st.Length) != n || r.TimeoutMS != uint32(usbboot.ReadTimeout/time.Millisecond) {
+				if int(st.Length) != n || r.TimeoutMS != refReadTimeoutMS {
 					t.Errorf("%s: READ(%d) with wLength %d timeout %d ms, want %d and 20000 ms", port, n, st.Length, r.TimeoutMS, n)
 				}
 				switch {
@@ -345,12 +345,12 @@ func protocol(t reporter, recs []libusbfake.Record, port string, outEP uint8) []
 					toks = append(toks, fmt.Sprintf("TIMEOUT READ %d", n))
 				case r.Result != "ok":
 					toks = append(toks, fmt.Sprintf("READ %d %s", n, r.Result))
-				case n == usbboot.RequestSize:
-					q, err := usbboot.ParseRequest(r.In)
+				case n == 260:
+					cmd, name, err := parseRequest(r.In)
 					if err != nil {
 						t.Errorf("%s: READ(260) returned a bad request: %v", port, err)
 					}
-					toks = append(toks, fmt.Sprintf("READ 260 %s %s", q.Command, q.Name))
+					toks = append(toks, fmt.Sprintf("READ 260 %s %s", cmd, name))
 				default:
 					toks = append(toks, fmt.Sprintf("READ %d", n))
 				}
@@ -361,6 +361,35 @@ func protocol(t reporter, recs []libusbfake.Record, port string, outEP uint8) []
 	}
 	flush()
 	return toks
+}
+
+// The protocol constants as usbboot.md §2 states them, written out here
+// rather than taken from package usbboot, so that a change there cannot
+// move the test's yardstick with it.
+const (
+	refChunk          = 16384 // bulk chunk: min(rest, 16384)
+	refSizeTimeoutMS  = 1000  // SIZE control transfer
+	refReadTimeoutMS  = 20000 // READ control transfer
+	refRequestCommand = 4     // bytes of the command word of a 260-byte request
+)
+
+// parseRequest decodes a 260-byte file-server request (usbboot.md §2.3):
+// int32 LE command (0 GetFileSize, 1 ReadFile, 2 Done), then a
+// NUL-terminated name.
+func parseRequest(b []byte) (cmd usbboot.Command, name string, err error) {
+	if len(b) != 260 {
+		return 0, "", fmt.Errorf("%d bytes, want 260", len(b))
+	}
+	c := uint32(b[0]) | uint32(b[1])<<8 | uint32(b[2])<<16 | uint32(b[3])<<24
+	if c > 2 {
+		return 0, "", fmt.Errorf("command %d", c)
+	}
+	raw := b[refRequestCommand:]
+	end := bytes.IndexByte(raw, 0)
+	if end < 0 {
+		return 0, "", fmt.Errorf("name not NUL-terminated")
+	}
+	return usbboot.Command(c), string(raw[:end]), nil
 }
 
 // reporter is the part of testing.T the transcript checker uses.
@@ -398,7 +427,7 @@ func compress(c []int) string {
 func chunks(n int) []int {
 	var c []int
 	for n > 0 {
-		k := min(n, usbboot.BulkChunk)
+		k := min(n, refChunk)
 		c = append(c, k)
 		n -= k
 	}
