@@ -207,20 +207,32 @@ func runPID1() {
 	}
 	ctx := context.Background()
 	var lease *pid1.Lease
+	var server string
 	for {
 		lease, err = pid1.Network(ctx, cfg.Interface, log)
 		if err != nil {
 			fail("network", err)
 			continue
 		}
-		break
+		server = cfg.Server
+		if server == "" {
+			server = lease.Server
+		}
+		if server != "" {
+			break
+		}
+		fail("server", errors.New("no cm4bench.server= on the kernel command line, none in /etc/cm4agent.json, and none in the DHCP answer"))
 	}
-	server := cfg.Server
-	if server == "" {
-		server = lease.Server
-	}
-	for server == "" {
-		fail("server", errors.New("no cm4bench.server= on the kernel command line and no server in the DHCP answer"))
+	// The eMMC driver may still be probing: give the target a moment to
+	// appear, so the facts carry its size (a deploy checks again anyway).
+	for i := 0; i < 50; i++ {
+		if _, err := os.Stat(cfg.Target); err == nil {
+			break
+		}
+		if i == 0 {
+			fmt.Fprintf(con, "cm4agent: waiting for %s\n", cfg.Target)
+		}
+		time.Sleep(200 * time.Millisecond)
 	}
 	fr := facts.Reader{Disk: strings.TrimPrefix(cfg.Target, "/dev/")}
 	a := &agent.Agent{
