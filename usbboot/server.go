@@ -37,6 +37,10 @@ type Server struct {
 	// WaitTimeout bounds the wait for the first board without Loop
 	// (default Timeout).
 	WaitTimeout time.Duration
+	// StageTimeout bounds the wait for the second stage to enumerate after
+	// the ROM took the bootcode (default 15 s; the ROM re-enumerates in
+	// about 1.5 s). Timeout still bounds the whole board.
+	StageTimeout time.Duration
 	// PollInterval is the bus scan period (default 100 ms).
 	PollInterval time.Duration
 	// Clock is the time source (nil: SystemClock).
@@ -484,12 +488,21 @@ func (ss *session) find(ctx context.Context, port string, notAddr int) (Desc, bo
 // address (the ROM detaches after the status read).
 func (ss *session) waitReenumerated(ctx context.Context, port string, oldAddr int) (Desc, error) {
 	clk := ss.s.clock()
+	wait := ss.s.StageTimeout
+	if wait <= 0 {
+		wait = 15 * time.Second
+	}
+	until := clk.Now().Add(wait)
 	for {
 		if d, ok := ss.find(ctx, port, oldAddr); ok {
 			return d, nil
 		}
 		if ss.expired() {
 			return Desc{}, fmt.Errorf("usbboot: %s: waiting for the second stage to enumerate: %w", port, ErrDeadline)
+		}
+		if !clk.Now().Before(until) {
+			return Desc{}, fmt.Errorf("usbboot: %s: the second stage did not enumerate within %s of the bootcode (power, cable, or a bootcode for another board?): %w",
+				port, wait, ErrDeadline)
 		}
 		if err := clk.Sleep(ctx, ss.s.poll()); err != nil {
 			return Desc{}, fmt.Errorf("usbboot: %s: waiting for the second stage: %w", port, err)

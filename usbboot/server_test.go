@@ -202,6 +202,7 @@ func TestFaults(t *testing.T) {
 		{"disconnect mid-file", msd, f(usbboottest.FaultDisconnect, "start4.elf"), 0, []error{usbboot.ErrVanished, usbboot.ErrDisconnected}, nil},
 		{"full-speed ROM", msd, f(usbboottest.FaultFullSpeed, ""), 0, []error{usbboot.ErrFullSpeed, usbboot.ErrTimeout}, nil},
 		{"bootcode rejected", msd, f(usbboottest.FaultRejectBootcode, ""), 0, []error{usbboot.ErrBootcodeRejected}, nil},
+		{"second stage never appears", msd, f(usbboottest.FaultNoSecondStage, ""), 0, []error{usbboot.ErrDeadline}, nil},
 		{"access denied", msd, f(usbboottest.FaultAccessDenied, ""), 0, []error{usbboot.ErrAccess}, nil},
 		{"wrong EEPROM_HASH", usbboottest.ModeRecovery, f(usbboottest.FaultWrongHash, ""), 0, []error{usbboot.ErrEEPROMUpdate}, nil},
 		{"EEPROM_UPDATE=fail", usbboottest.ModeRecovery, f(usbboottest.FaultFlashFails, ""), 0, []error{usbboot.ErrEEPROMUpdate}, nil},

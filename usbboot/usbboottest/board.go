@@ -86,6 +86,9 @@ const (
 	FaultWrongHash
 	// FaultFlashFails: recovery reports EEPROM_UPDATE=fail.
 	FaultFlashFails
+	// FaultNoSecondStage: the ROM takes the bootcode, detaches and never
+	// comes back (usbboot #306: power or cable).
+	FaultNoSecondStage
 )
 
 // Fault is one scripted fault.
@@ -932,6 +935,10 @@ func (b *Board) read(ctx context.Context, s Setup, data []byte, timeout time.Dur
 			twice = true
 		}
 		b.detach("ROM starts the second stage")
+		if _, ok := b.hasFault(FaultNoSecondStage, ""); ok {
+			b.state = "gone"
+			return 4, nil
+		}
 		if twice {
 			b.schedule(1500*time.Millisecond, b.enumerateROM)
 		} else {
