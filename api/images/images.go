@@ -411,11 +411,15 @@ func (l *Library) Add(ctx context.Context, name string, r io.Reader) (wire.Image
 		pr.CloseWithError(err)
 		done <- res{n, hex.EncodeToString(h.Sum(nil)), err}
 	}()
-	stored, err := io.Copy(io.MultiWriter(f, pw), r)
+	src, sink := &readErr{r: r}, &writeErr{w: f}
+	stored, err := io.Copy(io.MultiWriter(sink, pw), src)
 	pw.CloseWithError(err)
 	d := <-done
-	if err != nil {
-		return wire.Image{}, fmt.Errorf("images: upload %q cut after %d bytes: %w", name, stored, err)
+	switch {
+	case src.err != nil:
+		return wire.Image{}, fmt.Errorf("images: upload %q cut after %d bytes: %w", name, stored, src.err)
+	case sink.err != nil:
+		return wire.Image{}, fmt.Errorf("images: store %q after %d bytes: %w", name, stored, sink.err)
 	}
 	if d.err != nil {
 		return wire.Image{}, fmt.Errorf("images: upload %q is not a valid %s image: %w", name, format, d.err)
@@ -432,6 +436,35 @@ func (l *Library) Add(ctx context.Context, name string, r io.Reader) (wire.Image
 		l.Cache.SaveImageHash(ctx, dst, fi.Size(), fi.ModTime(), d.n, d.sha)
 	}
 	return wire.Image{Name: name, Format: format, Size: d.n, CompressedSize: fi.Size(), SHA256: d.sha, Modified: fi.ModTime().UTC()}, nil
+}
+
+// writeErr remembers the error of the writer it wraps.
+type writeErr struct {
+	w   io.Writer
+	err error
+}
+
+func (w *writeErr) Write(p []byte) (int, error) {
+	n, err := w.w.Write(p)
+	if err != nil {
+		w.err = err
+	}
+	return n, err
+}
+
+// readErr remembers the error of the reader it wraps, to tell a cut
+// upload from a failed write.
+type readErr struct {
+	r   io.Reader
+	err error
+}
+
+func (r *readErr) Read(p []byte) (int, error) {
+	n, err := r.r.Read(p)
+	if err != nil && err != io.EOF {
+		r.err = err
+	}
+	return n, err
 }
 
 // Remove deletes a library image. The default image cannot be removed.
