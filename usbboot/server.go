@@ -234,6 +234,7 @@ func (s *Server) Serve(ctx context.Context) ([]Result, error) {
 		results  []Result
 		started  int
 		skipped  = map[string]bool{} // ports of RPIBOOT devices the filter left alone
+		listErrs int                 // consecutive failed listings
 	)
 	collect := func(r Result) {
 		delete(active, r.Port)
@@ -256,8 +257,18 @@ func (s *Server) Serve(ctx context.Context) ([]Result, error) {
 			if ctx.Err() != nil {
 				return results, s.stopped(ctx.Err())
 			}
-			return results, fmt.Errorf("usbboot: list devices: %w", err)
+			// A device leaving mid-scan can fail one listing; only a lasting
+			// failure (or no USB at all) ends the server.
+			if listErrs++; listErrs >= 20 || errors.Is(err, ErrNoUSB) {
+				return results, fmt.Errorf("usbboot: list devices: %w", err)
+			}
+			s.emit(Event{Kind: EventWarning, Message: "list devices: " + err.Error()})
+			if err := clk.Sleep(ctx, s.poll()); err != nil {
+				return results, s.stopped(err)
+			}
+			continue
 		}
+		listErrs = 0
 		onPort := map[string]int{}
 		for _, d := range list {
 			if d.IsRPIBoot() {

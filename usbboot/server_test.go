@@ -500,3 +500,63 @@ func TestOddRequests(t *testing.T) {
 	}
 	checkServed(t, b, r.dirs["1-5"], res[0], []string{"bootcode4.bin", "start4.elf"})
 }
+
+// flakyBus fails the first fails listings with err.
+type flakyBus struct {
+	usbboot.Bus
+	mu    sync.Mutex
+	fails int
+	err   error
+	calls int
+}
+
+func (f *flakyBus) List(ctx context.Context) ([]usbboot.Desc, error) {
+	f.mu.Lock()
+	f.calls++
+	fail := f.fails != 0
+	if f.fails > 0 {
+		f.fails--
+	}
+	f.mu.Unlock()
+	if fail {
+		return nil, f.err
+	}
+	return f.Bus.List(ctx)
+}
+
+func TestListErrors(t *testing.T) {
+	for _, tt := range []struct {
+		name      string
+		fails     int // -1: always
+		err       error
+		wantErr   error
+		wantCalls int // upper bound on listings before giving up (0: no bound)
+	}{
+		{"transient", 3, errors.New("libusb: device left during the scan"), nil, 0},
+		{"lasting", -1, errors.New("libusb: other error"), errors.New("list devices"), 20},
+		{"no USB", -1, fmt.Errorf("gousbdev: %w", usbboot.ErrNoUSB), usbboot.ErrNoUSB, 1},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			r := newRig(t, usbboottest.BoardConfig{Port: "1-1", Mode: usbboottest.ModeMSD})
+			fb := &flakyBus{Bus: r.bus, fails: tt.fails, err: tt.err}
+			srv := r.server(t)
+			srv.Bus = fb
+			res, err := srv.Serve(t.Context())
+			if tt.wantErr == nil {
+				if err != nil || len(res) != 1 || res[0].Err != nil {
+					t.Fatalf("Serve after transient listing errors: %v %+v", err, res)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr.Error()) {
+				t.Fatalf("Serve: %v, want %v", err, tt.wantErr)
+			}
+			if errors.Is(tt.wantErr, usbboot.ErrNoUSB) && !errors.Is(err, usbboot.ErrNoUSB) {
+				t.Errorf("error %v does not wrap ErrNoUSB", err)
+			}
+			if fb.calls > tt.wantCalls {
+				t.Errorf("listed %d times before giving up, want at most %d", fb.calls, tt.wantCalls)
+			}
+		})
+	}
+}
