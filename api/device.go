@@ -261,7 +261,7 @@ func (s *Server) checkDone(ctx context.Context, a store.Action, req wire.ActionD
 		if req.SHA256 != "" && !strings.EqualFold(req.SHA256, e.SHA256) {
 			return fmt.Sprintf("device wrote sha256 %s but image %s is %s", strings.ToLower(req.SHA256), a.Image, e.SHA256)
 		}
-		if req.SHA256 == "" && req.Status == "" && a.Phase != phaseServed {
+		if req.SHA256 == "" && req.Status == "" && !a.Served {
 			// The shell client reports nothing; success needs at least one
 			// complete stream of the image to this action.
 			return "the image stream to the device never completed"

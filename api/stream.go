@@ -23,10 +23,6 @@ import (
 	"github.com/klauspost/compress/zstd"
 )
 
-// phaseServed marks a deploy whose image was streamed completely to a
-// client that reports no progress of its own (the shell client).
-const phaseServed = "served"
-
 // progressEvery is how often the server reports progress it measures
 // itself (for clients that report none).
 const progressEvery = time.Second
@@ -225,7 +221,7 @@ func (s *Server) handleImage(w http.ResponseWriter, r *http.Request) {
 	if e.Format == images.FormatRaw {
 		http.ServeContent(m, r, "", e.Modified, f)
 		if tracked && r.Header.Get("Range") == "" && m.n == e.Size {
-			s.serverProgress(a, phaseServed, e.Size, e.Size, m.rate())
+			s.markServed(a, e.Size, m.rate())
 		}
 		return
 	}
@@ -269,7 +265,7 @@ func (s *Server) handleImage(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if tracked && code == http.StatusOK && n == e.Size {
-		s.serverProgress(a, phaseServed, e.Size, e.Size, m.rate())
+		s.markServed(a, e.Size, m.rate())
 	}
 }
 
@@ -301,6 +297,15 @@ func (s *Server) writeProgress(ctx context.Context) {
 			s.serverProgress(r.a, r.phase, r.done, r.total, r.rate)
 		}
 	}
+}
+
+// markServed records a complete stream of the image to a client that
+// reports nothing itself, and shows it as the download's end.
+func (s *Server) markServed(a store.Action, size int64, rate float64) {
+	if err := s.Store.MarkServed(context.Background(), a.ID); err != nil {
+		s.log().Error("recording a complete image stream", "action", a.ID, "err", err)
+	}
+	s.queueProgress(a, "downloaded", size, size, rate)
 }
 
 // serverProgress records progress the server measured itself.

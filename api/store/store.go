@@ -66,6 +66,7 @@ type Action struct {
 	wire.Action
 	Token    string
 	PolledIP string
+	Served   bool // the whole image was streamed to a client reporting no progress
 }
 
 // Open opens (creating if needed) the database at path and applies any
@@ -172,6 +173,9 @@ var migrations = [...]string{
 		raw_size INTEGER NOT NULL,
 		sha256 TEXT NOT NULL
 	);`,
+	// 2: a deploy fully streamed to a client that reports nothing itself
+	// (the shell client), kept apart from the progress phase.
+	`ALTER TABLE actions ADD COLUMN served INTEGER NOT NULL DEFAULT 0;`,
 }
 
 func (s *Store) migrate(ctx context.Context) error {
@@ -381,7 +385,7 @@ func (s *Store) Touch(ctx context.Context, mac, ip string) error {
 const deviceCols = `d.mac, d.serial, d.ip, d.facts, d.first_seen, d.last_seen, d.netboot, d.image, ` + actionColsA
 
 const actionColsA = `a.id, a.mac, a.type, a.image, a.state, a.phase, a.done, a.total, a.rate, a.error, a.created, a.started, a.finished,
-	a.sha256, a.bytes, a.compressed_sha256, a.compressed_bytes, a.backup_id, a.log, a.token, a.polled_ip`
+	a.sha256, a.bytes, a.compressed_sha256, a.compressed_bytes, a.backup_id, a.log, a.token, a.polled_ip, a.served`
 
 type scanner interface{ Scan(...any) error }
 
@@ -392,7 +396,7 @@ func (s *Store) scanDevice(r scanner) (wire.Device, error) {
 	var a nullAction
 	err := r.Scan(&d.MAC, &d.Serial, &d.IP, &facts, &first, &last, &d.Netboot, &d.Image,
 		&a.id, &a.mac, &a.typ, &a.image, &a.state, &a.phase, &a.done, &a.total, &a.rate, &a.err, &a.created, &a.started, &a.finished,
-		&a.sha, &a.bytes, &a.csha, &a.cbytes, &a.backup, &a.log, &a.token, &a.polledIP)
+		&a.sha, &a.bytes, &a.csha, &a.cbytes, &a.backup, &a.log, &a.token, &a.polledIP, &a.served)
 	if err != nil {
 		return d, err
 	}
@@ -485,6 +489,7 @@ type nullAction struct {
 	rate                                    sql.NullFloat64
 	sha, csha, log, token, polledIP         sql.NullString
 	bytes, cbytes, backup                   sql.NullInt64
+	served                                  sql.NullBool
 }
 
 func (a nullAction) action() Action {
@@ -508,14 +513,14 @@ func (a nullAction) action() Action {
 	if a.log.String != "" {
 		json.Unmarshal([]byte(a.log.String), &out.Log)
 	}
-	out.Token, out.PolledIP = a.token.String, a.polledIP.String
+	out.Token, out.PolledIP, out.Served = a.token.String, a.polledIP.String, a.served.Bool
 	return out
 }
 
 func scanAction(r scanner) (Action, error) {
 	var a nullAction
 	err := r.Scan(&a.id, &a.mac, &a.typ, &a.image, &a.state, &a.phase, &a.done, &a.total, &a.rate, &a.err, &a.created, &a.started, &a.finished,
-		&a.sha, &a.bytes, &a.csha, &a.cbytes, &a.backup, &a.log, &a.token, &a.polledIP)
+		&a.sha, &a.bytes, &a.csha, &a.cbytes, &a.backup, &a.log, &a.token, &a.polledIP, &a.served)
 	if err != nil {
 		return Action{}, err
 	}
@@ -659,6 +664,15 @@ func (s *Store) Progress(ctx context.Context, id, phase string, done, total int6
 	}
 	if n, _ := res.RowsAffected(); n == 0 {
 		return fmt.Errorf("store: action %s is not open: %w", id, ErrConflict)
+	}
+	return nil
+}
+
+// MarkServed records that a deploy's whole image was streamed to a client
+// that reports no progress of its own.
+func (s *Store) MarkServed(ctx context.Context, id string) error {
+	if _, err := s.db.ExecContext(ctx, `UPDATE actions SET served = 1 WHERE id = ? AND state IN ('pending', 'running')`, id); err != nil {
+		return fmt.Errorf("store: mark %s served: %w", id, err)
 	}
 	return nil
 }

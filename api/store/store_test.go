@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"net"
 	"path/filepath"
@@ -250,5 +251,42 @@ func TestSubscribe(t *testing.T) {
 	evs, _ := st.Events(ctx, -1, 3)
 	if len(evs) != 3 || evs[2].ID != ev.ID+10 {
 		t.Errorf("newest 3 events = %+v", evs)
+	}
+}
+
+// TestMigrateFromV1: a database made by the first schema is upgraded in
+// place, keeping its rows.
+func TestMigrateFromV1(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "old.db")
+	db, err := sql.Open("sqlite", "file:"+path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range []string{
+		`CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied INTEGER NOT NULL)`,
+		migrations[0],
+		`INSERT INTO schema_migrations VALUES (1, 0)`,
+		`INSERT INTO devices (mac, first_seen, last_seen, last_action) VALUES ('dc:a6:32:00:00:01', 1, 1, 1)`,
+		`INSERT INTO actions (mac, type, state, created, token) VALUES ('dc:a6:32:00:00:01', 'deploy', 'pending', 1, 'tok')`,
+	} {
+		if _, err := db.ExecContext(ctx, q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	db.Close()
+	st := openTemp(t, path)
+	if v, _ := st.SchemaVersion(ctx); v != len(migrations) {
+		t.Errorf("schema version after upgrade = %d, want %d", v, len(migrations))
+	}
+	a, err := st.OpenAction(ctx, "dc:a6:32:00:00:01")
+	if err != nil || a.Token != "tok" || a.Served {
+		t.Fatalf("action after upgrade = %+v, %v", a, err)
+	}
+	if err := st.MarkServed(ctx, a.ID); err != nil {
+		t.Fatal(err)
+	}
+	if a, _ := st.ActionByID(ctx, a.ID); !a.Served {
+		t.Error("MarkServed not recorded")
 	}
 }
