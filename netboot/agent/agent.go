@@ -289,6 +289,9 @@ func (a *Agent) runAction(ctx context.Context, pr *wire.PollResponse) error {
 			done.CompressedBytes, done.CompressedSHA256 = res.WireBytes, res.WireSHA256
 			done.Seconds = res.Seconds
 		}
+		if err == nil && res.ZeroFallback {
+			a.say("the target's discarded blocks did not read back as zeros; zeroed the skipped runs explicitly")
+		}
 		if err == nil {
 			a.say("deploy done: %d bytes (%s, %d on the wire), %d written, %d zero bytes skipped, sha256 %s verified on read-back (%s)",
 				res.Bytes, res.Format, res.WireBytes, res.Written, res.Zeroed, res.SHA256, map[bool]string{true: "O_DIRECT", false: "cache dropped"}[res.Direct])
@@ -435,6 +438,7 @@ func (a *Agent) deploy(ctx context.Context, pr *wire.PollResponse, meter *Meter)
 	res, err := Deploy(ctx, dev, src, opts)
 	if n := src.Resumes(); n > 0 {
 		a.say("download resumed %d time(s) with a Range request", n)
+		a.sendLog(ctx, pr) // the server's history of the action shows the interruption
 	}
 	if err == nil && opts.SHA256 == "" {
 		// Still verified (read back == stream), but say it.

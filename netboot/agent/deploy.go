@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"hash"
 	"io"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -78,17 +79,20 @@ func (m *Meter) Sample() (phase string, done, total int64) {
 
 // DeployResult tells what a deploy did.
 type DeployResult struct {
-	Format     string  // stream format detected: raw, gz, xz, zst
-	Bytes      int64   // image bytes (uncompressed)
-	WireBytes  int64   // bytes read from the source (compressed)
-	Written    int64   // data bytes written to the target
-	Zeroed     int64   // zero bytes skipped (left as discarded/hole or zeroed by the device)
-	SHA256     string  // of the uncompressed stream
-	WireSHA256 string  // of the bytes read from the source
-	Verified   bool    // read back and matched
-	Direct     bool    // verify bypassed the page cache with O_DIRECT (else fadvise)
-	Discarded  bool    // the target range was discarded/punched first
-	Seconds    float64 // wall time
+	Format     string // stream format detected: raw, gz, xz, zst
+	Bytes      int64  // image bytes (uncompressed)
+	WireBytes  int64  // bytes read from the source (compressed)
+	Written    int64  // data bytes written to the target
+	Zeroed     int64  // zero bytes skipped (left as discarded/hole or zeroed by the device)
+	SHA256     string // of the uncompressed stream
+	WireSHA256 string // of the bytes read from the source
+	Verified   bool   // read back and matched
+	Direct     bool   // verify bypassed the page cache with O_DIRECT (else fadvise)
+	Discarded  bool   // the target range was discarded/punched first
+	// ZeroFallback is set when the device's discarded blocks did not read
+	// back as zeros and the skipped zero runs were zeroed explicitly.
+	ZeroFallback bool
+	Seconds      float64 // wall time
 	// Where the time went: streaming (download, decompress, hash, write),
 	// fsync and first MiB, read-back verification.
 	StreamSeconds, SyncSeconds, VerifySeconds float64
@@ -107,6 +111,22 @@ type DeployOptions struct {
 	NoVerify bool
 }
 
+// Target is what Deploy writes to: a *blockdev.Device (an eMMC, or a
+// file-backed disk in tests and the demo bench).
+type Target interface {
+	WriteAt(p []byte, off int64) (int, error)
+	Size() int64
+	Kind() blockdev.Kind
+	Path() string
+	Sync() error
+	// Discard tells the medium a range is unused (BLKDISCARD, punch hole).
+	Discard(off, n int64) error
+	// ZeroRange makes a range read as zeros (BLKZEROOUT, punch hole).
+	ZeroRange(off, n int64) error
+	// OpenDirectReader opens the target for reading around the page cache.
+	OpenDirectReader() (*os.File, bool, error)
+}
+
 // ErrTooSmall is returned when the target is smaller than the image.
 var ErrTooSmall = errors.New("target smaller than image")
 
@@ -121,7 +141,7 @@ var ErrHashMismatch = errors.New("sha256 mismatch")
 // back as zeros). The first MiB is zeroed at the start and written last.
 // After fsync the written range is read back around the page cache and its
 // sha256 compared with the stream's (and opts.SHA256 if set).
-func Deploy(ctx context.Context, dev *blockdev.Device, src io.Reader, opts DeployOptions) (*DeployResult, error) {
+func Deploy(ctx context.Context, dev Target, src io.Reader, opts DeployOptions) (*DeployResult, error) {
 	start := time.Now()
 	meter := opts.Meter
 	if meter == nil {
@@ -326,6 +346,21 @@ func Deploy(ctx context.Context, dev *blockdev.Device, src io.Reader, opts Deplo
 			return res, err
 		}
 		res.Direct = direct
+		if sum != res.SHA256 && len(w.skipped) > 0 {
+			// Discarded blocks that do not read as zeros: zero them and
+			// read back again.
+			if _, err := w.zeroSkipped(); err != nil {
+				return res, err
+			}
+			res.ZeroFallback = true
+			meter.Set("verify", end)
+			var err error
+			sum, _, err = HashDevice(ctx, dev, end, meter)
+			res.VerifySeconds = time.Since(t).Seconds()
+			if err != nil {
+				return res, err
+			}
+		}
 		if sum != res.SHA256 {
 			return res, fmt.Errorf("deploy: read back sha256 %s, wrote %s: %w", sum, res.SHA256, ErrHashMismatch)
 		}
@@ -386,13 +421,15 @@ func (r *chanReader) Read(p []byte) (int, error) {
 // blockWriter writes image blocks, skipping zero runs and holding back the
 // head.
 type blockWriter struct {
-	dev       *blockdev.Device
+	dev       Target
 	zero      []byte
 	head      []byte
-	discarded bool  // the image range reads as zeros already (hole / discard+zeroout)
-	written   int64 // data bytes written
-	zeroed    int64 // zero bytes not written as data
-	limit     int64 // bytes the range prepared covers (image size or device size)
+	discarded bool       // the image range was discarded: zero runs are not written
+	trusted   bool       // discarded ranges surely read as zeros (a punched hole)
+	skipped   [][2]int64 // zero runs left to an untrusted discard, for the fallback
+	written   int64      // data bytes written
+	zeroed    int64      // zero bytes not written as data
+	limit     int64      // bytes the range prepared covers (image size or device size)
 }
 
 func (w *blockWriter) prepare(size int64) error {
@@ -413,14 +450,36 @@ func (w *blockWriter) prepare(size int64) error {
 	case blockdev.KindFile:
 		// A punched hole reads as zeros: zero runs need no write at all.
 		if err := w.dev.Discard(0, limit); err == nil {
-			w.discarded = true
+			w.discarded, w.trusted = true, true
 		}
 	case blockdev.KindBlock:
-		// Discard for wear levelling; zero runs then get BLKZEROOUT so the
-		// device reads them back as zeros whatever its discard semantics.
-		_ = w.dev.Discard(HeadSize, limit-HeadSize)
+		// Most eMMC and virtual disks read discarded blocks as zeros, but
+		// the standard does not promise it: zero runs are skipped and
+		// remembered, and if the read-back does not match they are zeroed
+		// explicitly (BLKZEROOUT) and verified again.
+		if limit > HeadSize {
+			if err := w.dev.Discard(HeadSize, limit-HeadSize); err == nil {
+				w.discarded = true
+			}
+		}
 	}
 	return nil
+}
+
+// zeroSkipped zeroes the runs an untrusted discard was relied on for and
+// returns how many bytes that was.
+func (w *blockWriter) zeroSkipped() (int64, error) {
+	var n int64
+	for _, r := range w.skipped {
+		if err := w.dev.ZeroRange(r[0], r[1]); err != nil {
+			return n, fmt.Errorf("deploy: zero [%d,+%d): %w", r[0], r[1], err)
+		}
+		n += r[1]
+	}
+	if err := w.dev.Sync(); err != nil {
+		return n, fmt.Errorf("deploy: %w", err)
+	}
+	return n, nil
 }
 
 func (w *blockWriter) write(b []byte, off int64) error {
@@ -464,8 +523,17 @@ func (w *blockWriter) isZero(p []byte) bool { return bytes.Equal(p, w.zero[:len(
 
 func (w *blockWriter) zeroRun(off, n int64) error {
 	w.zeroed += n
-	if off+n <= HeadSize || (w.discarded && off+n <= w.limit) {
-		// Zeroed by prepare (the head always; the rest when discarded).
+	if off+n <= HeadSize {
+		return nil // zeroed by prepare
+	}
+	if w.discarded && off+n <= w.limit {
+		if !w.trusted {
+			if k := len(w.skipped); k > 0 && w.skipped[k-1][0]+w.skipped[k-1][1] == off {
+				w.skipped[k-1][1] += n
+			} else {
+				w.skipped = append(w.skipped, [2]int64{off, n})
+			}
+		}
 		return nil
 	}
 	if err := w.dev.ZeroRange(off, n); err != nil {
@@ -493,7 +561,7 @@ func (w *blockWriter) finish() error {
 // HashDevice reads [0, n) of dev around the page cache (O_DIRECT, or after
 // fadvise DONTNEED) and returns its sha256 and whether O_DIRECT was used.
 // Reading and hashing overlap.
-func HashDevice(ctx context.Context, dev *blockdev.Device, n int64, meter *Meter) (string, bool, error) {
+func HashDevice(ctx context.Context, dev Target, n int64, meter *Meter) (string, bool, error) {
 	f, direct, err := dev.OpenDirectReader()
 	if err != nil {
 		return "", false, err

@@ -10,7 +10,9 @@ import (
 	"io"
 	"math/rand/v2"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/klauspost/compress/zstd"
@@ -319,4 +321,87 @@ func TestHashDeviceBypassesCache(t *testing.T) {
 	var st unix.Statfs_t
 	_ = unix.Statfs(disk, &st)
 	t.Logf("O_DIRECT used: %v (fs type %#x)", direct, st.Type)
+}
+
+// lyingDisk is a block device whose discard succeeds but leaves the old
+// data readable (the eMMC standard allows that), modelled on a file.
+type lyingDisk struct{ *blockdev.Device }
+
+func (lyingDisk) Kind() blockdev.Kind        { return blockdev.KindBlock }
+func (lyingDisk) Discard(off, n int64) error { return nil }
+
+type honestDisk struct{ *blockdev.Device }
+
+func (honestDisk) Kind() blockdev.Kind { return blockdev.KindBlock }
+
+func TestDeployBlockDiscardFallback(t *testing.T) {
+	const size = 8 << 20
+	img := makeImage(size, 60, 21)
+	for _, tc := range []struct {
+		name     string
+		wrap     func(*blockdev.Device) Target
+		fallback bool
+	}{
+		{"discard reads zeros", func(d *blockdev.Device) Target { return honestDisk{d} }, false},
+		{"discard keeps old data", func(d *blockdev.Device) Target { return lyingDisk{d} }, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			disk := newDisk(t, size, true) // used: every byte non-zero
+			dev, err := blockdev.Open(disk, true, true)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer dev.Close()
+			res, err := Deploy(context.Background(), tc.wrap(dev), bytes.NewReader(img), DeployOptions{Size: size, SHA256: sum(img)})
+			if err != nil {
+				t.Fatalf("deploy: %v", err)
+			}
+			if res.ZeroFallback != tc.fallback || !res.Verified {
+				t.Errorf("ZeroFallback %v Verified %v, want fallback %v", res.ZeroFallback, res.Verified, tc.fallback)
+			}
+			got, _ := os.ReadFile(disk)
+			if !bytes.Equal(got, img) {
+				t.Fatal("disk differs from the image")
+			}
+		})
+	}
+}
+
+// TestDeployLoopDevice deploys onto a real block device (a loop device on a
+// used backing file): BLKDISCARD, skipped zero runs, O_DIRECT read-back.
+func TestDeployLoopDevice(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to attach a loop device (CI runs as root)")
+	}
+	const size = 16 << 20
+	backing := newDisk(t, size, true)
+	out, err := exec.Command("losetup", "--find", "--show", backing).CombinedOutput()
+	if err != nil {
+		t.Fatalf("losetup: %v\n%s", err, out)
+	}
+	loop := strings.TrimSpace(string(out))
+	t.Cleanup(func() { exec.Command("losetup", "-d", loop).Run() })
+	dev, err := blockdev.Open(loop, true, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dev.Close()
+	img := makeImage(12<<20, 60, 31)
+	res, err := Deploy(context.Background(), dev, bytes.NewReader(compress(t, FormatZstd, img)), DeployOptions{Size: int64(len(img)), SHA256: sum(img)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !res.Verified || !res.Direct || res.Written >= int64(len(img)) {
+		t.Errorf("result %+v: want verified with O_DIRECT and zero runs not written", res)
+	}
+	got := make([]byte, size)
+	f, _ := os.Open(loop)
+	defer f.Close()
+	if _, err := io.ReadFull(f, got); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got[:len(img)], img) || !bytes.Equal(got[len(img):len(img)+8], []byte("OLD-DATA")) {
+		t.Fatal("loop device content wrong")
+	}
+	t.Logf("loop device: %d data bytes written, %d zero bytes skipped, discard fallback %v", res.Written, res.Zeroed, res.ZeroFallback)
 }
