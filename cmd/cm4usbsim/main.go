@@ -8,7 +8,7 @@
 // Every board is a usbboottest.Board (the project's simulated CM4) on its own
 // port path, 1-1.1, 1-1.2, ..., running on the real clock. The transcript
 // (JSON lines) records every setup packet and bulk length the host program
-// sent; --report writes what each board received (files with sha256,
+// sent (--transcript-format text for people); --report writes what each board received (files with sha256,
 // metadata, protocol violations) when the simulator stops (SIGINT/SIGTERM).
 package main
 
@@ -48,7 +48,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		boards     = fs.Int("boards", 1, "number of boards, on port paths 1-1.1, 1-1.2, ...")
 		soc        = fs.String("soc", "2711", "chip: 2711 (CM4), 2712 (CM5) or 2710 (BCM2835/7)")
 		twoIfaces  = fs.Bool("two-interfaces", false, "vendor interface second, on EP 0x03 (some 2837 boards)")
-		transcript = fs.String("transcript", "", "write the USB transcript (JSON lines) to this file")
+		transcript = fs.String("transcript", "", "write the USB transcript to this file")
+		format     = fs.String("transcript-format", "jsonl", "transcript format: jsonl (one libusbfake.Record per line) or text")
 		report     = fs.String("report", "", "write a JSON report of every board to this file on exit")
 		verbose    = fs.Bool("v", false, "log diagnostics to stderr")
 	)
@@ -82,13 +83,20 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		log = slog.New(slog.NewTextHandler(stderr, nil))
 	}
 	srv := &libusbfake.Server{Path: *socket, Devices: sim.devices(), Log: log}
+	if *format != "jsonl" && *format != "text" {
+		return fmt.Errorf("--transcript-format %q: want jsonl or text", *format)
+	}
 	if *transcript != "" {
 		f, err := os.Create(*transcript)
 		if err != nil {
 			return fmt.Errorf("transcript: %w", err)
 		}
 		defer f.Close()
-		srv.Transcript = f
+		if *format == "text" {
+			srv.OnRecord = func(r libusbfake.Record) { fmt.Fprintln(f, formatRecord(r)) }
+		} else {
+			srv.Transcript = f
+		}
 	}
 	ready := make(chan struct{})
 	srv.Ready = ready

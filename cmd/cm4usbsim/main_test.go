@@ -145,3 +145,33 @@ func TestRunServesAndReports(t *testing.T) {
 }
 
 func netDial(path string) (net.Conn, error) { return net.DialTimeout("unix", path, 5*time.Second) }
+
+func TestFormatRecord(t *testing.T) {
+	u8 := func(v uint8) *uint8 { return &v }
+	u16 := func(v uint16) *uint16 { return &v }
+	req := make([]byte, 260)
+	req[0] = 1
+	copy(req[4:], "start4.elf")
+	ep, n, iface := uint8(1), 16384, 1
+	for _, tc := range []struct {
+		r    libusbfake.Record
+		want string
+	}{
+		{libusbfake.Record{MS: 5, Port: "1-1.1", Addr: 2, Kind: "control", RequestType: u8(0x40), Request: u8(0), Value: u16(0x1da0), Index: u16(1), Length: u16(0), TimeoutMS: 1000, Result: "ok"},
+			"      5ms 1-1.1   addr 2   ctrl 40 00 1da0 0001 0      1000ms SIZE(73120)"},
+		{libusbfake.Record{MS: 6, Port: "1-1.1", Addr: 3, Kind: "control", RequestType: u8(0xc0), Request: u8(0), Value: u16(260), Index: u16(0), Length: u16(260), TimeoutMS: 20000, Result: "ok", In: req},
+			`      6ms 1-1.1   addr 3   ctrl c0 00 0104 0000 260   20000ms READ(260) = ReadFile "start4.elf"`},
+		{libusbfake.Record{MS: 7, Port: "1-1.1", Addr: 3, Kind: "control", RequestType: u8(0xc0), Request: u8(0), Value: u16(260), Index: u16(0), Length: u16(260), TimeoutMS: 20000, Result: "LIBUSB_ERROR_TIMEOUT", DurMS: 20001},
+			"      7ms 1-1.1   addr 3   ctrl c0 00 0104 0000 260   20000ms READ(260) -> LIBUSB_ERROR_TIMEOUT after 20001ms"},
+		{libusbfake.Record{MS: 8, Port: "1-1.2", Addr: 4, Kind: "bulk", Endpoint: &ep, Len: &n, Actual: 8192, Result: "LIBUSB_ERROR_NO_DEVICE"},
+			"      8ms 1-1.2   addr 4   bulk ep 01 len 16384 (8192 sent) -> LIBUSB_ERROR_NO_DEVICE"},
+		{libusbfake.Record{MS: 9, Port: "1-1.2", Addr: 4, By: "kernel", Kind: "control", RequestType: u8(0x80), Request: u8(6), Value: u16(0x200), Index: u16(0), Length: u16(55), TimeoutMS: 5000, Actual: 32, Result: "ok"},
+			"      9ms 1-1.2   addr 4   kernel: ctrl 80 06 0200 0000 55     5000ms GET_DESCRIPTOR(config) -> 32 bytes"},
+		{libusbfake.Record{MS: 10, Port: "1-1.2", Addr: 4, Kind: "claim", Arg: &iface, Result: "ok"},
+			"     10ms 1-1.2   addr 4   claim 1"},
+	} {
+		if got := formatRecord(tc.r); got != tc.want {
+			t.Errorf("formatRecord:\n got %q\nwant %q", got, tc.want)
+		}
+	}
+}

@@ -177,11 +177,15 @@ type Server struct {
 	// Transcript, when non-nil, receives one JSON Record per line for every
 	// host-visible USB event (device list scans are not recorded).
 	Transcript io.Writer
+	// OnRecord, when non-nil, is called with every transcript Record (in
+	// order, from several goroutines but never at once).
+	OnRecord func(Record)
 	// Log receives diagnostics; nil is silent.
 	Log *slog.Logger
 	// Ready, when non-nil, is closed once the socket accepts connections.
 	Ready chan<- struct{}
 
+	recMu   sync.Mutex // orders transcript output
 	mu      sync.Mutex
 	start   time.Time
 	seq     int
@@ -361,19 +365,24 @@ func (s *Server) kernelEnumerate(ctx context.Context, d Device, a Attachment) (e
 }
 
 func (s *Server) record(r Record) {
-	if s.Transcript == nil {
+	if s.Transcript == nil && s.OnRecord == nil {
 		return
 	}
+	s.recMu.Lock()
+	defer s.recMu.Unlock()
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	s.seq++
 	r.Seq = s.seq
 	r.MS = time.Since(s.start).Milliseconds()
-	b, err := json.Marshal(r)
-	if err != nil {
-		return
+	s.mu.Unlock()
+	if s.OnRecord != nil {
+		s.OnRecord(r)
 	}
-	_, _ = s.Transcript.Write(append(b, '\n'))
+	if s.Transcript != nil {
+		if b, err := json.Marshal(r); err == nil {
+			_, _ = s.Transcript.Write(append(b, '\n'))
+		}
+	}
 }
 
 func resultName(code int32) string {
