@@ -433,6 +433,10 @@ Metadata ("*KEY*VALUE" names sent by recovery.bin) is printed per board and, wit
 EEPROM_UPDATE other than success or none (nothing to flash), or an EEPROM_HASH that is not
 the sha256 of the served pieeprom.bin, counts as failed.
 
+Without --loop, usbboot serves every selected board present or appearing while any board is in
+progress, and exits when the last one is done. With --loop it runs until interrupted; a port is
+served again once its device left the bus or re-enumerated (a new board).
+
 Exit status: 0 every board served; 3 no board appeared (or no USB subsystem); 4 access denied
 to the device node (install "cm4bench usbboot udev-rules"); 5 a board failed; 6 a board
 passed its --timeout.`,
