@@ -34,7 +34,6 @@ import (
 var version = "dev"
 
 func main() {
-	agent.Version = version
 	if os.Getpid() == 1 {
 		runPID1() // never returns
 	}
@@ -115,6 +114,7 @@ Flags:
 	fr := facts.Reader{Proc: o.procRoot, Sys: o.sysRoot, Disk: o.disk}
 	a := &agent.Agent{
 		Server:       strings.TrimRight(o.server, "/"),
+		Version:      version,
 		MAC:          hw.String(),
 		Target:       o.target,
 		AllowFile:    !o.blockOnly,
@@ -237,6 +237,7 @@ func runPID1() {
 	fr := facts.Reader{Disk: strings.TrimPrefix(cfg.Target, "/dev/")}
 	a := &agent.Agent{
 		Server:       strings.TrimRight(server, "/"),
+		Version:      version,
 		MAC:          lease.MAC,
 		IP:           lease.IP.String(),
 		Target:       cfg.Target,

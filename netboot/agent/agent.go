@@ -26,13 +26,13 @@ import (
 	"github.com/cm4bench/cm4bench/netboot/agent/blockdev"
 )
 
-// Version is the agent version reported in the facts.
-var Version = "dev"
-
 // Agent talks to one cm4bench server for one device.
 type Agent struct {
 	// Server is the base URL of the cm4bench API, e.g. http://10.0.2.2:5000.
 	Server string
+	// Version is the agent version, reported in the facts and the
+	// User-Agent ("" = "dev").
+	Version string
 	// MAC identifies this device to the server (lower-case, colon form).
 	MAC string
 	// IP is reported at register (informational; the server sees the peer).
@@ -75,9 +75,14 @@ type Agent struct {
 
 const tailLines = 40
 
-// userAgent marks requests as the agent's (wire.AgentUserAgent), so the
+// UserAgent marks requests as the agent's (wire.AgentUserAgent), so the
 // server leaves progress reporting to the agent.
-func userAgent() string { return wire.AgentUserAgent + "/" + Version }
+func UserAgent(version string) string {
+	if version == "" {
+		version = "dev"
+	}
+	return wire.AgentUserAgent + "/" + version
+}
 
 // Run registers and then polls until ctx ends (or, with Once, until the
 // first action finished).
@@ -206,7 +211,7 @@ func (a *Agent) postJSON(ctx context.Context, path string, v, out any) error {
 		return err
 	}
 	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("User-Agent", userAgent())
+	req.Header.Set("User-Agent", UserAgent(a.Version))
 	resp, err := a.HTTP.Do(req)
 	if err != nil {
 		return err
@@ -241,7 +246,10 @@ func (a *Agent) register(ctx context.Context) (time.Duration, error) {
 	if req.Facts == nil {
 		req.Facts = &wire.Facts{}
 	}
-	req.Facts.Agent = Version
+	req.Facts.Agent = a.Version
+	if req.Facts.Agent == "" {
+		req.Facts.Agent = "dev"
+	}
 	var resp wire.RegisterResponse
 	if err := a.postJSON(ctx, wire.PathRegister, req, &resp); err != nil {
 		return 0, fmt.Errorf("agent: register: %w", err)
@@ -256,7 +264,7 @@ func (a *Agent) poll(ctx context.Context) (*wire.PollResponse, error) {
 	if err != nil {
 		return nil, err
 	}
-	req.Header.Set("User-Agent", userAgent())
+	req.Header.Set("User-Agent", UserAgent(a.Version))
 	resp, err := a.HTTP.Do(req)
 	if err != nil {
 		return nil, fmt.Errorf("agent: poll: %w", err)
@@ -421,7 +429,7 @@ func (a *Agent) deploy(ctx context.Context, pr *wire.PollResponse, meter *Meter)
 	if opts.Size > dev.Size() {
 		return nil, fmt.Errorf("deploy: image %s is %d bytes, %s %s has %d: %w", imageName(pr), opts.Size, dev.Kind(), a.Target, dev.Size(), ErrTooSmall)
 	}
-	src := &Source{URL: pr.URL, Client: a.HTTP, AcceptZstd: a.AcceptZstd, Stall: a.Stall, Log: a.Log}
+	src := &Source{URL: pr.URL, Client: a.HTTP, AcceptZstd: a.AcceptZstd, Stall: a.Stall, Log: a.Log, UserAgent: UserAgent(a.Version)}
 	if err := src.Open(ctx); err != nil {
 		return nil, fmt.Errorf("deploy: %w", err)
 	}
@@ -470,7 +478,7 @@ func (a *Agent) backup(ctx context.Context, pr *wire.PollResponse, meter *Meter)
 		req.ContentLength = -1
 		req.Header.Set("Content-Type", "application/zstd")
 		req.Header.Set("Content-Encoding", "zstd")
-		req.Header.Set("User-Agent", userAgent())
+		req.Header.Set("User-Agent", UserAgent(a.Version))
 		resp, err := a.HTTP.Do(req)
 		if err != nil {
 			return err

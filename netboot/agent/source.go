@@ -29,6 +29,8 @@ type Source struct {
 	MaxResumes int
 	// Log gets one line per resume (nil = silent).
 	Log *slog.Logger
+	// UserAgent is sent with each request ("" = UserAgent("")).
+	UserAgent string
 
 	ctx      context.Context
 	mu       sync.Mutex
@@ -81,7 +83,11 @@ func (s *Source) connect() error {
 		cancel()
 		return fmt.Errorf("download: %w", err)
 	}
-	req.Header.Set("User-Agent", userAgent())
+	ua := s.UserAgent
+	if ua == "" {
+		ua = UserAgent("")
+	}
+	req.Header.Set("User-Agent", ua)
 	if s.AcceptZstd {
 		req.Header.Set("Accept-Encoding", "zstd")
 	} else {

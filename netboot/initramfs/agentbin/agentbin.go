@@ -13,9 +13,6 @@ import (
 // ErrNotEmbedded is returned by a cm4bench built without the agents.
 var ErrNotEmbedded = errors.New("this cm4bench was built without the embedded cm4agent (build it with `make build`, which uses -tags embedagent, or pass --agent FILE)")
 
-// Arches are the architectures a release build carries.
-var Arches = []string{"arm64", "amd64"}
-
 // Agent returns the cm4agent executable for arch ("arm64" or "amd64").
 func Agent(arch string) ([]byte, error) {
 	switch arch {
