@@ -43,19 +43,35 @@ type faultSpec struct {
 	duration time.Duration
 }
 
-var faultTable = map[string]faultSpec{
-	"disconnect":  {kind: usbboottest.FaultDisconnect, mode: usbboottest.ModeMSD, at: "start4.elf"},
-	"stall":       {kind: usbboottest.FaultStall, mode: usbboottest.ModeMSD, at: "config.txt"},
-	"sizetimeout": {kind: usbboottest.FaultSizeTimeout, mode: usbboottest.ModeMSD, at: "config.txt"},
-	"shortbulk":   {kind: usbboottest.FaultShortBulk, mode: usbboottest.ModeMSD, at: "start4.elf"},
-	"fullspeed":   {kind: usbboottest.FaultFullSpeed, mode: usbboottest.ModeMSD},
-	"silent":      {kind: usbboottest.FaultSilentFlash, mode: usbboottest.ModeRecovery, duration: 21 * time.Second},
-	"reject":      {kind: usbboottest.FaultRejectBootcode, mode: usbboottest.ModeMSD},
-	"access":      {kind: usbboottest.FaultAccessDenied, mode: usbboottest.ModeMSD},
-	"openfail":    {kind: usbboottest.FaultOpenFailsOnce, mode: usbboottest.ModeMSD},
-	"romtwice":    {kind: usbboottest.FaultROMTwice, mode: usbboottest.ModeMSD},
-	"flashfail":   {kind: usbboottest.FaultFlashFails, mode: usbboottest.ModeRecovery},
-	"wronghash":   {kind: usbboottest.FaultWrongHash, mode: usbboottest.ModeRecovery},
+// lookupFault returns the fault called name with its default mode and target.
+func lookupFault(name string) (faultSpec, bool) {
+	switch name {
+	case "disconnect":
+		return faultSpec{kind: usbboottest.FaultDisconnect, mode: usbboottest.ModeMSD, at: "start4.elf"}, true
+	case "stall":
+		return faultSpec{kind: usbboottest.FaultStall, mode: usbboottest.ModeMSD, at: "config.txt"}, true
+	case "sizetimeout":
+		return faultSpec{kind: usbboottest.FaultSizeTimeout, mode: usbboottest.ModeMSD, at: "config.txt"}, true
+	case "shortbulk":
+		return faultSpec{kind: usbboottest.FaultShortBulk, mode: usbboottest.ModeMSD, at: "start4.elf"}, true
+	case "fullspeed":
+		return faultSpec{kind: usbboottest.FaultFullSpeed, mode: usbboottest.ModeMSD}, true
+	case "silent":
+		return faultSpec{kind: usbboottest.FaultSilentFlash, mode: usbboottest.ModeRecovery, duration: 21 * time.Second}, true
+	case "reject":
+		return faultSpec{kind: usbboottest.FaultRejectBootcode, mode: usbboottest.ModeMSD}, true
+	case "access":
+		return faultSpec{kind: usbboottest.FaultAccessDenied, mode: usbboottest.ModeMSD}, true
+	case "openfail":
+		return faultSpec{kind: usbboottest.FaultOpenFailsOnce, mode: usbboottest.ModeMSD}, true
+	case "romtwice":
+		return faultSpec{kind: usbboottest.FaultROMTwice, mode: usbboottest.ModeMSD}, true
+	case "flashfail":
+		return faultSpec{kind: usbboottest.FaultFlashFails, mode: usbboottest.ModeRecovery}, true
+	case "wronghash":
+		return faultSpec{kind: usbboottest.FaultWrongHash, mode: usbboottest.ModeRecovery}, true
+	}
+	return faultSpec{}, false
 }
 
 type scenario struct {
@@ -76,7 +92,7 @@ func parseScenario(s string) (scenario, error) {
 			sc.mode = usbboottest.Mode(name)
 			continue
 		}
-		f, ok := faultTable[name]
+		f, ok := lookupFault(name)
 		if !ok {
 			return sc, fmt.Errorf("scenario %q: unknown mode or fault %q (see --help)", s, name)
 		}

@@ -64,13 +64,32 @@ const (
 	OpClearHalt Op = 12
 )
 
-var opNames = [...]string{OpList: "list", OpOpen: "open", OpClose: "close", OpControl: "control",
-	OpTransfer: "transfer", OpClaim: "claim", OpRelease: "release", OpSetAlt: "set_alt",
-	OpSetConfig: "set_config", OpGetConfig: "get_config", OpReset: "reset", OpClearHalt: "clear_halt"}
-
 func (o Op) String() string {
-	if int(o) < len(opNames) && opNames[o] != "" {
-		return opNames[o]
+	switch o {
+	case OpList:
+		return "list"
+	case OpOpen:
+		return "open"
+	case OpClose:
+		return "close"
+	case OpControl:
+		return "control"
+	case OpTransfer:
+		return "transfer"
+	case OpClaim:
+		return "claim"
+	case OpRelease:
+		return "release"
+	case OpSetAlt:
+		return "set_alt"
+	case OpSetConfig:
+		return "set_config"
+	case OpGetConfig:
+		return "get_config"
+	case OpReset:
+		return "reset"
+	case OpClearHalt:
+		return "clear_halt"
 	}
 	return fmt.Sprintf("op(%d)", uint8(o))
 }
