@@ -2,7 +2,7 @@
 // fetched by scripts/arm64-kernel.sh) in qemu-system-aarch64 with the
 // initramfs cm4bench builds, and has cm4agent, as PID 1, deploy an image to
 // a virtio disk standing in for the eMMC and back it up again, through the
-// real `cm4bench netboot serve` composition (package serve, HTTP only) on
+// real `cm4bench netboot serve --no-dhcp --no-tftp` (the built binary) on
 // 127.0.0.1, which the guest reaches as 10.0.2.2 through QEMU user
 // networking. It takes about half a minute under TCG, so it is part of
 // `make test`; `make e2e` fetches the kernel and runs it alone, verbosely.
@@ -11,13 +11,13 @@ package e2e
 
 import (
 	"bytes"
-	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
 	"io"
 	"math/rand/v2"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -25,6 +25,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -32,9 +33,6 @@ import (
 
 	"github.com/cm4bench/cm4bench/api/wire"
 	"github.com/cm4bench/cm4bench/netboot/agent/agenttest"
-	"github.com/cm4bench/cm4bench/netboot/agent/pid1"
-	"github.com/cm4bench/cm4bench/netboot/initramfs"
-	"github.com/cm4bench/cm4bench/netboot/serve"
 )
 
 const (
@@ -177,28 +175,34 @@ func TestQEMUDeployAndBackup(t *testing.T) {
 	root := repoRoot(t)
 	tmp := t.TempDir()
 
-	// The agent for arm64, as `make build` embeds it.
+	// The agent for arm64, as `make build` embeds it, and cm4bench itself.
 	agentBin := filepath.Join(tmp, "cm4agent-linux-arm64")
-	build := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w", "-o", agentBin, "./cmd/cm4agent")
-	build.Dir = root
-	build.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=arm64")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build cm4agent: %v\n%s", err, out)
+	cm4bench := filepath.Join(tmp, "cm4bench")
+	for _, b := range []struct {
+		out, pkg string
+		env      []string
+	}{
+		{agentBin, "./cmd/cm4agent", []string{"CGO_ENABLED=0", "GOOS=linux", "GOARCH=arm64"}},
+		{cm4bench, "./cmd/cm4bench", nil},
+	} {
+		build := exec.Command("go", "build", "-trimpath", "-o", b.out, b.pkg)
+		build.Dir = root
+		build.Env = append(os.Environ(), b.env...)
+		if out, err := build.CombinedOutput(); err != nil {
+			t.Fatalf("build %s: %v\n%s", b.pkg, err, out)
+		}
 	}
-	agent, _ := os.ReadFile(agentBin)
 
-	// The initramfs, with the virtio drivers of this kernel.
-	mods, err := initramfs.ResolveModules(filepath.Join(kdir, "modules"), []string{"virtio_mmio", "virtio_blk", "virtio_net"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	rd, err := initramfs.Build(initramfs.Options{Agent: agent, Modules: mods,
-		Config: pid1.Config{Target: "/dev/vda", AcceptZstd: true, PollSeconds: 1}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	// The initramfs, built by `cm4bench netboot initramfs` with the virtio
+	// drivers of this kernel.
 	initrd := filepath.Join(tmp, "initrd.img")
-	os.WriteFile(initrd, rd, 0o644)
+	if out, err := exec.Command(cm4bench, "netboot", "initramfs", "-o", initrd, "--agent", agentBin, "--arch", "arm64",
+		"--target", "/dev/vda", "--accept-zstd", "--modules-dir", filepath.Join(kdir, "modules"),
+		"--modules", "virtio_mmio,virtio_blk,virtio_net").CombinedOutput(); err != nil {
+		t.Fatalf("cm4bench netboot initramfs: %v\n%s", err, out)
+	} else {
+		t.Logf("%s", out)
+	}
 
 	// The golden image, stored zstd-compressed as the server's default.
 	img := goldenImage()
@@ -214,18 +218,45 @@ func TestQEMUDeployAndBackup(t *testing.T) {
 	disk := filepath.Join(tmp, "emmc.img")
 	os.WriteFile(disk, bytes.Repeat([]byte("old eMMC"), diskSize/8), 0o644)
 
-	// The real server composition of `cm4bench netboot serve --no-dhcp --no-tftp`.
+	// The real server: `cm4bench netboot serve --no-dhcp --no-tftp` on loopback.
 	port := freePort(t)
-	ctx, cancel := context.WithCancel(context.Background())
-	bench, err := serve.New(ctx, serve.Config{DataDir: filepath.Join(tmp, "data"), NoDHCP: true, NoTFTP: true,
-		HTTPAddr: "127.0.0.1:" + strconv.Itoa(port), Image: golden, PollInterval: time.Second})
-	if err != nil {
+	data := filepath.Join(tmp, "data")
+	srvLog := &syncBuffer{}
+	srv := exec.Command(cm4bench, "netboot", "serve", "--no-dhcp", "--no-tftp", "--http", "127.0.0.1:"+strconv.Itoa(port),
+		"--data", data, "--image", golden, "--poll-interval", "1s")
+	srv.Stdout, srv.Stderr = srvLog, srvLog
+	if err := srv.Start(); err != nil {
 		t.Fatal(err)
 	}
-	served := make(chan error, 1)
-	go func() { served <- bench.Serve(ctx) }()
-	t.Cleanup(func() { cancel(); <-served; bench.Close() })
-	tech := &agenttest.Tech{URL: "http://127.0.0.1:" + strconv.Itoa(port), Token: bench.Token()}
+	srvDone := make(chan error, 1)
+	go func() { srvDone <- srv.Wait() }()
+	t.Cleanup(func() {
+		srv.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-srvDone:
+		case <-time.After(10 * time.Second):
+			srv.Process.Kill()
+			<-srvDone
+		}
+		if t.Failed() {
+			t.Logf("server log (tail):\n%s", tail(srvLog.String(), 30))
+		}
+	})
+	var token []byte
+	for deadline := time.Now().Add(60 * time.Second); ; {
+		token, _ = os.ReadFile(filepath.Join(data, wire.FileAdminToken))
+		if len(token) > 0 {
+			if resp, err := http.Get("http://127.0.0.1:" + strconv.Itoa(port) + wire.PathOpenAPI); err == nil {
+				resp.Body.Close()
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("cm4bench netboot serve did not come up:\n%s", srvLog.String())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	tech := &agenttest.Tech{URL: "http://127.0.0.1:" + strconv.Itoa(port), Token: strings.TrimSpace(string(token))}
 
 	// Boot 1: deploy. After a verified deploy the agent reboots, and
 	// -no-reboot makes QEMU exit.
@@ -249,6 +280,11 @@ func TestQEMUDeployAndBackup(t *testing.T) {
 	}
 	if !strings.Contains(g.log.String(), "verified on read-back (O_DIRECT)") {
 		t.Errorf("the guest did not verify with O_DIRECT:\n%s", tail(g.log.String(), 20))
+	}
+	for _, l := range strings.Split(g.log.String(), "\n") {
+		if strings.Contains(l, "deploy done") || strings.Contains(l, "did not read back as zeros") {
+			t.Logf("guest: %s", strings.TrimSpace(l))
+		}
 	}
 	got, _ := os.ReadFile(disk)
 	if !bytes.Equal(got[:imageSize], img) {
