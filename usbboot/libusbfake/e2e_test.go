@@ -483,6 +483,8 @@ var (
 	gadgetScript = []scriptStep{{"mcb.bin", true}, {"memsys00.bin", true}, {"memsys01.bin", true}, {"memsys02.bin", true},
 		{"memsys03.bin", true}, {"memsys04.bin", true}, {"memsys05.bin", true}, {"memsys06.bin", true}, {"memsys07.bin", true},
 		{"memsys08.bin", true}, {"bootmain", true}, {"config.txt", true}, {"boot.img", true}, {"", false}}
+	gadget2712Script = []scriptStep{{"mcb.bin", true}, {"memsys00.bin", true}, {"memsys01.bin", true}, {"memsys02.bin", true},
+		{"memsys03.bin", true}, {"bootmain", true}, {"config.txt", true}, {"boot.img", true}, {"", false}}
 	script2835 = []scriptStep{{"autoboot.txt", true}, {"config.txt", true}, {"recovery.elf", true}, {"start.elf", true}, {"fixup.dat", true}, {"", false}}
 )
 
@@ -609,6 +611,8 @@ func TestE2EUSBBootModes(t *testing.T) {
 		{"msd", usbboot.SoC2711, usbboottest.ModeMSD, nil, 0x01, "bootcode4.bin", msdScript},
 		{"msd two interfaces", usbboot.SoC2711, usbboottest.ModeMSD, []string{"--two-interfaces"}, 0x03, "bootcode4.bin", msdScript},
 		{"gadget", usbboot.SoC2711, usbboottest.ModeGadget, nil, 0x01, "bootcode4.bin", gadgetScript},
+		// CM5: bootcode5.bin and the DDR files from the 2712/ members.
+		{"2712 gadget", usbboot.SoC2712, usbboottest.ModeGadget, []string{"--soc", string(usbboot.SoC2712)}, 0x01, "bootcode5.bin", gadget2712Script},
 		// BCM2835/7: full-speed ROM 0a5c:2763 with iSerialNumber index 0,
 		// second stage 0a5c:2764 with index 1.
 		{"2835 msd", usbboot.SoC2835, usbboottest.ModeMSD, []string{"--soc", string(usbboot.SoC2835)}, 0x01, "bootcode.bin", script2835},
