@@ -69,8 +69,9 @@ type Agent struct {
 	// link, not the CPU, is the bottleneck.
 	AcceptZstd bool
 
-	mu   sync.Mutex
-	tail []string // last console lines, sent with a failure
+	mu    sync.Mutex
+	tail  []string   // last console lines, sent with a failure
+	conMu sync.Mutex // serialises Console writes
 }
 
 const tailLines = 40
@@ -183,10 +184,17 @@ func (a *Agent) say(format string, args ...any) {
 	a.mu.Unlock()
 	switch {
 	case a.Console != nil:
-		fmt.Fprintf(a.Console, "cm4agent: %s\n", line)
+		a.print("cm4agent: %s\n", line)
 	case a.Log != nil:
 		a.Log.Info(line)
 	}
+}
+
+// print writes to the console; the progress reporter and the action share it.
+func (a *Agent) print(format string, args ...any) {
+	a.conMu.Lock()
+	defer a.conMu.Unlock()
+	fmt.Fprintf(a.Console, format, args...)
 }
 
 func (a *Agent) logTail() []string {
@@ -404,7 +412,7 @@ func (a *Agent) reportProgress(ctx context.Context, pr *wire.PollResponse, m *Me
 					if total > 0 {
 						pct = fmt.Sprintf(" %5.1f%%", 100*float64(done)/float64(total))
 					}
-					fmt.Fprintf(a.Console, "cm4agent: %s %d/%d%s %.1f MB/s\n", phase, done, total, pct, rate/1e6)
+					a.print("cm4agent: %s %d/%d%s %.1f MB/s\n", phase, done, total, pct, rate/1e6)
 				}
 			}
 		}

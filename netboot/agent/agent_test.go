@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -57,7 +58,23 @@ func disk(t testing.TB, size int64) string {
 	return p
 }
 
-type console struct{ bytes.Buffer }
+// console is a goroutine-safe buffer for the agent's console.
+type console struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (c *console) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.b.Write(p)
+}
+
+func (c *console) String() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.b.String()
+}
 
 // runAgent runs one agent with Once against server until its first action
 // ends, and returns Run's error and the console output.
@@ -259,5 +276,54 @@ func TestAgentBackupThroughServer(t *testing.T) {
 	}
 	if !bytes.Equal(stored, content) {
 		t.Fatal("downloaded backup differs from the device")
+	}
+}
+
+// TestAgentKeepsPolling runs one agent without Once: a failed deploy is
+// reported and polling goes on, a good deploy calls Reboot, and a backup
+// after that still works - all in the same process.
+func TestAgentKeepsPolling(t *testing.T) {
+	b := agenttest.Start(t, "127.0.0.1:0")
+	raw := image(2<<20, 30, 16)
+	b.AddImage(t, "small.img", bytes.NewReader(raw))
+	b.AddImage(t, "big.img", bytes.NewReader(image(8<<20, 0, 17)))
+	target := disk(t, 4<<20)
+	mac := "dc:a6:32:00:06:01"
+	reboots := make(chan struct{}, 4)
+	var con console
+	a := &agent.Agent{Server: b.URL, MAC: mac, Target: target, AllowFile: true, Console: &con,
+		PollInterval: 100 * time.Millisecond, Reboot: func() error { reboots <- struct{}{}; return nil }}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; !errors.Is(err, context.Canceled) {
+			t.Errorf("Run returned %v after cancel", err)
+		}
+	}()
+	b.WaitRegistered(t, mac, 30*time.Second)
+
+	act := b.SetAction(t, mac, wire.ActionDeploy, "big.img")
+	if got := b.WaitAction(t, mac, act.ID, 30*time.Second); got.State != wire.StateFailed {
+		t.Fatalf("too-big deploy: %+v", got)
+	}
+	act = b.SetAction(t, mac, wire.ActionDeploy, "small.img")
+	if got := b.WaitAction(t, mac, act.ID, 30*time.Second); got.State != wire.StateDone {
+		t.Fatalf("deploy after a failure: %+v\n%s", got, con.String())
+	}
+	select {
+	case <-reboots:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no reboot after a verified deploy")
+	}
+	act = b.SetAction(t, mac, wire.ActionBackup, "")
+	got := b.WaitAction(t, mac, act.ID, 30*time.Second)
+	content, _ := os.ReadFile(target)
+	if got.State != wire.StateDone || got.SHA256 != hexsum(content) {
+		t.Fatalf("backup after a deploy: %+v", got)
+	}
+	if len(reboots) != 0 {
+		t.Error("a backup rebooted the board")
 	}
 }
