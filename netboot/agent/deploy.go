@@ -153,6 +153,13 @@ func Deploy(ctx context.Context, dev Target, src io.Reader, opts DeployOptions) 
 	res := &DeployResult{}
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
+	// A failure anywhere ends a download in progress at once (a Source
+	// would otherwise keep reading until the server or the stall timer
+	// ends it).
+	if ab, ok := src.(interface{ Abort() }); ok {
+		stop := context.AfterFunc(ctx, ab.Abort)
+		defer stop()
+	}
 
 	// Stage 1: network reader -> chunks.
 	chunks := make(chan []byte, netChunks)

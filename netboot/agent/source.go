@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -44,6 +45,21 @@ type Source struct {
 	hdr      http.Header
 	resumes  int
 	started  bool
+	aborted  atomic.Bool
+}
+
+// errAborted is returned by Read after Abort.
+var errAborted = errors.New("download: aborted")
+
+// Abort ends the download from another goroutine: a Read in progress
+// returns at once, and no reconnect follows.
+func (s *Source) Abort() {
+	s.aborted.Store(true)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cancel != nil {
+		s.cancel()
+	}
 }
 
 // Open starts the download; it fails without retrying on an HTTP error
@@ -173,6 +189,9 @@ func (s *Source) Read(p []byte) (int, error) {
 		if err == io.EOF && (s.total < 0 || s.off >= s.total) {
 			return 0, io.EOF
 		}
+		if s.aborted.Load() {
+			return 0, errAborted
+		}
 		if s.ctx.Err() != nil {
 			return 0, s.ctx.Err()
 		}
@@ -208,7 +227,7 @@ func (s *Source) reconnect() error {
 		max = 20
 	}
 	var last error
-	for s.resumes < max {
+	for s.resumes < max && !s.aborted.Load() {
 		s.resumes++
 		delay := time.Duration(min(s.resumes, 5)) * 200 * time.Millisecond
 		select {
@@ -225,6 +244,9 @@ func (s *Source) reconnect() error {
 		if errors.As(err, &se) && se.code < 500 {
 			return fmt.Errorf("download: resume at byte %d: %w", s.off, err)
 		}
+	}
+	if s.aborted.Load() {
+		return errAborted
 	}
 	return fmt.Errorf("download: gave up after %d resumes at byte %d: %w", s.resumes, s.off, last)
 }

@@ -1,6 +1,14 @@
 package agent
 
-import "testing"
+import (
+	"context"
+	"net/http"
+	"net/http/httptest"
+	"testing"
+	"time"
+
+	"github.com/cm4bench/cm4bench/netboot/agent/blockdev"
+)
 
 func TestParseContentRange(t *testing.T) {
 	for _, tc := range []struct {
@@ -44,4 +52,43 @@ func FuzzDeployStream(f *testing.F) {
 	f.Fuzz(func(t *testing.T, b []byte) {
 		fuzzDeploy(t, b)
 	})
+}
+
+// TestDeployAbortsDownloadOnBadStream: a stream that is broken early fails
+// the deploy at once, without waiting for the rest of the download (here a
+// server that never finishes) or the stall timer.
+func TestDeployAbortsDownloadOnBadStream(t *testing.T) {
+	release := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", "100000000")
+		w.WriteHeader(http.StatusOK)
+		w.Write([]byte{0x28, 0xb5, 0x2f, 0xfd, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff}) // zstd magic, garbage frame
+		w.Write(make([]byte, 300<<10))
+		w.(http.Flusher).Flush()
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	}))
+	defer srv.Close()
+	defer close(release)
+	disk := newDisk(t, 4<<20, false)
+	dev, err := blockdev.Open(disk, true, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dev.Close()
+	src := &Source{URL: srv.URL, Stall: time.Minute}
+	if err := src.Open(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	_, err = Deploy(context.Background(), dev, src, DeployOptions{})
+	if err == nil {
+		t.Fatal("a garbage zstd stream deployed")
+	}
+	if d := time.Since(start); d > 10*time.Second {
+		t.Fatalf("deploy took %s to fail: the download was not aborted", d)
+	}
+	t.Logf("failed after %s: %v", time.Since(start).Round(time.Millisecond), err)
 }
