@@ -130,6 +130,20 @@ func TestFaultServerKilledMidDeploy(t *testing.T) {
 	if !strings.Contains(console, "resuming") {
 		t.Errorf("the agent did not resume the download:\n%s", console)
 	}
+	// And the action's own log on the server says so.
+	full, err := c.Device(ctx, mac)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var history string
+	for _, x := range full.Actions {
+		if x.ID == a.ID {
+			history = strings.Join(x.Log, "\n")
+		}
+	}
+	if !strings.Contains(history, "resumed") {
+		t.Errorf("the action's log on the server does not show the resume:\n%s", history)
+	}
 	faultReport(t, "Fault: server SIGKILLed mid-deploy, restarted", [][2]string{
 		{"killed at", fmt.Sprintf("%d of %d bytes (%s)", at.Done, at.Total, at.Phase)},
 		{"server down for", downtime.Round(time.Millisecond).String()},
@@ -137,6 +151,7 @@ func TestFaultServerKilledMidDeploy(t *testing.T) {
 		{"run time (first poll to done)", got.Finished.Sub(*got.Started).Round(time.Millisecond).String()},
 		{"history: progress events", fmt.Sprintf("%d before the kill, gap %v, %d after the restart", before, firstAfter.Sub(lastBefore).Round(time.Millisecond), after)},
 		{"agent", firstLine(console, "resuming")},
+		{"action log on the server", firstLine(history, "resumed")},
 	})
 }
 
