@@ -9,12 +9,14 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/cm4bench/cm4bench/api"
 	"github.com/cm4bench/cm4bench/api/wire"
 )
 
@@ -354,3 +356,35 @@ func TestBackupFailures(t *testing.T) {
 type zeroReader struct{}
 
 func (zeroReader) Read(p []byte) (int, error) { clear(p); return len(p), nil }
+
+// TestLeaseCheck: with the DHCP leases known, a board cannot register or
+// poll as another MAC from its address.
+func TestLeaseCheck(t *testing.T) {
+	dir := t.TempDir()
+	const owner, other = "dc:a6:32:00:90:01", "dc:a6:32:00:90:02"
+	b := startServer(t, dir, "", func(s *api.Server) {
+		s.MACForIP = func(a netip.Addr) (net.HardwareAddr, bool) {
+			if a == netip.MustParseAddr("127.0.0.1") {
+				return hwAddr(t, owner), true
+			}
+			return nil, false
+		}
+	})
+	b.register(owner)
+	for _, tt := range []struct{ method, path, body string }{
+		{"POST", wire.PathRegister, `{"mac":"` + other + `"}`},
+		{"GET", wire.PathPoll + "?mac=" + other, ""},
+	} {
+		code, out := b.call(tt.method, tt.path, []byte(tt.body), "")
+		if code != 403 || !strings.Contains(string(out), "leased to "+owner) {
+			t.Errorf("%s %s as another MAC = %d %s, want 403", tt.method, tt.path, code, out)
+		}
+	}
+	// An address without a lease (static, NAT) is not refused.
+	cl := &http.Client{Transport: &http.Transport{DialContext: (&net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.3")}}).DialContext}}
+	resp, err := cl.Post(b.base+wire.PathRegister, "application/json", strings.NewReader(`{"mac":"`+other+`"}`))
+	if err != nil || resp.StatusCode != 200 {
+		t.Errorf("register from an unleased address: %v %v", resp.StatusCode, err)
+	}
+	resp.Body.Close()
+}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"strings"
 
@@ -28,6 +29,9 @@ func (s *Server) handleRegister(c *gin.Context) error {
 	}
 	mac, err := normMAC(req.MAC)
 	if err != nil {
+		return err
+	}
+	if err := s.checkLease(c.Request, mac); err != nil {
 		return err
 	}
 	ip := strings.TrimSpace(req.IP)
@@ -66,6 +70,9 @@ func isHex(s string) bool {
 func (s *Server) handlePoll(c *gin.Context) error {
 	mac, err := normMAC(c.Query("mac"))
 	if err != nil {
+		return err
+	}
+	if err := s.checkLease(c.Request, mac); err != nil {
 		return err
 	}
 	ip := remoteIP(c.Request)
@@ -110,6 +117,22 @@ func (s *Server) handlePoll(c *gin.Context) error {
 			Fields: map[string]any{"action_id": a.ID, "phase": "polled", "done": 0, "total": a.Total, "rate": 0.0}})
 	}
 	writeJSON(c.Writer, http.StatusOK, resp)
+	return nil
+}
+
+// checkLease refuses a request from an address the DHCP server leased to
+// another MAC.
+func (s *Server) checkLease(r *http.Request, mac string) error {
+	if s.MACForIP == nil {
+		return nil
+	}
+	addr, err := netip.ParseAddr(remoteIP(r))
+	if err != nil {
+		return nil
+	}
+	if owner, ok := s.MACForIP(addr.Unmap()); ok && owner.String() != mac {
+		return httpErr(http.StatusForbidden, "%s is leased to %s, not %s: a device may act only for itself", addr, owner, mac)
+	}
 	return nil
 }
 

@@ -19,6 +19,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"sync"
@@ -58,6 +59,11 @@ type Server struct {
 	MaxJSON int64
 	// Version is shown by /api/v1/status.
 	Version string
+	// MACForIP, if set, says which MAC holds a DHCP lease for an address.
+	// Register and poll from an address leased to a different MAC are then
+	// refused, so a board cannot act as another one. Addresses it does not
+	// know (no lease: static, NAT, loopback) are not refused.
+	MACForIP func(netip.Addr) (net.HardwareAddr, bool)
 	// Rivals, if set, reports other DHCP servers seen on the link.
 	Rivals func() []string
 	// UI serves the dashboard at / and /ui/; nil = the embedded api/ui dashboard.

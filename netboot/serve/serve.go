@@ -384,6 +384,9 @@ func (b *Bench) Serve(ctx context.Context) error {
 			})
 		})
 	}
+	if dsrv != nil {
+		b.srv.MACForIP = dsrv.MACForIP
+	}
 	for _, ln := range lns {
 		g.Go(func() error { return b.srv.Serve(gctx, ln) })
 	}
@@ -415,30 +418,28 @@ func removeIfOurs(p string, info wire.ServerInfo) {
 }
 
 // namespaceRunner returns a function that runs fn (on the current
-// goroutine) in the network namespace of the calling thread. When that is
-// the process's own namespace it runs fn as is; otherwise fn runs on a
-// locked thread switched into it, which is thrown away afterwards.
-// closeNS releases it once every server has returned.
+// goroutine) in the network namespace of the calling thread: on a locked
+// thread switched into it, which is thrown away afterwards. Without the
+// right to switch (not root: then the caller cannot be in another
+// namespace either) fn runs as is. closeNS releases the namespace handle
+// once every server has returned.
+//
+// The calling thread's namespace is always entered explicitly: comparing
+// it with "the process's" namespace is not reliable, because the thread a
+// test switched may be the process's main thread.
 func namespaceRunner() (run func(fn func() error) error, closeNS func(), err error) {
 	direct := func(fn func() error) error { return fn() }
-	var self, thread unix.Stat_t
-	if err := unix.Stat("/proc/self/ns/net", &self); err != nil {
+	fd, err := unix.Open(fmt.Sprintf("/proc/self/task/%d/ns/net", unix.Gettid()), unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
 		return direct, func() {}, nil // no /proc: no namespaces to care about
 	}
-	tpath := fmt.Sprintf("/proc/self/task/%d/ns/net", unix.Gettid())
-	if err := unix.Stat(tpath, &thread); err != nil {
-		return nil, nil, fmt.Errorf("serve: read thread namespace: %w", err)
-	}
-	if self.Ino == thread.Ino && self.Dev == thread.Dev {
-		return direct, func() {}, nil
-	}
-	fd, err := unix.Open(tpath, unix.O_RDONLY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return nil, nil, fmt.Errorf("serve: open thread namespace: %w", err)
-	}
 	run = func(fn func() error) error {
-		runtime.LockOSThread() // never unlocked: the thread dies with the goroutine
+		runtime.LockOSThread() // never unlocked after a switch: the thread dies with the goroutine
 		if err := unix.Setns(fd, unix.CLONE_NEWNET); err != nil {
+			if errors.Is(err, unix.EPERM) {
+				runtime.UnlockOSThread()
+				return fn()
+			}
 			return fmt.Errorf("serve: enter network namespace: %w", err)
 		}
 		return fn()

@@ -94,16 +94,20 @@ func TestBenchInNamespace(t *testing.T) {
 	}
 	served := make(chan error, 1)
 	go func() { served <- topo.Server.Do(func() error { return b.Serve(ctx) }) }()
+	stopped := false
 	t.Cleanup(func() {
 		cancel()
-		if err := <-served; err != nil {
-			t.Errorf("Serve: %v", err)
+		if !stopped {
+			if err := <-served; err != nil {
+				t.Errorf("Serve: %v", err)
+			}
 		}
 		b.Close()
 	})
 	select {
 	case <-b.Ready():
 	case err := <-served:
+		stopped = true
 		t.Fatalf("bench stopped: %v", err)
 	case <-time.After(30 * time.Second):
 		t.Fatal("bench not ready")
