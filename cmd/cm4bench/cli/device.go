@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -41,7 +42,7 @@ func (o *apiOpts) client() (*client.Client, error) {
 	if o.server != "" {
 		tok := o.token
 		if tok == "" {
-			b, err := os.ReadFile(o.data + "/" + wire.FileAdminToken)
+			b, err := os.ReadFile(filepath.Join(o.data, wire.FileAdminToken))
 			if err != nil {
 				return nil, fmt.Errorf("--server needs --token (or a readable %s/%s): %w", o.data, wire.FileAdminToken, err)
 			}
