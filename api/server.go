@@ -176,7 +176,9 @@ func (s *Server) build() {
 	s.progress = make(chan progressReport, 256)
 	// gin's mode is a package setting of gin; release mode only silences its
 	// route-table printout.
-	gin.SetMode(gin.ReleaseMode)
+	if gin.Mode() != gin.ReleaseMode {
+		gin.SetMode(gin.ReleaseMode) // once per process in practice: later servers find it set
+	}
 	g := gin.New()
 	g.Use(s.recoverMiddleware())
 	g.HandleMethodNotAllowed = true
