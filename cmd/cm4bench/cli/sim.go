@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -97,8 +98,11 @@ The TFTP root holds placeholders (marked as such) for the firmware, kernel
 and initramfs: the simulated boards fetch them but do not execute them.
 
 The dashboard is forwarded to --http on the host (default
-http://127.0.0.1:5000); the admin token is printed at start. Ctrl-C stops
-the boards and the server and deletes every namespace and process it made.
+http://127.0.0.1:5000); the admin token is printed at start. Typing
+"cycle N" (or "cycle all") and Enter power-cycles board N, as a technician
+pulling its power would: with netboot switched on again it netboots again.
+Ctrl-C stops the boards and the server and deletes every namespace and
+process it made.
 
 Needs root (network namespaces). State changes of the boards are printed as
 they happen (JSON lines with --json) and a summary table at exit.`,
@@ -279,10 +283,13 @@ cm4bench simulated bench is running (%d CM4s, namespace %s)
   Golden image: %s
   TFTP root:    %s (placeholder firmware: the simulated boards fetch it, nothing runs it)
 Log in with the token, then click Deploy or Backup on a board. Ctrl-C stops everything.
+A deployed board reboots into its eMMC; to provision it again, click "Enable netboot" and
+type "cycle N" + Enter here to power-cycle board N ("cycle all" for every board).
 
 `, o.devices, rig.Bench.Server.Name, orNone(rig.HostURL), rig.Token, rig.URL, rig.Image, rig.TFTPRoot)
 		outMu.Unlock()
 	}
+	go powerCycles(ctx, cmd.InOrStdin(), rig, cmd.ErrOrStderr())
 	select {
 	case <-ctx.Done():
 	case <-rig.Server.Done():
@@ -300,6 +307,39 @@ Log in with the token, then click Deploy or Backup on a board. Ctrl-C stops ever
 	}
 	outMu.Unlock()
 	return err
+}
+
+// powerCycles reads "cycle N" / "cycle all" lines (the technician pulling a
+// board's power) until in ends or ctx is done.
+func powerCycles(ctx context.Context, in io.Reader, rig *simbench.Rig, errOut io.Writer) {
+	sc := bufio.NewScanner(in)
+	for sc.Scan() && ctx.Err() == nil {
+		for _, d := range cycleTargets(sc.Text(), rig.Bench.Devices, errOut) {
+			d.PowerCycle()
+			fmt.Fprintf(errOut, "sim: power-cycling board %d (%s)\n", d.Index, d.Board.MAC)
+		}
+	}
+}
+
+// cycleTargets parses one "cycle N|all" line.
+func cycleTargets(line string, devs []*simbench.Device, errOut io.Writer) []*simbench.Device {
+	f := strings.Fields(line)
+	if len(f) == 0 {
+		return nil
+	}
+	if len(f) != 2 || f[0] != "cycle" {
+		fmt.Fprintf(errOut, "sim: %q: type \"cycle N\" or \"cycle all\"\n", line)
+		return nil
+	}
+	if f[1] == "all" {
+		return devs
+	}
+	n, err := strconv.Atoi(f[1])
+	if err != nil || n < 0 || n >= len(devs) {
+		fmt.Fprintf(errOut, "sim: %q: no board %s (0 to %d)\n", line, f[1], len(devs)-1)
+		return nil
+	}
+	return []*simbench.Device{devs[n]}
 }
 
 func serverLogLevel(cmd *cobra.Command) string {

@@ -12,9 +12,19 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
+
+// syncBuf is a bytes.Buffer safe for the command's concurrent writers.
+type syncBuf struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuf) Write(p []byte) (int, error) { s.mu.Lock(); defer s.mu.Unlock(); return s.b.Write(p) }
+func (s *syncBuf) String() string              { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
 
 func TestSimFlagErrors(t *testing.T) {
 	for _, tt := range []struct {
@@ -110,10 +120,12 @@ func TestSimCommand(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	pr, pw := io.Pipe()
-	var errBuf bytes.Buffer
+	inR, inW := io.Pipe()
+	defer inW.Close()
+	var errBuf syncBuf
 	done := make(chan error, 1)
 	go func() {
-		done <- Context{Stdout: pw, Stderr: &errBuf, Args: []string{"--json", "sim", "--devices", "2", "--http", "127.0.0.1:0",
+		done <- Context{Stdin: inR, Stdout: pw, Stderr: &errBuf, Args: []string{"--json", "sim", "--devices", "2", "--http", "127.0.0.1:0",
 			"--image-size", "16", "--emmc-size", "32", "--agent", filepath.Join(dir, "cm4agent"),
 			"--server-binary", filepath.Join(dir, "cm4bench"), "--poll", "1s"}}.Execute(ctx)
 		pw.Close()
@@ -167,6 +179,28 @@ func TestSimCommand(t *testing.T) {
 	}
 	if code != 200 || strings.Count(string(body), `"mac"`) < 2 {
 		t.Errorf("devices through the forward: HTTP %d %s", code, body)
+	}
+	// The technician power-cycles board 1 from the terminal: it boots again.
+	io.WriteString(inW, "cycle 9\ncycle 1\n")
+	var cycled []string
+	for len(cycled) < 2 {
+		var st struct {
+			Index int    `json:"index"`
+			State string `json:"state"`
+			Boots int    `json:"boots"`
+		}
+		if err := dec.Decode(&st); err != nil {
+			t.Fatalf("state line after the power cycle: %v\n%s", err, errBuf.String())
+		}
+		if st.Index == 1 && st.Boots == 2 {
+			cycled = append(cycled, st.State)
+		}
+	}
+	if cycled[0] != "netbooting" || cycled[1] != "agent" {
+		t.Errorf("board 1 after the power cycle: %v", cycled)
+	}
+	if !strings.Contains(errBuf.String(), "no board 9") || !strings.Contains(errBuf.String(), "power-cycling board 1") {
+		t.Errorf("stderr after the cycle commands:\n%s", errBuf.String())
 	}
 	cancel()
 	go io.Copy(io.Discard, pr)
