@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net/netip"
+	"path/filepath"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -56,6 +57,7 @@ type netbootServeOpts struct {
 	compressBackups bool
 	pollInterval    time.Duration
 	demo            bool
+	prep            netbootPrepareOpts
 }
 
 func newNetbootServeCmd() *cobra.Command {
@@ -82,7 +84,19 @@ Images: --image is the golden default; more can be uploaded through the API or t
 Raw .img, .img.gz, .img.xz and .img.zst are served; sha256 and size are computed once and cached.
 
 --no-dhcp and --no-tftp leave those servers out, for an HTTP-only bench next to an existing
-netboot server (point its boot files' cm4bench.server= at this server).`,
+netboot server (point its boot files' cm4bench.server= at this server).
+
+--prepare-tftp-root makes --tftp-root ready before the servers start. It copies the catalogue's
+netboot firmware (start4.elf, fixup4.dat, bcm2711-rpi-cm4.dtb, kernel8.img) from the verified
+firmware cache: fetch it once with "cm4bench firmware fetch netboot" (same user, or
+--firmware-cache DIR); serve never downloads, and a file that is not cached stops it. Then it
+writes initrd.img (cm4agent as /init: the embedded one, or --agent FILE), adds "initramfs
+initrd.img followkernel" to config.txt and cm4bench.server=URL to cmdline.txt, keeping the rest
+of both files. URL is http://<bench address>:<HTTP port> unless --advertise-url is given.
+A firmware file already in the root with other content stops serve, naming it, before anything
+is written: --replace-firmware replaces it (yours is kept as NAME.orig-<sha256>), and
+--prepare-tftp-root=initramfs-only leaves all firmware files to you. Files already as wanted are
+not rewritten, so running it at every start changes nothing. Every write is atomic.`,
 		Example: `  # A dedicated bench NIC with 10.42.0.1/24 on it:
   cm4bench netboot serve --iface eth1 --tftp-root /srv/tftp --data /var/lib/cm4bench \
       --image /srv/images/golden.img.zst
@@ -93,6 +107,10 @@ netboot server (point its boot files' cm4bench.server= at this server).`,
 
   # The office network already has a DHCP server: proxyDHCP only.
   cm4bench netboot serve --iface eth0 --proxy --tftp-root /srv/tftp --data /var/lib/cm4bench
+
+  # Install the firmware and the initramfs into the TFTP root first:
+  cm4bench firmware fetch netboot
+  cm4bench netboot serve --iface eth1 --tftp-root /srv/tftp --data /var/lib/cm4bench --prepare-tftp-root
 
   # No hardware: a demo bench of simulated CM4s (what make run starts):
   sudo cm4bench netboot serve --demo
@@ -122,6 +140,7 @@ netboot server (point its boot files' cm4bench.server= at this server).`,
 	f.BoolVar(&o.noTFTP, "no-tftp", false, "do not run the TFTP server")
 	f.BoolVar(&o.compressBackups, "compress-backups", false, "store raw backup uploads zstd-compressed")
 	f.DurationVar(&o.pollInterval, "poll-interval", 5*time.Second, "how often devices are told to poll")
+	o.prep.bind(cmd)
 	return cmd
 }
 
@@ -156,7 +175,28 @@ func (o *netbootServeOpts) run(ctx context.Context, logger *slog.Logger, out io.
 	if err != nil {
 		return err
 	}
-	if err := serve.Run(ctx, cfg, out); err != nil {
+	if o.prep.mode == "" {
+		if err := serve.Run(ctx, cfg, out); err != nil {
+			return fmt.Errorf("netboot serve: %w", err)
+		}
+		return nil
+	}
+	popts, err := o.prep.options(o.tftpRoot, logger)
+	if err != nil {
+		return err
+	}
+	b, err := serve.New(ctx, cfg)
+	if err != nil {
+		return fmt.Errorf("netboot serve: %w", err)
+	}
+	defer b.Close()
+	if b.TokenCreated() {
+		fmt.Fprintf(out, "admin token (shown once; also in %s): %s\n", filepath.Join(cfg.DataDir, wire.FileAdminToken), b.Token())
+	}
+	if err := o.prep.prepare(ctx, b, popts, out); err != nil {
+		return err
+	}
+	if err := b.Serve(ctx); err != nil {
 		return fmt.Errorf("netboot serve: %w", err)
 	}
 	return nil
