@@ -253,7 +253,7 @@ func checkServerURL(s string) error {
 		return fmt.Errorf("server URL %q: want http://HOST:PORT", s)
 	}
 	if ip, err := netip.ParseAddr(u.Hostname()); err == nil && (ip.IsLoopback() || ip.IsUnspecified()) {
-		return fmt.Errorf("server URL %q: boards cannot reach %s; give the bench address", s, ip)
+		return fmt.Errorf("server URL %q: boards cannot reach %s (give --advertise-url, or an --iface with the bench address)", s, ip)
 	}
 	return nil
 }
