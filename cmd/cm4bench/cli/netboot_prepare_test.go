@@ -175,6 +175,9 @@ func TestNetbootServePrepareTFTPRoot(t *testing.T) {
 		{"different start4.elf", []string{"--tftp-root", other, "--firmware-cache", cache, "--agent", exe, "--initramfs-arch", runtime.GOARCH}, "start4.elf (sha256", 1},
 		{"empty cache", []string{"--tftp-root", other, "--firmware-cache", t.TempDir(), "--agent", exe, "--initramfs-arch", runtime.GOARCH}, "cm4bench firmware fetch netboot", 1},
 		{"no tftp root", []string{"--agent", exe}, "--prepare-tftp-root needs --tftp-root", 2},
+		{"modules without dir", []string{"--tftp-root", other, "--agent", exe, "--initramfs-arch", runtime.GOARCH, "--initramfs-modules", "virtio_net"}, "--initramfs-modules needs --initramfs-modules-dir", 2},
+		{"missing module", []string{"--tftp-root", other, "--agent", exe, "--initramfs-arch", runtime.GOARCH, "--initramfs-modules-dir", other, "--initramfs-modules", "virtio_net"}, "module virtio_net not found", 1},
+		{"agent for another arch", []string{"--tftp-root", other, "--firmware-cache", cache, "--agent", exe, "--initramfs-arch", map[string]string{"amd64": "arm64", "arm64": "amd64"}[runtime.GOARCH]}, "the boards need", 1},
 		{"bad mode", []string{"--prepare-tftp-root=kernel", "--tftp-root", other}, "want all (the default) or initramfs-only", 2},
 		{"loopback http only", []string{"--tftp-root", other, "--prepare-tftp-root=initramfs-only", "--agent", exe, "--initramfs-arch", runtime.GOARCH, "--http", "127.0.0.1:5999"}, "loopback only", 1},
 	} {
