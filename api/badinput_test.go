@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/cm4bench/cm4bench/api"
 	"github.com/cm4bench/cm4bench/api/wire"
@@ -211,6 +212,30 @@ func TestBackupFailures(t *testing.T) {
 		if code, out := b.call("POST", wire.PathActionDone, []byte(`{"mac":"`+mac+`"}`), ""); code != 409 {
 			t.Errorf("action-done after a cut upload = %d %s, want 409", code, out)
 		}
+	})
+
+	t.Run("stalled mid-stream", func(t *testing.T) {
+		// A board whose link goes down sends nothing more and never closes
+		// its side: the idle timeout fails the action in seconds.
+		sb := startServer(t, t.TempDir(), "", func(s *api.Server) { s.UploadIdle = 300 * time.Millisecond })
+		const mac = "dc:a6:32:00:60:09"
+		sb.register(mac)
+		var a wire.Action
+		sb.admin("POST", "/api/v1/devices/"+mac+"/action", wire.SetActionRequest{Action: "backup"}, 200, &a)
+		p := sb.poll(mac)
+		host, path, _ := strings.Cut(strings.TrimPrefix(p.UploadURL, "http://"), "/")
+		c, err := net.Dial("tcp", host)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		fmt.Fprintf(c, "PUT /%s HTTP/1.1\r\nHost: %s\r\nContent-Length: %d\r\nUser-Agent: curl/8\r\n\r\n", path, host, 4<<20)
+		c.Write(bytes.Repeat([]byte{0xa5}, 1<<20))
+		sb.waitFor("the stalled upload to fail", func() bool {
+			got, _ := sb.st.ActionByID(ctx, a.ID)
+			return got.State == wire.StateFailed
+		})
+		sb.assertNothingComplete(mac, a.ID, "no data from the board for 300ms")
 	})
 
 	t.Run("done without upload", func(t *testing.T) {

@@ -37,6 +37,9 @@ import (
 const (
 	DefaultPollInterval = 5 * time.Second
 	DefaultMaxJSON      = 64 << 10
+	// DefaultUploadIdle is how long a backup upload may send nothing
+	// before it is failed.
+	DefaultUploadIdle = 30 * time.Second
 )
 
 // Server is the cm4bench HTTP server. Set the fields, then call Serve (or
@@ -66,6 +69,10 @@ type Server struct {
 	MACForIP func(netip.Addr) (net.HardwareAddr, bool)
 	// Rivals, if set, reports other DHCP servers seen on the link.
 	Rivals func() []string
+	// UploadIdle fails a backup upload that sends no data for this long, so
+	// a board whose link went down mid-backup is failed in seconds rather
+	// than when TCP gives up minutes later; 0 = DefaultUploadIdle.
+	UploadIdle time.Duration
 	// UI serves the dashboard at / and /ui/; nil = the embedded api/ui dashboard.
 	UI http.Handler
 	// Logger receives request errors and lifecycle messages; nil = silent.

@@ -413,7 +413,7 @@ func (s *Server) handleBackupUpload(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, httpErr(http.StatusConflict, "action %s already has backup %s", a.ID, a.BackupID))
 		return
 	}
-	b, code, err := s.receiveBackup(r, a)
+	b, code, err := s.receiveBackup(r, idleReader{r: r.Body, rc: http.NewResponseController(w), idle: s.uploadIdle()}, a)
 	if err != nil {
 		s.failAction(r.Context(), a, err.Error())
 		if code == 0 {
@@ -429,7 +429,35 @@ func (s *Server) handleBackupUpload(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusCreated, b.Backup)
 }
 
-func (s *Server) receiveBackup(r *http.Request, a store.Action) (store.Backup, int, error) {
+func (s *Server) uploadIdle() time.Duration {
+	if s.UploadIdle > 0 {
+		return s.UploadIdle
+	}
+	return DefaultUploadIdle
+}
+
+// idleReader moves the connection's read deadline forward before each read,
+// so a read that waits longer than idle for data fails with a clear error.
+type idleReader struct {
+	r    io.Reader
+	rc   *http.ResponseController
+	idle time.Duration
+}
+
+func (i idleReader) Read(p []byte) (int, error) {
+	// Not every ResponseWriter supports deadlines (a test recorder does not);
+	// then the read simply waits as before.
+	_ = i.rc.SetReadDeadline(time.Now().Add(i.idle))
+	n, err := i.r.Read(p)
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		err = fmt.Errorf("no data from the board for %s: %w", i.idle, err)
+	}
+	return n, err
+}
+
+// receiveBackup stores the upload read from body (the request body behind
+// an idle timeout) for action a.
+func (s *Server) receiveBackup(r *http.Request, body io.Reader, a store.Action) (store.Backup, int, error) {
 	ctx := r.Context()
 	dev, err := s.Store.Device(ctx, a.MAC)
 	if err != nil {
@@ -464,7 +492,7 @@ func (s *Server) receiveBackup(r *http.Request, a store.Action) (store.Backup, i
 		report = func(n int64, rate float64) { s.queueProgress(a, "upload", n, total, rate) }
 	}
 	m := newMeter(nil, report, s.metrics.bytesReceived.Add)
-	body := io.TeeReader(r.Body, meterSink{m})
+	body = io.TeeReader(body, meterSink{m})
 
 	rawSHA, storedSHA := sha256.New(), sha256.New()
 	rawN, storedN := &countWriter{}, &countWriter{}
