@@ -168,8 +168,9 @@ func firstLine(s, sub string) string {
 // backup. No backup may be recorded as complete, the action ends failed,
 // and netboot stays on for the board.
 func TestFaultLinkCutMidBackup(t *testing.T) {
-	// Parallel: most of this run is the server noticing the dead TCP
-	// connection (keepalive, about 2.5 minutes), which overlaps the others.
+	// Parallel: most of this run is the server's upload idle timeout
+	// (api.DefaultUploadIdle, 30 s) noticing the dead link, which overlaps
+	// the others.
 	t.Parallel()
 	r := testRig(t, simbench.RigConfig{Devices: 1, EMMCBytes: 64 << 20, Prepare: func(r *simbench.Rig) error {
 		return fillEMMC(r.Bench.Devices[0].EMMC(), 64<<20, 11)
@@ -191,7 +192,8 @@ func TestFaultLinkCutMidBackup(t *testing.T) {
 	if err := d.SetLink(ctx, false); err != nil {
 		t.Fatal(err)
 	}
-	got := waitAction(t, r, mac, a.ID, 4*time.Minute)
+	// Well past the 30 s idle timeout, far short of TCP's own give-up.
+	got := waitAction(t, r, mac, a.ID, 90*time.Second)
 	failedAfter := time.Since(cut)
 	if got.State != wire.StateFailed {
 		t.Errorf("backup with the cable pulled: %+v", got)
