@@ -240,6 +240,10 @@ func PrepareTFTPRoot(ctx context.Context, o PrepareOptions) (Report, error) {
 		}
 	}
 	rep.Files = append(rep.Files, installed...)
+	for _, w := range overrideWarnings(o.Root, o.ServerURL) {
+		rep.Warnings = append(rep.Warnings, w)
+		log.Warn("TFTP root: per-board override misses the bench settings", "detail", w)
+	}
 	log.Info("TFTP root prepared", "root", o.Root, "server", o.ServerURL, "mode", string(rep.Mode), "changed", len(rep.Changed()))
 	return rep, nil
 }
@@ -518,4 +522,31 @@ func changedText(c []string) string {
 		return "nothing changed"
 	}
 	return strings.Join(c, ", ") + " written"
+}
+
+// overrideWarnings checks the per-board folders of the root (<serial>/ or
+// <mac-with-dashes>/, which the TFTP server prefers for that board): a
+// config.txt there without the initramfs line, or a cmdline.txt without
+// this server's cm4bench.server=, would keep that board from running the
+// agent. They are the technician's files, so they are reported, not edited.
+func overrideWarnings(root, serverURL string) []string {
+	ents, err := os.ReadDir(root)
+	if err != nil {
+		return nil
+	}
+	var out []string
+	for _, e := range ents {
+		if !e.IsDir() {
+			continue
+		}
+		if b, err := os.ReadFile(filepath.Join(root, e.Name(), "config.txt")); err == nil &&
+			initramfs.EditConfigTxt(string(b)) != string(b) {
+			out = append(out, fmt.Sprintf("%s/config.txt overrides the root's for that board and does not end with %q", e.Name(), initramfs.InitramfsLine))
+		}
+		if b, err := os.ReadFile(filepath.Join(root, e.Name(), "cmdline.txt")); err == nil &&
+			initramfs.EditCmdline(string(b), serverURL) != string(b) {
+			out = append(out, fmt.Sprintf("%s/cmdline.txt overrides the root's for that board and does not end with cm4bench.server=%s", e.Name(), serverURL))
+		}
+	}
+	return out
 }

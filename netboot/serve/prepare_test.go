@@ -19,6 +19,7 @@ import (
 	"github.com/u-root/u-root/pkg/cpio"
 
 	"github.com/cm4bench/cm4bench/firmware"
+	"github.com/cm4bench/cm4bench/netboot/initramfs"
 	"github.com/cm4bench/cm4bench/netboot/serve"
 )
 
@@ -69,9 +70,17 @@ func fetchedCache(t *testing.T) (*firmware.Cache, map[string][]byte) {
 	return &firmware.Cache{Dir: dir, Offline: true}, content
 }
 
+// selfExe is a real ELF executable for this GOARCH to stand in for
+// cm4agent: /bin/true when it is one (small, so the many initramfs builds
+// stay quick), else the test binary.
 func selfExe(t *testing.T) []byte {
 	t.Helper()
-	exe, err := os.Executable() // an ELF for this GOARCH stands in for cm4agent
+	if b, err := os.ReadFile("/bin/true"); err == nil {
+		if arch, err := initramfs.ELFArch(b); err == nil && arch == runtime.GOARCH {
+			return b
+		}
+	}
+	exe, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -206,6 +215,13 @@ func TestPrepareTFTPRoot(t *testing.T) {
 			warn: true,
 		},
 		{
+			name:   "per-board overrides without the bench settings are reported",
+			before: map[string]string{"abcd1234/config.txt": "dtoverlay=dwc2\n", "dc-a6-32-01-36-c2/cmdline.txt": "console=tty1\n"},
+			want: map[string]string{"start4.elf": "placed", "fixup4.dat": "placed", "bcm2711-rpi-cm4.dtb": "placed", "kernel8.img": "placed",
+				"initrd.img": "written", "config.txt": "written", "cmdline.txt": "written"},
+			warn: true,
+		},
+		{
 			name:    "firmware not fetched",
 			opts:    func(o *serve.PrepareOptions) { o.Firmware = emptyCache },
 			wantErr: serve.ErrFirmwareMissing,
@@ -241,6 +257,7 @@ func TestPrepareTFTPRoot(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			root := t.TempDir()
 			for n, c := range tc.before {
+				os.MkdirAll(filepath.Dir(filepath.Join(root, n)), 0o755)
 				if f, ok := strings.CutPrefix(c, "=fw:"); ok {
 					os.WriteFile(filepath.Join(root, n), fw[f], 0o644)
 				} else {
