@@ -96,7 +96,9 @@ of both files. URL is http://<bench address>:<HTTP port> unless --advertise-url 
 A firmware file already in the root with other content stops serve, naming it, before anything
 is written: --replace-firmware replaces it (yours is kept as NAME.orig-<sha256>), and
 --prepare-tftp-root=initramfs-only leaves all firmware files to you. Files already as wanted are
-not rewritten, so running it at every start changes nothing. Every write is atomic.`,
+not rewritten, so running it at every start changes nothing. Every write is atomic. Per-board
+folders (<serial>/, <mac>/) are not edited: a config.txt or cmdline.txt there that lacks these
+settings is reported as a warning.`,
 		Example: `  # A dedicated bench NIC with 10.42.0.1/24 on it:
   cm4bench netboot serve --iface eth1 --tftp-root /srv/tftp --data /var/lib/cm4bench \
       --image /srv/images/golden.img.zst
