@@ -403,29 +403,9 @@ func (o *deviceCancelOpts) run(ctx context.Context, args []string, asJSON bool, 
 	if err != nil {
 		return err
 	}
-	var res []wire.Action
-	var errs []error
-	for _, m := range macs {
-		a, err := c.SetAction(ctx, m, wire.ActionNone, "")
-		if err != nil {
-			errs = append(errs, fmt.Errorf("%s: %w", m, err))
-			continue
-		}
-		res = append(res, a)
-	}
-	if asJSON {
-		if err := writeJSON(out, res); err != nil {
-			return err
-		}
-	} else {
-		for _, a := range res {
-			fmt.Fprintf(out, "%s: %s (action %s) cancelled\n", a.MAC, a.Type, a.ID)
-		}
-	}
-	if len(errs) > 0 {
-		return fmt.Errorf("device cancel: %w", errors.Join(errs...))
-	}
-	return nil
+	return eachMAC(macs, asJSON, out, "device cancel",
+		func(m string) (wire.Action, error) { return c.SetAction(ctx, m, wire.ActionNone, "") },
+		func(a wire.Action) string { return fmt.Sprintf("%s: %s (action %s) cancelled", a.MAC, a.Type, a.ID) })
 }
 
 type deviceImageOpts struct{ api *apiOpts }

@@ -2,7 +2,6 @@ package cli
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -250,29 +249,11 @@ func (o *netbootSwitchOpts) run(ctx context.Context, args []string, asJSON bool,
 		_, err := fmt.Fprintf(out, "global netboot %s\n", onOffText(o.on))
 		return err
 	}
-	var res []wire.NetbootSwitch
-	var errs []error
-	for _, m := range macs {
-		sw, err := c.SetDeviceNetboot(ctx, m, o.on)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("%s: %w", m, err))
-			continue
-		}
-		res = append(res, sw)
-	}
-	if asJSON {
-		if err := writeJSON(out, res); err != nil {
-			return err
-		}
-	} else {
-		for _, sw := range res {
-			fmt.Fprintf(out, "%s: netboot %s\n", sw.MAC, onOffText(sw.Enabled))
-		}
-	}
-	if len(errs) > 0 {
-		return fmt.Errorf("netboot: %w", errors.Join(errs...))
-	}
-	return nil
+	return eachMAC(macs, asJSON, out, "netboot",
+		func(m string) (wire.NetbootSwitch, error) { return c.SetDeviceNetboot(ctx, m, o.on) },
+		func(sw wire.NetbootSwitch) string {
+			return fmt.Sprintf("%s: netboot %s", sw.MAC, onOffText(sw.Enabled))
+		})
 }
 
 type netbootStatusOpts struct{ api *apiOpts }
