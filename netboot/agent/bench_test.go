@@ -149,7 +149,9 @@ func BenchmarkDeployVsCurlDD(b *testing.B) {
 		{"raw (30% zero)", "raw", "raw.img", false, direct},
 		{"zstd (30% zero)", "zstd", "os.img.zst", true, direct},
 		{"sparse zstd (70% zero)", "sparse-zstd", "sparse.img.zst", true, direct},
+		{"raw, zstd on the wire", "raw-zwire", "raw.img", true, direct},
 		{"raw, 1GbE pace", "raw-1gbe", "raw.img", false, viaGbE},
+		{"raw, zstd wire, 1GbE", "raw-zwire-1gbe", "raw.img", true, viaGbE},
 		{"zstd, 1GbE pace", "zstd-1gbe", "os.img.zst", true, viaGbE},
 		{"sparse zstd, 1GbE pace", "sparse-zstd-1gbe", "sparse.img.zst", true, viaGbE},
 	} {

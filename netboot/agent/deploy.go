@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -18,6 +19,7 @@ import (
 	"github.com/klauspost/compress/gzip"
 	"github.com/klauspost/compress/zstd"
 	"github.com/ulikunitz/xz"
+	"golang.org/x/sys/unix"
 
 	"github.com/cm4bench/cm4bench/netboot/agent/blockdev"
 )
@@ -289,11 +291,21 @@ func Deploy(ctx context.Context, dev Target, src io.Reader, opts DeployOptions) 
 			}
 		}
 	}()
+	// headState is the sha256 state after the image's first HeadSize
+	// bytes as streamed: the read-back of the rest is hashed on from it
+	// while the download goes on (see verifier).
+	var headState []byte
 	go func() { // hash
 		defer wg.Done()
 		defer close(toWrite)
 		for blk := range toHash {
-			rawHash.Write(blk.b)
+			if blk.off == 0 && len(blk.b) >= HeadSize {
+				rawHash.Write(blk.b[:HeadSize])
+				headState, _ = rawHash.(encoding.BinaryMarshaler).MarshalBinary()
+				rawHash.Write(blk.b[HeadSize:])
+			} else {
+				rawHash.Write(blk.b)
+			}
 			select {
 			case toWrite <- blk:
 			case <-ctx.Done():
@@ -302,6 +314,10 @@ func Deploy(ctx context.Context, dev Target, src io.Reader, opts DeployOptions) 
 		}
 	}()
 	var end int64
+	// The verifier reads back, around the page cache, each region the
+	// writer has finished (after an fsync), while the download goes on.
+	var ver *verifier
+	var verErr error
 	go func() { // write
 		defer wg.Done()
 		for blk := range toWrite {
@@ -312,9 +328,23 @@ func Deploy(ctx context.Context, dev Target, src io.Reader, opts DeployOptions) 
 			end = blk.off + int64(len(blk.b))
 			meter.Add(int64(len(blk.b)))
 			pool <- blk.b[:cap(blk.b)]
+			if opts.NoVerify || headState == nil || verErr != nil {
+				continue
+			}
+			if ver == nil {
+				if ver, verErr = newVerifier(dev, headState); verErr != nil {
+					continue // verified after the stream instead
+				}
+				go ver.loop(ctx)
+			}
+			ver.offer(end &^ (verifyStep - 1))
 		}
 	}()
 	wg.Wait()
+	if ver != nil {
+		defer ver.f.Close()
+		ver.stopAndWait()
+	}
 	if err := context.Cause(ctx); err != nil {
 		return nil, err
 	}
@@ -338,6 +368,7 @@ func Deploy(ctx context.Context, dev Target, src io.Reader, opts DeployOptions) 
 		return res, fmt.Errorf("deploy: stream sha256 %s, image is %s: %w", res.SHA256, opts.SHA256, ErrHashMismatch)
 	}
 	t := time.Now()
+	headBytes := w.head
 	if err := w.finish(); err != nil {
 		return res, err
 	}
@@ -347,7 +378,18 @@ func Deploy(ctx context.Context, dev Target, src io.Reader, opts DeployOptions) 
 	if !opts.NoVerify {
 		meter.Set("verify", end)
 		t := time.Now()
-		sum, direct, err := HashDevice(ctx, dev, end, meter)
+		var sum string
+		var direct bool
+		var err error
+		if ver != nil && ver.err == nil {
+			// The rest of the tail, then the first MiB, which was written
+			// last: both read back from the device around the page cache.
+			meter.Add(ver.pos)
+			sum, err = ver.finish(ctx, end, headBytes, meter)
+			direct = ver.direct
+		} else {
+			sum, direct, err = HashDevice(ctx, dev, end, meter)
+		}
 		res.VerifySeconds = time.Since(t).Seconds()
 		if err != nil {
 			return res, err
@@ -620,4 +662,136 @@ func HashDevice(ctx context.Context, dev Target, n int64, meter *Meter) (string,
 	default:
 	}
 	return hex.EncodeToString(h.Sum(nil)), direct, nil
+}
+
+// verifyStep is the granularity of the read-back that overlaps the
+// download: each finished, fsynced region of this size is read back.
+const verifyStep = 32 << 20
+
+// verifier reads back the written range [HeadSize, end) around the page
+// cache while the deploy goes on, region by region after an fsync, and
+// hashes it on from the sha256 state of the streamed first MiB. At the end
+// the first MiB (written last) is read back and compared byte for byte with
+// the streamed one, so the check covers the whole range read from the
+// device: sha256(streamed head || read-back tail) must equal the stream's
+// sha256, and the read-back head must equal the streamed head.
+type verifier struct {
+	dev    Target
+	f      *os.File
+	direct bool
+	h      hash.Hash
+	buf    []byte
+	pos    int64 // read back and hashed up to here
+	ready  atomic.Int64
+	kick   chan struct{}
+	stop   chan struct{}
+	done   chan struct{}
+	err    error
+}
+
+func newVerifier(dev Target, headState []byte) (*verifier, error) {
+	h := sha256.New()
+	if err := h.(encoding.BinaryUnmarshaler).UnmarshalBinary(headState); err != nil {
+		return nil, fmt.Errorf("verify: sha256 state: %w", err)
+	}
+	f, direct, err := dev.OpenDirectReader()
+	if err != nil {
+		return nil, err
+	}
+	v := &verifier{dev: dev, f: f, direct: direct, h: h, buf: blockdev.AlignedBuffer(BlockSize), pos: HeadSize,
+		kick: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
+	v.ready.Store(HeadSize)
+	return v, nil
+}
+
+// offer tells the verifier that [HeadSize, upto) is written.
+func (v *verifier) offer(upto int64) {
+	if upto > v.ready.Load() {
+		v.ready.Store(upto)
+		select {
+		case v.kick <- struct{}{}:
+		default:
+		}
+	}
+}
+
+func (v *verifier) loop(ctx context.Context) {
+	defer close(v.done)
+	stopped := false
+	for {
+		if to := v.ready.Load(); v.pos < to {
+			if err := v.readTo(ctx, to); err != nil {
+				v.err = err
+				return
+			}
+			continue
+		}
+		if stopped {
+			return
+		}
+		select {
+		case <-v.kick:
+		case <-v.stop:
+			stopped = true
+		case <-ctx.Done():
+			v.err = context.Cause(ctx)
+			return
+		}
+	}
+}
+
+// stopAndWait lets the verifier finish what was offered and waits for it.
+func (v *verifier) stopAndWait() {
+	close(v.stop)
+	<-v.done
+}
+
+// readTo fsyncs, then reads [pos, to) around the page cache into the hash.
+func (v *verifier) readTo(ctx context.Context, to int64) error {
+	if err := v.dev.Sync(); err != nil {
+		return fmt.Errorf("verify: %w", err)
+	}
+	if !v.direct {
+		_ = unix.Fadvise(int(v.f.Fd()), v.pos, to-v.pos, unix.FADV_DONTNEED)
+	}
+	for v.pos < to {
+		if err := ctx.Err(); err != nil {
+			return context.Cause(ctx)
+		}
+		want := min(int64(len(v.buf)), to-v.pos)
+		rd := (want + blockdev.DirectAlign - 1) &^ (blockdev.DirectAlign - 1)
+		got, err := blockdev.ReadFullAt(v.f, v.buf[:rd], v.pos)
+		if err != nil && err != io.EOF {
+			return fmt.Errorf("verify: read at %d: %w", v.pos, err)
+		}
+		if int64(got) < want {
+			return fmt.Errorf("verify: short read at %d: got %d of %d bytes", v.pos, got, want)
+		}
+		v.h.Write(v.buf[:want])
+		v.pos += want
+	}
+	return nil
+}
+
+// finish reads back the rest of the tail up to end and the first MiB (the
+// caller has fsynced both), checks the head against the streamed one and
+// returns the hex sha256 of streamed head + read-back tail.
+func (v *verifier) finish(ctx context.Context, end int64, head []byte, meter *Meter) (string, error) {
+	from := v.pos
+	if err := v.readTo(ctx, end); err != nil {
+		return "", err
+	}
+	meter.Add(end - from)
+	if !v.direct {
+		_ = unix.Fadvise(int(v.f.Fd()), 0, HeadSize, unix.FADV_DONTNEED)
+	}
+	got, err := blockdev.ReadFullAt(v.f, v.buf[:HeadSize], 0)
+	if err != nil || got < HeadSize {
+		return "", fmt.Errorf("verify: read first MiB: got %d bytes: %v", got, err)
+	}
+	if len(head) != HeadSize || !bytes.Equal(v.buf[:HeadSize], head) {
+		return "", fmt.Errorf("verify: first MiB read back differs from the image: %w", ErrHashMismatch)
+	}
+	meter.Add(HeadSize)
+	return hex.EncodeToString(v.h.Sum(nil)), nil
 }

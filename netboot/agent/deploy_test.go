@@ -405,3 +405,58 @@ func TestDeployLoopDevice(t *testing.T) {
 	}
 	t.Logf("loop device: %d data bytes written, %d zero bytes skipped, discard fallback %v", res.Written, res.Zeroed, res.ZeroFallback)
 }
+
+// corruptingDisk stores one byte wrong: the medium loses a bit at at.
+type corruptingDisk struct {
+	*blockdev.Device
+	at int64
+}
+
+func (d corruptingDisk) WriteAt(p []byte, off int64) (int, error) {
+	if d.at >= off && d.at < off+int64(len(p)) {
+		q := bytes.Clone(p)
+		q[d.at-off] ^= 0x40
+		p = q
+	}
+	return d.Device.WriteAt(p, off)
+}
+
+// TestDeployVerifyCatchesCorruption: the read-back that overlaps the
+// download (tail regions), the rest of the tail after the stream, and the
+// first MiB written last each catch one wrong byte on the medium.
+func TestDeployVerifyCatchesCorruption(t *testing.T) {
+	const size = 2*verifyStep + 5<<20 // two overlapped regions and a rest
+	img := makeImage(size, 0, 33)
+	for _, tc := range []struct {
+		name string
+		at   int64 // -1: no corruption
+	}{
+		{"clean", -1},
+		{"first region", HeadSize + 4096 + 7},
+		{"second region", verifyStep + 12345},
+		{"rest after the stream", size - 3},
+		{"first MiB", 100},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			disk := newDisk(t, size, false)
+			dev, err := blockdev.Open(disk, true, true)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer dev.Close()
+			res, err := Deploy(context.Background(), corruptingDisk{dev, tc.at}, bytes.NewReader(img), DeployOptions{Size: size, SHA256: sum(img)})
+			if tc.at < 0 {
+				if err != nil || !res.Verified {
+					t.Fatalf("clean deploy: %v", err)
+				}
+				return
+			}
+			if !errors.Is(err, ErrHashMismatch) {
+				t.Fatalf("err = %v, want a hash mismatch", err)
+			}
+			if res != nil && res.Verified {
+				t.Error("corrupted deploy reported verified")
+			}
+		})
+	}
+}
