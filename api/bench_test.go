@@ -125,6 +125,30 @@ func vmHWM(pid string) int64 {
 	return 0
 }
 
+// cpuSeconds reads the user+system CPU time a process has used so far.
+func cpuSeconds(pid string) float64 {
+	b, _ := os.ReadFile("/proc/" + pid + "/stat")
+	s := string(b)
+	if i := strings.LastIndexByte(s, ')'); i >= 0 {
+		s = s[i+2:]
+	}
+	f := strings.Fields(s)
+	if len(f) < 13 {
+		return 0
+	}
+	ut, _ := strconv.ParseFloat(f[11], 64)
+	st, _ := strconv.ParseFloat(f[12], 64)
+	return (ut + st) / 100 // USER_HZ
+}
+
+func nginxCPU(pids []int) float64 {
+	var t float64
+	for _, p := range pids {
+		t += cpuSeconds(strconv.Itoa(p))
+	}
+	return t
+}
+
 // resetHWM resets this process's peak RSS so a phase measures its own.
 func resetHWM() { os.WriteFile("/proc/self/clear_refs", []byte("5"), 0) }
 
@@ -171,6 +195,9 @@ func BenchmarkDeploy(b *testing.B) {
 		clients         int
 		ours, peer      float64
 		oursRSS, ngxRSS int64
+		// CPU seconds per GiB served (server process only; curl runs
+		// apart): how much machine each server needs, whatever the load.
+		oursCPU, peerCPU float64
 	}
 	var rows []row
 	for _, n := range []int{1, 16} {
@@ -192,10 +219,17 @@ func BenchmarkDeploy(b *testing.B) {
 			// The machine is shared: alternate the two servers and keep
 			// each one's best round.
 			resetHWM()
+			var oursCPU, peerCPU float64
 			for i := 0; i < b.N*benchRounds; i++ {
+				c := cpuSeconds("self")
 				r.ours = max(r.ours, curlAll(b, urls, benchImageSize))
+				oursCPU += cpuSeconds("self") - c
+				c = nginxCPU(nginxPIDs())
 				r.peer = max(r.peer, curlAll(b, peerURLs, benchImageSize))
+				peerCPU += nginxCPU(nginxPIDs()) - c
 			}
+			gib := float64(b.N*benchRounds*n) * benchImageSize / (1 << 30)
+			r.oursCPU, r.peerCPU = oursCPU/gib, peerCPU/gib
 			r.oursRSS = vmHWM("self")
 			for _, p := range nginxPIDs() {
 				r.ngxRSS += vmHWM(strconv.Itoa(p))
@@ -204,13 +238,15 @@ func BenchmarkDeploy(b *testing.B) {
 			b.ReportMetric(r.peer/1e6, "nginx-MB/s")
 			b.ReportMetric(r.ours/r.peer, "ratio")
 			b.ReportMetric(float64(r.oursRSS)/(1<<20), "peak-RSS-MiB")
+			b.ReportMetric(r.oursCPU, "cpu-s/GiB")
+			b.ReportMetric(r.peerCPU, "nginx-cpu-s/GiB")
 			rows = append(rows, r)
 		})
 	}
 	fmt.Printf("\nDeploy of a 2 GiB image over loopback (curl clients)\n")
-	fmt.Printf("%-8s %14s %14s %7s %16s %16s\n", "clients", "cm4bench MB/s", "nginx MB/s", "ratio", "cm4bench RSS MiB", "nginx RSS MiB")
+	fmt.Printf("%-8s %14s %14s %7s %16s %16s %12s %12s\n", "clients", "cm4bench MB/s", "nginx MB/s", "ratio", "cm4bench RSS MiB", "nginx RSS MiB", "ours CPU s/GiB", "nginx CPU s/GiB")
 	for _, r := range rows {
-		fmt.Printf("%-8d %14.0f %14.0f %7.2f %16.1f %16.1f\n", r.clients, r.ours/1e6, r.peer/1e6, r.ours/r.peer, float64(r.oursRSS)/(1<<20), float64(r.ngxRSS)/(1<<20))
+		fmt.Printf("%-8d %14.0f %14.0f %7.2f %16.1f %16.1f %12.3f %12.3f\n", r.clients, r.ours/1e6, r.peer/1e6, r.ours/r.peer, float64(r.oursRSS)/(1<<20), float64(r.ngxRSS)/(1<<20), r.oursCPU, r.peerCPU)
 	}
 }
 
