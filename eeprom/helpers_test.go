@@ -6,26 +6,15 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+
+	"github.com/cm4bench/cm4bench/internal/repotest"
 )
 
-// sharedDir is ../shared seen from the repository root (the directory with
-// go.mod). In CI it exists, so a missing vector fails the test.
+// sharedDir is ../shared beside the repository; CI has it, so a missing
+// directory fails the test.
 func sharedDir(t testing.TB) string {
 	t.Helper()
-	dir, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return filepath.Join(dir, "..", "shared")
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			t.Fatal("no go.mod above the test directory")
-		}
-		dir = parent
-	}
+	return repotest.Shared(t, "")
 }
 
 func readVector(t testing.TB, name string) []byte {

@@ -2,32 +2,15 @@ package firmware
 
 import (
 	"os"
-	"path/filepath"
 	"testing"
+
+	"github.com/cm4bench/cm4bench/internal/repotest"
 )
 
-// sharedPath is a file under ../shared (seen from the repository root). A
-// missing file fails the test: CI has ../shared.
+// sharedPath is a file under ../shared; a missing one fails the test.
 func sharedPath(t testing.TB, rel string) string {
 	t.Helper()
-	dir, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			break
-		}
-		if filepath.Dir(dir) == dir {
-			t.Fatal("no go.mod above the test directory")
-		}
-		dir = filepath.Dir(dir)
-	}
-	p := filepath.Join(dir, "..", "shared", rel)
-	if _, err := os.Stat(p); err != nil {
-		t.Fatalf("shared fixture missing (../shared must be present): %v", err)
-	}
-	return p
+	return repotest.Shared(t, rel)
 }
 
 func readShared(t testing.TB, rel string) []byte {

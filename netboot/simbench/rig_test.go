@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/cm4bench/cm4bench/api/wire"
+	"github.com/cm4bench/cm4bench/internal/repotest"
 	"github.com/cm4bench/cm4bench/netboot/pisim"
 	"github.com/cm4bench/cm4bench/netboot/simbench"
 )
@@ -30,29 +31,12 @@ var (
 	repoRoot            string
 )
 
-func findRepoRoot() (string, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", err
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return dir, nil
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", fmt.Errorf("no go.mod above %s", dir)
-		}
-		dir = parent
-	}
-}
-
 // buildBinaries builds the real cm4agent and cm4bench (whose netboot serve
 // is the server) once per test run.
 func buildBinaries(t *testing.T) (agent, server string) {
 	t.Helper()
 	binOnce.Do(func() {
-		if repoRoot, binErr = findRepoRoot(); binErr != nil {
+		if repoRoot, binErr = repotest.FindRoot(); binErr != nil {
 			return
 		}
 		if binDir, binErr = os.MkdirTemp("", "simbench-bin-"); binErr != nil {

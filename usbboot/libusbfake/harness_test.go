@@ -12,26 +12,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cm4bench/cm4bench/internal/repotest"
 	"github.com/cm4bench/cm4bench/usbboot/libusbfake"
 )
 
-// repoRoot walks up from the package directory to go.mod.
+// repoRoot is the repository root (the directory with go.mod).
 func repoRoot(t testing.TB) string {
 	t.Helper()
-	dir, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return dir
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			t.Fatal("go.mod not found above the test directory")
-		}
-		dir = parent
-	}
+	return repotest.Root(t)
 }
 
 var (

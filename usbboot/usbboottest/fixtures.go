@@ -12,43 +12,22 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/cm4bench/cm4bench/internal/repotest"
 	"github.com/cm4bench/cm4bench/usbboot"
 )
 
-// SharedDir returns ../shared next to the module root (found by walking up
-// to go.mod). A missing directory fails the test: CI always has it.
+// SharedDir returns ../shared beside the module root. A missing directory
+// fails the test: CI always has it.
 func SharedDir(tb testing.TB) string {
 	tb.Helper()
-	dir, err := os.Getwd()
-	if err != nil {
-		tb.Fatal(err)
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			break
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			tb.Fatal("usbboottest: no go.mod above the working directory")
-		}
-		dir = parent
-	}
-	shared := filepath.Join(filepath.Dir(dir), "shared")
-	if _, err := os.Stat(shared); err != nil {
-		tb.Fatalf("usbboottest: shared fixtures missing: %v", err)
-	}
-	return shared
+	return repotest.Shared(tb, "")
 }
 
 // SharedFile returns the path of a file under ../shared, failing the test
 // when it is missing.
 func SharedFile(tb testing.TB, rel string) string {
 	tb.Helper()
-	p := filepath.Join(SharedDir(tb), rel)
-	if _, err := os.Stat(p); err != nil {
-		tb.Fatalf("usbboottest: shared fixture: %v", err)
-	}
-	return p
+	return repotest.Shared(tb, rel)
 }
 
 // BootDir builds a boot directory for a simulated board in dir: real

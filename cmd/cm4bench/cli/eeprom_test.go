@@ -11,30 +11,14 @@ import (
 	"testing"
 
 	"github.com/cm4bench/cm4bench/eeprom"
+	"github.com/cm4bench/cm4bench/internal/repotest"
 )
 
 // eepromVector is the path of a file in ../shared/eeprom-vectors (seen from
 // the repository root). A missing vector fails the test: CI has ../shared.
 func eepromVector(t testing.TB, name string) string {
 	t.Helper()
-	dir, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			break
-		}
-		if filepath.Dir(dir) == dir {
-			t.Fatal("no go.mod above the test directory")
-		}
-		dir = filepath.Dir(dir)
-	}
-	p := filepath.Join(dir, "..", "shared", "eeprom-vectors", name)
-	if _, err := os.Stat(p); err != nil {
-		t.Fatalf("test vector missing (../shared must be present): %v", err)
-	}
-	return p
+	return repotest.Shared(t, filepath.Join("eeprom-vectors", name))
 }
 
 func readFile(t testing.TB, path string) []byte {

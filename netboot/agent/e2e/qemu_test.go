@@ -29,10 +29,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/klauspost/compress/zstd"
-
 	"github.com/cm4bench/cm4bench/api/wire"
+	"github.com/cm4bench/cm4bench/internal/repotest"
 	"github.com/cm4bench/cm4bench/netboot/agent/agenttest"
+	"github.com/klauspost/compress/zstd"
 )
 
 const (
@@ -40,20 +40,6 @@ const (
 	diskSize  = 64 << 20 // virtio "eMMC"
 	guestMAC  = "52:54:00:c4:be:01"
 )
-
-func repoRoot(t *testing.T) string {
-	dir, _ := os.Getwd()
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return dir
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			t.Fatal("no go.mod above the test")
-		}
-		dir = parent
-	}
-}
 
 // need fails in CI (where .ci/run installs everything) and skips elsewhere.
 func need(t *testing.T, what string, err error) {
@@ -172,7 +158,7 @@ func TestQEMUDeployAndBackup(t *testing.T) {
 	qemu, err := exec.LookPath("qemu-system-aarch64")
 	need(t, "qemu-system-aarch64 (qemu-system-arm)", err)
 	kdir := kernelCache(t)
-	root := repoRoot(t)
+	root := repotest.Root(t)
 	tmp := t.TempDir()
 
 	// The agent for arm64, as `make build` embeds it, and cm4bench itself.
