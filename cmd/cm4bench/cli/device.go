@@ -38,6 +38,20 @@ func (o *apiOpts) bind(cmd *cobra.Command) {
 	f.StringVar(&o.token, "token", "", "admin token (with --server; default: <data>/admin-token)")
 }
 
+// clientFor checks the MAC arguments (a usage error, exit 2, before any
+// server is contacted), then returns them normalised with the API client.
+func (o *apiOpts) clientFor(args []string) ([]string, *client.Client, error) {
+	macs, err := checkMACs(args)
+	if err != nil {
+		return nil, nil, err
+	}
+	c, err := o.client()
+	if err != nil {
+		return nil, nil, err
+	}
+	return macs, c, nil
+}
+
 func (o *apiOpts) client() (*client.Client, error) {
 	if o.server != "" {
 		tok := o.token
@@ -196,11 +210,7 @@ func newDeviceShowCmd(a *apiOpts) *cobra.Command {
 }
 
 func (o *deviceShowOpts) run(ctx context.Context, mac string, asJSON bool, out io.Writer) error {
-	macs, err := checkMACs([]string{mac})
-	if err != nil {
-		return err
-	}
-	c, err := o.api.client()
+	macs, c, err := o.api.clientFor([]string{mac})
 	if err != nil {
 		return err
 	}
@@ -273,11 +283,7 @@ func newDeviceActionCmd(a *apiOpts, action string) *cobra.Command {
 }
 
 func (o *deviceActionOpts) run(ctx context.Context, args []string, asJSON bool, out, errOut io.Writer) error {
-	macs, err := checkMACs(args)
-	if err != nil {
-		return err
-	}
-	c, err := o.api.client()
+	macs, c, err := o.api.clientFor(args)
 	if err != nil {
 		return err
 	}
@@ -395,11 +401,7 @@ func newDeviceCancelCmd(a *apiOpts) *cobra.Command {
 }
 
 func (o *deviceCancelOpts) run(ctx context.Context, args []string, asJSON bool, out io.Writer) error {
-	macs, err := checkMACs(args)
-	if err != nil {
-		return err
-	}
-	c, err := o.api.client()
+	macs, c, err := o.api.clientFor(args)
 	if err != nil {
 		return err
 	}
@@ -423,17 +425,13 @@ func newDeviceImageCmd(a *apiOpts) *cobra.Command {
 }
 
 func (o *deviceImageOpts) run(ctx context.Context, args []string, asJSON bool, out io.Writer) error {
-	macs, err := checkMACs(args[:1])
+	macs, c, err := o.api.clientFor(args[:1])
 	if err != nil {
 		return err
 	}
 	name := ""
 	if len(args) == 2 {
 		name = args[1]
-	}
-	c, err := o.api.client()
-	if err != nil {
-		return err
 	}
 	d, err := c.SetDeviceImage(ctx, macs[0], name)
 	if err != nil {

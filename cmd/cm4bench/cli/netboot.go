@@ -231,11 +231,7 @@ effective at the next DHCP packet and survives a restart.`,
 }
 
 func (o *netbootSwitchOpts) run(ctx context.Context, args []string, asJSON bool, out io.Writer) error {
-	macs, err := checkMACs(args)
-	if err != nil {
-		return err
-	}
-	c, err := o.api.client()
+	macs, c, err := o.api.clientFor(args)
 	if err != nil {
 		return err
 	}
@@ -282,11 +278,7 @@ PXE menu now (both on). With MACs it shows only those boards.`,
 }
 
 func (o *netbootStatusOpts) run(ctx context.Context, args []string, asJSON bool, out io.Writer) error {
-	macs, err := checkMACs(args)
-	if err != nil {
-		return err
-	}
-	c, err := o.api.client()
+	macs, c, err := o.api.clientFor(args)
 	if err != nil {
 		return err
 	}
