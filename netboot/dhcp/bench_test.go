@@ -51,7 +51,7 @@ func BenchmarkDHCPvsDnsmasq(b *testing.B) {
 			LeaseFile:    filepath.Join(b.TempDir(), "leases.json"),
 			RivalTimeout: 200 * time.Millisecond,
 		}
-		stop := serveB(b, srvNS, srv)
+		stop := serve(b, srvNS, srv)
 		lat, fails := dora(b, c, 0x10)
 		results = append(results, result{"cm4bench", lat, fails})
 		if err := stop(); err != nil {
@@ -104,22 +104,6 @@ func BenchmarkDHCPvsDnsmasq(b *testing.B) {
 	if ours.failures != 0 {
 		b.Errorf("cm4bench failed %d of %d leases", ours.failures, benchLeases)
 	}
-}
-
-func serveB(b *testing.B, ns *nettest.NS, srv *dhcp.Server) func() error {
-	b.Helper()
-	ready := make(chan struct{})
-	srv.Ready = func() { close(ready) }
-	ctx, cancel := context.WithCancel(context.Background())
-	errc := make(chan error, 1)
-	go func() { errc <- ns.Do(func() error { return srv.Serve(ctx) }) }()
-	select {
-	case <-ready:
-	case err := <-errc:
-		cancel()
-		b.Fatalf("Serve: %v", err)
-	}
-	return func() error { cancel(); return <-errc }
 }
 
 // waitDHCP waits until a server answers a DISCOVER (dnsmasq starts

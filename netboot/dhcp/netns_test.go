@@ -71,7 +71,7 @@ func (l *eventLog) kinds(kind string) []wire.Event {
 // serve runs srv inside the topology's server namespace until the test ends
 // and waits until it listens. It returns a stop function that returns
 // Serve's error (also called at cleanup).
-func serve(t *testing.T, ns *nettest.NS, srv *dhcp.Server) func() error {
+func serve(t testing.TB, ns *nettest.NS, srv *dhcp.Server) func() error {
 	t.Helper()
 	ready := make(chan struct{})
 	srv.Ready = func() { close(ready) }
