@@ -11,15 +11,14 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
-	"github.com/klauspost/compress/zstd"
-
 	"github.com/cm4bench/cm4bench/api/wire"
+	"github.com/cm4bench/cm4bench/internal/syncbuf"
 	"github.com/cm4bench/cm4bench/netboot/agent"
 	"github.com/cm4bench/cm4bench/netboot/agent/agenttest"
+	"github.com/klauspost/compress/zstd"
 )
 
 func image(size int, zeroPct int, seed uint64) []byte {
@@ -59,22 +58,7 @@ func disk(t testing.TB, size int64) string {
 }
 
 // console is a goroutine-safe buffer for the agent's console.
-type console struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (c *console) Write(p []byte) (int, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.b.Write(p)
-}
-
-func (c *console) String() string {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.b.String()
-}
+type console = syncbuf.Buffer
 
 // runAgent runs one agent with Once against server until its first action
 // ends, and returns Run's error and the console output.

@@ -42,7 +42,6 @@
 package nettest
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -58,6 +57,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cm4bench/cm4bench/internal/syncbuf"
 	"golang.org/x/sys/unix"
 )
 
@@ -309,24 +309,7 @@ func (n *NS) killAll() {
 }
 
 // SyncBuffer is a bytes.Buffer safe for concurrent writes and reads.
-type SyncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-// Write appends p.
-func (b *SyncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-// String returns everything written so far.
-func (b *SyncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
+type SyncBuffer = syncbuf.Buffer
 
 func ip(tb testing.TB, args ...string) {
 	tb.Helper()

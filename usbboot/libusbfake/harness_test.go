@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/cm4bench/cm4bench/internal/repotest"
+	"github.com/cm4bench/cm4bench/internal/syncbuf"
 	"github.com/cm4bench/cm4bench/usbboot/libusbfake"
 )
 
@@ -96,21 +97,10 @@ func TestMain(m *testing.M) {
 }
 
 // syncBuffer is a goroutine-safe transcript sink.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
+type syncBuffer struct{ syncbuf.Buffer }
 
 func (s *syncBuffer) records(t testing.TB) []libusbfake.Record {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	recs, err := libusbfake.ReadTranscript(bytes.NewReader(s.b.Bytes()))
+	recs, err := libusbfake.ReadTranscript(bytes.NewReader(s.Bytes()))
 	if err != nil {
 		t.Fatal(err)
 	}

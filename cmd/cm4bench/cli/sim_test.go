@@ -12,19 +12,11 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/cm4bench/cm4bench/internal/syncbuf"
 )
-
-// syncBuf is a bytes.Buffer safe for the command's concurrent writers.
-type syncBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuf) Write(p []byte) (int, error) { s.mu.Lock(); defer s.mu.Unlock(); return s.b.Write(p) }
-func (s *syncBuf) String() string              { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
 
 func TestSimFlagErrors(t *testing.T) {
 	for _, tt := range []struct {
@@ -122,7 +114,7 @@ func TestSimCommand(t *testing.T) {
 	pr, pw := io.Pipe()
 	inR, inW := io.Pipe()
 	defer inW.Close()
-	var errBuf syncBuf
+	var errBuf syncbuf.Buffer
 	done := make(chan error, 1)
 	go func() {
 		done <- Context{Stdin: inR, Stdout: pw, Stderr: &errBuf, Args: []string{"--json", "sim", "--devices", "2", "--http", "127.0.0.1:0",

@@ -24,13 +24,13 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/cm4bench/cm4bench/api/wire"
 	"github.com/cm4bench/cm4bench/internal/repotest"
+	"github.com/cm4bench/cm4bench/internal/syncbuf"
 	"github.com/cm4bench/cm4bench/netboot/agent/agenttest"
 	"github.com/klauspost/compress/zstd"
 )
@@ -93,25 +93,8 @@ func freePort(t *testing.T) int {
 // guest is one QEMU run.
 type guest struct {
 	cmd  *exec.Cmd
-	log  *syncBuffer
+	log  *syncbuf.Buffer
 	done chan error
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 func tail(s string, n int) string {
@@ -131,7 +114,7 @@ func boot(t *testing.T, qemu, kdir, initrd, disk string, port int) *guest {
 		"-netdev", "user,id=n0", "-device", "virtio-net-device,netdev=n0,mac=" + guestMAC,
 		"-drive", "file=" + disk + ",if=none,format=raw,id=d0,discard=unmap,detect-zeroes=unmap", "-device", "virtio-blk-device,drive=d0",
 	}
-	g := &guest{log: &syncBuffer{}, done: make(chan error, 1)}
+	g := &guest{log: &syncbuf.Buffer{}, done: make(chan error, 1)}
 	g.cmd = exec.Command(qemu, args...)
 	g.cmd.Stdout, g.cmd.Stderr = g.log, g.log
 	g.cmd.Stdin = nil
@@ -207,7 +190,7 @@ func TestQEMUDeployAndBackup(t *testing.T) {
 	// The real server: `cm4bench netboot serve --no-dhcp --no-tftp` on loopback.
 	port := freePort(t)
 	data := filepath.Join(tmp, "data")
-	srvLog := &syncBuffer{}
+	srvLog := &syncbuf.Buffer{}
 	srv := exec.Command(cm4bench, "netboot", "serve", "--no-dhcp", "--no-tftp", "--http", "127.0.0.1:"+strconv.Itoa(port),
 		"--data", data, "--image", golden, "--poll-interval", "1s")
 	srv.Stdout, srv.Stderr = srvLog, srvLog
