@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"strconv"
+	"strings"
 )
 
 // updateTimeName is the 8-byte file that holds the update timestamp of
@@ -77,7 +78,9 @@ func (im *Image) Timestamp() (uint32, bool) {
 	off := slots[0]
 	inv := binary.LittleEndian.Uint32(im.data[off:])
 	t := binary.LittleEndian.Uint32(im.data[off+4:])
-	return t, inv == ^t
+	// Stock 2712 A/B images carry (0, 0xffffffff) in their updatetime
+	// files: erased, not a time.
+	return t, inv == ^t && t != 0xffffffff
 }
 
 // Digest returns the text of a .sig file for image, as rpi-eeprom-digest
@@ -100,4 +103,35 @@ func FormatDigest(sum [sha256.Size]byte, ts int64, targetSoC int) []byte {
 		out = fmt.Appendf(out, "target-soc: %d\n", targetSoC)
 	}
 	return out
+}
+
+// ParseTimestamp parses an update timestamp as rpi-eeprom-config's
+// --timestamp does (Python's int(), base 10): surrounding blanks, an
+// optional '+', decimal digits with single '_' between them. Leading zeros
+// are decimal ("012" is 12), never octal; "0x10", "0o17" and "0b11" are
+// refused, as Python refuses them. A negative value or one above 2^32-1
+// (it is stored as a u32) is refused too.
+func ParseTimestamp(s string) (uint32, error) {
+	t := strings.TrimSpace(s)
+	if strings.HasPrefix(t, "-") {
+		return 0, fmt.Errorf("timestamp %q: negative", s)
+	}
+	t = strings.TrimPrefix(t, "+")
+	if t == "" || t[0] == '_' || t[len(t)-1] == '_' || strings.Contains(t, "__") {
+		return 0, fmt.Errorf("timestamp %q: not a base-10 integer", s)
+	}
+	var v uint64
+	for _, c := range t {
+		switch {
+		case c == '_':
+			continue
+		case c < '0' || c > '9':
+			return 0, fmt.Errorf("timestamp %q: not a base-10 integer", s)
+		}
+		v = v*10 + uint64(c-'0')
+		if v > 1<<32-1 {
+			return 0, fmt.Errorf("timestamp %q: does not fit in 32 bits", s)
+		}
+	}
+	return uint32(v), nil
 }

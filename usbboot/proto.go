@@ -11,6 +11,10 @@ import (
 const (
 	// RequestSize is the length of a file-server request record.
 	RequestSize = 260
+	// MinRequestSize is the shortest request record accepted: the command
+	// and one byte of name. Shorter reads than RequestSize are zero-filled,
+	// as rpiboot (which takes the name with strlen) effectively does.
+	MinRequestSize = 5
 	// BootMessageSize is the length of the ROM boot message.
 	BootMessageSize = 24
 	// StatusSize is the length of the ROM's status reply.

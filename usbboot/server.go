@@ -1,6 +1,7 @@
 package usbboot
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -56,6 +57,22 @@ type Server struct {
 	Finish func(Result) error
 	// OnResult, when set, receives each board's result when it finishes.
 	OnResult func(Result)
+	// Strict requires a recovery.bin session to end with Done. By default a
+	// board that reported EEPROM_UPDATE=success with a matching EEPROM_HASH
+	// and then left the bus counts as flashed, with a warning: rpiboot
+	// treats a device that goes away as the normal end of a session.
+	Strict bool
+	// AccessGrace is how long access-denied and configuration errors on
+	// open/claim are retried after a board appears, before they fail it
+	// (default 1 s: udev may not have applied its rules yet; rpiboot
+	// sleeps 1 s before opening).
+	AccessGrace time.Duration
+	// ROMAttempts is how many times a ROM transfer that failed on the wire
+	// is tried, re-opening after 1 s (default 3; rpiboot retries for ever).
+	// A status != 0 is never retried.
+	ROMAttempts int
+	// Trace, when set, receives one record per USB transfer (see Trace).
+	Trace TraceSink
 }
 
 // EventKind names an Event.
@@ -107,10 +124,28 @@ type Result struct {
 	Files    []ServedFile `json:"files"`
 	Metadata Metadata     `json:"metadata,omitempty"`
 	Done     bool         `json:"done"` // the second stage sent Done
-	Address  int          `json:"-"`    // bus address last seen
-	Start    time.Time    `json:"start"`
-	End      time.Time    `json:"end"`
-	Err      error        `json:"-"`
+	// ShortRequests counts file-server requests shorter than 260 bytes
+	// (accepted and zero-filled, as rpiboot does).
+	ShortRequests int `json:"short_requests,omitempty"`
+	// EEPROM holds what is needed to judge EEPROM_HASH, when the session
+	// served a bootloader image.
+	EEPROM   *EEPROMServed `json:"eeprom,omitempty"`
+	Warnings []string      `json:"warnings,omitempty"`
+	Address  int           `json:"-"` // bus address last seen
+	Start    time.Time     `json:"start"`
+	End      time.Time     `json:"end"`
+	Err      error         `json:"-"`
+}
+
+// EEPROMServed describes the bootloader image a session served: its
+// sha256, the update timestamp of the pieeprom.sig served with it, and the
+// sha256 of the image with that timestamp stamped in (what the bootloader
+// writes into the flash's timestamp slot).
+type EEPROMServed struct {
+	Name          string `json:"name"`
+	SHA256        string `json:"sha256"`
+	Timestamp     int64  `json:"sig_ts,omitempty"`
+	StampedSHA256 string `json:"stamped_sha256,omitempty"`
 }
 
 // Served returns the record of the last ReadFile of name.
@@ -124,34 +159,72 @@ func (r Result) Served(name string) (ServedFile, bool) {
 }
 
 // CheckEEPROM validates a recovery.bin session: it must report
-// EEPROM_UPDATE=success and then Done, and a reported EEPROM_HASH must
-// equal the sha256 of the pieeprom.bin served.
-func (r Result) CheckEEPROM() error {
+// EEPROM_UPDATE=success and an EEPROM_HASH that matches the image served
+// (see checkHash). A session that ended without Done is accepted with a
+// warning when the hash was reported and matched, unless strict.
+func (r Result) CheckEEPROM(strict bool) (warning string, err error) {
 	v, ok := r.Metadata.Get("EEPROM_UPDATE")
 	switch {
 	case !ok:
-		return fmt.Errorf("no EEPROM_UPDATE metadata (recovery_metadata=0, or not recovery.bin?): %w", ErrEEPROMUpdate)
+		return "", fmt.Errorf("no EEPROM_UPDATE metadata (recovery_metadata=0, or not recovery.bin?): %w", ErrEEPROMUpdate)
 	case v != "success":
-		return fmt.Errorf("EEPROM_UPDATE=%s: %w", v, ErrEEPROMUpdate)
-	case !r.Done:
-		return fmt.Errorf("EEPROM_UPDATE=success but no Done: %w", ErrIncomplete)
+		return "", fmt.Errorf("EEPROM_UPDATE=%s: %w", v, ErrEEPROMUpdate)
 	}
-	return r.checkHash()
+	note, err := r.checkHash()
+	if err != nil {
+		return "", err
+	}
+	if r.Done {
+		return note, nil
+	}
+	_, hashed := r.Metadata.Get("EEPROM_HASH")
+	switch {
+	case strict:
+		return "", fmt.Errorf("EEPROM_UPDATE=success but no Done (--strict): %w", ErrIncomplete)
+	case !hashed:
+		return "", fmt.Errorf("EEPROM_UPDATE=success but no EEPROM_HASH and no Done: the flash cannot be confirmed: %w", ErrIncomplete)
+	}
+	w := "recovery.bin reported EEPROM_UPDATE=success with a matching EEPROM_HASH, then left the bus without Done; counted as flashed"
+	if note != "" {
+		w += "; " + note
+	}
+	return w, nil
 }
 
-func (r Result) checkHash() error {
+// checkHash compares a reported EEPROM_HASH with the image served. What
+// recovery.bin hashes is not documented: the sha256 of the image as
+// served, or of the flash read back, where the bootloader has stamped the
+// update timestamp of pieeprom.sig into the timestamp slot. Both are
+// accepted (the second with a note); anything else fails with all three
+// hashes.
+func (r Result) checkHash() (note string, err error) {
 	h, ok := r.Metadata.Get("EEPROM_HASH")
 	if !ok {
-		return nil
+		return "", nil
 	}
-	f, served := r.Served("pieeprom.bin")
-	if !served {
-		f, served = r.Served("pieeprom.upd")
+	e := r.EEPROM
+	if e == nil {
+		f, served := r.Served("pieeprom.bin")
+		if !served {
+			f, served = r.Served("pieeprom.upd")
+		}
+		if !served {
+			return "", nil
+		}
+		e = &EEPROMServed{Name: f.Name, SHA256: f.SHA256}
 	}
-	if served && !strings.EqualFold(h, f.SHA256) {
-		return fmt.Errorf("EEPROM_HASH %s is not the sha256 %s of the %s served: %w", h, f.SHA256, f.Name, ErrEEPROMUpdate)
+	switch {
+	case strings.EqualFold(h, e.SHA256):
+		return "", nil
+	case e.StampedSHA256 != "" && strings.EqualFold(h, e.StampedSHA256):
+		return fmt.Sprintf("EEPROM_HASH is the sha256 of %s with update timestamp %d stamped in", e.Name, e.Timestamp), nil
 	}
-	return nil
+	stamped := e.StampedSHA256
+	if stamped == "" {
+		stamped = "(not computed: no pieeprom.sig timestamp or not a bootloader image)"
+	}
+	return "", fmt.Errorf("EEPROM_HASH %s matches neither the sha256 of the %s served (%s) nor that of the image with the update timestamp %d stamped in (%s): %w",
+		h, e.Name, e.SHA256, e.Timestamp, stamped, ErrEEPROMUpdate)
 }
 
 func (s *Server) clock() Clock {
@@ -253,9 +326,23 @@ func (s *Server) Serve(ctx context.Context) ([]Result, error) {
 	}()
 	for {
 		list, err := s.Bus.List(ctx)
+		if err != nil && list != nil && ctx.Err() == nil && !errors.Is(err, ErrNoUSB) {
+			// One odd device on the host can fail descriptor parsing and so
+			// the whole listing; rpiboot never reads other devices' configs.
+			// A Bus returns what it did list (non-nil, maybe empty) beside
+			// such an error: use it, and warn once per streak.
+			if listErrs == 0 {
+				s.emit(Event{Kind: EventWarning, Message: "partial device listing used: " + err.Error()})
+			}
+			listErrs = -1 // warned once for this run of partial listings
+			err = nil
+		}
 		if err != nil {
 			if ctx.Err() != nil {
 				return results, s.stopped(ctx.Err())
+			}
+			if listErrs < 0 {
+				listErrs = 0
 			}
 			// A device leaving mid-scan can fail one listing; only a lasting
 			// failure (or no USB at all) ends the server.
@@ -268,7 +355,9 @@ func (s *Server) Serve(ctx context.Context) ([]Result, error) {
 			}
 			continue
 		}
-		listErrs = 0
+		if listErrs > 0 {
+			listErrs = 0
+		}
 		onPort := map[string]int{}
 		for _, d := range list {
 			if d.IsRPIBoot() {
@@ -362,17 +451,46 @@ type session struct {
 	res      Result
 	deadline time.Time
 	fullSpd  bool
+	first    time.Time // when the current enumeration was first opened (AccessGrace)
+	// The bootloader image and .sig served, kept to judge EEPROM_HASH.
+	eepromName string
+	eepromImg  []byte
+	sigText    []byte
+}
+
+func (ss *session) warn(msg string) {
+	ss.res.Warnings = append(ss.res.Warnings, msg)
+	ss.s.emit(Event{Kind: EventWarning, Port: ss.res.Port, Serial: ss.res.Serial, Message: msg})
+}
+
+func (s *Server) accessGrace() time.Duration {
+	if s.AccessGrace <= 0 {
+		return time.Second
+	}
+	return s.AccessGrace
+}
+
+// inGrace reports whether the board appeared less than AccessGrace ago.
+func (ss *session) inGrace() bool {
+	return ss.s.clock().Now().Before(ss.first.Add(ss.s.accessGrace()))
 }
 
 // board runs the per-port state machine for the board first seen as d.
 func (s *Server) board(ctx context.Context, d Desc) Result {
 	clk := s.clock()
-	ss := &session{s: s, deadline: clk.Now().Add(s.timeout())}
+	ss := &session{s: s, deadline: clk.Now().Add(s.timeout()), first: clk.Now()}
 	ss.res = Result{Port: d.Port, SoC: d.SoC(), Start: clk.Now(), Serial: d.Serial, Address: d.Address}
+	s.Trace.Record(TraceRecord{Port: d.Port, Address: d.Address, Kind: "attach",
+		Note: fmt.Sprintf("%04x:%04x %s-speed serial %q", d.VID, d.PID, d.Speed, d.Serial)})
 	s.emit(Event{Kind: EventAttached, Port: d.Port, Serial: d.Serial, Stage: d.Stage().String()})
 	err := ss.run(ctx, d)
+	ss.finishEEPROM()
 	if err == nil {
-		err = ss.res.checkHash()
+		var note string
+		note, err = ss.res.checkHash()
+		if note != "" {
+			ss.warn(note)
+		}
 		if v, ok := ss.res.Metadata.Get("EEPROM_UPDATE"); ok && v != "success" && v != "none" && err == nil {
 			err = fmt.Errorf("EEPROM_UPDATE=%s: %w", v, ErrEEPROMUpdate)
 		}
@@ -407,7 +525,7 @@ func (ss *session) expired() bool { return !ss.s.clock().Now().Before(ss.deadlin
 
 func (ss *session) run(ctx context.Context, d Desc) error {
 	port := d.Port
-	roms := 0
+	roms, romErrs := 0, 0
 	for {
 		dev, err := ss.open(ctx, d)
 		if err != nil {
@@ -433,7 +551,21 @@ func (ss *session) run(ctx context.Context, d Desc) error {
 			err = ss.rom(ctx, dev, d)
 			dev.Close()
 			if err != nil {
-				return err
+				if !ss.romRetryable(err) || romErrs+1 >= ss.s.romAttempts() {
+					return err
+				}
+				romErrs++
+				ss.warn(fmt.Sprintf("ROM transfer failed (attempt %d of %d), re-opening in 1 s: %v", romErrs, ss.s.romAttempts(), err))
+				if err := ss.s.clock().Sleep(ctx, time.Second); err != nil {
+					return fmt.Errorf("usbboot: %s: %w", port, err)
+				}
+				cur, ok := ss.find(ctx, port, -1)
+				if !ok {
+					return fmt.Errorf("usbboot: %s: the ROM left the bus after a failed transfer: %w", port, ErrVanished)
+				}
+				d = cur
+				roms--
+				continue
 			}
 			if d, err = ss.waitReenumerated(ctx, port, d.Address); err != nil {
 				return err
@@ -452,16 +584,38 @@ func (ss *session) run(ctx context.Context, d Desc) error {
 	}
 }
 
+func (s *Server) romAttempts() int {
+	if s.ROMAttempts <= 0 {
+		return 3
+	}
+	return s.ROMAttempts
+}
+
+// romRetryable reports whether a failed ROM phase is worth another try: a
+// transfer error on a high-speed ROM (usbboot #73, #87), not a rejected
+// bootcode, a missing file, a full-speed link or a cancelled context.
+func (ss *session) romRetryable(err error) bool {
+	if ss.fullSpd || errors.Is(err, ErrBootcodeRejected) || errors.Is(err, ErrAccess) ||
+		errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) || ss.expired() {
+		return false
+	}
+	return errors.Is(err, ErrTimeout) || errors.Is(err, ErrStall) || errors.Is(err, ErrIO) ||
+		errors.Is(err, ErrShortWrite) || errors.Is(err, ErrDisconnected)
+}
+
 // open opens d, retrying transient failures ("Failed to open the requested
-// device" is common right after re-enumeration) until the deadline.
+// device" is common right after re-enumeration) until the deadline. Access
+// denied is retried for AccessGrace after the board appeared (udev may not
+// have applied its rules yet), then it is fatal.
 func (ss *session) open(ctx context.Context, d Desc) (Device, error) {
 	clk := ss.s.clock()
+	ss.first = clk.Now() // each open follows a (re-)enumeration: the grace starts here
 	for {
 		dev, err := ss.s.Bus.Open(ctx, d)
 		if err == nil {
-			return dev, nil
+			return ss.s.traced(dev), nil
 		}
-		if errors.Is(err, ErrAccess) {
+		if errors.Is(err, ErrAccess) && !ss.inGrace() {
 			return nil, fmt.Errorf("usbboot: %s: open: %w; %s", d.Port, err, AccessHint)
 		}
 		if ctx.Err() != nil {
@@ -471,7 +625,11 @@ func (ss *session) open(ctx context.Context, d Desc) (Device, error) {
 			return nil, fmt.Errorf("usbboot: %s: open: %w (last error: %w)", d.Port, ErrDeadline, err)
 		}
 		ss.s.emit(Event{Kind: EventWarning, Port: d.Port, Message: "open failed, retrying: " + err.Error()})
-		if err := clk.Sleep(ctx, 500*time.Millisecond); err != nil {
+		pause := 500 * time.Millisecond
+		if errors.Is(err, ErrAccess) {
+			pause = 250 * time.Millisecond
+		}
+		if err := clk.Sleep(ctx, pause); err != nil {
 			return nil, fmt.Errorf("usbboot: %s: open: %w", d.Port, err)
 		}
 		// the device may have re-enumerated with a new address meanwhile
@@ -483,10 +641,7 @@ func (ss *session) open(ctx context.Context, d Desc) (Device, error) {
 
 // find returns the RPIBOOT device on port whose address is not notAddr.
 func (ss *session) find(ctx context.Context, port string, notAddr int) (Desc, bool) {
-	list, err := ss.s.Bus.List(ctx)
-	if err != nil {
-		return Desc{}, false
-	}
+	list, _ := ss.s.Bus.List(ctx) // a partial listing still shows our port
 	for _, d := range list {
 		if d.Port == port && d.IsRPIBoot() && d.Address != notAddr {
 			return d, true
@@ -554,12 +709,25 @@ func readString(dev Device, idx uint8) string {
 }
 
 // claim picks the vendor interface: with two interfaces the second one
-// and EP 0x03, otherwise interface 0 and EP 0x01 (usbboot.md §1.2).
-func claim(dev Device, d Desc) error {
+// and EP 0x03, otherwise interface 0 and EP 0x01 (usbboot.md §1.2). Right
+// after enumeration the device may not be configured yet or udev may not
+// have applied its rules: errors other than a disconnect are retried for
+// AccessGrace after the board appeared.
+func (ss *session) claim(ctx context.Context, dev Device, d Desc) error {
+	iface, ep := 0, uint8(0x01)
 	if d.NumInterfaces == 2 {
-		return dev.Claim(1, 0x03)
+		iface, ep = 1, 0x03
 	}
-	return dev.Claim(0, 0x01)
+	for {
+		err := dev.Claim(iface, ep)
+		if err == nil || errors.Is(err, ErrDisconnected) || !ss.inGrace() {
+			return err
+		}
+		ss.s.emit(Event{Kind: EventWarning, Port: d.Port, Message: "claim failed, retrying: " + err.Error()})
+		if serr := ss.s.clock().Sleep(ctx, 250*time.Millisecond); serr != nil {
+			return err
+		}
+	}
 }
 
 // classify adds the boot-level sentinel to a seam error.
@@ -576,7 +744,7 @@ func (ss *session) rom(ctx context.Context, dev Device, d Desc) error {
 		ss.fullSpd = true
 		ss.s.emit(Event{Kind: EventWarning, Port: port, Serial: ss.res.Serial, Message: ErrFullSpeed.Error()})
 	}
-	if err := claim(dev, d); err != nil {
+	if err := ss.claim(ctx, dev, d); err != nil {
 		return fmt.Errorf("usbboot: %s: claim interface: %w", port, ss.classify(err))
 	}
 	name := d.BootcodeName()
@@ -603,6 +771,13 @@ func (ss *session) rom(ctx context.Context, dev Device, d Desc) error {
 	}
 	st := make([]byte, StatusSize)
 	n, err := dev.Control(ReqTypeIn, ReqVendor, StatusSize, 0, st, ReadTimeout)
+	if err != nil && (errors.Is(err, ErrDisconnected) || errors.Is(err, ErrIO)) {
+		// The whole bootcode went over; the ROM may already have jumped to
+		// it and left the bus. rpiboot prints "Failed" and carries on.
+		ss.warn(fmt.Sprintf("status read after %s failed (%v); the whole file was sent, so the ROM probably accepted it: waiting for the second stage", name, err))
+		ss.s.emit(Event{Kind: EventBootcode, Port: port, Serial: ss.res.Serial, File: name, Total: size, Message: "status not read"})
+		return nil
+	}
 	if err != nil {
 		return fmt.Errorf("usbboot: %s: read status after %s: %w", port, name, ss.classify(err))
 	}
@@ -677,7 +852,7 @@ func (ss *session) bulk(ctx context.Context, dev Device, port, name string, r io
 // fileServer answers the second stage's requests until Done.
 func (ss *session) fileServer(ctx context.Context, dev Device, d Desc) error {
 	port := d.Port
-	if err := claim(dev, d); err != nil {
+	if err := ss.claim(ctx, dev, d); err != nil {
 		return fmt.Errorf("usbboot: %s: claim interface: %w", port, ss.classify(err))
 	}
 	t := Target{SoC: d.SoC(), Port: port}
@@ -728,8 +903,16 @@ func (ss *session) fileServer(ctx context.Context, dev Device, d Desc) error {
 			}
 			continue
 		}
-		if n != RequestSize {
-			return fmt.Errorf("usbboot: %s: read request: got %d bytes, want %d: %w", port, n, RequestSize, ErrProtocol)
+		if n < MinRequestSize {
+			return fmt.Errorf("usbboot: %s: read request: got %d bytes, want %d (at least %d): %w", port, n, RequestSize, MinRequestSize, ErrProtocol)
+		}
+		if n < RequestSize {
+			// rpiboot takes whatever came and reads the name with strlen.
+			if ss.res.ShortRequests == 0 {
+				ss.warn(fmt.Sprintf("request of %d bytes, not %d: accepted and zero-filled, as rpiboot does", n, RequestSize))
+			}
+			ss.res.ShortRequests++
+			clear(buf[n:])
 		}
 		req, err := ParseRequest(buf)
 		if err != nil {
@@ -786,8 +969,17 @@ func (ss *session) fileServer(ctx context.Context, dev Device, d Desc) error {
 				}
 				continue
 			}
-			sum, err := ss.send(ctx, dev, port, openName, open, openSize, true)
+			var src io.Reader = open
+			var kept *bytes.Buffer
+			if keepForHash(openName, openSize) {
+				kept = bytes.NewBuffer(make([]byte, 0, openSize))
+				src = io.TeeReader(open, kept)
+			}
+			sum, err := ss.send(ctx, dev, port, openName, src, openSize, true)
 			closeOpen()
+			if err == nil && kept != nil {
+				ss.keep(openName, kept.Bytes())
+			}
 			if err != nil {
 				return err
 			}

@@ -163,7 +163,7 @@ func TestBootEveryMode(t *testing.T) {
 				}
 			}
 			if tt.cfg.Mode == usbboottest.ModeRecovery {
-				if err := res[0].CheckEEPROM(); err != nil {
+				if _, err := res[0].CheckEEPROM(true); err != nil {
 					t.Errorf("CheckEEPROM: %v", err)
 				}
 				if got := len(b.Metadata()); got != len(res[0].Metadata) || got == 0 {
@@ -194,11 +194,17 @@ func TestFaults(t *testing.T) {
 		wantErrs []error // nil: the board must boot
 		check    func(t *testing.T, b *usbboottest.Board)
 	}{
-		{"SIZE timeout at the boot message", msd, f(usbboottest.FaultSizeTimeout, "bootmsg"), 0, []error{usbboot.ErrTimeout}, nil},
+		{"SIZE timeout at the boot message, every try", msd, []usbboottest.Fault{{Kind: usbboottest.FaultSizeTimeout, At: "bootmsg", Times: -1}}, 0, []error{usbboot.ErrTimeout}, nil},
+		{"SIZE timeout at the boot message once is retried", msd, f(usbboottest.FaultSizeTimeout, "bootmsg"), 0, nil, func(t *testing.T, b *usbboottest.Board) {
+			if n := b.ROMLoads(); n != 1 {
+				t.Errorf("ROM loaded the bootcode %d times, want 1", n)
+			}
+		}},
 		{"SIZE timeout at a file", msd, f(usbboottest.FaultSizeTimeout, "start4.elf"), 0, []error{usbboot.ErrTimeout}, nil},
 		{"stall", msd, f(usbboottest.FaultStall, "start4.elf"), 0, []error{usbboot.ErrStall}, nil},
 		{"short bulk", msd, f(usbboottest.FaultShortBulk, "start4.elf"), 0, []error{usbboot.ErrShortWrite}, nil},
-		{"short bulk at the ROM", msd, f(usbboottest.FaultShortBulk, "bootcode4.bin"), 0, []error{usbboot.ErrShortWrite}, nil},
+		{"short bulk at the ROM, every try", msd, []usbboottest.Fault{{Kind: usbboottest.FaultShortBulk, At: "bootcode4.bin", Times: -1}}, 0, []error{usbboot.ErrShortWrite}, nil},
+		{"short bulk at the ROM once is retried", msd, f(usbboottest.FaultShortBulk, "bootcode4.bin"), 0, nil, nil},
 		{"disconnect mid-file", msd, f(usbboottest.FaultDisconnect, "start4.elf"), 0, []error{usbboot.ErrVanished, usbboot.ErrDisconnected}, nil},
 		{"full-speed ROM", msd, f(usbboottest.FaultFullSpeed, ""), 0, []error{usbboot.ErrFullSpeed, usbboot.ErrTimeout}, nil},
 		{"bootcode rejected", msd, f(usbboottest.FaultRejectBootcode, ""), 0, []error{usbboot.ErrBootcodeRejected}, nil},

@@ -168,6 +168,9 @@ type Device interface {
 // Bus finds and opens devices.
 type Bus interface {
 	// List describes the devices present now. It never opens anything.
+	// When some devices could not be described, it returns the others (a
+	// non-nil slice, maybe empty) together with the error; a nil slice with
+	// an error means the listing itself failed.
 	List(ctx context.Context) ([]Desc, error)
 	// Open opens exactly the device described by d (same port path and
 	// address); it never opens another device.

@@ -110,12 +110,14 @@ func (b *Bus) List(ctx context.Context) ([]usbboot.Desc, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	var out []usbboot.Desc
+	out := []usbboot.Desc{} // non-nil: what was listed stays usable beside an error
 	_, err := b.ctx.OpenDevices(func(d *gousb.DeviceDesc) bool {
 		out = append(out, b.desc(d))
 		return false
 	})
 	if err != nil {
+		// gousb fails the whole call when any device's descriptors do not
+		// parse, but still calls us for the others: return both.
 		return out, fmt.Errorf("gousbdev: list: %w", mapErr(ctx, err))
 	}
 	return out, nil
@@ -172,6 +174,18 @@ func (d *device) Claim(iface int, outEP uint8) error {
 	num, err := d.dev.ActiveConfigNum()
 	if err != nil {
 		return fmt.Errorf("gousbdev: active config: %w", mapErr(context.Background(), err))
+	}
+	if num == 0 {
+		// Just after enumeration the kernel may not have configured the
+		// device yet (libusb reports configuration 0, which no descriptor
+		// has): use the one configuration an RPIBOOT device offers, as
+		// libusb_set_configuration would. The caller retries failures
+		// for a moment (usbboot.Server.AccessGrace).
+		for n := range d.dev.Desc.Configs {
+			if num == 0 || n < num {
+				num = n
+			}
+		}
 	}
 	if d.cfg == nil {
 		if d.cfg, err = d.dev.Config(num); err != nil {

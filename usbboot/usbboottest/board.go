@@ -89,6 +89,18 @@ const (
 	// FaultNoSecondStage: the ROM takes the bootcode, detaches and never
 	// comes back (usbboot #306: power or cable).
 	FaultNoSecondStage
+	// FaultStatusLost: the 4-byte status READ after the bootcode fails
+	// with an I/O error, but the ROM has taken the image and starts the
+	// second stage anyway (rpiboot prints "Failed" and carries on).
+	FaultStatusLost
+	// FaultAccessDeniedBriefly: every open fails with access denied for
+	// Duration (default 500 ms) after each enumeration, as before udev has
+	// applied its rules.
+	FaultAccessDeniedBriefly
+	// FaultUnconfigured: the first claim after each enumeration fails with
+	// an I/O error (the device is not configured yet: libusb reports
+	// configuration 0).
+	FaultUnconfigured
 )
 
 // Fault is one scripted fault.
@@ -97,8 +109,10 @@ type Fault struct {
 	// At names the transfer: "bootmsg", the bootcode name or a requested
 	// file name. Empty means the first transfer the fault can apply to.
 	At string
-	// Duration of FaultSilentFlash.
+	// Duration of FaultSilentFlash and FaultAccessDeniedBriefly.
 	Duration time.Duration
+	// Times is how often a one-shot fault fires (0: once; < 0: always).
+	Times int
 }
 
 // BoardConfig describes one simulated board.
@@ -119,6 +133,23 @@ type BoardConfig struct {
 	FlashTime time.Duration
 	// Address is the first bus address (default assigned by Bus.Add).
 	Address int
+	// DetachAfterUpdate: recovery.bin leaves the bus after its metadata
+	// instead of sending Done (which one it does is not settled).
+	DetachAfterUpdate bool
+	// HashStamped: recovery.bin reports as EEPROM_HASH the sha256 of the
+	// image with the update timestamp of pieeprom.sig stamped in, as a
+	// read-back of the flash would give.
+	HashStamped bool
+	// RecoveryDDR: recovery.bin first asks for mcb.bin, memsys*.bin and
+	// bootmain (builds from 2026-04-14 on, rpi-sb-provisioner#338), and
+	// hangs when one is missing.
+	RecoveryDDR bool
+	// ShortRequests: the second stage's requests carry the command and the
+	// NUL-terminated name only, not the whole 260-byte record.
+	ShortRequests bool
+	// ScriptOnly: the second stage issues only Extra (then Done), no mode
+	// script: a recorded session replayed.
+	ScriptOnly bool
 	// Extra requests the second stage issues, as is, before its mode's
 	// script: a ReadFile without a GetFileSize, a name with "..", odd
 	// metadata. Their answers are recorded in Files (a ReadFile answered
@@ -193,7 +224,10 @@ type Board struct {
 	next      func() // pending transition, applied at nextAt
 	gen       int    // enumeration generation
 	openFails map[int]bool
-	cfgReads  int
+	// claimFailed: generations whose first claim failed (FaultUnconfigured)
+	claimFailed  map[int]bool
+	enumeratedAt time.Time
+	cfgReads     int
 
 	phase    phase
 	romLoads int
@@ -216,9 +250,11 @@ type Board struct {
 	busyUntil time.Time
 	files     []FileRecord
 	sigHash   string
+	sigText   []byte
 	eepromSum string
-	readFile  bool // the pending ReadFile of the current step
-	metaAdded bool // recovery metadata appended to the script
+	eepromImg []byte // the image received, for HashStamped
+	readFile  bool   // the pending ReadFile of the current step
+	metaAdded bool   // recovery metadata appended to the script
 
 	faults     []Fault
 	note       string // transcript note of the transfer being handled
@@ -270,7 +306,7 @@ func NewBoard(cfg BoardConfig) (*Board, error) {
 		cfg.FlashTime = 2 * time.Second
 	}
 	b := &Board{cfg: cfg, clock: cfg.Clock, faults: append([]Fault(nil), cfg.Faults...),
-		changes: make(chan struct{}, 1), openFails: map[int]bool{}, address: cfg.Address}
+		changes: make(chan struct{}, 1), openFails: map[int]bool{}, claimFailed: map[int]bool{}, address: cfg.Address}
 	if b.address == 0 {
 		b.address = 1
 	}
@@ -297,14 +333,39 @@ func (b *Board) hasFault(k FaultKind, at string) (Fault, bool) {
 		if f.Kind != k || (f.At != "" && f.At != at) {
 			continue
 		}
-		switch k {
-		case FaultFullSpeed, FaultAccessDenied, FaultOpenFailsOnce:
+		switch {
+		case k == FaultFullSpeed || k == FaultAccessDenied || k == FaultOpenFailsOnce || k == FaultAccessDeniedBriefly || k == FaultUnconfigured:
+		case f.Times < 0:
+		case f.Times > 1:
+			b.faults[i].Times--
 		default:
 			b.faults = append(b.faults[:i:i], b.faults[i+1:]...)
 		}
 		return f, true
 	}
 	return Fault{}, false
+}
+
+func (b *Board) faultOf(k FaultKind) (Fault, bool) {
+	for _, f := range b.faults {
+		if f.Kind == k {
+			return f, true
+		}
+	}
+	return Fault{}, false
+}
+
+// ClaimFails reports (once per enumeration) whether the first claim after
+// an enumeration fails: FaultUnconfigured.
+func (b *Board) ClaimFails() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if !b.peekFault(FaultUnconfigured) || b.claimFailed[b.gen] {
+		return false
+	}
+	b.claimFailed[b.gen] = true
+	b.record(Record{Kind: "claim", Err: ErrIO.Error(), Note: "not configured yet (configuration 0)"})
+	return true
 }
 
 func (b *Board) peekFault(k FaultKind) bool {
@@ -348,6 +409,7 @@ func (b *Board) violate(format string, args ...any) {
 func (b *Board) newAddress() {
 	b.address = b.address%127 + 1
 	b.gen++
+	b.enumeratedAt = b.clock.Now()
 }
 
 func (b *Board) enumerateROM() {
@@ -437,6 +499,9 @@ func (b *Board) buildScript() []step {
 		return step{req: usbboot.Request{Command: usbboot.GetFileSize, Name: name}, readIt: readIt, required: required}
 	}
 	var s []step
+	if b.cfg.ScriptOnly {
+		return nil
+	}
 	ddr := func() {
 		n := 9
 		if b.cfg.SoC == usbboot.SoC2712 {
@@ -459,12 +524,19 @@ func (b *Board) buildScript() []step {
 		ddr()
 		s = append(s, gfs("config.txt", true, false), gfs("boot.img", true, true))
 	case b.cfg.Mode == ModeRecovery:
-		if b.cfg.SoC == usbboot.SoC2712 {
+		if b.cfg.RecoveryDDR {
 			ddr()
 		}
 		// Without image files recovery.bin flashes nothing but still reports
 		// its metadata (usbboot #735, EEPROM_UPDATE=none: inferred).
-		s = append(s, gfs("config.txt", true, false), gfs("pieeprom.sig", true, false), gfs("pieeprom.bin", true, false))
+		if b.cfg.SoC == usbboot.SoC2712 {
+			// CM5 (usbboot#386): config.txt, pieeprom.bin asked twice, the
+			// .sig, then the image read.
+			s = append(s, gfs("config.txt", true, false), gfs("pieeprom.bin", false, false), gfs("pieeprom.bin", false, false),
+				gfs("pieeprom.sig", true, false), gfs("pieeprom.bin", true, false))
+		} else {
+			s = append(s, gfs("config.txt", true, false), gfs("pieeprom.sig", true, false), gfs("pieeprom.bin", true, false))
+		}
 		// metadata steps are appended when the script runs out (read)
 	}
 	return s
@@ -481,6 +553,13 @@ func (b *Board) metadataSteps() []step {
 	}
 	if _, ok := b.hasFault(FaultFlashFails, ""); ok {
 		update = "fail"
+	}
+	if b.cfg.HashStamped && b.eepromImg != nil {
+		if ts, ok := usbboot.SigTimestamp(b.sigText); ok {
+			if st, err := usbboot.StampedSHA256(b.eepromImg, ts); err == nil {
+				sum = st
+			}
+		}
 	}
 	if _, ok := b.hasFault(FaultWrongHash, ""); ok {
 		s := sha256.Sum256([]byte("not the image"))
@@ -549,10 +628,28 @@ func (b *Board) Open(address int) error {
 		b.record(Record{Kind: "open", Err: ErrAccess.Error()})
 		return fmt.Errorf("usbboottest: open %s: %w", b.cfg.Port, ErrAccess)
 	}
+	if f, ok := b.faultOf(FaultAccessDeniedBriefly); ok {
+		d := f.Duration
+		if d == 0 {
+			d = 500 * time.Millisecond
+		}
+		if b.clock.Now().Before(b.enumeratedAt.Add(d)) {
+			b.record(Record{Kind: "open", Err: ErrAccess.Error(), Note: "udev rules not applied yet"})
+			return fmt.Errorf("usbboottest: open %s: %w", b.cfg.Port, ErrAccess)
+		}
+	}
 	if b.peekFault(FaultOpenFailsOnce) && b.gen > 1 && !b.openFails[b.gen] {
 		b.openFails[b.gen] = true
 		b.record(Record{Kind: "open", Err: ErrIO.Error(), Note: "fails once after re-enumeration"})
 		return fmt.Errorf("usbboottest: open %s: %w", b.cfg.Port, ErrIO)
+	}
+	if b.phase <= phROMStatus && (b.armed || b.phase != phROMMsg) {
+		// The host gave up on a ROM transfer and opens the device again:
+		// the ROM takes a new boot message (rpiboot's retry loop relies on
+		// this; usbboot #73, #87).
+		b.phase, b.armed = phROMMsg, false
+		b.record(Record{Kind: "open", Note: "ROM restarts its transfer"})
+		return nil
 	}
 	b.record(Record{Kind: "open"})
 	return nil
@@ -862,10 +959,12 @@ func (b *Board) fileDone(name, sum string) {
 	}
 	switch name {
 	case "pieeprom.sig":
+		b.sigText = bytes.Clone(b.armBuf.Bytes())
 		line, _, _ := bufio.NewReader(bytes.NewReader(b.armBuf.Bytes())).ReadLine()
 		b.sigHash = strings.ToLower(strings.TrimSpace(string(line)))
 	case "pieeprom.bin":
 		b.eepromSum = sum
+		b.eepromImg = bytes.Clone(b.armBuf.Bytes())
 		wait := b.cfg.FlashTime
 		if f, ok := b.hasFault(FaultSilentFlash, ""); ok {
 			wait = f.Duration
@@ -929,6 +1028,10 @@ func (b *Board) read(ctx context.Context, s Setup, data []byte, timeout time.Dur
 			b.phase = phROMMsg
 			return 4, nil
 		}
+		lost := false
+		if _, ok := b.hasFault(FaultStatusLost, ""); ok {
+			lost = true
+		}
 		// The ROM starts the second stage: detach, re-attach ~1.5 s later.
 		twice := false
 		if _, ok := b.hasFault(FaultROMTwice, ""); ok {
@@ -943,6 +1046,9 @@ func (b *Board) read(ctx context.Context, s Setup, data []byte, timeout time.Dur
 			b.schedule(1500*time.Millisecond, b.enumerateROM)
 		} else {
 			b.schedule(1500*time.Millisecond, b.enumerateSecond)
+		}
+		if lost {
+			return 0, ErrIO
 		}
 		return 4, nil
 	case phSecond:
@@ -971,6 +1077,11 @@ func (b *Board) read(ctx context.Context, s Setup, data []byte, timeout time.Dur
 				b.script = append(b.script, b.metadataSteps()...)
 			}
 			if b.stepIdx >= len(b.script) {
+				if b.cfg.Mode == ModeRecovery && b.cfg.DetachAfterUpdate && !b.cfg.ScriptOnly {
+					b.state = "done"
+					b.detach("recovery.bin finished: left the bus without Done")
+					return 0, ErrNoDevice
+				}
 				b.script = append(b.script, b.doneStep())
 			}
 			req = b.script[b.stepIdx].req
@@ -978,6 +1089,9 @@ func (b *Board) read(ctx context.Context, s Setup, data []byte, timeout time.Dur
 		rec, err := req.MarshalBinary()
 		if err != nil {
 			return 0, err
+		}
+		if b.cfg.ShortRequests {
+			rec = rec[:max(usbboot.MinRequestSize, 4+len(req.Name)+1)]
 		}
 		copy(data, rec)
 		b.note = fmt.Sprintf("%s %q", req.Command, req.Name)
@@ -1054,8 +1168,12 @@ func (b *Board) bulk(ctx context.Context, ep uint8, p []byte) (int, error) {
 
 func (b *Board) take(p []byte) {
 	b.armHash.Write(p)
-	if b.armBuf.Len() < 4096 {
-		b.armBuf.Write(p[:min(len(p), 4096-b.armBuf.Len())])
+	keep := 4096
+	if b.armName == "pieeprom.bin" {
+		keep = 2 << 20 // the whole image, for HashStamped
+	}
+	if b.armBuf.Len() < keep {
+		b.armBuf.Write(p[:min(len(p), keep-b.armBuf.Len())])
 	}
 	b.armGot += len(p)
 	if b.armGot == b.armLen {

@@ -19,6 +19,18 @@ type Bus struct {
 	boards []*Board
 	others []usbboot.Desc
 	opens  map[string]int // port -> successful and failed open attempts
+	// listErr, when set, is returned by List beside the listing: a device
+	// on the host whose descriptors fail to parse (gousb fails the whole
+	// OpenDevices call then).
+	listErr error
+}
+
+// SetListError makes List return err together with the devices it did
+// list (nil clears it).
+func (bus *Bus) SetListError(err error) {
+	bus.mu.Lock()
+	defer bus.mu.Unlock()
+	bus.listErr = err
 }
 
 var _ usbboot.Bus = (*Bus)(nil)
@@ -79,6 +91,7 @@ func (bus *Bus) List(ctx context.Context) ([]usbboot.Desc, error) {
 	bus.mu.Lock()
 	boards := append([]*Board(nil), bus.boards...)
 	out := append([]usbboot.Desc(nil), bus.others...)
+	listErr := bus.listErr
 	bus.mu.Unlock()
 	for _, b := range boards {
 		if d, ok := b.Enumeration(); ok {
@@ -86,6 +99,12 @@ func (bus *Bus) List(ctx context.Context) ([]usbboot.Desc, error) {
 		}
 	}
 	sort.SliceStable(out, func(i, j int) bool { return out[i].Port < out[j].Port })
+	if listErr != nil {
+		if out == nil {
+			out = []usbboot.Desc{}
+		}
+		return out, fmt.Errorf("usbboottest: list: %w", listErr)
+	}
 	return out, nil
 }
 
@@ -141,6 +160,9 @@ func (d *device) Claim(iface int, outEP uint8) error {
 	cur, ok := d.board.Enumeration()
 	if !ok || cur.Address != d.desc.Address {
 		return fmt.Errorf("usbboottest: claim interface %d: %w", iface, ErrNoDevice)
+	}
+	if d.board.ClaimFails() {
+		return fmt.Errorf("usbboottest: claim interface %d: configuration 0 not active yet: %w", iface, ErrIO)
 	}
 	if iface < 0 || iface >= cur.NumInterfaces {
 		return fmt.Errorf("usbboottest: claim interface %d of %d: %w", iface, cur.NumInterfaces, ErrIO)

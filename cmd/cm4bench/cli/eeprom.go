@@ -250,9 +250,9 @@ func orDash(s string) string {
 // ---- config ----
 
 type eepromConfigOptions struct {
-	apply     string // new bootconf.txt to write into the image
-	out       string // output image (with --apply) or config file
-	timestamp int64  // -1: leave the timestamp slot alone
+	apply     string        // new bootconf.txt to write into the image
+	out       string        // output image (with --apply) or config file
+	timestamp timestampFlag // unset: leave the timestamp slot alone
 }
 
 func newEEPROMConfigCmd() *cobra.Command {
@@ -280,13 +280,13 @@ Without --apply, config writes the current config to --out (or stdout), as upstr
 	}
 	cmd.Flags().StringVar(&opts.apply, "apply", "", "bootconf.txt `FILE` to write into the image")
 	cmd.Flags().StringVarP(&opts.out, "out", "o", "", "output `FILE` (the new image with --apply)")
-	cmd.Flags().Int64Var(&opts.timestamp, "timestamp", -1, "also set the update timestamp to `UNIX` seconds")
+	cmd.Flags().Var(&opts.timestamp, "timestamp", "also set the update timestamp to `UNIX` seconds (base 10, as rpi-eeprom-config)")
 	return cmd
 }
 
 func (o *eepromConfigOptions) run(ctx context.Context, image string, asJSON bool, stdout io.Writer) error {
 	if o.apply == "" {
-		if o.timestamp >= 0 {
+		if o.timestamp.set {
 			return errors.New("eeprom config: --timestamp needs --apply")
 		}
 		return (&eepromShowOptions{out: o.out}).run(ctx, image, asJSON, stdout)
@@ -311,16 +311,38 @@ func (o *eepromConfigOptions) run(ctx context.Context, image string, asJSON bool
 	return writeImage(im, o.out, asJSON, stdout, nil)
 }
 
-func setTimestamp(im *eeprom.Image, ts int64) error {
-	switch {
-	case ts < 0:
-	case ts > 0xFFFFFFFF:
-		return fmt.Errorf("eeprom: --timestamp %d does not fit in 32 bits", ts)
-	default:
-		return im.SetTimestamp(uint32(ts))
+func setTimestamp(im *eeprom.Image, ts timestampFlag) error {
+	if !ts.set {
+		return nil
 	}
+	return im.SetTimestamp(ts.v)
+}
+
+// timestampFlag is a --timestamp value: parsed in base 10 exactly as
+// upstream's tools do (eeprom.ParseTimestamp), and "was it given" is kept
+// apart from the value (0 is a valid timestamp).
+type timestampFlag struct {
+	set bool
+	v   uint32
+}
+
+func (f *timestampFlag) String() string {
+	if !f.set {
+		return ""
+	}
+	return strconv.FormatUint(uint64(f.v), 10)
+}
+
+func (f *timestampFlag) Set(s string) error {
+	v, err := eeprom.ParseTimestamp(s)
+	if err != nil {
+		return err
+	}
+	f.set, f.v = true, v
 	return nil
 }
+
+func (f *timestampFlag) Type() string { return "UNIX" }
 
 // writeImage writes the edited image atomically and reports it.
 func writeImage(im *eeprom.Image, out string, asJSON bool, stdout io.Writer, warnings []string) error {
@@ -343,7 +365,7 @@ func writeImage(im *eeprom.Image, out string, asJSON bool, stdout io.Writer, war
 
 type eepromSetOptions struct {
 	out       string
-	timestamp int64
+	timestamp timestampFlag
 }
 
 func newEEPROMSetCmd() *cobra.Command {
@@ -367,7 +389,7 @@ only as the last (leftmost) digit. Unknown keys are kept with a warning on stder
 		},
 	}
 	cmd.Flags().StringVarP(&opts.out, "out", "o", "", "output image `FILE` (required; may equal IMAGE)")
-	cmd.Flags().Int64Var(&opts.timestamp, "timestamp", -1, "also set the update timestamp to `UNIX` seconds")
+	cmd.Flags().Var(&opts.timestamp, "timestamp", "also set the update timestamp to `UNIX` seconds (base 10, as rpi-eeprom-config)")
 	return cmd
 }
 
@@ -415,7 +437,7 @@ func (o *eepromSetOptions) run(_ context.Context, args []string, asJSON bool, st
 
 type eepromDigestOptions struct {
 	out       string
-	timestamp int64 // -1: $SOURCE_DATE_EPOCH, else now
+	timestamp timestampFlag // unset: $SOURCE_DATE_EPOCH, else now
 	targetSoC int
 }
 
@@ -437,21 +459,21 @@ rpi-eeprom-update -c writes.`,
 		},
 	}
 	cmd.Flags().StringVarP(&opts.out, "out", "o", "", "write the signature to `FILE` instead of stdout")
-	cmd.Flags().Int64Var(&opts.timestamp, "timestamp", -1, "the ts: value in `UNIX` seconds (default $SOURCE_DATE_EPOCH or now)")
+	cmd.Flags().Var(&opts.timestamp, "timestamp", "the ts: value in `UNIX` seconds, base 10 (default $SOURCE_DATE_EPOCH or now)")
 	cmd.Flags().IntVar(&opts.targetSoC, "target-soc", 0, "add a target-soc line: 2711 or 2712")
 	return cmd
 }
 
-func digestTimestamp(flag int64) (int64, error) {
-	if flag >= 0 {
-		return flag, nil
+func digestTimestamp(flag timestampFlag) (int64, error) {
+	if flag.set {
+		return int64(flag.v), nil
 	}
 	if s := os.Getenv("SOURCE_DATE_EPOCH"); s != "" {
-		ts, err := strconv.ParseInt(s, 10, 64)
-		if err != nil || ts < 0 {
-			return 0, fmt.Errorf("eeprom digest: SOURCE_DATE_EPOCH=%q is not a unix time", s)
+		ts, err := eeprom.ParseTimestamp(s)
+		if err != nil {
+			return 0, fmt.Errorf("eeprom digest: SOURCE_DATE_EPOCH=%q is not a unix time: %w", s, err)
 		}
-		return ts, nil
+		return int64(ts), nil
 	}
 	return time.Now().Unix(), nil
 }

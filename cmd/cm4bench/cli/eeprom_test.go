@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"github.com/cm4bench/cm4bench/eeprom/recoverydir"
 	"os"
 	"path/filepath"
 	"strings"
@@ -303,7 +304,7 @@ func TestEEPROMSetBootOrder(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			var rd recoveryDir
+			var rd recoverydir.Dir
 			if err := json.Unmarshal([]byte(out), &rd); err != nil {
 				t.Fatal(err)
 			}
@@ -317,7 +318,8 @@ func TestEEPROMSetBootOrder(t *testing.T) {
 			if !bytes.Equal(readFile(t, filepath.Join(dir, "bootcode4.bin")), readFile(t, recovery)) {
 				t.Error("bootcode4.bin is not the recovery.bin given")
 			}
-			if got := string(readFile(t, filepath.Join(dir, "config.txt"))); strings.Contains(got, "\nrecovery_reboot=1") || strings.Contains(got, "\nuart_2ndstage=1") {
+			if got := string(readFile(t, filepath.Join(dir, "config.txt"))); strings.Contains(got, "\nrecovery_reboot=1") || strings.Contains(got, "\nuart_2ndstage=1") ||
+				!strings.Contains(got, "\nrecovery_metadata=1\n") {
 				t.Errorf("config.txt enables options it should not:\n%s", got)
 			}
 			if rd.ImageSHA256 != sha256Hex(f21) || rd.BootOrder != "0xf21" || len(rd.Files) != 4 || rd.Files[3].Name != "pieeprom.sig" {

@@ -387,6 +387,7 @@ func (o *firmwareDirOptions) run(ctx context.Context, cmd *cobra.Command, set st
 // omitted.
 const (
 	recoveryBinID  = "rpi-eeprom/firmware-2711/latest/recovery.bin"
+	bootfilesID    = "usbboot/firmware/bootfiles.bin"
 	defaultImageID = "rpi-eeprom/firmware-2711/default/pieeprom-2026-05-17.bin"
 )
 

@@ -53,6 +53,9 @@ func (e *ExitError) Unwrap() error { return e.Err }
 
 // ExitCode maps an error returned by Execute to a process exit status.
 func ExitCode(err error) int {
+	if err == nil {
+		return 0
+	}
 	var ee *ExitError
 	if errors.As(err, &ee) && ee.Code != 0 {
 		return ee.Code

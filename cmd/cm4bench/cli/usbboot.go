@@ -77,6 +77,8 @@ type usbServeFlags struct {
 	Serials     []string
 	Timeout     time.Duration
 	MetadataDir string
+	Strict      bool   // --strict: a recovery.bin session must end with Done
+	Trace       string // --trace FILE: every USB transfer, in the golden-transcript format
 	openBus     func(ctx context.Context) (usbboot.Bus, usbboot.Clock, func() error, error)
 	asJSON      bool         // --json, captured before RunE
 	logger      *slog.Logger // from --log-level/--json, captured before RunE
@@ -89,6 +91,7 @@ func (f *usbServeFlags) bind(cmd *cobra.Command) {
 	fl.StringSliceVar(&f.Serials, "serial", nil, "only boards whose ROM serial string is `S` (e.g. af04b2da; repeatable)")
 	fl.DurationVar(&f.Timeout, "timeout", 2*time.Minute, "per-board deadline from first sight to Done; without --loop also the wait for the first board")
 	fl.StringVar(&f.MetadataDir, "metadata-dir", "", "write each board's metadata to `DIR`/<serial>.json (like rpiboot -j)")
+	fl.StringVar(&f.Trace, "trace", "", "record every USB setup packet, bulk transfer and file request to `FILE` (for bug reports and replay)")
 	f.openBus = openUSB
 	prev := cmd.PreRunE
 	cmd.PreRunE = func(cmd *cobra.Command, args []string) error {
@@ -98,6 +101,11 @@ func (f *usbServeFlags) bind(cmd *cobra.Command) {
 		}
 		return nil
 	}
+}
+
+// bindFlash adds the flags that only matter when recovery.bin flashes.
+func (f *usbServeFlags) bindFlash(cmd *cobra.Command) {
+	cmd.Flags().BoolVar(&f.Strict, "strict", false, "count a board as flashed only when recovery.bin also sends Done (default: leaving the bus after a matching EEPROM_HASH is enough, as rpiboot treats it)")
 }
 
 // preflight fails at once, before anything is written, on a machine with
@@ -135,7 +143,7 @@ func (f *usbServeFlags) match() func(usbboot.Desc) bool {
 
 // serve runs a usbboot.Server over files and reports per board. check, when
 // set, decides a board's success beyond the session itself.
-func (f *usbServeFlags) serve(ctx context.Context, files usbboot.FileSource, check func(usbboot.Result) error, stdout, stderr io.Writer) ([]usbboot.Result, error) {
+func (f *usbServeFlags) serve(ctx context.Context, files usbboot.FileSource, check func(usbboot.Result) (string, error), stdout, stderr io.Writer) ([]usbboot.Result, error) {
 	if f.Timeout <= 0 {
 		return nil, errors.New("--timeout must be positive")
 	}
@@ -164,11 +172,15 @@ func (f *usbServeFlags) serve(ctx context.Context, files usbboot.FileSource, che
 	}
 	srv := &usbboot.Server{
 		Bus: bus, Files: files, Match: f.match(), Loop: f.Loop, Timeout: f.Timeout, Clock: clock,
-		Logger: f.logger, OnEvent: out.event,
+		Logger: f.logger, OnEvent: out.event, Strict: f.Strict,
 		Finish: func(r usbboot.Result) error {
 			var errs []error
 			if r.Err == nil && check != nil {
-				errs = append(errs, check(r))
+				w, err := check(r)
+				if w != "" {
+					out.event(usbboot.Event{Kind: usbboot.EventWarning, Port: r.Port, Serial: r.Serial, Message: w})
+				}
+				errs = append(errs, err)
 			}
 			if f.MetadataDir != "" && len(r.Metadata) > 0 {
 				errs = append(errs, writeMetadata(f.MetadataDir, r))
@@ -176,6 +188,19 @@ func (f *usbServeFlags) serve(ctx context.Context, files usbboot.FileSource, che
 			return errors.Join(errs...)
 		},
 		OnResult: out.result,
+	}
+	if f.Trace != "" {
+		tf, err := os.Create(f.Trace)
+		if err != nil {
+			return nil, fmt.Errorf("--trace: %w", err)
+		}
+		defer tf.Close()
+		srv.Trace = usbboot.NewTracer(tf, clock)
+		defer func() {
+			if err := srv.Trace.Err(); err != nil {
+				fmt.Fprintf(stderr, "warning: --trace %s: %v\n", f.Trace, err)
+			}
+		}()
 	}
 	results, err := srv.Serve(ctx)
 	if err != nil {
@@ -251,9 +276,10 @@ type usbReporter struct {
 
 	throttle time.Duration // least time between two bar redraws
 
-	mu     sync.Mutex
-	bar    *progressbar.ProgressBar
-	boards map[string]*boardProgress // port -> progress, boards in flight
+	mu       sync.Mutex
+	bar      *progressbar.ProgressBar
+	boards   map[string]*boardProgress // port -> progress, boards in flight
+	warnings map[string][]string       // port -> warnings of the board in flight
 }
 
 // boardReport is the JSON form of one board's result.
@@ -268,11 +294,18 @@ type boardReport struct {
 	Seconds  float64              `json:"seconds"`
 	Files    []usbboot.ServedFile `json:"files"`
 	Metadata map[string]string    `json:"metadata,omitempty"`
+	Warnings []string             `json:"warnings,omitempty"`
 }
 
 func (u *usbReporter) event(e usbboot.Event) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
+	if e.Kind == usbboot.EventWarning && e.Port != "" {
+		if u.warnings == nil {
+			u.warnings = map[string][]string{}
+		}
+		u.warnings[e.Port] = append(u.warnings[e.Port], e.Message)
+	}
 	if u.json {
 		if e.Kind != usbboot.EventProgress {
 			_ = json.NewEncoder(u.stdout).Encode(e)
@@ -359,6 +392,8 @@ func (u *usbReporter) result(r usbboot.Result) {
 	if r.Err != nil {
 		rep.Error = r.Err.Error()
 	}
+	rep.Warnings = u.warnings[r.Port]
+	delete(u.warnings, r.Port)
 	if len(r.Metadata) > 0 {
 		rep.Metadata = map[string]string{}
 		for _, kv := range r.Metadata {
@@ -389,6 +424,9 @@ func (u *usbReporter) result(r usbboot.Result) {
 		rep.Seconds, strings.Join(served, " "))
 	for _, kv := range r.Metadata {
 		fmt.Fprintf(u.stdout, "%-10s   %s=%s\n", "", kv.Key, kv.Value)
+	}
+	for _, w := range rep.Warnings {
+		fmt.Fprintf(u.stdout, "%-10s   warning: %s\n", "", w)
 	}
 	if r.Err != nil {
 		fmt.Fprintf(u.stdout, "%-10s   error: %v\n", "", r.Err)

@@ -115,7 +115,17 @@ func TestUSBBootExitStatus(t *testing.T) {
 		{"bootcode rejected", usbboottest.ModeMSD, []usbboottest.Fault{{Kind: usbboottest.FaultRejectBootcode}}, nil, exitUSBFailed, "rejected the second stage"},
 		{"full speed", usbboottest.ModeMSD, []usbboottest.Fault{{Kind: usbboottest.FaultFullSpeed}}, nil, exitUSBFailed, "full speed"},
 		{"stall", usbboottest.ModeMSD, []usbboottest.Fault{{Kind: usbboottest.FaultStall, At: "config.txt"}}, nil, exitUSBFailed, "endpoint stalled"},
-		{"SIZE timeout", usbboottest.ModeMSD, []usbboottest.Fault{{Kind: usbboottest.FaultSizeTimeout, At: "bootmsg"}}, nil, exitUSBFailed, "timed out"},
+		{"SIZE timeout every time", usbboottest.ModeMSD, []usbboottest.Fault{{Kind: usbboottest.FaultSizeTimeout, At: "bootmsg", Times: -1}}, nil, exitUSBFailed, "timed out"},
+		// U2: a ROM transfer that fails once is retried after 1 s, as rpiboot does.
+		{"survives one ROM SIZE timeout", usbboottest.ModeMSD, []usbboottest.Fault{{Kind: usbboottest.FaultSizeTimeout, At: "bootmsg"}}, nil, 0, ""},
+		{"survives two ROM stalls", usbboottest.ModeMSD, []usbboottest.Fault{{Kind: usbboottest.FaultStall, At: "bootcode4.bin", Times: 2}}, nil, 0, ""},
+		{"three ROM stalls fail", usbboottest.ModeMSD, []usbboottest.Fault{{Kind: usbboottest.FaultStall, At: "bootcode4.bin", Times: 3}}, nil, exitUSBFailed, "endpoint stalled"},
+		// U3: the status read is lost after a complete bootcode.
+		{"survives a lost status read", usbboottest.ModeMSD, []usbboottest.Fault{{Kind: usbboottest.FaultStatusLost}}, nil, 0, ""},
+		// U1: access denied and an unconfigured device right after enumeration.
+		{"survives access denied for 500 ms", usbboottest.ModeMSD, []usbboottest.Fault{{Kind: usbboottest.FaultAccessDeniedBriefly}}, nil, 0, ""},
+		{"access denied past the grace", usbboottest.ModeMSD, []usbboottest.Fault{{Kind: usbboottest.FaultAccessDeniedBriefly, Duration: 3 * time.Second}}, nil, exitUSBAccess, "udev-rules"},
+		{"survives an unconfigured device", usbboottest.ModeMSD, []usbboottest.Fault{{Kind: usbboottest.FaultUnconfigured}}, nil, 0, ""},
 		{"short bulk", usbboottest.ModeMSD, []usbboottest.Fault{{Kind: usbboottest.FaultShortBulk, At: "start4.elf"}}, nil, exitUSBFailed, "fewer bytes"},
 		{"deadline", usbboottest.ModeRecovery, []usbboottest.Fault{{Kind: usbboottest.FaultSilentFlash, Duration: 10 * time.Minute}}, []string{"--timeout", "1m"}, exitUSBTimeout, "deadline passed"},
 		{"flash failed", usbboottest.ModeRecovery, []usbboottest.Fault{{Kind: usbboottest.FaultFlashFails}}, nil, exitUSBFailed, "EEPROM_UPDATE=fail"},
