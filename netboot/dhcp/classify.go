@@ -82,8 +82,11 @@ func IsPiMAC(mac net.HardwareAddr) bool {
 
 // SerialFromGUID extracts the board serial (8 lowercase hex digits) from a
 // new-format option 97, or "" when the option is absent or not a Pi GUID.
-// Layout: 0x00, "RPi4", 4 bytes board revision, 4 low bytes of the MAC,
-// 4 bytes serial.
+// Layout: 0x00, "RPi4", 4 bytes board revision (little-endian), the 4 low
+// bytes of the MAC in wire order, 4 bytes serial (little-endian). A real
+// capture (a Pi 4 netboot log from an LTSP guide) shows option 97
+// 00:52:50:69:34:11:31:a0:00:32:2e:f8:ed:10… from the board whose TFTP
+// prefix is 5b154510: the serial field starts with its low byte 0x10.
 func SerialFromGUID(req *dhcpv4.DHCPv4) string {
 	g := req.GetOneOption(dhcpv4.OptionClientMachineIdentifier)
 	if len(g) != guidLen || g[0] != 0 {
@@ -94,7 +97,8 @@ func SerialFromGUID(req *dhcpv4.DHCPv4) string {
 	}
 	const hexdigits = "0123456789abcdef"
 	out := make([]byte, 0, 8)
-	for _, b := range g[13:17] {
+	for i := 16; i >= 13; i-- { // little-endian: most significant byte last
+		b := g[i]
 		out = append(out, hexdigits[b>>4], hexdigits[b&0xf])
 	}
 	return string(out)

@@ -14,6 +14,8 @@ import (
 
 	"github.com/insomniacslk/dhcp/dhcpv4"
 	"github.com/insomniacslk/dhcp/iana"
+
+	"github.com/cm4bench/cm4bench/internal/repotest"
 )
 
 // menuHex is option 43 from the issue and netboot.md §1.3, byte for byte.
@@ -50,8 +52,8 @@ var (
 	piMAC    = net.HardwareAddr{0xdc, 0xa6, 0x32, 0x01, 0x36, 0xc2}
 	otherMAC = net.HardwareAddr{0x52, 0x54, 0x00, 0x12, 0x34, 0x56}
 	// guid is option 97 as in netboot.md §6.2: 00, "RPi4", board rev, MAC low 4, serial.
-	guid, _        = hex.DecodeString("0052506934414131c0320136c2abcd1234")
-	guidSwapped, _ = hex.DecodeString("0034695052414131c0320136c2abcd1234")
+	guid, _        = hex.DecodeString("0052506934414131c0320136c23412cdab")
+	guidSwapped, _ = hex.DecodeString("0034695052414131c0320136c23412cdab")
 )
 
 // piDiscover is what the Pi 4 bootloader sends (netboot.md §1.2).
@@ -290,6 +292,42 @@ func TestReplyProxy(t *testing.T) {
 	p.set(piMAC.String(), false)
 	if r, _ := s.Reply(piDiscover(t, piMAC, guid)); r != nil {
 		t.Errorf("proxy offered the menu to a disabled Pi")
+	}
+}
+
+// ltspCapture reads testdata/netboot/ltsp-pi4-option97.txt: option 97 of
+// a real Pi 4 and the TFTP prefix the same board asked for.
+func ltspCapture(t *testing.T) (opt97 []byte, prefix string) {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(repotest.Root(t), "testdata", "netboot", "ltsp-pi4-option97.txt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		k, v, _ := strings.Cut(line, " ")
+		switch k {
+		case "option97":
+			opt97, err = hex.DecodeString(strings.ReplaceAll(v, ":", ""))
+			if err != nil {
+				t.Fatal(err)
+			}
+		case "tftp-prefix":
+			prefix = v
+		}
+	}
+	if len(opt97) != 17 || prefix == "" {
+		t.Fatalf("capture file incomplete: %x %q", opt97, prefix)
+	}
+	return opt97, prefix
+}
+
+// N1: the serial in option 97 is little-endian, as the real capture shows:
+// the serial DHCP records is the board's TFTP prefix.
+func TestSerialFromGUIDRealCapture(t *testing.T) {
+	opt97, prefix := ltspCapture(t)
+	mac := net.HardwareAddr{0xdc, 0xa6, 0x32, 0x2e, 0xf8, 0xed}
+	if got := SerialFromGUID(piDiscover(t, mac, opt97)); got != prefix {
+		t.Fatalf("SerialFromGUID(real option 97) = %q, want the TFTP prefix %q", got, prefix)
 	}
 }
 

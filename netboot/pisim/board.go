@@ -80,9 +80,10 @@ func (b Board) revision() uint32 {
 }
 
 // GUID is option 97 (17 bytes): type 0, the FourCC "RPi4" (52 50 69 34),
-// the board revision (little-endian, like the FourCC), the least significant
-// 4 bytes of the MAC in wire order and the 4-byte serial (big-endian, so it
-// reads as the printed serial).
+// the board revision and the 4-byte serial, both little-endian like the
+// FourCC, and between them the least significant 4 bytes of the MAC in wire
+// order. A real capture of the board with TFTP prefix 5b154510 shows
+// 00:52:50:69:34:11:31:a0:00:32:2e:f8:ed:10… (netboot/dhcp's golden test).
 func (b Board) GUID() []byte {
 	g := make([]byte, 17)
 	binary.LittleEndian.PutUint32(g[1:5], guidFourCC)
@@ -90,7 +91,7 @@ func (b Board) GUID() []byte {
 	if len(b.MAC) == 6 {
 		copy(g[9:13], b.MAC[2:6])
 	}
-	binary.BigEndian.PutUint32(g[13:17], b.Serial)
+	binary.LittleEndian.PutUint32(g[13:17], b.Serial)
 	return g
 }
 
@@ -108,7 +109,7 @@ func ParseGUID(g []byte) (rev uint32, macLow []byte, serial uint32, err error) {
 	if !bytes.Equal(fcc, []byte("RPi4")) && !bytes.Equal(fcc, []byte("4iPR")) {
 		return 0, nil, 0, fmt.Errorf("option 97: no RPi4 marker (% x)", fcc)
 	}
-	return binary.LittleEndian.Uint32(g[5:9]), append([]byte(nil), g[9:13]...), binary.BigEndian.Uint32(g[13:17]), nil
+	return binary.LittleEndian.Uint32(g[5:9]), append([]byte(nil), g[9:13]...), binary.LittleEndian.Uint32(g[13:17]), nil
 }
 
 // piModifiers are the options common to DISCOVER and REQUEST.

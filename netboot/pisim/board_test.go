@@ -5,13 +5,17 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"net"
+	"os"
+	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
 
 	"github.com/insomniacslk/dhcp/dhcpv4"
 
+	"github.com/cm4bench/cm4bench/internal/repotest"
 	"github.com/cm4bench/cm4bench/netboot/pisim"
 )
 
@@ -91,8 +95,8 @@ func TestDiscoverOnTheWire(t *testing.T) {
 		93: {0, 0},
 		94: {1, 2, 1},
 		// type 0, "RPi4" (52 50 69 34), revision 0x00c03141 little-endian,
-		// MAC low 4 bytes (32 01 36 c2), serial abcd1234.
-		97: mustHex("00 52506934 4131c000 320136c2 abcd1234"),
+		// MAC low 4 bytes (32 01 36 c2), serial abcd1234 little-endian (N1).
+		97: mustHex("00 52506934 4131c000 320136c2 3412cdab"),
 	}
 	if !reflect.DeepEqual(opts, want) {
 		for c, v := range opts {
@@ -135,6 +139,42 @@ func TestRequestOnTheWire(t *testing.T) {
 	}
 	if _, err := (pisim.Board{MAC: net.HardwareAddr{1, 2}}).Discover(xid); err == nil {
 		t.Error("Discover with a 2-byte MAC: no error")
+	}
+}
+
+// N1: pisim's option 97 is byte for byte what a real Pi 4 sent
+// (testdata/netboot/ltsp-pi4-option97.txt), and decodes to the serial the
+// same board used as its TFTP prefix.
+func TestGUIDMatchesRealCapture(t *testing.T) {
+	b, err := os.ReadFile(filepath.Join(repotest.Root(t), "testdata", "netboot", "ltsp-pi4-option97.txt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want []byte
+	var prefix string
+	for _, line := range strings.Split(string(b), "\n") {
+		k, v, _ := strings.Cut(line, " ")
+		switch k {
+		case "option97":
+			want, _ = hex.DecodeString(strings.ReplaceAll(v, ":", ""))
+		case "tftp-prefix":
+			prefix = v
+		}
+	}
+	serial, err := pisim.ParseSerial(prefix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	board := pisim.Board{MAC: net.HardwareAddr{0xdc, 0xa6, 0x32, 0x2e, 0xf8, 0xed}, Serial: serial, Revision: 0x00a03111}
+	if got := board.GUID(); !bytes.Equal(got, want) {
+		t.Errorf("GUID()\n got % x\nwant % x (the real capture)", got, want)
+	}
+	rev, low, s, err := pisim.ParseGUID(want)
+	if err != nil || rev != 0x00a03111 || !bytes.Equal(low, []byte{0x32, 0x2e, 0xf8, 0xed}) || fmt.Sprintf("%08x", s) != prefix {
+		t.Errorf("ParseGUID(capture) = %x % x %08x %v; want a03111, 32 2e f8 ed, %s", rev, low, s, err, prefix)
+	}
+	if board.SerialString() != prefix {
+		t.Errorf("TFTP prefix %q, want %q", board.SerialString(), prefix)
 	}
 }
 

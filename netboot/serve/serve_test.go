@@ -24,7 +24,7 @@ import (
 // The Pi 4 bootloader's DHCP identity (netboot.md §6.2), for busybox udhcpc.
 const (
 	piMAC    = "dc:a6:32:01:36:c2"
-	piGUID   = "0052506934414131c0320136c2abcd1234"
+	piGUID   = "0052506934414131c0320136c23412cdab"
 	piVendor = "PXEClient:Arch:00000:UNDI:002001"
 	menuHex  = "0601030a0400505845091400001152617370626572727920506920426f6f74ff"
 )
