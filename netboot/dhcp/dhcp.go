@@ -106,6 +106,13 @@ type Server struct {
 	LeaseFile string
 	// LeaseTime is option 51 (default DefaultLeaseTime).
 	LeaseTime time.Duration
+	// FastFallthrough sends the boot menu to every recognised Pi, also to
+	// one whose netboot is off; the TFTP server then answers its
+	// start4.elf "not found" and the bootloader moves to its next boot mode
+	// at once. Without it a disabled board gets a plain lease, which the Pi
+	// bootloader ignores until DHCP_TIMEOUT (45 s by default) runs out
+	// (rpi-eeprom#559). Not yet confirmed on a real board: see HARDWARE.md.
+	FastFallthrough bool
 	// Policy decides per MAC whether a Pi gets the boot menu. nil: every Pi
 	// does.
 	Policy Policy

@@ -78,7 +78,7 @@ func (s *Server) netboot(reason string, mac net.HardwareAddr) bool {
 	if reason == ReasonNone {
 		return false
 	}
-	return s.Policy == nil || s.Policy.NetbootEnabled(mac)
+	return s.FastFallthrough || s.Policy == nil || s.Policy.NetbootEnabled(mac)
 }
 
 func (s *Server) replyDiscover(req *dhcpv4.DHCPv4, reason string) (*dhcpv4.DHCPv4, error) {

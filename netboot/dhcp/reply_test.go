@@ -135,17 +135,22 @@ func TestReplyDORA(t *testing.T) {
 		enabled  bool
 		menu     bool
 		echo     []byte
+		fast     bool
 	}{
-		{"pi enabled", piMAC, func(t testing.TB) *dhcpv4.DHCPv4 { return piDiscover(t, piMAC, guid) }, true, true, guid},
-		{"pi guid swapped, foreign MAC", otherMAC, func(t testing.TB) *dhcpv4.DHCPv4 { return piDiscover(t, otherMAC, guidSwapped) }, true, true, guidSwapped},
-		{"pi disabled", piMAC, func(t testing.TB) *dhcpv4.DHCPv4 { return piDiscover(t, piMAC, guid) }, false, false, nil},
-		{"pi by OUI only", piMAC, func(t testing.TB) *dhcpv4.DHCPv4 { return plainDiscover(t, piMAC) }, true, true, nil},
-		{"not a pi", otherMAC, func(t testing.TB) *dhcpv4.DHCPv4 { return plainDiscover(t, otherMAC) }, true, false, nil},
+		{"pi enabled", piMAC, func(t testing.TB) *dhcpv4.DHCPv4 { return piDiscover(t, piMAC, guid) }, true, true, guid, false},
+		{"pi guid swapped, foreign MAC", otherMAC, func(t testing.TB) *dhcpv4.DHCPv4 { return piDiscover(t, otherMAC, guidSwapped) }, true, true, guidSwapped, false},
+		{"pi disabled", piMAC, func(t testing.TB) *dhcpv4.DHCPv4 { return piDiscover(t, piMAC, guid) }, false, false, nil, false},
+		// N2: with FastFallthrough a disabled Pi gets the menu (TFTP refuses its firmware).
+		{"pi disabled, fast fallthrough", piMAC, func(t testing.TB) *dhcpv4.DHCPv4 { return piDiscover(t, piMAC, guid) }, false, true, guid, true},
+		{"not a pi, fast fallthrough", otherMAC, func(t testing.TB) *dhcpv4.DHCPv4 { return plainDiscover(t, otherMAC) }, true, false, nil, true},
+		{"pi by OUI only", piMAC, func(t testing.TB) *dhcpv4.DHCPv4 { return plainDiscover(t, piMAC) }, true, true, nil, false},
+		{"not a pi", otherMAC, func(t testing.TB) *dhcpv4.DHCPv4 { return plainDiscover(t, otherMAC) }, true, false, nil, false},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			p := &policy{}
 			p.set(tt.mac.String(), tt.enabled)
 			s := newTestServer(t, p)
+			s.FastFallthrough = tt.fast
 			offer, err := s.Reply(tt.discover(t))
 			if err != nil || offer == nil {
 				t.Fatalf("Reply(DISCOVER) = %v, %v", offer, err)

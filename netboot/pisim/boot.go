@@ -391,15 +391,29 @@ func readReply(conn net.PacketConn, buf []byte, deadline time.Time, mac net.Hard
 	}
 }
 
-// fileNames the GPU firmware probes but does not need.
-var optionalProbes = []string{"dt-blob.bin", "bootcfg.txt", "autoboot.txt"}
-
-// loadFirmware is the TFTP sequence of netboot.md §1.6: prefix decision by
-// probing <prefix>/start4.elf (then start.elf), config.txt, start4.elf and
-// fixup4.dat, the self-update probe, then what start4.elf loads: config.txt
-// again, optional probes, device tree, overlays, cmdline.txt, the kernel and
-// the initramfs. Files start4.elf loads are probed (tsize, Early terminate)
-// before they are read, as the firmware does.
+// loadFirmware is the TFTP sequence of a real Pi 4 / CM4 (the order of the
+// dnsmasq log of a public Pi 4 LTSP netboot guide, rpi-eeprom#74 and #87):
+//
+//	<p>/start4.elf, <p>/start.elf   prefix probes (the prefix is dropped when
+//	                                neither exists; cm4bench's TFTP serves the
+//	                                root file under any prefix, so the board
+//	                                keeps it)
+//	config.txt                      read by the bootloader
+//	pieeprom.sig                    self-update probe (ENABLE_SELF_UPDATE)
+//	recover4.elf, recovery.elf      probes
+//	start4.elf, fixup4.dat          the GPU firmware
+//	recovery.elf                    probed again, by start4.elf
+//	config.txt                      read again, by start4.elf
+//	dt-blob.bin, bootcfg.txt        probes
+//	initramfs, then device tree     (initrd before the dtb)
+//	overlays/overlay_map.dtb, overlays
+//	cmdline.txt
+//	kernel                          an Early-terminate probe, then the file
+//	armstub8-gic.bin                probe
+//
+// Files start4.elf loads are probed (tsize, Early terminate) before they are
+// read, as the firmware does. "Kernel served" is not the sign that a board
+// booted: the armstub probe and the OS come after it.
 func (b *Bootloader) loadFirmware(ctx context.Context, e EEPROM, c *tftpClient, out *Outcome) error {
 	var prefix string
 	switch e.TFTPPrefix {
@@ -433,6 +447,14 @@ func (b *Bootloader) loadFirmware(ctx context.Context, e EEPROM, c *tftpClient, 
 		}
 		return err == nil, err
 	}
+	probeAll := func(names ...string) error {
+		for _, n := range names {
+			if _, err := exists(prefix + n); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
 	if prefix != "" {
 		ok, err := exists(prefix + "start4.elf")
 		if err != nil {
@@ -452,6 +474,14 @@ func (b *Bootloader) loadFirmware(ctx context.Context, e EEPROM, c *tftpClient, 
 	if _, err := do(prefix+"config.txt", false, &cfg); err != nil && !errors.Is(err, ErrNotFound) {
 		return err
 	}
+	if e.SelfUpdate {
+		if err := probeAll("pieeprom.sig"); err != nil {
+			return err
+		}
+	}
+	if err := probeAll("recover4.elf", "recovery.elf"); err != nil {
+		return err
+	}
 	for _, f := range []string{"start4.elf", "fixup4.dat"} {
 		if _, err := do(prefix+f, false, nil); err != nil {
 			if errors.Is(err, ErrNotFound) {
@@ -460,21 +490,18 @@ func (b *Bootloader) loadFirmware(ctx context.Context, e EEPROM, c *tftpClient, 
 			return err
 		}
 	}
-	if e.SelfUpdate {
-		if _, err := exists("pieeprom.sig"); err != nil {
-			return err
-		}
+	// start4.elf is running now: it probes recovery.elf and reads
+	// config.txt again itself.
+	if err := probeAll("recovery.elf"); err != nil {
+		return err
 	}
-	// start4.elf is running now: it reads config.txt again itself.
 	cfg.Reset()
 	if _, err := do(prefix+"config.txt", false, &cfg); err != nil && !errors.Is(err, ErrNotFound) {
 		return err
 	}
 	out.Config = ParseConfigTxt(cfg.Bytes())
-	for _, f := range optionalProbes {
-		if _, err := exists(prefix + f); err != nil {
-			return err
-		}
+	if err := probeAll("dt-blob.bin", "bootcfg.txt"); err != nil {
+		return err
 	}
 	load := func(name string, required bool, w io.Writer) error {
 		ok, err := exists(prefix + name)
@@ -489,6 +516,11 @@ func (b *Bootloader) loadFirmware(ctx context.Context, e EEPROM, c *tftpClient, 
 		}
 		_, err = do(prefix+name, false, w)
 		return err
+	}
+	if out.Config.Initramfs != "" {
+		if err := load(out.Config.Initramfs, true, nil); err != nil {
+			return err
+		}
 	}
 	if err := load(out.Config.DeviceTree, false, nil); err != nil {
 		return err
@@ -513,12 +545,7 @@ func (b *Bootloader) loadFirmware(ctx context.Context, e EEPROM, c *tftpClient, 
 		return err
 	}
 	out.KernelSHA = hex.EncodeToString(h.Sum(nil))
-	if out.Config.Initramfs != "" {
-		if err := load(out.Config.Initramfs, true, nil); err != nil {
-			return err
-		}
-	}
-	return nil
+	return probeAll("armstub8-gic.bin")
 }
 
 // OSDHCP is what the operating system booted from the eMMC does first: an

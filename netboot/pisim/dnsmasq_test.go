@@ -126,16 +126,21 @@ func TestBootAgainstDnsmasq(t *testing.T) {
 		{
 			name:       "root fallback",
 			wantPrefix: "",
+			// The order of a real Pi 4's requests (a dnsmasq log from a Pi 4
+			// LTSP guide, rpi-eeprom#74/#87): initrd before the dtb, recovery
+			// probes, armstub last.
 			wantFirst: []rrq{
 				{"abcd1234/start4.elf", true}, {"abcd1234/start.elf", true},
-				{"config.txt", false}, {"start4.elf", false}, {"fixup4.dat", false}, {"config.txt", false},
-				{"dt-blob.bin", true}, {"bootcfg.txt", true}, {"autoboot.txt", true},
+				{"config.txt", false}, {"recover4.elf", true}, {"recovery.elf", true},
+				{"start4.elf", false}, {"fixup4.dat", false}, {"recovery.elf", true}, {"config.txt", false},
+				{"dt-blob.bin", true}, {"bootcfg.txt", true},
+				{"initrd.img", true}, {"initrd.img", false},
 				{"bcm2711-rpi-cm4.dtb", true}, {"bcm2711-rpi-cm4.dtb", false},
 				{"overlays/overlay_map.dtb", true},
 				{"overlays/dwc2.dtbo", true}, {"overlays/dwc2.dtbo", false},
 				{"cmdline.txt", true}, {"cmdline.txt", false},
 				{"kernel8.img", true}, {"kernel8.img", false},
-				{"initrd.img", true}, {"initrd.img", false},
+				{"armstub8-gic.bin", true},
 			},
 		},
 		{
@@ -144,7 +149,8 @@ func TestBootAgainstDnsmasq(t *testing.T) {
 			wantPrefix: "abcd1234",
 			wantFirst: []rrq{
 				{"abcd1234/start4.elf", true},
-				{"abcd1234/config.txt", false}, {"abcd1234/start4.elf", false}, {"abcd1234/fixup4.dat", false}, {"abcd1234/config.txt", false},
+				{"abcd1234/config.txt", false}, {"abcd1234/recover4.elf", true}, {"abcd1234/recovery.elf", true},
+				{"abcd1234/start4.elf", false}, {"abcd1234/fixup4.dat", false}, {"abcd1234/recovery.elf", true}, {"abcd1234/config.txt", false},
 			},
 		},
 	} {

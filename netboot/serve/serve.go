@@ -67,6 +67,10 @@ type Config struct {
 	Proxy bool
 	// AllowOtherDHCP starts even when another DHCP server answers.
 	AllowOtherDHCP bool
+	// FastFallthrough gives a board whose netboot is off the boot menu and
+	// lets TFTP refuse its firmware, so it moves on in about a second
+	// instead of after DHCP_TIMEOUT (dhcp.Server.FastFallthrough).
+	FastFallthrough bool
 	// TFTPRoot is the jailed TFTP root. Required unless NoTFTP.
 	TFTPRoot string
 	// DataDir holds the database, admin token, images, backups, leases and
@@ -350,7 +354,7 @@ func (b *Bench) Serve(ctx context.Context) error {
 	if !b.cfg.NoDHCP {
 		dsrv = &dhcp.Server{
 			Iface: b.cfg.Iface, Addr: b.bench, Range: b.cfg.Range, Proxy: b.cfg.Proxy,
-			AllowOtherDHCP: b.cfg.AllowOtherDHCP, LeaseFile: filepath.Join(b.cfg.DataDir, "leases.json"),
+			AllowOtherDHCP: b.cfg.AllowOtherDHCP, FastFallthrough: b.cfg.FastFallthrough, LeaseFile: filepath.Join(b.cfg.DataDir, "leases.json"),
 			Policy: b.st, Logger: b.cfg.Logger, Events: b.queue,
 		}
 		wg.Add(1)

@@ -47,6 +47,7 @@ type netbootServeOpts struct {
 	rangeFlag       string
 	proxy           bool
 	allowOtherDHCP  bool
+	fastFallthrough bool
 	tftpRoot        string
 	data            string
 	http            string
@@ -69,6 +70,11 @@ CM4 bootloaders the PXE menu they need (only to MACs whose netboot is on), a rea
 jailed to --tftp-root, and the HTTP API + dashboard (127.0.0.1:5000 and <bench address>:5000 unless
 --http is given). All three run under one context: if one fails the others stop, and Ctrl-C stops
 them all cleanly.
+
+A board whose netboot is off gets a plain lease with no boot menu; the Pi bootloader ignores such
+offers until its DHCP_TIMEOUT (45 s by default) runs out, then boots its next mode (eMMC). With
+--fast-fallthrough it gets the menu too and TFTP answers its start4.elf "not found": it moves on
+in about a second. The default stays the plain lease until a real board confirms the fast one.
 
 Before it starts, serve sends a DHCPDISCOVER on the interface and refuses to run next to another
 DHCP server, naming it, unless --allow-other-dhcp (or --proxy, for a network that already has a
@@ -133,6 +139,7 @@ settings is reported as a warning.`,
 	f.StringVar(&o.rangeFlag, "range", "", "DHCP pool as FIRST-LAST, e.g. 10.42.0.100-10.42.0.199 (default: the whole subnet)")
 	f.BoolVar(&o.proxy, "proxy", false, "proxyDHCP: offer only the PXE options, next to an existing DHCP server")
 	f.BoolVar(&o.allowOtherDHCP, "allow-other-dhcp", false, "start even when another DHCP server answers on the interface")
+	f.BoolVar(&o.fastFallthrough, "fast-fallthrough", false, "give boards whose netboot is off the boot menu too, and refuse their start4.elf over TFTP, so they move on to eMMC in about a second instead of after the bootloader's 45 s DHCP_TIMEOUT (not yet confirmed on a real board)")
 	f.StringVar(&o.tftpRoot, "tftp-root", "", "directory served read-only over TFTP (the Pi boot files)")
 	f.StringVar(&o.data, "data", defaultDataDir, "data directory (database, token, images, backups, leases)")
 	f.StringVar(&o.http, "http", "", "HTTP listen address (default 127.0.0.1:5000 plus <bench address>:5000)")
@@ -148,7 +155,7 @@ settings is reported as a warning.`,
 // config turns the flags into a serve.Config.
 func (o *netbootServeOpts) config(logger *slog.Logger) (serve.Config, error) {
 	cfg := serve.Config{
-		Iface: o.iface, Proxy: o.proxy, AllowOtherDHCP: o.allowOtherDHCP, TFTPRoot: o.tftpRoot,
+		Iface: o.iface, Proxy: o.proxy, AllowOtherDHCP: o.allowOtherDHCP, FastFallthrough: o.fastFallthrough, TFTPRoot: o.tftpRoot,
 		DataDir: o.data, HTTPAddr: o.http, Image: o.image, NoDHCP: o.noDHCP, NoTFTP: o.noTFTP,
 		CompressBackups: o.compressBackups, PollInterval: o.pollInterval, Version: version(), Logger: logger,
 	}
