@@ -241,6 +241,7 @@ func runPID1() {
 		MAC:          lease.MAC,
 		IP:           lease.IP.String(),
 		Target:       cfg.Target,
+		RefuseSD:     !cfg.TargetExplicit,
 		Facts:        func() *wire.Facts { return fr.Read() },
 		Log:          log,
 		Console:      con,

@@ -18,6 +18,8 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"time"
@@ -41,6 +43,13 @@ type Agent struct {
 	Target string
 	// AllowFile lets Target be a regular file (tests, demo bench).
 	AllowFile bool
+	// RefuseSD refuses a Target that the kernel reports as an SD card, not
+	// an eMMC (a CM4 Lite on a carrier with an SD slot has the card at
+	// mmcblk0). Set when the target is the default, not one the technician
+	// named.
+	RefuseSD bool
+	// Sys is the sysfs root for the RefuseSD check ("" = /sys).
+	Sys string
 	// Facts returns the board facts sent at register; nil = none.
 	Facts func() *wire.Facts
 	// HTTP is the client for every request; nil = a client with sane
@@ -420,9 +429,36 @@ func (a *Agent) reportProgress(ctx context.Context, pr *wire.PollResponse, m *Me
 	return func() { cancel(); wg.Wait() }
 }
 
+// ErrSDCard marks a default target that is an SD card, not the eMMC.
+var ErrSDCard = errors.New("the target is an SD card, not the eMMC")
+
+// checkTarget applies RefuseSD: the MMC core publishes the card type (MMC
+// for eMMC, SD for SD cards) next to the CID in
+// /sys/block/<dev>/device/type.
+func (a *Agent) checkTarget() error {
+	if !a.RefuseSD {
+		return nil
+	}
+	sys := a.Sys
+	if sys == "" {
+		sys = "/sys"
+	}
+	dev := filepath.Join(sys, "block", filepath.Base(a.Target), "device")
+	typ, err := os.ReadFile(filepath.Join(dev, "type"))
+	if err != nil || strings.TrimSpace(string(typ)) != "SD" {
+		return nil // not an MMC device, or an eMMC
+	}
+	cid, _ := os.ReadFile(filepath.Join(dev, "cid"))
+	return fmt.Errorf("%s has CID %s and type SD: %w (a CM4 Lite with an SD card in its carrier?); to write it anyway, name it: cm4bench.target=%s on the kernel command line",
+		a.Target, strings.TrimSpace(string(cid)), ErrSDCard, a.Target)
+}
+
 func (a *Agent) deploy(ctx context.Context, pr *wire.PollResponse, meter *Meter) (*DeployResult, error) {
 	if pr.URL == "" {
 		return nil, errors.New("deploy: the server sent no image URL")
+	}
+	if err := a.checkTarget(); err != nil {
+		return nil, fmt.Errorf("deploy: %w", err)
 	}
 	dev, err := blockdev.Open(a.Target, true, a.AllowFile)
 	if err != nil {
@@ -466,6 +502,9 @@ func (a *Agent) deploy(ctx context.Context, pr *wire.PollResponse, meter *Meter)
 func (a *Agent) backup(ctx context.Context, pr *wire.PollResponse, meter *Meter) (*BackupResult, error) {
 	if pr.UploadURL == "" {
 		return nil, errors.New("backup: the server sent no upload URL")
+	}
+	if err := a.checkTarget(); err != nil {
+		return nil, fmt.Errorf("backup: %w", err)
 	}
 	dev, err := blockdev.Open(a.Target, false, a.AllowFile)
 	if err != nil {

@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"os"
@@ -218,6 +219,50 @@ func TestAgentRefusesSmallTarget(t *testing.T) {
 	}
 	if got := b.Device(t, mac); !got.Netboot {
 		t.Error("netboot switched off after a failed deploy")
+	}
+}
+
+// P4: a default target that the kernel reports as an SD card (a CM4 Lite's
+// carrier slot at mmcblk0) is refused, and nothing is written to it; a
+// target the technician named is written.
+func TestAgentRefusesSDCardTarget(t *testing.T) {
+	b := agenttest.Start(t, "127.0.0.1:0")
+	raw := image(1<<20, 0, 15)
+	b.AddImage(t, "g.img", bytes.NewReader(raw))
+	sys := t.TempDir()
+	for _, tc := range []struct {
+		name, typ string
+		refuse    bool
+		wantErr   bool
+	}{
+		{"default target is an SD card", "SD", true, true},
+		{"default target is the eMMC", "MMC", true, false},
+		{"named SD target", "SD", false, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			target := disk(t, 4<<20)
+			dev := filepath.Join(sys, "block", filepath.Base(target), "device")
+			if err := os.MkdirAll(dev, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			os.WriteFile(filepath.Join(dev, "type"), []byte(tc.typ+"\n"), 0o644)
+			os.WriteFile(filepath.Join(dev, "cid"), []byte("035344534333324780e6b1d2e8013b00\n"), 0o644)
+			mac := fmt.Sprintf("dc:a6:32:00:05:%02x", len(tc.name))
+			act, err, out := deployOnce(t, b, b.URL, mac, target, "g.img", func(a *agent.Agent) { a.RefuseSD, a.Sys = tc.refuse, sys })
+			if !tc.wantErr {
+				if err != nil {
+					t.Fatalf("deploy: %v\n%s", err, out)
+				}
+				return
+			}
+			if !errors.Is(err, agent.ErrSDCard) || act.State != wire.StateFailed || !strings.Contains(act.Error, "cm4bench.target=") ||
+				!strings.Contains(act.Error, "035344534333") {
+				t.Fatalf("err %v, action %+v\n%s", err, act, out)
+			}
+			if got, _ := os.ReadFile(target); bytes.Contains(got, raw[:4096]) {
+				t.Error("the SD card was written")
+			}
+		})
 	}
 }
 

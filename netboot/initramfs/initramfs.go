@@ -360,8 +360,21 @@ func readOptional(p string) ([]byte, error) {
 // InitramfsLine is the config.txt line that loads our initramfs.
 const InitramfsLine = "initramfs initrd.img followkernel"
 
+// benchSettings are the config.txt settings the bench block adds when the
+// file does not set them anywhere: the UART, so the console=serial0 we put
+// on the kernel command line shows the boot (on a CM4 serial0 is the
+// mini-UART, off without enable_uart=1), and the 64-bit kernel (the default
+// on the Pi 4 family, stated so an older firmware agrees).
+var benchSettings = []struct{ key, line string }{
+	{"enable_uart", "enable_uart=1"},
+	{"arm_64bit", "arm_64bit=1"},
+}
+
 // EditConfigTxt returns config.txt with InitramfsLine in the unconditional
-// [all] section at the end, and any other top-level initramfs line removed.
+// [all] section at the end, and any other top-level initramfs line
+// removed; enable_uart=1 and arm_64bit=1 join it when the file sets neither
+// (a value the technician set anywhere is left as it is). Editing twice
+// changes nothing.
 func EditConfigTxt(s string) string {
 	var out []string
 	for _, l := range strings.Split(strings.ReplaceAll(s, "\r\n", "\n"), "\n") {
@@ -372,19 +385,40 @@ func EditConfigTxt(s string) string {
 		}
 		out = append(out, l)
 	}
-	// Drop trailing blank lines and a trailing empty [all] (ours, from an
-	// earlier edit), so that editing twice changes nothing.
+	ours := func(l string) bool {
+		for _, b := range benchSettings {
+			if l == b.line {
+				return true
+			}
+		}
+		return false
+	}
+	// Drop trailing blank lines, a trailing empty [all] and the bench
+	// settings of an earlier edit, so that editing twice changes nothing.
 	for len(out) > 0 {
 		last := strings.TrimSpace(out[len(out)-1])
-		if last != "" && !strings.EqualFold(last, "[all]") {
+		if last != "" && !strings.EqualFold(last, "[all]") && !ours(last) {
 			break
 		}
 		out = out[:len(out)-1]
 	}
-	out = append(out, "", "[all]", InitramfsLine)
-	if len(out) == 3 {
-		out = out[1:]
+	block := []string{"", "[all]"}
+	for _, b := range benchSettings {
+		set := false
+		for _, l := range out {
+			if k, _, ok := strings.Cut(strings.TrimSpace(l), "="); ok && strings.TrimSpace(k) == b.key {
+				set = true
+			}
+		}
+		if !set {
+			block = append(block, b.line)
+		}
 	}
+	block = append(block, InitramfsLine)
+	if len(out) == 0 {
+		block = block[1:]
+	}
+	out = append(out, block...)
 	return strings.Join(out, "\n") + "\n"
 }
 

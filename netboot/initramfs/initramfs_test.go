@@ -237,7 +237,7 @@ func TestPrepareTFTPRoot(t *testing.T) {
 	if string(img) != "IMG" {
 		t.Errorf("initrd.img %q", img)
 	}
-	if want := "arm_64bit=1\n[cm4]\notg_mode=1\n\n[all]\ninitramfs initrd.img followkernel\n"; string(cfg) != want {
+	if want := "arm_64bit=1\n[cm4]\notg_mode=1\n\n[all]\nenable_uart=1\ninitramfs initrd.img followkernel\n"; string(cfg) != want {
 		t.Errorf("config.txt\n%q\nwant\n%q", cfg, want)
 	}
 	if want := "console=serial0,115200 rootwait cm4bench.server=http://192.168.7.1:5000\n"; string(cl) != want {
@@ -250,7 +250,7 @@ func TestPrepareTFTPRoot(t *testing.T) {
 	}
 	cfg, _ = os.ReadFile(filepath.Join(empty, "config.txt"))
 	cl, _ = os.ReadFile(filepath.Join(empty, "cmdline.txt"))
-	if string(cfg) != "[all]\ninitramfs initrd.img followkernel\n" || !strings.HasSuffix(string(cl), " cm4bench.server=http://10.0.0.1:5000\n") {
+	if string(cfg) != "[all]\nenable_uart=1\narm_64bit=1\ninitramfs initrd.img followkernel\n" || !strings.HasSuffix(string(cl), " cm4bench.server=http://10.0.0.1:5000\n") {
 		t.Errorf("fresh root: config %q cmdline %q", cfg, cl)
 	}
 	if err := PrepareTFTPRoot(empty, nil, "http://a b"); err == nil {
@@ -270,10 +270,30 @@ func FuzzEditConfigTxt(f *testing.F) {
 		if EditConfigTxt(once) != once {
 			t.Fatalf("not idempotent: %q -> %q -> %q", s, once, EditConfigTxt(once))
 		}
-		if strings.Count(once, InitramfsLine) != 1 || !strings.HasSuffix(once, "[all]\n"+InitramfsLine+"\n") {
+		if strings.Count(once, InitramfsLine) != 1 || !strings.HasSuffix(once, "\n"+InitramfsLine+"\n") || !strings.Contains(once, "[all]\n") {
 			t.Fatalf("%q -> %q", s, once)
 		}
+		// P2: the UART is on unless the technician set it either way.
+		if !strings.Contains(s, "enable_uart") && !strings.Contains(once, "\nenable_uart=1\n") && !strings.HasPrefix(once, "enable_uart=1\n") {
+			t.Fatalf("%q -> %q: no enable_uart=1", s, once)
+		}
 	})
+}
+
+// P2: the prepared config.txt turns the UART on (serial0 is the CM4's
+// mini-UART, off by default) and states arm_64bit, but never overrides a
+// value the technician chose.
+func TestEditConfigTxtBenchSettings(t *testing.T) {
+	for _, tt := range []struct{ in, want string }{
+		{"", "[all]\nenable_uart=1\narm_64bit=1\n" + InitramfsLine + "\n"},
+		{"dtoverlay=dwc2\n", "dtoverlay=dwc2\n\n[all]\nenable_uart=1\narm_64bit=1\n" + InitramfsLine + "\n"},
+		{"enable_uart=0\n", "enable_uart=0\n\n[all]\narm_64bit=1\n" + InitramfsLine + "\n"},
+		{"[cm4]\nenable_uart=1\narm_64bit=0\n", "[cm4]\nenable_uart=1\narm_64bit=0\n\n[all]\n" + InitramfsLine + "\n"},
+	} {
+		if got := EditConfigTxt(tt.in); got != tt.want {
+			t.Errorf("EditConfigTxt(%q)\n got %q\nwant %q", tt.in, got, tt.want)
+		}
+	}
 }
 
 func FuzzEditCmdline(f *testing.F) {

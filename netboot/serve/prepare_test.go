@@ -167,7 +167,7 @@ func TestPrepareTFTPRoot(t *testing.T) {
 	emptyCache := &firmware.Cache{Dir: t.TempDir(), Offline: true}
 	agent := selfExe(t)
 	other := map[string]string{"amd64": "arm64", "arm64": "amd64"}[runtime.GOARCH]
-	fwNames := []string{"bcm2711-rpi-cm4.dtb", "fixup4.dat", "kernel8.img", "start4.elf"}
+	fwNames := []string{"bcm2711-rpi-cm4.dtb", "bcm2711-rpi-cm4s.dtb", "fixup4.dat", "kernel8.img", "start4.elf"}
 
 	for _, tc := range []struct {
 		name    string
@@ -180,13 +180,13 @@ func TestPrepareTFTPRoot(t *testing.T) {
 	}{
 		{
 			name: "fresh root",
-			want: map[string]string{"start4.elf": "placed", "fixup4.dat": "placed", "bcm2711-rpi-cm4.dtb": "placed", "kernel8.img": "placed",
+			want: map[string]string{"start4.elf": "placed", "fixup4.dat": "placed", "bcm2711-rpi-cm4.dtb": "placed", "bcm2711-rpi-cm4s.dtb": "placed", "kernel8.img": "placed",
 				"initrd.img": "written", "config.txt": "written", "cmdline.txt": "written"},
 		},
 		{
 			name:   "technician's config kept, same start4.elf left alone",
 			before: map[string]string{"config.txt": "dtoverlay=dwc2\n", "cmdline.txt": "console=serial0,115200 quiet\n", "start4.elf": "=fw:start4.elf"},
-			want: map[string]string{"start4.elf": "unchanged", "fixup4.dat": "placed", "bcm2711-rpi-cm4.dtb": "placed", "kernel8.img": "placed",
+			want: map[string]string{"start4.elf": "unchanged", "fixup4.dat": "placed", "bcm2711-rpi-cm4.dtb": "placed", "bcm2711-rpi-cm4s.dtb": "placed", "kernel8.img": "placed",
 				"initrd.img": "written", "config.txt": "written", "cmdline.txt": "written"},
 		},
 		{
@@ -199,7 +199,7 @@ func TestPrepareTFTPRoot(t *testing.T) {
 			name:   "different start4.elf replaced on request, old one kept",
 			before: map[string]string{"start4.elf": "the technician's own start4.elf"},
 			opts:   func(o *serve.PrepareOptions) { o.ReplaceFirmware = true },
-			want: map[string]string{"start4.elf": "replaced", "fixup4.dat": "placed", "bcm2711-rpi-cm4.dtb": "placed", "kernel8.img": "placed",
+			want: map[string]string{"start4.elf": "replaced", "fixup4.dat": "placed", "bcm2711-rpi-cm4.dtb": "placed", "bcm2711-rpi-cm4s.dtb": "placed", "kernel8.img": "placed",
 				"initrd.img": "written", "config.txt": "written", "cmdline.txt": "written"},
 		},
 		{
@@ -217,7 +217,7 @@ func TestPrepareTFTPRoot(t *testing.T) {
 		{
 			name:   "per-board overrides without the bench settings are reported",
 			before: map[string]string{"abcd1234/config.txt": "dtoverlay=dwc2\n", "dc-a6-32-01-36-c2/cmdline.txt": "console=tty1\n"},
-			want: map[string]string{"start4.elf": "placed", "fixup4.dat": "placed", "bcm2711-rpi-cm4.dtb": "placed", "kernel8.img": "placed",
+			want: map[string]string{"start4.elf": "placed", "fixup4.dat": "placed", "bcm2711-rpi-cm4.dtb": "placed", "bcm2711-rpi-cm4s.dtb": "placed", "kernel8.img": "placed",
 				"initrd.img": "written", "config.txt": "written", "cmdline.txt": "written"},
 			warn: true,
 		},
@@ -325,7 +325,7 @@ func TestPrepareTFTPRoot(t *testing.T) {
 			}
 			cfg, _ := os.ReadFile(filepath.Join(root, "config.txt"))
 			cl, _ := os.ReadFile(filepath.Join(root, "cmdline.txt"))
-			if !strings.HasSuffix(string(cfg), "[all]\ninitramfs initrd.img followkernel\n") {
+			if !strings.HasSuffix(string(cfg), "\ninitramfs initrd.img followkernel\n") || !strings.Contains(string(cfg), "[all]\nenable_uart=1\n") {
 				t.Errorf("config.txt %q", cfg)
 			}
 			if !strings.Contains(string(cl), " cm4bench.server="+benchURL+"\n") {

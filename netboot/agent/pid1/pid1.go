@@ -54,6 +54,10 @@ type Config struct {
 	AcceptZstd bool `json:"accept_zstd,omitempty"`
 	// PollSeconds overrides the server's poll interval.
 	PollSeconds float64 `json:"poll_seconds,omitempty"`
+	// TargetExplicit is set by LoadConfig when Target came from the file or
+	// the command line rather than the default (the agent then writes it
+	// even if it is an SD card).
+	TargetExplicit bool `json:"-"`
 }
 
 // LoadConfig reads the config file (missing = zero Config) and applies the
@@ -79,6 +83,7 @@ func LoadConfig(path, cmdline string) (Config, error) {
 	if v, ok := args["cm4bench.reboot"]; ok && (v == "0" || v == "no" || v == "false") {
 		c.NoReboot = true
 	}
+	c.TargetExplicit = c.Target != ""
 	if c.Target == "" {
 		c.Target = "/dev/mmcblk0"
 	}

@@ -38,7 +38,7 @@ func TestLoadConfig(t *testing.T) {
 			t.Errorf("%s: %v", tc.name, err)
 			continue
 		}
-		if c.Server != tc.server || c.Target != tc.target || c.NoReboot != tc.noReboot {
+		if c.Server != tc.server || c.Target != tc.target || c.NoReboot != tc.noReboot || c.TargetExplicit != (tc.target != "/dev/mmcblk0") {
 			t.Errorf("%s: %+v", tc.name, c)
 		}
 	}
