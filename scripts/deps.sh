@@ -19,6 +19,7 @@ pkgs=(
   zstd                # api tests: real zstd for compressed images and backups
   xz-utils            # api tests: real xz for .img.xz images
   nginx-light         # api bench: nginx serving the same image as the peer to beat (own config, never the service)
+  tshark              # netboot tests: reads the pcap of serve --capture (the outside oracle for the format)
 )
 
 missing=()

@@ -12,10 +12,12 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/insomniacslk/dhcp/dhcpv4"
 
 	"github.com/cm4bench/cm4bench/internal/repotest"
+	"github.com/cm4bench/cm4bench/netboot/pcap"
 	"github.com/cm4bench/cm4bench/netboot/pisim"
 )
 
@@ -374,4 +376,34 @@ func TestEMMCBootable(t *testing.T) {
 			}
 		})
 	}
+}
+
+// FuzzReplayCapture: any pcap input decodes without panicking, and what a
+// well-formed RRQ says survives.
+func FuzzReplayCapture(f *testing.F) {
+	var buf bytes.Buffer
+	w, _ := pcap.NewWriter(&buf, 0, pcap.LinkEthernet)
+	frame := make([]byte, 14+20+8)
+	frame[12], frame[13] = 0x08, 0x00
+	ip := frame[14:]
+	ip[0], ip[9] = 0x45, 17
+	rrq := pisim.RRQ("start4.elf", 1024)
+	binary.BigEndian.PutUint16(ip[2:], uint16(28+len(rrq)))
+	copy(ip[12:], []byte{10, 42, 0, 100, 10, 42, 0, 1})
+	binary.BigEndian.PutUint16(ip[20:], 50000)
+	binary.BigEndian.PutUint16(ip[22:], 69)
+	binary.BigEndian.PutUint16(ip[24:], uint16(8+len(rrq)))
+	w.WritePacket(time.Unix(1, 0), append(frame, rrq...))
+	f.Add(buf.Bytes())
+	f.Fuzz(func(t *testing.T, b []byte) {
+		s, err := pisim.ReplayCapture(bytes.NewReader(b), "")
+		if err != nil || s == nil {
+			return
+		}
+		for _, tr := range s.Transfers {
+			if tr.Name == "" {
+				t.Fatal("transfer without a name")
+			}
+		}
+	})
 }

@@ -41,6 +41,7 @@ import (
 	"github.com/cm4bench/cm4bench/api/store"
 	"github.com/cm4bench/cm4bench/api/wire"
 	"github.com/cm4bench/cm4bench/internal/atomicfile"
+	"github.com/cm4bench/cm4bench/netboot/capture"
 	"github.com/cm4bench/cm4bench/netboot/dhcp"
 	"github.com/cm4bench/cm4bench/netboot/tftp"
 	"golang.org/x/sync/errgroup"
@@ -67,6 +68,12 @@ type Config struct {
 	Proxy bool
 	// AllowOtherDHCP starts even when another DHCP server answers.
 	AllowOtherDHCP bool
+	// Capture, when set, is a pcap file that receives every DHCP and TFTP
+	// packet on Iface while the bench runs (written as Capture.partial and
+	// renamed at a clean stop). Needs CAP_NET_RAW.
+	Capture string
+	// CaptureLimit bounds the capture's packet bytes (0: capture.DefaultLimit).
+	CaptureLimit int64
 	// FastFallthrough gives a board whose netboot is off the boot menu and
 	// lets TFTP refuse its firmware, so it moves on in about a second
 	// instead of after DHCP_TIMEOUT (dhcp.Server.FastFallthrough).
@@ -123,6 +130,9 @@ func New(ctx context.Context, cfg Config) (*Bench, error) {
 	}
 	if !cfg.NoDHCP && cfg.Iface == "" {
 		return nil, errors.New("serve: --iface is required for DHCP (or use --no-dhcp)")
+	}
+	if cfg.Capture != "" && cfg.Iface == "" {
+		return nil, errors.New("serve: --capture needs --iface (the interface to record)")
 	}
 	if !cfg.NoTFTP && cfg.TFTPRoot == "" {
 		return nil, errors.New("serve: --tftp-root is required for TFTP (or use --no-tftp)")
@@ -351,6 +361,19 @@ func (b *Bench) Serve(ctx context.Context) error {
 
 	var dsrv *dhcp.Server
 	var wg sync.WaitGroup // servers that must be up before Ready
+	if b.cfg.Capture != "" {
+		// Recording starts before DHCP, so the first packets are in it.
+		capReady := make(chan struct{})
+		cp := &capture.Capture{Iface: b.cfg.Iface, Path: b.cfg.Capture, Limit: b.cfg.CaptureLimit, Logger: b.cfg.Logger,
+			Ready: func() { close(capReady) }}
+		g.Go(func() error {
+			return inNS(func() error { return cp.Serve(gctx) })
+		})
+		select {
+		case <-capReady:
+		case <-gctx.Done():
+		}
+	}
 	if !b.cfg.NoDHCP {
 		dsrv = &dhcp.Server{
 			Iface: b.cfg.Iface, Addr: b.bench, Range: b.cfg.Range, Proxy: b.cfg.Proxy,
