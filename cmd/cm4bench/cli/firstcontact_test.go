@@ -2,6 +2,7 @@ package cli
 
 import (
 	"encoding/binary"
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -173,5 +174,31 @@ func TestSetBootOrderFlashEnds(t *testing.T) {
 				t.Errorf("trace requests %q", names)
 			}
 		})
+	}
+}
+
+// doctor through the CLI: one line per check, a fix under each failure,
+// --json, and exit status 1 when a check fails.
+func TestDoctorCommand(t *testing.T) {
+	data, root := t.TempDir(), t.TempDir()
+	stdout, _, err := runCLI(t, "doctor", "--no-usb", "--iface", "nosuch0", "--data", data, "--tftp-root", root, "--cache", t.TempDir())
+	if ExitCode(err) != 1 {
+		t.Fatalf("exit %d (%v), want 1\n%s", ExitCode(err), err, stdout)
+	}
+	for _, want := range []string{"fail  interface        no interface nosuch0", "fix: pick the NIC", "fail  tftp-root", "ok    data-dir", "skip  rpiboot-devices"} {
+		if !strings.Contains(stdout, want) {
+			t.Errorf("doctor output lacks %q:\n%s", want, stdout)
+		}
+	}
+	stdout, _, err = runCLI(t, "doctor", "--no-usb", "--data", data, "--cache", t.TempDir(), "--json")
+	if ExitCode(err) != 1 {
+		t.Fatalf("doctor with an empty firmware cache: exit %d (%v)", ExitCode(err), err)
+	}
+	var rs []struct{ Check, Status, Detail, Fix string }
+	if jerr := json.Unmarshal([]byte(stdout), &rs); jerr != nil || len(rs) < 6 {
+		t.Fatalf("--json: %v\n%s", jerr, stdout)
+	}
+	if _, _, err := runCLI(t, "doctor", "--http", "nonsense"); ExitCode(err) != 2 {
+		t.Errorf("bad --http: exit %d", ExitCode(err))
 	}
 }

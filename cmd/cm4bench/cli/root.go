@@ -113,6 +113,7 @@ as the Seeed reTerminal) from one workstation with a USB cable and an Ethernet s
 		&cobra.Group{ID: "usb", Title: "USB boot:"},
 		&cobra.Group{ID: "eeprom", Title: "Bootloader EEPROM:"},
 		&cobra.Group{ID: "net", Title: "Network provisioning:"},
+		&cobra.Group{ID: "bench", Title: "Workstation:"},
 	)
 	for _, c := range []struct {
 		group string
@@ -125,6 +126,7 @@ as the Seeed reTerminal) from one workstation with a USB cable and an Ethernet s
 		{"net", newDeviceCmd()},
 		{"net", newBackupCmd()},
 		{"net", newSimCmd()},
+		{"bench", newDoctorCmd()},
 	} {
 		c.cmd.GroupID = c.group
 		root.AddCommand(c.cmd)
