@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -200,5 +201,48 @@ func TestDoctorCommand(t *testing.T) {
 	}
 	if _, _, err := runCLI(t, "doctor", "--http", "nonsense"); ExitCode(err) != 2 {
 		t.Errorf("bad --http: exit %d", ExitCode(err))
+	}
+}
+
+// U8 through the CLI: set-boot-order flashes a CM5 (2 MiB image): the
+// ROM gets recovery.bin as bootcode5.bin, the .sig names the SoC, and a
+// recovery.bin for the CM4 is refused before anything is written.
+func TestSetBootOrderFlashesCM5(t *testing.T) {
+	dir := t.TempDir()
+	img := filepath.Join(dir, "pieeprom-cm5.bin")
+	if err := os.WriteFile(img, eepromtest.Image2712("[all]\nBOOT_ORDER=0xf461\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	bootfiles := usbboottest.SharedFile(t, "firmware-fixtures/bootfiles.bin")
+	src, err := usbboot.NewDir(filepath.Dir(bootfiles), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc, _, err := src.Open(t.Context(), usbboot.Target{SoC: usbboot.SoC2712}, "bootcode5.bin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(rc)
+	rc.Close()
+	recovery := filepath.Join(dir, "recovery5.bin") // stand-in: the 2712 second stage carries the same RP1 markers
+	os.WriteFile(recovery, b, 0o644)
+
+	s := newSimBench(t, usbboottest.BoardConfig{Port: "1-1.4", SoC: usbboot.SoC2712, Mode: usbboottest.ModeRecovery, RecoveryDDR: true})
+	out := filepath.Join(dir, "rec")
+	stdout, stderr, err := s.run(t, t.Context(), "eeprom", "set-boot-order", "--image", img, "--recovery", recovery,
+		"--bootfiles", bootfiles, "--timestamp", "1700000000", "--out-dir", out, "--strict")
+	if err != nil {
+		t.Fatalf("flash CM5: %v\n%s%s", err, stdout, stderr)
+	}
+	if f := s.boards[0].Files(); len(f) == 0 || f[0].Name != "bootcode5.bin" || f[0].SHA256 != sha256Hex(b) {
+		t.Errorf("the CM5 ROM received %+v, want recovery as bootcode5.bin", f)
+	}
+	if sig := string(readFile(t, filepath.Join(out, "pieeprom.sig"))); !strings.HasSuffix(sig, "target-soc: 2712\n") {
+		t.Errorf("pieeprom.sig %q", sig)
+	}
+	_, _, err = s.run(t, t.Context(), "eeprom", "set-boot-order", "--image", img, "--recovery", eepromVector(t, "recovery.bin"),
+		"--out-dir", filepath.Join(dir, "rec2"), "--no-flash")
+	if err == nil || !strings.Contains(err.Error(), "built for BCM2711 but the image is a BCM2712") {
+		t.Errorf("CM4 recovery.bin for a CM5 image: %v", err)
 	}
 }
