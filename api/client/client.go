@@ -14,7 +14,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -32,6 +34,9 @@ type Client struct {
 	Token string
 	// HTTP is the client to use; nil = http.DefaultClient.
 	HTTP *http.Client
+	// Source says where BaseURL came from ("--server", "<dir>/server.json"),
+	// for error messages.
+	Source string
 }
 
 // Error is a non-2xx answer from the server.
@@ -56,11 +61,52 @@ func FromDataDir(dir string) (*Client, error) {
 	if err := json.Unmarshal(b, &si); err != nil || si.URL == "" {
 		return nil, fmt.Errorf("client: %s in %s is not valid server info", wire.FileServerInfo, dir)
 	}
+	if err := LocalURL(si.URL); err != nil {
+		return nil, fmt.Errorf("client: %s names %s: %w; the admin token is not sent there (name a server yourself with --server URL --token T)",
+			filepath.Join(dir, wire.FileServerInfo), si.URL, err)
+	}
 	tok, err := os.ReadFile(filepath.Join(dir, wire.FileAdminToken))
 	if err != nil {
 		return nil, fmt.Errorf("client: read admin token (are you allowed to read %s?): %w", filepath.Join(dir, wire.FileAdminToken), err)
 	}
-	return &Client{BaseURL: si.URL, Token: strings.TrimSpace(string(tok))}, nil
+	return &Client{BaseURL: si.URL, Token: strings.TrimSpace(string(tok)), Source: filepath.Join(dir, wire.FileServerInfo)}, nil
+}
+
+// ErrNotLocal marks a server URL that is neither loopback nor an address
+// of this machine.
+var ErrNotLocal = errors.New("not a loopback address or an address of this machine")
+
+// LocalURL checks a server URL read from a file before any request (with
+// the admin token) goes there: http or https, and a host that is loopback
+// ("localhost" included) or an address configured on one of this
+// machine's interfaces (the bench address of a server running here).
+func LocalURL(raw string) error {
+	u, err := url.Parse(raw)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return fmt.Errorf("not an http(s) URL")
+	}
+	host := u.Hostname()
+	if strings.EqualFold(host, "localhost") {
+		return nil
+	}
+	ip, err := netip.ParseAddr(host)
+	if err != nil {
+		return fmt.Errorf("host %q is a name, not an address: %w", host, ErrNotLocal)
+	}
+	ip = ip.Unmap()
+	if ip.IsLoopback() {
+		return nil
+	}
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return fmt.Errorf("list this machine's addresses: %w", err)
+	}
+	for _, a := range addrs {
+		if p, err := netip.ParsePrefix(a.String()); err == nil && p.Addr().Unmap() == ip {
+			return nil
+		}
+	}
+	return fmt.Errorf("%s: %w", ip, ErrNotLocal)
 }
 
 func (c *Client) http() *http.Client {
@@ -107,7 +153,18 @@ func (c *Client) send(ctx context.Context, method, path string, in any) (*http.R
 	req.Header.Set(wire.HeaderToken, "Bearer "+c.Token)
 	resp, err := c.http().Do(req)
 	if err != nil {
-		return nil, fmt.Errorf("client: %s %s: %w", method, path, err)
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("client: %s %s: %w", method, path, ctx.Err())
+		}
+		from := ""
+		if c.Source != "" {
+			from = " (from " + c.Source + ")"
+		}
+		var op *net.OpError
+		if errors.As(err, &op) {
+			err = op.Err
+		}
+		return nil, fmt.Errorf("client: cannot reach the cm4bench server at %s%s: %w; is `cm4bench netboot serve` running?", c.BaseURL, from, err)
 	}
 	if resp.StatusCode/100 != 2 {
 		defer resp.Body.Close()

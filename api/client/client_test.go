@@ -45,6 +45,31 @@ func TestClient(t *testing.T) {
 	if _, err := client.FromDataDir(dir); err == nil {
 		t.Error("FromDataDir accepted a broken server.json")
 	}
+	// A server.json naming an address that is not this machine's (the demo
+	// once wrote its namespace address there) is refused before any request:
+	// the admin token never leaves the machine.
+	for _, u := range []string{"http://10.61.0.1:5000", "http://example.com:5000", "ftp://127.0.0.1/"} {
+		os.WriteFile(filepath.Join(dir, wire.FileServerInfo), []byte(`{"url":"`+u+`"}`), 0o644)
+		if _, err := client.FromDataDir(dir); err == nil || !strings.Contains(err.Error(), u) || !strings.Contains(err.Error(), "server.json") {
+			t.Errorf("server.json %s: %v, want a refusal naming the URL and the file", u, err)
+		}
+	}
+	if err := client.LocalURL("http://[::1]:5000"); err != nil {
+		t.Errorf("IPv6 loopback refused: %v", err)
+	}
+	if err := client.LocalURL("http://localhost:5000"); err != nil {
+		t.Errorf("localhost refused: %v", err)
+	}
+	// A connection error names the URL and where it came from.
+	dead, _ := net.Listen("tcp", "127.0.0.1:0")
+	deadURL := "http://" + dead.Addr().String()
+	dead.Close()
+	os.WriteFile(filepath.Join(dir, wire.FileServerInfo), []byte(`{"url":"`+deadURL+`"}`), 0o644)
+	if dc, err := client.FromDataDir(dir); err != nil {
+		t.Fatal(err)
+	} else if _, err := dc.Devices(ctx); err == nil || !strings.Contains(err.Error(), deadURL) || !strings.Contains(err.Error(), "server.json") {
+		t.Errorf("dead server: %v", err)
+	}
 	os.WriteFile(filepath.Join(dir, wire.FileServerInfo), []byte(`{"url":"http://`+ln.Addr().String()+`","pid":1,"started":"`+time.Now().Format(time.RFC3339)+`"}`), 0o644)
 	c, err := client.FromDataDir(dir)
 	if err != nil || c.Token != tok {

@@ -2,6 +2,7 @@ package simbench
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -14,6 +15,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/cm4bench/cm4bench/api/wire"
+	"github.com/cm4bench/cm4bench/internal/atomicfile"
 	"github.com/cm4bench/cm4bench/netboot/pisim"
 )
 
@@ -169,6 +172,10 @@ func StartRig(ctx context.Context, cfg RigConfig) (_ *Rig, err error) {
 			return nil, fmt.Errorf("simbench: dashboard on the host: %w", err)
 		}
 		r.HostURL = "http://" + ln.Addr().String()
+		if err := r.advertiseHost(); err != nil {
+			ln.Close()
+			return nil, err
+		}
 		r.fwdDone = make(chan struct{})
 		target := net.JoinHostPort(addr, fmt.Sprint(HTTPPort))
 		go func() {
@@ -215,7 +222,8 @@ func (r *Rig) StartServer(ctx context.Context) error {
 		err := c.Do(ctx, "GET", "/api/v1/status", nil, nil)
 		var he *HTTPError
 		if err == nil || errors.As(err, &he) {
-			return nil // it answers (401 without a token is an answer)
+			// it answers (401 without a token is an answer)
+			return r.advertiseHost()
 		}
 		select {
 		case <-p.Done():
@@ -229,6 +237,27 @@ func (r *Rig) StartServer(ctx context.Context) error {
 			return fmt.Errorf("simbench: cm4bench netboot serve did not answer on %s within 60 s:\n%s", r.URL, tail(r.ServerLog.String(), 30))
 		}
 	}
+}
+
+// advertiseHost points <data>/server.json at the dashboard forwarded to
+// the host, when there is one: the server wrote its namespace address,
+// which the host cannot reach, and the CLI on the host must find the
+// server it can reach (it refuses any other address).
+func (r *Rig) advertiseHost() error {
+	if r.HostURL == "" {
+		return nil
+	}
+	p := filepath.Join(r.DataDir, wire.FileServerInfo)
+	var si wire.ServerInfo
+	if b, err := os.ReadFile(p); err == nil {
+		json.Unmarshal(b, &si)
+	}
+	si.URL = r.HostURL
+	b, _ := json.MarshalIndent(si, "", "  ")
+	if err := atomicfile.WriteFile(p, append(b, '\n'), 0o644); err != nil {
+		return fmt.Errorf("simbench: record the host URL in %s: %w", p, err)
+	}
+	return nil
 }
 
 // KillServer kills the server with SIGKILL (a crash) and waits for it.
@@ -275,6 +304,16 @@ func (r *Rig) Close() error {
 		<-r.fwdDone
 	}
 	r.StopServer()
+	if r.HostURL != "" {
+		// serve removes server.json only when it still holds its own URL.
+		p := filepath.Join(r.DataDir, wire.FileServerInfo)
+		if b, err := os.ReadFile(p); err == nil {
+			var si wire.ServerInfo
+			if json.Unmarshal(b, &si) == nil && si.URL == r.HostURL {
+				os.Remove(p)
+			}
+		}
+	}
 	return r.Bench.Close()
 }
 

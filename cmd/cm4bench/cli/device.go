@@ -62,7 +62,7 @@ func (o *apiOpts) client() (*client.Client, error) {
 			}
 			tok = strings.TrimSpace(string(b))
 		}
-		return &client.Client{BaseURL: o.server, Token: tok}, nil
+		return &client.Client{BaseURL: o.server, Token: tok, Source: "--server"}, nil
 	}
 	c, err := client.FromDataDir(o.data)
 	if err != nil {

@@ -124,9 +124,10 @@ func TestSimCommand(t *testing.T) {
 	}()
 	dec := json.NewDecoder(bufio.NewReader(pr))
 	var banner struct {
-		D  string `json:"dashboard"`
-		T  string `json:"admin_token"`
-		NS string `json:"namespace"`
+		D    string `json:"dashboard"`
+		T    string `json:"admin_token"`
+		NS   string `json:"namespace"`
+		Data string `json:"data"`
 	}
 	if err := dec.Decode(&banner); err != nil {
 		t.Fatalf("banner: %v\n%s", err, errBuf.String())
@@ -171,6 +172,15 @@ func TestSimCommand(t *testing.T) {
 	}
 	if code != 200 || strings.Count(string(body), `"mac"`) < 2 {
 		t.Errorf("devices through the forward: HTTP %d %s", code, body)
+	}
+	// The CLI on the host finds the server through --data: server.json names
+	// the address the host reaches (never the namespace's, where the admin
+	// token would go out of the default route).
+	if si, err := os.ReadFile(filepath.Join(banner.Data, "server.json")); err != nil || !strings.Contains(string(si), banner.D) {
+		t.Errorf("server.json %s (%v), want the host URL %s", si, err, banner.D)
+	}
+	if out, _, err := runCLI(t, "device", "list", "--data", banner.Data, "--json"); err != nil || strings.Count(out, `"mac"`) < 2 {
+		t.Errorf("device list --data %s: %v\n%s", banner.Data, err, out)
 	}
 	// The technician power-cycles board 1 from the terminal: it boots again.
 	io.WriteString(inW, "cycle 9\ncycle 1\n")
