@@ -76,6 +76,13 @@ func (s *Server) handlePoll(c *gin.Context) error {
 		return err
 	}
 	ip := remoteIP(c.Request)
+	if a, err := s.Store.OpenAction(c.Request.Context(), mac); err == nil && a.PolledIP != "" && a.PolledIP != ip {
+		// The token and the streams belong to the address that fetched the
+		// action first; another address gets neither, and the board's
+		// recorded address does not move.
+		return httpErr(http.StatusConflict, "%s %s of %s was fetched from %s, not %s: only that address may carry it out",
+			a.Type, a.ID, mac, a.PolledIP, ip)
+	}
 	if err := s.Store.Touch(c.Request.Context(), mac, ip); errors.Is(err, store.ErrNotFound) {
 		return httpErr(http.StatusNotFound, "unknown device %s: register first (POST %s)", mac, wire.PathRegister)
 	} else if err != nil {
@@ -109,7 +116,9 @@ func (s *Server) handlePoll(c *gin.Context) error {
 		resp.UploadURL = base + wire.PathBackup + "/" + a.ID + q
 	}
 	first := a.State == wire.StatePending
-	if a, err = s.Store.MarkPolled(c.Request.Context(), a.ID, ip); err != nil {
+	if a, err = s.Store.MarkPolled(c.Request.Context(), a.ID, ip); errors.Is(err, store.ErrConflict) {
+		return httpErr(http.StatusConflict, "%s", err.Error())
+	} else if err != nil {
 		return err
 	}
 	if first {
@@ -121,17 +130,24 @@ func (s *Server) handlePoll(c *gin.Context) error {
 }
 
 // checkLease refuses a request from an address the DHCP server leased to
-// another MAC.
+// another MAC and, with RequireLease, from an address it leased to nobody.
 func (s *Server) checkLease(r *http.Request, mac string) error {
 	if s.MACForIP == nil {
 		return nil
 	}
 	addr, err := netip.ParseAddr(remoteIP(r))
 	if err != nil {
+		if s.RequireLease {
+			return httpErr(http.StatusForbidden, "cannot tell the address of this request: a device must come from its DHCP lease")
+		}
 		return nil
 	}
-	if owner, ok := s.MACForIP(addr.Unmap()); ok && owner.String() != mac {
+	owner, ok := s.MACForIP(addr.Unmap())
+	switch {
+	case ok && owner.String() != mac:
 		return httpErr(http.StatusForbidden, "%s is leased to %s, not %s: a device may act only for itself", addr, owner, mac)
+	case !ok && s.RequireLease:
+		return httpErr(http.StatusForbidden, "%s has no DHCP lease from this server: device requests must come from the address leased to %s", addr.Unmap(), mac)
 	}
 	return nil
 }
@@ -217,6 +233,9 @@ func (s *Server) handleActionDone(c *gin.Context) error {
 	}
 	mac, err := normMAC(req.MAC)
 	if err != nil {
+		return err
+	}
+	if err := s.checkLease(c.Request, mac); err != nil {
 		return err
 	}
 	if _, err := s.Store.Device(c.Request.Context(), mac); errors.Is(err, store.ErrNotFound) {
@@ -305,6 +324,9 @@ func (s *Server) handleProgress(c *gin.Context) error {
 	if p.Token == "" || p.ActionID == "" {
 		return httpErr(http.StatusBadRequest, "progress needs action_id and token")
 	}
+	if err := s.checkLease(c.Request, mac); err != nil {
+		return err
+	}
 	if p.Done < 0 || p.Total < 0 || p.Rate < 0 || len(p.Phase) > 64 {
 		return httpErr(http.StatusBadRequest, "progress values out of range")
 	}
@@ -332,6 +354,9 @@ func (s *Server) handleLog(c *gin.Context) error {
 	}
 	if len(l.Lines) == 0 {
 		return httpErr(http.StatusBadRequest, "no log lines")
+	}
+	if err := s.checkLease(c.Request, mac); err != nil {
+		return err
 	}
 	if _, err := s.Store.Device(c.Request.Context(), mac); errors.Is(err, store.ErrNotFound) {
 		return httpErr(http.StatusNotFound, "unknown device %s", mac)

@@ -67,6 +67,13 @@ type Server struct {
 	// refused, so a board cannot act as another one. Addresses it does not
 	// know (no lease: static, NAT, loopback) are not refused.
 	MACForIP func(netip.Addr) (net.HardwareAddr, bool)
+	// RequireLease refuses every device request (register, poll, progress,
+	// log, action-done, image and backup streams) from an address MACForIP
+	// knows no lease for: with our DHCP server on the bench, a board is the
+	// address it was leased. Benches without our DHCP (--no-dhcp, --proxy)
+	// cannot check this and rely on the MAC, the first poll's address and
+	// the action token.
+	RequireLease bool
 	// Rivals, if set, reports other DHCP servers seen on the link.
 	Rivals func() []string
 	// UploadIdle fails a backup upload that sends no data for this long, so

@@ -53,6 +53,9 @@ func (s *Server) streamAction(r *http.Request, typ string) (store.Action, error)
 	if ip := remoteIP(r); ip != a.PolledIP {
 		return a, httpErr(http.StatusForbidden, "action %s belongs to the device at %s, not %s", a.ID, a.PolledIP, ip)
 	}
+	if err := s.checkLease(r, a.MAC); err != nil {
+		return a, err
+	}
 	return a, nil
 }
 

@@ -642,15 +642,24 @@ func (s *Store) ActionByID(ctx context.Context, id string) (Action, error) {
 // running and updates the IP.
 func (s *Store) MarkPolled(ctx context.Context, id, ip string) (Action, error) {
 	now := s.now().UnixNano()
-	_, err := s.db.ExecContext(ctx, `UPDATE actions SET polled_ip = ?,
+	// The first poll binds the action (its token and its streams) to that
+	// address; a poll from another address never moves it.
+	res, err := s.db.ExecContext(ctx, `UPDATE actions SET polled_ip = ?,
 		started = CASE WHEN started = 0 THEN ? ELSE started END,
 		state = CASE WHEN state = 'pending' THEN 'running' ELSE state END,
 		phase = CASE WHEN phase = '' THEN 'polled' ELSE phase END
-		WHERE id = ? AND state IN ('pending', 'running')`, ip, now, id)
+		WHERE id = ? AND state IN ('pending', 'running') AND (polled_ip = '' OR polled_ip = ?)`, ip, now, id, ip)
 	if err != nil {
 		return Action{}, fmt.Errorf("store: mark action %s polled: %w", id, err)
 	}
-	return s.ActionByID(ctx, id)
+	a, err := s.ActionByID(ctx, id)
+	if err != nil {
+		return a, err
+	}
+	if n, _ := res.RowsAffected(); n == 0 && a.PolledIP != ip {
+		return a, fmt.Errorf("store: action %s was fetched from %s, not %s: %w", id, a.PolledIP, ip, ErrConflict)
+	}
+	return a, nil
 }
 
 // Progress records an open action's progress. It returns ErrConflict if the

@@ -68,6 +68,10 @@ type Config struct {
 	Proxy bool
 	// AllowOtherDHCP starts even when another DHCP server answers.
 	AllowOtherDHCP bool
+	// AllowUnleased lets device requests come from addresses our DHCP
+	// server leased to nobody (static addresses, a proxy in front of the
+	// API). By default, with DHCP on and not --proxy, they are refused.
+	AllowUnleased bool
 	// Capture, when set, is a pcap file that receives every DHCP and TFTP
 	// packet on Iface while the bench runs (written as Capture.partial and
 	// renamed at a clean stop). Needs CAP_NET_RAW.
@@ -413,6 +417,7 @@ func (b *Bench) Serve(ctx context.Context) error {
 	}
 	if dsrv != nil {
 		b.srv.MACForIP = dsrv.MACForIP
+		b.srv.RequireLease = !b.cfg.Proxy && !b.cfg.AllowUnleased
 	}
 	for _, ln := range lns {
 		g.Go(func() error { return b.srv.Serve(gctx, ln) })

@@ -352,7 +352,8 @@ func (f *flipReader) Close() error { return f.r.Close() }
 // action is failed (never done), and netboot stays on.
 func TestFaultCorruptImageStream(t *testing.T) {
 	proxyURL := "http://10.61.0.1:5001"
-	r := testRig(t, simbench.RigConfig{Devices: 1, DeviceURL: proxyURL})
+	// The proxy's requests come from the bench address, which has no lease.
+	r := testRig(t, simbench.RigConfig{Devices: 1, DeviceURL: proxyURL, ServerArgs: []string{"--allow-unleased-devices"}})
 	target, _ := url.Parse(r.URL)
 	p := &corruptingProxy{}
 	rp := httputil.NewSingleHostReverseProxy(target)

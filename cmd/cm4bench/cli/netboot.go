@@ -49,6 +49,7 @@ type netbootServeOpts struct {
 	allowOtherDHCP  bool
 	fastFallthrough bool
 	capture         string
+	allowUnleased   bool
 	tftpRoot        string
 	data            string
 	http            string
@@ -76,6 +77,12 @@ A board whose netboot is off gets a plain lease with no boot menu; the Pi bootlo
 offers until its DHCP_TIMEOUT (45 s by default) runs out, then boots its next mode (eMMC). With
 --fast-fallthrough it gets the menu too and TFTP answers its start4.elf "not found": it moves on
 in about a second. The default stays the plain lease until a real board confirms the fast one.
+
+Who may act for a board: with the DHCP server on (not --proxy), every device request (register,
+poll, progress, log, action-done, the image and backup streams) must come from the address leased to
+that board's MAC; an address with no lease is refused unless --allow-unleased-devices. With --no-dhcp
+or --proxy there are no leases to check: a board is then trusted by its MAC, the address that first
+fetched its action, and the action's token. A second address never gets an action's token.
 
 Before it starts, serve sends a DHCPDISCOVER on the interface and refuses to run next to another
 DHCP server, naming it, unless --allow-other-dhcp (or --proxy, for a network that already has a
@@ -140,6 +147,7 @@ settings is reported as a warning.`,
 	f.StringVar(&o.rangeFlag, "range", "", "DHCP pool as FIRST-LAST, e.g. 10.42.0.100-10.42.0.199 (default: the whole subnet)")
 	f.BoolVar(&o.proxy, "proxy", false, "proxyDHCP: offer only the PXE options, next to an existing DHCP server")
 	f.BoolVar(&o.allowOtherDHCP, "allow-other-dhcp", false, "start even when another DHCP server answers on the interface")
+	f.BoolVar(&o.allowUnleased, "allow-unleased-devices", false, "accept device requests from addresses our DHCP server did not lease (static addresses, a proxy in front of the API); by default a device must come from the address leased to its MAC")
 	f.StringVar(&o.capture, "capture", "", "record every DHCP and TFTP packet on --iface into the pcap `FILE` (tshark/Wireshark read it; written as FILE.partial until serve stops; needs CAP_NET_RAW)")
 	f.BoolVar(&o.fastFallthrough, "fast-fallthrough", false, "give boards whose netboot is off the boot menu too, and refuse their start4.elf over TFTP, so they move on to eMMC in about a second instead of after the bootloader's 45 s DHCP_TIMEOUT (not yet confirmed on a real board)")
 	f.StringVar(&o.tftpRoot, "tftp-root", "", "directory served read-only over TFTP (the Pi boot files)")
@@ -157,7 +165,7 @@ settings is reported as a warning.`,
 // config turns the flags into a serve.Config.
 func (o *netbootServeOpts) config(logger *slog.Logger) (serve.Config, error) {
 	cfg := serve.Config{
-		Iface: o.iface, Proxy: o.proxy, AllowOtherDHCP: o.allowOtherDHCP, FastFallthrough: o.fastFallthrough, Capture: o.capture, TFTPRoot: o.tftpRoot,
+		Iface: o.iface, Proxy: o.proxy, AllowOtherDHCP: o.allowOtherDHCP, FastFallthrough: o.fastFallthrough, Capture: o.capture, AllowUnleased: o.allowUnleased, TFTPRoot: o.tftpRoot,
 		DataDir: o.data, HTTPAddr: o.http, Image: o.image, NoDHCP: o.noDHCP, NoTFTP: o.noTFTP,
 		CompressBackups: o.compressBackups, PollInterval: o.pollInterval, Version: version(), Logger: logger,
 	}

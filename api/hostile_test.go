@@ -1,0 +1,137 @@
+package api_test
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/cm4bench/cm4bench/api"
+	"github.com/cm4bench/cm4bench/api/wire"
+)
+
+// clientFrom is an HTTP client whose connections come from local address ip
+// (127.0.0.0/8 is all this machine's): a second machine on the bench LAN.
+func clientFrom(ip string) *http.Client {
+	return &http.Client{Transport: &http.Transport{DialContext: (&net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}}).DialContext}}
+}
+
+func send(t *testing.T, c *http.Client, method, url, body string) (int, string) {
+	t.Helper()
+	req, _ := http.NewRequest(method, url, strings.NewReader(body))
+	if body != "" {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, url, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// Security item 1: with our DHCP leases known, every device route refuses
+// an address that has no lease, so a laptop on the bench LAN cannot act for
+// a board (register over its facts, take its action token, upload a fake
+// backup, report success).
+func TestHostileUnleasedAddressRefused(t *testing.T) {
+	dir := t.TempDir()
+	golden := filepath.Join(dir, "golden.img")
+	makeImage(t, golden, 1<<20)
+	const victim = "dc:a6:32:00:91:01"
+	b := startServer(t, dir, golden, func(s *api.Server) {
+		s.RequireLease = true
+		s.MACForIP = func(a netip.Addr) (net.HardwareAddr, bool) {
+			if a == netip.MustParseAddr("127.0.0.1") {
+				return hwAddr(t, victim), true
+			}
+			return nil, false
+		}
+	})
+	b.register(victim)
+	var a wire.Action
+	b.admin("POST", "/api/v1/devices/"+victim+"/action", wire.SetActionRequest{Action: "backup"}, 200, &a)
+	attacker := clientFrom("127.0.0.3")
+	for _, tt := range []struct{ method, path, body string }{
+		{"POST", wire.PathRegister, `{"mac":"` + victim + `","facts":{"serial":"deadbeef","model":"fake"}}`},
+		{"GET", wire.PathPoll + "?mac=" + victim, ""},
+		{"POST", wire.PathProgress, `{"mac":"` + victim + `","action_id":"` + a.ID + `","token":"x","phase":"upload","done":1}`},
+		{"POST", wire.PathLog, `{"mac":"` + victim + `","lines":["spoofed"]}`},
+		{"POST", wire.PathActionDone, `{"mac":"` + victim + `","status":"ok"}`},
+		{"PUT", b.base + wire.PathBackup + "/" + a.ID + "?token=x", "fake backup"},
+	} {
+		url := b.base + tt.path
+		if strings.HasPrefix(tt.path, "http") {
+			url = tt.path
+		}
+		code, out := send(t, attacker, tt.method, url, tt.body)
+		if code != http.StatusForbidden {
+			t.Errorf("%s %s from an unleased address = %d %s, want 403", tt.method, tt.path, code, out)
+		}
+	}
+	d, err := b.st.Device(context.Background(), victim)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.Facts != nil && (d.Facts.Serial == "deadbeef" || d.Facts.Model == "fake") {
+		t.Errorf("the attacker's re-register changed the victim: %+v", d.Facts)
+	}
+	got, _ := b.st.ActionByID(context.Background(), a.ID)
+	if got.State != wire.StatePending || got.PolledIP != "" {
+		t.Errorf("victim's action after the attack: %s polled from %q", got.State, got.PolledIP)
+	}
+	// The victim itself is served.
+	if p := b.poll(victim); p.Token == "" || p.UploadURL == "" {
+		t.Errorf("the victim's own poll: %+v", p)
+	}
+}
+
+// Security item 1, without leases (--no-dhcp, --proxy): the first address
+// that fetched an action keeps it. A poll from another address gets no
+// token, does not move the board's recorded address, and the real board's
+// download still works.
+func TestHostileRepollFromAnotherAddress(t *testing.T) {
+	dir := t.TempDir()
+	golden := filepath.Join(dir, "golden.img")
+	img := makeImage(t, golden, 1<<20)
+	const victim = "dc:a6:32:00:92:01"
+	b := startServer(t, dir, golden)
+	b.register(victim)
+	b.admin("POST", "/api/v1/devices/"+victim+"/action", wire.SetActionRequest{Action: "deploy"}, 200, nil)
+	p := b.poll(victim)
+	if p.Token == "" || p.URL == "" {
+		t.Fatalf("victim poll %+v", p)
+	}
+	attacker := clientFrom("127.0.0.4")
+	code, out := send(t, attacker, "GET", b.base+wire.PathPoll+"?mac="+victim, "")
+	if code != http.StatusConflict || strings.Contains(out, p.Token) || !strings.Contains(out, "fetched from 127.0.0.1") {
+		t.Errorf("poll from another address = %d %s, want 409 without the token", code, out)
+	}
+	var pr wire.PollResponse
+	if json.Unmarshal([]byte(out), &pr) == nil && pr.Token != "" {
+		t.Error("the second address got a token")
+	}
+	d, _ := b.st.Device(context.Background(), victim)
+	if d.IP != "127.0.0.1" {
+		t.Errorf("the board's recorded address moved to %s", d.IP)
+	}
+	code, out = send(t, attacker, "GET", p.URL, "")
+	if code != http.StatusForbidden {
+		t.Errorf("the attacker's download = %d, want 403", code)
+	}
+	resp, err := http.Get(p.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || sha(body) != sha(img) {
+		t.Errorf("the real board's download = %d (%d bytes), want the image", resp.StatusCode, len(body))
+	}
+}
