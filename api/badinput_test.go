@@ -157,7 +157,7 @@ func TestBadDeviceInput(t *testing.T) {
 	if code != 200 {
 		t.Fatalf("action-done = %d %s", code, out)
 	}
-	b.assertNothingComplete(mac, a.ID, "never completed")
+	b.assertNothingComplete(mac, a.ID, "a deploy is done only after the whole image went out")
 
 	// The token expired with the action.
 	resp, err = http.Get(p.URL)

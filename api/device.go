@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"net/url"
 	"strings"
+	"time"
 
 	"github.com/cm4bench/cm4bench/api/store"
 	"github.com/cm4bench/cm4bench/api/wire"
@@ -270,6 +271,7 @@ func (s *Server) handleActionDone(c *gin.Context) error {
 	if err != nil {
 		return err
 	}
+	s.cov.remove(a.ID)
 	s.metrics.actionFinished(fa.Action)
 	if res.OK {
 		s.emit(c.Request.Context(), wire.Event{Kind: wire.EventActionDone, MAC: mac, Message: a.Type + " done",
@@ -303,10 +305,15 @@ func (s *Server) checkDone(ctx context.Context, a store.Action, req wire.ActionD
 		if req.SHA256 != "" && !strings.EqualFold(req.SHA256, e.SHA256) {
 			return fmt.Sprintf("device wrote sha256 %s but image %s is %s", strings.ToLower(req.SHA256), a.Image, e.SHA256)
 		}
-		if req.SHA256 == "" && req.Status == "" && !a.Served {
-			// The shell client reports nothing; success needs at least one
-			// complete stream of the image to this action.
-			return "the image stream to the device never completed"
+		// Success needs proof: the server itself streamed the whole image
+		// to this action (every client; the shell client's curl | dd stream
+		// is exactly that proof).
+		if !a.Served {
+			s.cov.settle(a.ID, 5*time.Second)
+			done, got, err := s.cov.complete(a.ID, e.Size, e.CompressedSize)
+			if err != nil || !done {
+				return fmt.Sprintf("the server has streamed %d of the image's %d bytes to this board: a deploy is done only after the whole image went out", got, e.Size)
+			}
 		}
 	}
 	return ""

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/netip"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -135,3 +136,88 @@ func TestHostileRepollFromAnotherAddress(t *testing.T) {
 		t.Errorf("the real board's download = %d (%d bytes), want the image", resp.StatusCode, len(body))
 	}
 }
+
+// Security item 2: a deploy is done only after the server streamed the
+// whole image to that action, for every client (cm4agent too), counting
+// the parts of a resumed download.
+func TestHostileDeployDoneWithoutProof(t *testing.T) {
+	dir := t.TempDir()
+	golden := filepath.Join(dir, "golden.img")
+	img := makeImage(t, golden, 3<<20)
+	b := startServer(t, dir, golden)
+	agentDone := func(mac string, p wire.PollResponse) (int, string) {
+		body := `{"mac":"` + mac + `","action_id":"` + p.ActionID + `","token":"` + p.Token + `","status":"success","sha256":"` + sha(img) + `"}`
+		req, _ := http.NewRequest("POST", b.base+wire.PathActionDone, strings.NewReader(body))
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("User-Agent", wire.AgentUserAgent+"/test")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		out, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(out)
+	}
+	get := func(url, rng string) []byte {
+		req, _ := http.NewRequest("GET", url, nil)
+		req.Header.Set("User-Agent", wire.AgentUserAgent+"/test")
+		if rng != "" {
+			req.Header.Set("Range", rng)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		out, _ := io.ReadAll(resp.Body)
+		return out
+	}
+	for _, tt := range []struct {
+		name  string
+		fetch func(p wire.PollResponse)
+		ok    bool
+	}{
+		{"status ok after only a poll (shell form)", nil, false},
+		{"agent reports success with the right sha256, nothing downloaded", func(wire.PollResponse) {}, false},
+		{"half the image downloaded", func(p wire.PollResponse) { get(p.URL, "bytes=0-1572863") }, false},
+		{"resumed download in two parts", func(p wire.PollResponse) {
+			get(p.URL, "bytes=0-1048575")
+			get(p.URL, "bytes=1048576-")
+		}, true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			mac := "dc:a6:32:00:93:" + hex2(len(tt.name))
+			b.register(mac)
+			var a wire.Action
+			b.admin("POST", "/api/v1/devices/"+mac+"/action", wire.SetActionRequest{Action: "deploy"}, 200, &a)
+			p := b.poll(mac)
+			var code int
+			var out string
+			if tt.fetch == nil {
+				c, o := b.call("POST", wire.PathActionDone, []byte(`{"mac":"`+mac+`","status":"ok"}`), "")
+				code, out = c, string(o)
+			} else {
+				tt.fetch(p)
+				code, out = agentDone(mac, p)
+			}
+			got, _ := b.st.ActionByID(context.Background(), a.ID)
+			if tt.ok {
+				if code != 200 || got.State != wire.StateDone {
+					t.Fatalf("done after a whole (resumed) download = %d %s, action %s %q", code, out, got.State, got.Error)
+				}
+				if b.st.NetbootEnabled(hwAddr(t, mac)) {
+					t.Error("netboot still on after a proven deploy")
+				}
+				return
+			}
+			if got.State == wire.StateDone || !strings.Contains(got.Error, "whole image went out") {
+				t.Errorf("action %s %q after %s", got.State, got.Error, tt.name)
+			}
+			if !b.st.NetbootEnabled(hwAddr(t, mac)) {
+				t.Error("netboot switched off without proof")
+			}
+		})
+	}
+}
+
+func hex2(n int) string { return strings.ToLower(strconv.FormatInt(int64(n%256)+256, 16)[1:]) }

@@ -86,6 +86,7 @@ type Server struct {
 	Logger *slog.Logger
 
 	once     sync.Once
+	cov      *coverageBook
 	handler  http.Handler
 	engine   *gin.Engine
 	metrics  *metrics
@@ -186,6 +187,7 @@ func (s *Server) addresses() []string {
 
 func (s *Server) build() {
 	s.started = time.Now().UTC()
+	s.cov = newCoverageBook(filepath.Join(s.DataDir, "streams"))
 	s.metrics = newMetrics(s)
 	s.progress = make(chan progressReport, 256)
 	// gin's mode is a package setting of gin; release mode only silences its

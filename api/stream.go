@@ -69,7 +69,14 @@ type meter struct {
 	next   time.Time
 	report func(n int64, rate float64) // nil = count only
 	count  func(n int64)
+	// cov, when set, records what is written at offset off+n of the image
+	// (coverageBook): claimed before each write, recorded after.
+	cov *covStream
+	off int64
 }
+
+// coverChunk bounds one sendfile call, so a claim covers at most this much.
+const coverChunk = 4 << 20
 
 func newMeter(w http.ResponseWriter, report func(int64, float64), count func(int64)) *meter {
 	now := time.Now()
@@ -97,7 +104,10 @@ func (m *meter) rate() float64 {
 }
 
 func (m *meter) Write(p []byte) (int, error) {
+	at := m.off + m.n
+	m.cov.claim(at, int64(len(p)))
 	n, err := m.ResponseWriter.Write(p)
+	m.cov.sent(at, int64(n))
 	m.add(n)
 	return n, err
 }
@@ -113,8 +123,11 @@ func (m *meter) ReadFrom(src io.Reader) (int64, error) {
 	}
 	var total int64
 	for lr.N > 0 {
-		chunk := min(lr.N, 8<<20)
+		chunk := min(lr.N, coverChunk)
+		at := m.off + m.n
+		m.cov.claim(at, chunk)
 		n, err := rf.ReadFrom(&io.LimitedReader{R: lr.R, N: chunk})
+		m.cov.sent(at, n)
 		lr.N -= n
 		total += n
 		m.add(int(n))
@@ -183,11 +196,33 @@ func (s *Server) handleImage(w http.ResponseWriter, r *http.Request) {
 		report = func(n int64, rate float64) { s.queueProgress(a, "download", offset+n, e.Size, rate) }
 	}
 	m := newMeter(w, report, s.metrics.bytesServed.Add)
+	// Every GET records what it streams, for every client: a deploy is
+	// done only once the whole image went out (coverageBook).
+	cover := func(space string, off int64) {
+		if r.Method != http.MethodGet {
+			return
+		}
+		cs, err := s.cov.open(a.ID, space)
+		if err != nil {
+			s.log().Error("recording an image stream", "action", a.ID, "err", err)
+			return
+		}
+		m.cov, m.off = cs, off
+	}
+	defer func() {
+		m.cov.close()
+		if r.Method == http.MethodGet {
+			s.streamEnded(a, e, tracked, m.rate())
+		}
+	}()
 
 	switch {
 	case zstdOut && e.Format == images.FormatZstd:
 		h.Set("Content-Encoding", "zstd")
 		h.Set("ETag", `"`+e.SHA256+`-zst"`)
+		if st, ok := singleRangeStart(r, e.CompressedSize, `"`+e.SHA256+`-zst"`); ok {
+			cover(spaceZst, st)
+		}
 		http.ServeContent(m, r, "", e.Modified, f)
 		return
 	case zstdOut:
@@ -216,16 +251,24 @@ func (s *Server) handleImage(w http.ResponseWriter, r *http.Request) {
 		}
 		if err != nil {
 			s.log().Warn("zstd image stream ended early", "action", a.ID, "raw_bytes", n, "err", err)
+			return
+		}
+		// Compressed on the fly: only a whole stream counts (no Range).
+		if n == e.Size {
+			if cs, err := s.cov.open(a.ID, spaceRaw); err == nil {
+				cs.sent(0, n)
+				cs.close()
+			}
 		}
 		return
 	}
 
 	h.Set("ETag", `"`+e.SHA256+`"`)
 	if e.Format == images.FormatRaw {
-		http.ServeContent(m, r, "", e.Modified, f)
-		if tracked && r.Header.Get("Range") == "" && m.n == e.Size {
-			s.markServed(a, e.Size, m.rate())
+		if st, ok := singleRangeStart(r, e.Size, `"`+e.SHA256+`"`); ok {
+			cover(spaceRaw, st)
 		}
+		http.ServeContent(m, r, "", e.Modified, f)
 		return
 	}
 
@@ -261,14 +304,46 @@ func (s *Server) handleImage(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	cover(spaceRaw, start)
 	w.WriteHeader(code)
 	n, err := io.CopyN(struct{ io.Writer }{m}, rc, length)
 	if err != nil {
 		s.log().Warn("image stream ended early", "action", a.ID, "image", a.Image, "sent", n, "want", length, "err", err)
+	}
+}
+
+// singleRangeStart is where a GET's body starts in the file: 0 without a
+// (usable) Range, the start of a single range, and ok false for what the
+// coverage cannot follow (several ranges, or an unsatisfiable one).
+func singleRangeStart(r *http.Request, size int64, etag string) (int64, bool) {
+	rg := r.Header.Get("Range")
+	if rg == "" || !ifRangeOK(r, etag) {
+		return 0, true
+	}
+	if strings.Contains(rg, ",") {
+		return 0, false
+	}
+	st, _, ok := parseRange(rg, size)
+	return st, ok
+}
+
+// streamEnded marks the action served once the coverage book shows the
+// whole image streamed, and for clients that report no progress shows it
+// as the download's end.
+func (s *Server) streamEnded(a store.Action, e images.Entry, tracked bool, rate float64) {
+	done, _, err := s.cov.complete(a.ID, e.Size, e.CompressedSize)
+	if err != nil {
+		s.log().Error("reading an image stream's record", "action", a.ID, "err", err)
 		return
 	}
-	if tracked && code == http.StatusOK && n == e.Size {
-		s.markServed(a, e.Size, m.rate())
+	if !done {
+		return
+	}
+	if err := s.Store.MarkServed(context.Background(), a.ID); err != nil {
+		s.log().Error("recording a complete image stream", "action", a.ID, "err", err)
+	}
+	if tracked {
+		s.queueProgress(a, "downloaded", e.Size, e.Size, rate)
 	}
 }
 
@@ -300,15 +375,6 @@ func (s *Server) writeProgress(ctx context.Context) {
 			s.serverProgress(r.a, r.phase, r.done, r.total, r.rate)
 		}
 	}
-}
-
-// markServed records a complete stream of the image to a client that
-// reports nothing itself, and shows it as the download's end.
-func (s *Server) markServed(a store.Action, size int64, rate float64) {
-	if err := s.Store.MarkServed(context.Background(), a.ID); err != nil {
-		s.log().Error("recording a complete image stream", "action", a.ID, "err", err)
-	}
-	s.queueProgress(a, "downloaded", size, size, rate)
 }
 
 // serverProgress records progress the server measured itself.

@@ -1,0 +1,202 @@
+package api
+
+import (
+	"bufio"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Coverage spaces: offsets in the raw image, or in a stored .zst passed
+// through as is.
+const (
+	spaceRaw = "raw"
+	spaceZst = "zst"
+)
+
+// coverageBook records, per deploy action, which byte ranges of its image
+// the server has handed to the network, in <data>/streams/<action>.cov, so
+// a deploy is marked done only when the server itself streamed the whole
+// image to that board (security item 2), for every client, across resumed
+// downloads and server restarts.
+//
+// Each chunk is claimed before it is written ("C stream space start end")
+// and recorded after ("S stream space start end" with the bytes actually
+// written). A claim that a stream of an earlier server instance never
+// followed up (the server died while writing it) counts as sent: those
+// bytes may have reached the board, and a client cannot make the server
+// die. Claims of the running instance count only once recorded.
+type coverageBook struct {
+	dir      string
+	instance string
+
+	mu     sync.Mutex
+	seq    uint64
+	active map[string]int // action -> streams in flight
+}
+
+func newCoverageBook(dir string) *coverageBook {
+	b := make([]byte, 6)
+	rand.Read(b)
+	return &coverageBook{dir: dir, instance: hex.EncodeToString(b), active: map[string]int{}}
+}
+
+func (b *coverageBook) path(action string) string {
+	return filepath.Join(b.dir, action+".cov")
+}
+
+// covStream is one image stream's writer into the book.
+type covStream struct {
+	b      *coverageBook
+	action string
+	space  string
+	id     string
+	f      *os.File
+	w      *bufio.Writer
+}
+
+// open starts recording one stream of action in space. A nil stream (the
+// book could not be written) records nothing; the deploy then cannot be
+// proven and is refused at action-done, with the reason logged.
+func (b *coverageBook) open(action, space string) (*covStream, error) {
+	if err := os.MkdirAll(b.dir, 0o750); err != nil {
+		return nil, fmt.Errorf("coverage: %w", err)
+	}
+	f, err := os.OpenFile(b.path(action), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("coverage: %w", err)
+	}
+	b.mu.Lock()
+	b.seq++
+	id := fmt.Sprintf("%s/%d", b.instance, b.seq)
+	b.active[action]++
+	b.mu.Unlock()
+	return &covStream{b: b, action: action, space: space, id: id, f: f, w: bufio.NewWriterSize(f, 256)}, nil
+}
+
+func (c *covStream) record(kind byte, start, end int64) {
+	if c == nil || end < start {
+		return
+	}
+	fmt.Fprintf(c.w, "%c %s %s %d %d\n", kind, c.id, c.space, start, end)
+	c.w.Flush() // one write(2): in the page cache, it survives a killed server
+}
+
+// claim is called before bytes [start, start+n) are written.
+func (c *covStream) claim(start, n int64) { c.record('C', start, start+n) }
+
+// sent is called after they were: n is what the writer took.
+func (c *covStream) sent(start, n int64) { c.record('S', start, start+n) }
+
+func (c *covStream) close() {
+	if c == nil {
+		return
+	}
+	c.w.Flush()
+	c.f.Close()
+	c.b.mu.Lock()
+	if c.b.active[c.action]--; c.b.active[c.action] <= 0 {
+		delete(c.b.active, c.action)
+	}
+	c.b.mu.Unlock()
+}
+
+// covered returns how many bytes of [0, size) the book shows as streamed
+// in space.
+func (b *coverageBook) covered(action, space string, size int64) (int64, error) {
+	f, err := os.Open(b.path(action))
+	if errors.Is(err, fs.ErrNotExist) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("coverage: %w", err)
+	}
+	defer f.Close()
+	type iv struct{ a, b int64 }
+	var ivs []iv
+	last := map[string]iv{} // stream -> its last claim not yet followed up
+	var order []string      // streams with a pending claim
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fs := strings.Fields(sc.Text())
+		if len(fs) != 5 || fs[2] != space {
+			continue
+		}
+		st, err1 := strconv.ParseInt(fs[3], 10, 64)
+		en, err2 := strconv.ParseInt(fs[4], 10, 64)
+		if err1 != nil || err2 != nil || st < 0 || en < st {
+			continue
+		}
+		switch fs[0] {
+		case "C":
+			if _, ok := last[fs[1]]; !ok {
+				order = append(order, fs[1])
+			}
+			last[fs[1]] = iv{st, en}
+		case "S":
+			delete(last, fs[1])
+			ivs = append(ivs, iv{st, en})
+		}
+	}
+	for _, id := range order {
+		c, ok := last[id]
+		if ok && !strings.HasPrefix(id, b.instance+"/") {
+			ivs = append(ivs, c) // the server died writing it
+		}
+	}
+	sort.Slice(ivs, func(i, j int) bool { return ivs[i].a < ivs[j].a })
+	var total, reach int64
+	for _, x := range ivs {
+		a, e := max(x.a, reach), min(x.b, size)
+		if e > a {
+			total += e - a
+			reach = e
+		}
+	}
+	return total, sc.Err()
+}
+
+// complete reports whether the whole image went out, in either space.
+func (b *coverageBook) complete(action string, rawSize, zstSize int64) (bool, int64, error) {
+	raw, err := b.covered(action, spaceRaw, rawSize)
+	if err != nil || raw >= rawSize {
+		return err == nil, raw, err
+	}
+	if zstSize > 0 {
+		z, err := b.covered(action, spaceZst, zstSize)
+		if err != nil || z >= zstSize {
+			return err == nil, raw, err
+		}
+	}
+	return false, raw, nil
+}
+
+// settle waits (at most d) until no stream of action is in flight, so a
+// client that reports right after its last byte does not race the
+// server's record of that byte.
+func (b *coverageBook) settle(action string, d time.Duration) {
+	deadline := time.Now().Add(d)
+	for time.Now().Before(deadline) {
+		b.mu.Lock()
+		n := b.active[action]
+		b.mu.Unlock()
+		if n == 0 {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// remove drops an action's book (the action is closed).
+func (b *coverageBook) remove(action string) {
+	os.Remove(b.path(action))
+}

@@ -1,0 +1,54 @@
+package api
+
+import (
+	"os"
+	"testing"
+)
+
+// The coverage book counts what a dead server instance claimed but never
+// recorded (it may have gone out before the server died), never what the
+// running instance has only claimed, and merges overlapping resumes.
+func TestCoverageBook(t *testing.T) {
+	dir := t.TempDir()
+	old := newCoverageBook(dir)
+	s1, err := old.open("7", spaceRaw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s1.claim(0, 100)
+	s1.sent(0, 100)
+	s1.claim(100, 100) // the server is killed here, mid-write
+	// a restarted server
+	cur := newCoverageBook(dir)
+	if got, _ := cur.covered("7", spaceRaw, 1000); got != 200 {
+		t.Errorf("after the restart: %d bytes covered, want 200 (the dead instance's last claim counts)", got)
+	}
+	s2, _ := cur.open("7", spaceRaw)
+	s2.claim(150, 850) // the resumed download overlaps, and is in flight
+	if got, _ := cur.covered("7", spaceRaw, 1000); got != 200 {
+		t.Errorf("with a claim in flight: %d bytes covered, want 200", got)
+	}
+	s2.sent(150, 400) // the client went away after 400 bytes
+	s2.close()
+	if done, got, _ := cur.complete("7", 1000, 0); done || got != 550 {
+		t.Errorf("complete = %v, %d; want false, 550", done, got)
+	}
+	s3, _ := cur.open("7", spaceRaw)
+	s3.claim(550, 450)
+	s3.sent(550, 450)
+	s3.close()
+	if done, got, _ := cur.complete("7", 1000, 0); !done || got != 1000 {
+		t.Errorf("complete = %v, %d; want true, 1000", done, got)
+	}
+	// Garbage lines are ignored; another space does not count for raw.
+	f, _ := os.OpenFile(cur.path("8"), os.O_CREATE|os.O_WRONLY, 0o600)
+	f.WriteString("S x zst 0 1000\nnonsense\nS y raw -5 10\nS z raw 10 5\n")
+	f.Close()
+	if done, got, _ := cur.complete("8", 1000, 2000); done || got != 0 {
+		t.Errorf("garbage book: %v %d", done, got)
+	}
+	cur.remove("7")
+	if got, _ := cur.covered("7", spaceRaw, 1000); got != 0 {
+		t.Error("removed book still counts")
+	}
+}
