@@ -1,12 +1,14 @@
 package api_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"io"
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -221,3 +223,60 @@ func TestHostileDeployDoneWithoutProof(t *testing.T) {
 }
 
 func hex2(n int) string { return strings.ToLower(strconv.FormatInt(int64(n%256)+256, 16)[1:]) }
+
+// Security item 3: two simultaneous uploads to one backup URL: the second
+// is refused at once, before it writes anything, and one backup is recorded.
+func TestHostileTwoUploadsOneBackup(t *testing.T) {
+	dir := t.TempDir()
+	b := startServer(t, dir, "")
+	const mac = "dc:a6:32:00:94:01"
+	b.register(mac)
+	var a wire.Action
+	b.admin("POST", "/api/v1/devices/"+mac+"/action", wire.SetActionRequest{Action: "backup"}, 200, &a)
+	p := b.poll(mac)
+	pr, pw := io.Pipe()
+	first := make(chan int, 1)
+	go func() {
+		req, _ := http.NewRequest("PUT", p.UploadURL, pr)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			first <- 0
+			return
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		first <- resp.StatusCode
+	}()
+	data := bytes.Repeat([]byte("backup "), 100000)
+	pw.Write(data[:1000]) // the first upload is under way
+	b.waitFor("the first upload to start", func() bool {
+		entries, _ := os.ReadDir(filepath.Join(dir, "backups"))
+		return len(entries) > 0
+	})
+	code, out := send(t, http.DefaultClient, "PUT", p.UploadURL, "a second upload")
+	if code != http.StatusConflict || !strings.Contains(out, "already in progress") {
+		t.Errorf("second upload = %d %s, want 409", code, out)
+	}
+	pw.Write(data[1000:])
+	pw.Close()
+	if c := <-first; c != http.StatusCreated {
+		t.Fatalf("first upload = %d", c)
+	}
+	bs, _ := b.st.Backups(context.Background())
+	n := 0
+	for _, bk := range bs {
+		if bk.ActionID == a.ID {
+			n++
+			if bk.Size != int64(len(data)) {
+				t.Errorf("recorded backup of %d bytes, want %d", bk.Size, len(data))
+			}
+		}
+	}
+	if n != 1 {
+		t.Errorf("%d backups recorded for one action", n)
+	}
+	code, out = send(t, http.DefaultClient, "PUT", p.UploadURL, "late")
+	if code == http.StatusCreated {
+		t.Errorf("an upload after the first was stored: %s", out)
+	}
+}

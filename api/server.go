@@ -95,6 +95,9 @@ type Server struct {
 
 	addrMu sync.Mutex
 	addrs  []string
+
+	uploadMu  sync.Mutex
+	uploading map[string]bool // backup actions with an upload in progress
 }
 
 // LoadOrCreateToken reads the admin token from <dir>/admin-token, creating

@@ -482,6 +482,28 @@ func (s *Server) handleBackupUpload(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, httpErr(http.StatusConflict, "action %s already has backup %s", a.ID, a.BackupID))
 		return
 	}
+	// One upload per backup URL: a second one, while the first runs, is
+	// refused before it writes anything.
+	s.uploadMu.Lock()
+	if s.uploading == nil {
+		s.uploading = map[string]bool{}
+	}
+	busy := s.uploading[a.ID]
+	s.uploading[a.ID] = true
+	s.uploadMu.Unlock()
+	if busy {
+		s.fail(w, r, httpErr(http.StatusConflict, "an upload to backup %s is already in progress: one upload per backup", a.ID))
+		return
+	}
+	defer func() {
+		s.uploadMu.Lock()
+		delete(s.uploading, a.ID)
+		s.uploadMu.Unlock()
+	}()
+	if cur, err := s.Store.ActionByID(r.Context(), a.ID); err == nil && cur.BackupID != "" {
+		s.fail(w, r, httpErr(http.StatusConflict, "action %s already has backup %s", a.ID, cur.BackupID))
+		return
+	}
 	b, code, err := s.receiveBackup(r, idleReader{r: r.Body, rc: http.NewResponseController(w), idle: s.uploadIdle()}, a)
 	if err != nil {
 		s.failAction(r.Context(), a, err.Error())
