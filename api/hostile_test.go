@@ -280,3 +280,32 @@ func TestHostileTwoUploadsOneBackup(t *testing.T) {
 		t.Errorf("an upload after the first was stored: %s", out)
 	}
 }
+
+// Security item 12: the data directory is 0750 at most, and the database
+// (with its WAL) and every stored backup are 0600.
+func TestDataPermissions(t *testing.T) {
+	dir := t.TempDir()
+	os.Chmod(dir, 0o755)
+	b := startServer(t, dir, "")
+	const mac = "dc:a6:32:00:95:01"
+	b.register(mac)
+	b.admin("POST", "/api/v1/devices/"+mac+"/action", wire.SetActionRequest{Action: "backup"}, 200, nil)
+	p := b.poll(mac)
+	if code, out := send(t, http.DefaultClient, "PUT", p.UploadURL, strings.Repeat("disk", 1000)); code != http.StatusCreated {
+		t.Fatalf("upload = %d %s", code, out)
+	}
+	for _, f := range []string{"cm4bench.db", "cm4bench.db-wal", "admin-token"} {
+		if fi, err := os.Stat(filepath.Join(dir, f)); err != nil || fi.Mode().Perm() != 0o600 {
+			t.Errorf("%s: mode %v (%v), want 0600", f, fi.Mode(), err)
+		}
+	}
+	entries, _ := os.ReadDir(filepath.Join(dir, "backups"))
+	for _, e := range entries {
+		if fi, _ := e.Info(); fi.Mode().Perm() != 0o600 {
+			t.Errorf("backup %s: mode %v, want 0600", e.Name(), fi.Mode())
+		}
+	}
+	if len(entries) == 0 {
+		t.Error("no backup stored")
+	}
+}

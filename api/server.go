@@ -116,7 +116,7 @@ func LoadOrCreateToken(dir string) (token string, created bool, err error) {
 	if !errors.Is(err, fs.ErrNotExist) {
 		return "", false, fmt.Errorf("api: read admin token: %w", err)
 	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	if err := os.MkdirAll(dir, 0o750); err != nil {
 		return "", false, fmt.Errorf("api: create data dir: %w", err)
 	}
 	tok := randomHex(24)

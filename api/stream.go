@@ -568,7 +568,7 @@ func (s *Server) receiveBackup(r *http.Request, body io.Reader, a store.Action) 
 	if err := os.MkdirAll(s.backupDir(), 0o750); err != nil {
 		return store.Backup{}, http.StatusInsufficientStorage, fmt.Errorf("backup: create backup dir: %w", err)
 	}
-	f, err := atomicfile.Create(filepath.Join(s.backupDir(), name), 0o640)
+	f, err := atomicfile.Create(filepath.Join(s.backupDir(), name), 0o600)
 	if err != nil {
 		return store.Backup{}, writeCode(err), fmt.Errorf("backup: %w", err)
 	}

@@ -16,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -373,7 +374,7 @@ func (l *Library) Add(ctx context.Context, name string, r io.Reader) (wire.Image
 	if l.Dir == "" {
 		return wire.Image{}, errors.New("images: no library directory configured")
 	}
-	if err := os.MkdirAll(l.Dir, 0o755); err != nil {
+	if err := os.MkdirAll(l.Dir, 0o750); err != nil {
 		return wire.Image{}, fmt.Errorf("images: create library dir: %w", err)
 	}
 	dst := filepath.Join(l.Dir, name)
@@ -424,7 +425,11 @@ func (l *Library) Add(ctx context.Context, name string, r io.Reader) (wire.Image
 	if d.err != nil {
 		return wire.Image{}, fmt.Errorf("images: upload %q is not a valid %s image: %w", name, format, d.err)
 	}
-	if err := f.Commit(); err != nil {
+	// Two uploads of one name may race: the name is created exclusively, and
+	// the loser gets ErrExists (409) with nothing of it left.
+	if err := f.CommitNew(); errors.Is(err, fs.ErrExist) {
+		return wire.Image{}, fmt.Errorf("images: %q: %w (another upload of this name finished first)", name, ErrExists)
+	} else if err != nil {
 		return wire.Image{}, fmt.Errorf("images: store %q: %w", name, err)
 	}
 	fi, err := os.Stat(dst)

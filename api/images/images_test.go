@@ -181,3 +181,40 @@ func TestAdd(t *testing.T) {
 type errReader struct{}
 
 func (errReader) Read([]byte) (int, error) { return 0, io.ErrUnexpectedEOF }
+
+// Security item 11: two uploads of one name at once: exactly one is
+// stored, the other gets ErrExists, and the file is the winner's, whole.
+func TestAddRaceOneName(t *testing.T) {
+	l := &Library{Dir: t.TempDir()}
+	a, b := bytes.Repeat([]byte("A"), 1<<20), bytes.Repeat([]byte("B"), 1<<20)
+	ra, wa := io.Pipe()
+	rb, wb := io.Pipe()
+	errs := make(chan error, 2)
+	go func() { _, err := l.Add(context.Background(), "x.img", ra); errs <- err }()
+	go func() { _, err := l.Add(context.Background(), "x.img", rb); errs <- err }()
+	wa.Write(a[:1000]) // both are streaming before either finishes
+	wb.Write(b[:1000])
+	wa.Write(a[1000:])
+	wa.Close()
+	wb.Write(b[1000:])
+	wb.Close()
+	e1, e2 := <-errs, <-errs
+	if (e1 == nil) == (e2 == nil) {
+		t.Fatalf("both or neither stored: %v, %v", e1, e2)
+	}
+	lost := e1
+	if lost == nil {
+		lost = e2
+	}
+	if !errors.Is(lost, ErrExists) {
+		t.Errorf("loser's error %v, want ErrExists", lost)
+	}
+	got, _ := os.ReadFile(filepath.Join(l.Dir, "x.img"))
+	if !bytes.Equal(got, a) && !bytes.Equal(got, b) {
+		t.Error("the stored image is a mix or cut")
+	}
+	entries, _ := os.ReadDir(l.Dir)
+	if len(entries) != 1 {
+		t.Errorf("library holds %d files (temp files left?)", len(entries))
+	}
+}

@@ -25,6 +25,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -88,6 +89,14 @@ func Open(ctx context.Context, path string) (*Store, error) {
 	if err := s.loadSwitches(ctx); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("store: load netboot switches: %w", err)
+	}
+	// The database holds action tokens and device facts: owner only. SQLite
+	// creates the -wal and -shm files with the database file's mode.
+	for _, p := range []string{path, path + "-wal", path + "-shm"} {
+		if err := os.Chmod(p, 0o600); err != nil && !errors.Is(err, os.ErrNotExist) {
+			db.Close()
+			return nil, fmt.Errorf("store: restrict %s: %w", p, err)
+		}
 	}
 	return s, nil
 }

@@ -71,6 +71,34 @@ func (f *File) Commit() error {
 	return nil
 }
 
+// CommitNew is Commit for a path that must not exist yet: the file is
+// linked into place only if nothing holds the name (link(2) fails with
+// EEXIST), so of two writers racing for one name exactly one wins; the
+// other gets an error wrapping fs.ErrExist and its data is discarded.
+func (f *File) CommitNew() error {
+	if f.done {
+		return errors.New("atomicfile: commit after commit or abort")
+	}
+	f.done = true
+	name := f.File.Name()
+	defer os.Remove(name)
+	if err := f.File.Sync(); err != nil {
+		f.File.Close()
+		return fmt.Errorf("atomicfile: sync %s: %w", f.path, err)
+	}
+	if err := f.File.Close(); err != nil {
+		return fmt.Errorf("atomicfile: close %s: %w", f.path, err)
+	}
+	if err := os.Link(name, f.path); err != nil {
+		return fmt.Errorf("atomicfile: create %s: %w", f.path, err)
+	}
+	if d, err := os.Open(filepath.Dir(f.path)); err == nil {
+		d.Sync()
+		d.Close()
+	}
+	return nil
+}
+
 // Abort discards the pending file. It is safe to call after Commit, where it
 // does nothing, so it can be deferred.
 func (f *File) Abort() error {

@@ -306,7 +306,7 @@ func (p *pool) save(path string) error {
 	if err != nil {
 		return fmt.Errorf("dhcp: save leases: %w", err)
 	}
-	if err := atomicfile.WriteFile(path, append(b, '\n'), 0o644); err != nil {
+	if err := atomicfile.WriteFile(path, append(b, '\n'), 0o600); err != nil {
 		p.mu.Lock()
 		p.dirty = true
 		p.mu.Unlock()

@@ -201,6 +201,9 @@ func TestReplyStableLeasesAndPersistence(t *testing.T) {
 	if err := s.SaveLeases(); err != nil {
 		t.Fatal(err)
 	}
+	if fi, err := os.Stat(s.LeaseFile); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("leases file mode %v (%v), want 0600", fi.Mode(), err) // security item 12
+	}
 	// A new server on the same file: a different MAC first must not get A's address.
 	s2 := &Server{Addr: s.Addr, Range: s.Range, LeaseFile: s.LeaseFile}
 	mac2 := net.HardwareAddr{0x52, 0x54, 0, 0, 0, 2}

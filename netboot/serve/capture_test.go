@@ -75,6 +75,9 @@ func TestCaptureReadByTsharkAndReplayed(t *testing.T) {
 	if _, err := os.Stat(pcapPath); err != nil {
 		t.Fatalf("capture not finished: %v", err)
 	}
+	if fi, err := os.Stat(filepath.Join(dir, "data")); err != nil || fi.Mode().Perm() != 0o750 {
+		t.Errorf("data dir mode %v (%v), want 0750", fi.Mode(), err) // security item 12
+	}
 	if _, err := os.Stat(pcapPath + ".partial"); err == nil {
 		t.Error(".partial left after a clean stop")
 	}

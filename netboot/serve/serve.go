@@ -151,8 +151,15 @@ func New(ctx context.Context, cfg Config) (*Bench, error) {
 			return nil, err
 		}
 	}
-	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
+	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
 		return nil, fmt.Errorf("serve: create data dir: %w", err)
+	}
+	// Tokens, the database, leases and whole-disk backups live here: no
+	// access for others, whatever made the directory.
+	if fi, err := os.Stat(cfg.DataDir); err == nil && fi.Mode().Perm()&0o027 != 0 {
+		if err := os.Chmod(cfg.DataDir, fi.Mode().Perm()&^0o027); err != nil {
+			return nil, fmt.Errorf("serve: restrict data dir %s: %w", cfg.DataDir, err)
+		}
 	}
 	b := &Bench{cfg: cfg, events: make(chan wire.Event, 4096), ready: make(chan struct{})}
 	if cfg.Iface != "" {

@@ -121,7 +121,7 @@ func (o *backupGetOpts) run(ctx context.Context, id string, asJSON bool, stdout,
 	if path == "" {
 		path = filepath.Base(b.Name)
 	}
-	f, err := atomicfile.Create(path, 0o644)
+	f, err := atomicfile.Create(path, 0o600) // a board's whole disk: its keys, its data
 	if err != nil {
 		return fmt.Errorf("backup get: %w", err)
 	}

@@ -177,6 +177,9 @@ func TestNetbootServeAndClients(t *testing.T) {
 	if b, _ := os.ReadFile(dst); !bytes.Equal(b, content) {
 		t.Errorf("fetched backup differs (%d bytes)", len(b))
 	}
+	if fi, err := os.Stat(dst); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("backup get wrote mode %v, want 0600", fi.Mode()) // a whole disk: owner only
+	}
 	if _, err := cli("backup", "get", "999", "-o", filepath.Join(dir, "x")); ExitCode(err) != 2 {
 		t.Errorf("backup get of a missing id: %v", err)
 	}
