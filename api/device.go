@@ -97,6 +97,10 @@ func (s *Server) handlePoll(c *gin.Context) error {
 	if err != nil {
 		return err
 	}
+	if s.expire(c.Request.Context(), a) != nil {
+		writeJSON(c.Writer, http.StatusOK, wire.PollResponse{Action: wire.ActionNone})
+		return nil
+	}
 	resp := wire.PollResponse{Action: a.Type, ActionID: a.ID, Token: a.Token}
 	base := baseURL(c.Request)
 	q := "?token=" + url.QueryEscape(a.Token)
@@ -195,6 +199,9 @@ func (s *Server) deviceAction(ctx context.Context, r *http.Request, mac, id, tok
 	}
 	if a.State != wire.StatePending && a.State != wire.StateRunning {
 		return a, httpErr(http.StatusGone, "action %s is %s; its token has expired", a.ID, a.State)
+	}
+	if err := s.expire(ctx, a); err != nil {
+		return a, err
 	}
 	if token == "" {
 		if a.PolledIP == "" {

@@ -8,11 +8,13 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/cm4bench/cm4bench/api"
 	"github.com/cm4bench/cm4bench/api/wire"
@@ -307,5 +309,57 @@ func TestDataPermissions(t *testing.T) {
 	}
 	if len(entries) == 0 {
 		t.Error("no backup stored")
+	}
+}
+
+// Security item 10: a server killed mid-upload leaves a temp file and a
+// running backup. The next start removes the file, fails the backup with
+// the reason, and its old token takes no new upload. Tokens also expire.
+func TestCrashRecoveryAndTokenLifetime(t *testing.T) {
+	dir := t.TempDir()
+	b := startServer(t, dir, "")
+	const mac = "dc:a6:32:00:96:01"
+	b.register(mac)
+	var a wire.Action
+	b.admin("POST", "/api/v1/devices/"+mac+"/action", wire.SetActionRequest{Action: "backup"}, 200, &a)
+	p := b.poll(mac)
+	b.stop()
+	// what a SIGKILL mid-upload leaves: the upload's temp file
+	bdir := filepath.Join(dir, "backups")
+	os.MkdirAll(bdir, 0o750)
+	tmp := filepath.Join(bdir, ".dc-a6-32-00-96-01-noserial-a"+a.ID+"-20261202T120000Z.img.tmp-123456")
+	os.WriteFile(tmp, bytes.Repeat([]byte{1}, 84<<10), 0o600)
+	os.MkdirAll(filepath.Join(dir, "images"), 0o750)
+	itmp := filepath.Join(dir, "images", ".big.img.tmp-42")
+	os.WriteFile(itmp, []byte("half an image"), 0o600)
+
+	b = startServer(t, dir, "")
+	b.waitFor("recovery", func() bool { _, err := os.Stat(tmp); return os.IsNotExist(err) })
+	if _, err := os.Stat(itmp); !os.IsNotExist(err) {
+		t.Error("the image upload's temp file is still there")
+	}
+	got, _ := b.st.ActionByID(context.Background(), a.ID)
+	if got.State != wire.StateFailed || !strings.Contains(got.Error, "server stopped while this backup was being uploaded") {
+		t.Errorf("interrupted backup after the restart: %s %q", got.State, got.Error)
+	}
+	u, _ := url.Parse(p.UploadURL) // the restarted server has another port
+	if code, out := send(t, http.DefaultClient, "PUT", b.base+u.RequestURI(), "a new upload on the old token"); code != http.StatusGone {
+		t.Errorf("upload with the old token = %d %s, want 410", code, out)
+	}
+	b.stop()
+
+	// An action older than its lifetime is failed, and its token dies.
+	b = startServer(t, dir, "", func(s *api.Server) { s.ActionLifetime = time.Millisecond })
+	const mac2 = "dc:a6:32:00:96:02"
+	b.register(mac2)
+	var a2 wire.Action
+	b.admin("POST", "/api/v1/devices/"+mac2+"/action", wire.SetActionRequest{Action: "backup"}, 200, &a2)
+	time.Sleep(5 * time.Millisecond)
+	if p := b.poll(mac2); p.Token != "" || p.Action != wire.ActionNone {
+		t.Errorf("poll of an expired action: %+v", p)
+	}
+	got, _ = b.st.ActionByID(context.Background(), a2.ID)
+	if got.State != wire.StateFailed || !strings.Contains(got.Error, "expired") {
+		t.Errorf("expired action: %s %q", got.State, got.Error)
 	}
 }

@@ -76,6 +76,9 @@ type Server struct {
 	RequireLease bool
 	// Rivals, if set, reports other DHCP servers seen on the link.
 	Rivals func() []string
+	// ActionLifetime is how long an action's token works before the action
+	// is failed as expired; 0 = DefaultActionLifetime.
+	ActionLifetime time.Duration
 	// UploadIdle fails a backup upload that sends no data for this long, so
 	// a board whose link went down mid-backup is failed in seconds rather
 	// than when TCP gives up minutes later; 0 = DefaultUploadIdle.
@@ -86,6 +89,7 @@ type Server struct {
 	Logger *slog.Logger
 
 	once     sync.Once
+	recovery sync.Once
 	cov      *coverageBook
 	handler  http.Handler
 	engine   *gin.Engine
@@ -274,6 +278,7 @@ const (
 // runs alongside.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	h := s.Handler()
+	s.recovery.Do(func() { s.recoverAfterCrash(ctx) })
 	hs := &http.Server{
 		Handler:           h,
 		ReadHeaderTimeout: 30 * time.Second,

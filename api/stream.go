@@ -44,6 +44,9 @@ func (s *Server) streamAction(r *http.Request, typ string) (store.Action, error)
 	if a.State != wire.StatePending && a.State != wire.StateRunning {
 		return a, httpErr(http.StatusGone, "action %s is %s; its token has expired", a.ID, a.State)
 	}
+	if err := s.expire(r.Context(), a); err != nil {
+		return a, err
+	}
 	if a.Type != typ {
 		return a, httpErr(http.StatusConflict, "action %s is a %s, not a %s", a.ID, a.Type, typ)
 	}

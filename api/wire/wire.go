@@ -199,18 +199,19 @@ const (
 // Event kinds emitted by the API server (DHCP and TFTP add "dhcp.*" and
 // "tftp.*").
 const (
-	EventDeviceRegister = "device.register"
-	EventDevicePoll     = "device.poll"
-	EventDeviceLog      = "device.log"
-	EventActionSet      = "action.set"
-	EventActionProgress = "action.progress" // Fields: action_id, phase, done, total, rate
-	EventActionDone     = "action.done"
-	EventActionFailed   = "action.failed"
-	EventNetbootSet     = "netboot.set" // Fields: enabled (bool); MAC empty = global switch
-	EventBackupStored   = "backup.stored"
-	EventImageAdded     = "image.added"
-	EventImageRemoved   = "image.removed"
-	EventDHCPRival      = "dhcp.rival"
+	EventDeviceRegister  = "device.register"
+	EventDevicePoll      = "device.poll"
+	EventDeviceLog       = "device.log"
+	EventActionSet       = "action.set"
+	EventActionProgress  = "action.progress" // Fields: action_id, phase, done, total, rate
+	EventActionDone      = "action.done"
+	EventActionFailed    = "action.failed"
+	EventNetbootSet      = "netboot.set" // Fields: enabled (bool); MAC empty = global switch
+	EventBackupStored    = "backup.stored"
+	EventImageAdded      = "image.added"
+	EventImageRemoved    = "image.removed"
+	EventServerRecovered = "server.recovered" // Fields: temp_files_removed, backups_failed
+	EventDHCPRival       = "dhcp.rival"
 )
 
 // Device is one board the bench has seen, as the technician API shows it.

@@ -16,7 +16,7 @@
     "netboot.set", "backup.stored", "backup.deleted", "backup.failed", "image.added", "image.deleted",
     "image.default", "image.assign", "image.removed", "device.image", "backup.removed", "dhcp.rival", "dhcp.discover", "dhcp.offer", "dhcp.request",
     "dhcp.ack", "dhcp.nak", "dhcp.decline", "dhcp.release", "dhcp.ignore", "dhcp.error", "tftp.transfer",
-    "tftp.probe", "tftp.error", "tftp.denied", "server.start", "server.stop", "auth.login", "auth.failed",
+    "tftp.probe", "tftp.error", "tftp.denied", "tftp.notfound", "tftp.prepared", "server.start", "server.stop", "server.recovered", "auth.login", "auth.failed",
   ];
   const QUIET_KINDS = new Set(["action.progress", "device.poll"]); // not written to the event log
   const LOG_MAX = 300;
