@@ -192,7 +192,8 @@ func cutUpload(t *testing.T, rawURL string, size int) {
 
 func TestBackupFailures(t *testing.T) {
 	dir := t.TempDir()
-	b := startServer(t, dir, "")
+	// No reserve: the disk-full case below fills a small tmpfs for real.
+	b := startServer(t, dir, "", func(s *api.Server) { s.DiskReserve = -1 })
 	ctx := context.Background()
 
 	t.Run("cut mid-stream", func(t *testing.T) {

@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"net/url"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -362,4 +363,75 @@ func TestCrashRecoveryAndTokenLifetime(t *testing.T) {
 	if got.State != wire.StateFailed || !strings.Contains(got.Error, "expired") {
 		t.Errorf("expired action: %s %q", got.State, got.Error)
 	}
+}
+
+// Security item 5: a backup is capped at the board's reported eMMC size
+// (decoding stops there: a small zstd bomb costs no more than that) and at
+// the free space minus the reserve. Nothing is recorded or left behind.
+func TestHostileOversizedBackups(t *testing.T) {
+	zstdBin := requireTool(t, "zstd")
+	dir := t.TempDir()
+	b := startServer(t, dir, "")
+	ctx := context.Background()
+	backup := func(mac string, facts string) (wire.PollResponse, string) {
+		t.Helper()
+		if code, out := b.call("POST", wire.PathRegister, []byte(`{"mac":"`+mac+`","ip":"127.0.0.1"`+facts+`}`), ""); code != 200 {
+			t.Fatalf("register = %d %s", code, out)
+		}
+		var a wire.Action
+		b.admin("POST", "/api/v1/devices/"+mac+"/action", wire.SetActionRequest{Action: "backup"}, 200, &a)
+		return b.poll(mac), a.ID
+	}
+	// A board that reported an 8 MiB eMMC uploads 9 MiB raw.
+	p, id := backup("dc:a6:32:00:97:01", `,"facts":{"emmc_bytes":8388608}`)
+	code, out := send(t, http.DefaultClient, "PUT", p.UploadURL, strings.Repeat("x", 9<<20))
+	if code != http.StatusRequestEntityTooLarge || !strings.Contains(out, "larger than the board's eMMC") {
+		t.Errorf("9 MiB raw from an 8 MiB board = %d %s", code, out)
+	}
+	b.assertNothingComplete("dc:a6:32:00:97:01", id, "larger than the board's eMMC")
+
+	// A 1 GiB zstd bomb (a few hundred KB on the wire) from the same kind of board.
+	bomb := filepath.Join(t.TempDir(), "bomb.zst")
+	cmd := exec.Command("sh", "-c", "head -c 1073741824 /dev/zero | "+zstdBin+" -q -19 -o "+bomb)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("make the bomb: %v %s", err, out)
+	}
+	p, id = backup("dc:a6:32:00:97:02", `,"facts":{"emmc_bytes":8388608}`)
+	f, _ := os.Open(bomb)
+	req, _ := http.NewRequest("PUT", p.UploadURL, f)
+	req.Header.Set("Content-Encoding", "zstd")
+	resp, err := http.DefaultClient.Do(req)
+	f.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusRequestEntityTooLarge {
+		t.Errorf("zstd bomb = %d %s", resp.StatusCode, body)
+	}
+	b.assertNothingComplete("dc:a6:32:00:97:02", id, "larger than the board's eMMC")
+	b.stop()
+
+	// A reserve larger than the free space refuses any backup at once.
+	b = startServer(t, dir, "", func(s *api.Server) { s.DiskReserve = 1 << 60 })
+	p, id = backup("dc:a6:32:00:97:03", "")
+	code, out = send(t, http.DefaultClient, "PUT", p.UploadURL, "some disk")
+	if code != http.StatusInsufficientStorage || !strings.Contains(out, "reserve") {
+		t.Errorf("upload past the reserve = %d %s", code, out)
+	}
+	b.assertNothingComplete("dc:a6:32:00:97:03", id, "reserve")
+	bs, _ := b.st.Backups(ctx)
+	if len(bs) != 0 {
+		t.Errorf("backups recorded: %+v", bs)
+	}
+}
+
+func requireTool(t *testing.T, name string) string {
+	t.Helper()
+	p, err := exec.LookPath(name)
+	if err != nil {
+		t.Fatalf("%s not installed (scripts/deps.sh installs it): %v", name, err)
+	}
+	return p
 }

@@ -76,6 +76,9 @@ type Server struct {
 	RequireLease bool
 	// Rivals, if set, reports other DHCP servers seen on the link.
 	Rivals func() []string
+	// DiskReserve is the free space a backup upload never eats into; 0 =
+	// DefaultDiskReserve, < 0 = none (the disk may fill up).
+	DiskReserve int64
 	// ActionLifetime is how long an action's token works before the action
 	// is failed as expired; 0 = DefaultActionLifetime.
 	ActionLifetime time.Duration

@@ -470,6 +470,65 @@ type countWriter struct{ n int64 }
 
 func (c *countWriter) Write(p []byte) (int, error) { c.n += int64(len(p)); return len(p), nil }
 
+// Upload limits (security item 5).
+var (
+	// errTooLarge: the backup's raw bytes passed the board's eMMC size.
+	errTooLarge = errors.New("backup is larger than the board's eMMC")
+	// errNoRoom: storing more would eat into the disk reserve.
+	errNoRoom = errors.New("backup would leave less than the reserve free on the server's backup disk")
+)
+
+// DefaultMaxBackup caps a backup of a board that reported no eMMC size (the
+// shell client sends no facts): the largest CM5 eMMC.
+const DefaultMaxBackup = 64 << 30
+
+// DefaultDiskReserve is the free space a backup never eats into.
+const DefaultDiskReserve = 1 << 30
+
+// capWriter fails, writing nothing of the chunk, once limit bytes would
+// be passed; put first in a MultiWriter, it stops the others too.
+type capWriter struct {
+	n, limit int64
+	err      error
+}
+
+func (c *capWriter) Write(p []byte) (int, error) {
+	if c.n+int64(len(p)) > c.limit {
+		return 0, fmt.Errorf("%w (%d bytes)", c.err, c.limit)
+	}
+	c.n += int64(len(p))
+	return len(p), nil
+}
+
+// backupLimits are the raw and stored caps of one upload.
+func (s *Server) backupLimits(dev wire.Device) (raw, stored int64) {
+	raw = DefaultMaxBackup
+	if dev.Facts != nil && dev.Facts.EMMCBytes > 0 {
+		raw = dev.Facts.EMMCBytes
+	}
+	reserve := s.DiskReserve
+	if reserve == 0 {
+		reserve = DefaultDiskReserve
+	}
+	stored = raw
+	if free, err := freeBytes(s.backupDir()); err == nil && reserve > 0 {
+		stored = max(0, min(stored, free-reserve))
+	}
+	return raw, stored
+}
+
+// limitCode maps an upload error to its status: 413 past the eMMC size,
+// 507 past the disk reserve or on a full disk.
+func limitCode(err error) int {
+	switch {
+	case errors.Is(err, errTooLarge):
+		return http.StatusRequestEntityTooLarge
+	case errors.Is(err, errNoRoom):
+		return http.StatusInsufficientStorage
+	}
+	return writeCode(err)
+}
+
 // handleBackupUpload receives a backup (PUT or POST, any length or
 // chunked). The body is raw device bytes, or zstd when sent with
 // "Content-Encoding: zstd". It is written to a temp file, fsynced and
@@ -590,36 +649,46 @@ func (s *Server) receiveBackup(r *http.Request, body io.Reader, a store.Action) 
 
 	rawSHA, storedSHA := sha256.New(), sha256.New()
 	rawN, storedN := &countWriter{}, &countWriter{}
+	rawLimit, storedLimit := s.backupLimits(dev)
+	rawCap := &capWriter{limit: rawLimit, err: errTooLarge}
+	storedCap := &capWriter{limit: storedLimit, err: errNoRoom}
 	buf := make([]byte, 1<<20)
 	switch {
 	case inZstd:
 		// Store as received; decode alongside to learn the raw hash and
-		// size (and to refuse a stream that is not zstd).
+		// size (and to refuse a stream that is not zstd). Decoding stops at
+		// the eMMC size: a small zstd bomb never costs more than that.
 		pr, pw := io.Pipe()
 		done := make(chan error, 1)
-		go func() { done <- decodeInto(pr, io.MultiWriter(rawSHA, rawN)) }()
-		_, err = copyUpload(io.MultiWriter(f, storedSHA, storedN, pw), body, buf)
+		go func() { done <- decodeInto(pr, io.MultiWriter(rawCap, rawSHA, rawN)) }()
+		_, err = copyUpload(io.MultiWriter(storedCap, f, storedSHA, storedN, pw), body, buf)
 		pw.CloseWithError(err)
 		if derr := <-done; err == nil && derr != nil {
+			if errors.Is(derr, errTooLarge) {
+				return store.Backup{}, http.StatusRequestEntityTooLarge, fmt.Errorf("backup: %w", derr)
+			}
 			return store.Backup{}, http.StatusBadRequest, fmt.Errorf("backup: upload is not a valid zstd stream: %w", derr)
 		}
 	case compressed:
-		enc, eerr := zstd.NewWriter(io.MultiWriter(f, storedSHA, storedN), zstd.WithEncoderLevel(zstd.SpeedDefault))
+		enc, eerr := zstd.NewWriter(io.MultiWriter(storedCap, f, storedSHA, storedN), zstd.WithEncoderLevel(zstd.SpeedDefault))
 		if eerr != nil {
 			return store.Backup{}, 0, fmt.Errorf("backup: zstd: %w", eerr)
 		}
-		_, err = copyUpload(io.MultiWriter(enc, rawSHA, rawN), body, buf)
+		_, err = copyUpload(io.MultiWriter(rawCap, enc, rawSHA, rawN), body, buf)
 		if cerr := enc.Close(); err == nil && cerr != nil {
 			err = &uploadError{err: cerr}
 		}
 	default:
-		_, err = copyUpload(io.MultiWriter(f, rawSHA, rawN), body, buf)
+		_, err = copyUpload(io.MultiWriter(rawCap, storedCap, f, rawSHA, rawN), body, buf)
 		storedSHA, storedN = nil, rawN
 	}
 	if err != nil {
 		var ue *uploadError
 		if errors.As(err, &ue) && ue.read {
 			return store.Backup{}, http.StatusBadRequest, fmt.Errorf("backup upload cut after %d bytes: %w", m.n, ue.err)
+		}
+		if errors.Is(err, errTooLarge) || errors.Is(err, errNoRoom) {
+			return store.Backup{}, limitCode(err), fmt.Errorf("backup refused after %d bytes: %w", m.n, err)
 		}
 		return store.Backup{}, writeCode(err), writeFailure(err, m.n)
 	}
@@ -692,4 +761,21 @@ func writeCode(err error) int {
 		return http.StatusInsufficientStorage
 	}
 	return http.StatusInternalServerError
+}
+
+// freeBytes is the space an unprivileged writer has left under path (or
+// its nearest existing parent).
+func freeBytes(path string) (int64, error) {
+	for {
+		var st syscall.Statfs_t
+		err := syscall.Statfs(path, &st)
+		if err == nil {
+			return int64(st.Bavail) * int64(st.Bsize), nil
+		}
+		parent := filepath.Dir(path)
+		if !errors.Is(err, syscall.ENOENT) || parent == path {
+			return 0, err
+		}
+		path = parent
+	}
 }
