@@ -1,37 +1,228 @@
 package api
 
 import (
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"net"
 	"net/http"
+	"net/netip"
+	"os"
+	"path/filepath"
 	"strings"
+	"sync"
+	"time"
 
 	"github.com/cm4bench/cm4bench/api/wire"
+	"github.com/cm4bench/cm4bench/internal/atomicfile"
 	"github.com/gin-gonic/gin"
 )
 
-// requireAdmin lets a request through only with the admin token, as
-// "Authorization: Bearer <token>" or the session cookie set by login.
-func (s *Server) requireAdmin(c *gin.Context) {
-	if s.authorized(c.Request) {
-		c.Next()
-		return
-	}
-	c.Header("WWW-Authenticate", `Bearer realm="cm4bench"`)
-	writeErr(c.Writer, http.StatusUnauthorized, "admin token required: send \"Authorization: Bearer <token>\" (the token is in <data>/admin-token) or log in")
-	c.Abort()
+// DefaultSessionLifetime is how long a dashboard login lasts.
+const DefaultSessionLifetime = 12 * time.Hour
+
+// maxSessions bounds the sessions kept; the oldest goes first.
+const maxSessions = 256
+
+// sessions are the dashboard's logins: random ids kept on the server,
+// never the admin token itself, ended by logout, by their lifetime, and
+// all at once by a token rotation. They are saved (as sha256 of the id,
+// 0600) in <data>/sessions.json, so a server restart keeps them.
+type sessions struct {
+	mu   sync.Mutex
+	path string
+	ids  map[string]time.Time // sha256(id) -> expiry
 }
 
-func (s *Server) authorized(r *http.Request) bool {
-	if s.Token == "" {
-		return false // never open by accident
+func sessionKey(id string) string {
+	s := sha256.Sum256([]byte(id))
+	return hex.EncodeToString(s[:])
+}
+
+// load reads the saved sessions (a missing or bad file: none).
+func (ss *sessions) load(path string) {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	ss.path = path
+	ss.ids = map[string]time.Time{}
+	if b, err := os.ReadFile(path); err == nil {
+		json.Unmarshal(b, &ss.ids)
+	}
+	for k := range ss.ids {
+		if len(k) != 64 || len(ss.ids) > maxSessions {
+			delete(ss.ids, k)
+		}
+	}
+}
+
+// save writes the sessions; called with mu held.
+func (ss *sessions) save() {
+	if ss.path == "" {
+		return
+	}
+	b, _ := json.Marshal(ss.ids)
+	atomicfile.WriteFile(ss.path, b, 0o600)
+}
+
+func (ss *sessions) add(ttl time.Duration) string {
+	b := make([]byte, 24)
+	rand.Read(b)
+	id := hex.EncodeToString(b)
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	if ss.ids == nil {
+		ss.ids = map[string]time.Time{}
+	}
+	now := time.Now()
+	for k, exp := range ss.ids {
+		if now.After(exp) {
+			delete(ss.ids, k)
+		}
+	}
+	for len(ss.ids) >= maxSessions {
+		var oldest string
+		var at time.Time
+		for k, exp := range ss.ids {
+			if oldest == "" || exp.Before(at) {
+				oldest, at = k, exp
+			}
+		}
+		delete(ss.ids, oldest)
+	}
+	ss.ids[sessionKey(id)] = now.Add(ttl)
+	ss.save()
+	return id
+}
+
+func (ss *sessions) valid(id string) bool {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	k := sessionKey(id)
+	exp, ok := ss.ids[k]
+	if ok && time.Now().After(exp) {
+		delete(ss.ids, k)
+		ss.save()
+		return false
+	}
+	return ok
+}
+
+func (ss *sessions) end(id string) {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	delete(ss.ids, sessionKey(id))
+	ss.save()
+}
+
+func (ss *sessions) endAll() {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	ss.ids = map[string]time.Time{}
+	ss.save()
+}
+
+func (s *Server) sessionLifetime() time.Duration {
+	if s.SessionLifetime <= 0 {
+		return DefaultSessionLifetime
+	}
+	return s.SessionLifetime
+}
+
+// token is the current admin token (it changes on rotation).
+func (s *Server) token() string {
+	s.tokenMu.RLock()
+	defer s.tokenMu.RUnlock()
+	if s.rotated != "" {
+		return s.rotated
+	}
+	return s.Token
+}
+
+// requireAdmin lets a request through only on an admin listener (loopback,
+// or one serve names with --admin-listen), with the admin token as
+// "Authorization: Bearer <token>" or a live session cookie; a write with the
+// cookie must also come from the dashboard's own origin with a content type
+// no cross-site form can send.
+func (s *Server) requireAdmin(c *gin.Context) {
+	if !s.adminListener(c.Request) {
+		writeErr(c.Writer, http.StatusForbidden, "the technician API is not served on this address: use the dashboard on the bench PC (127.0.0.1) or the --admin-listen address")
+		c.Abort()
+		return
+	}
+	how := s.authorized(c.Request)
+	if how == "" {
+		c.Header("WWW-Authenticate", `Bearer realm="cm4bench"`)
+		writeErr(c.Writer, http.StatusUnauthorized, "admin token required: send \"Authorization: Bearer <token>\" (the token is in <data>/admin-token) or log in")
+		c.Abort()
+		return
+	}
+	if how == "cookie" {
+		if err := sameOriginWrite(c.Request); err != nil {
+			writeErr(c.Writer, http.StatusForbidden, err.Error())
+			c.Abort()
+			return
+		}
+	}
+	c.Next()
+}
+
+// adminListener reports whether the request came in on an address the
+// technician API is served on.
+func (s *Server) adminListener(r *http.Request) bool {
+	la, ok := r.Context().Value(http.LocalAddrContextKey).(net.Addr)
+	if !ok {
+		return true // not from a listener (in-process handler tests)
+	}
+	ap, err := netip.ParseAddrPort(la.String())
+	if err != nil {
+		return false
+	}
+	if ap.Addr().Unmap().IsLoopback() || s.AdminAddrs == nil {
+		return true
+	}
+	return s.AdminAddrs(ap)
+}
+
+// authorized says how the request proved itself: "bearer", "cookie" or "".
+func (s *Server) authorized(r *http.Request) string {
+	tok := s.token()
+	if tok == "" {
+		return "" // never open by accident
 	}
 	if h := r.Header.Get(wire.HeaderToken); h != "" {
-		scheme, tok, ok := strings.Cut(h, " ")
-		return ok && strings.EqualFold(scheme, "Bearer") && tokenEqual(strings.TrimSpace(tok), s.Token)
+		scheme, t, ok := strings.Cut(h, " ")
+		if ok && strings.EqualFold(scheme, "Bearer") && tokenEqual(strings.TrimSpace(t), tok) {
+			return "bearer"
+		}
+		return ""
 	}
-	if ck, err := r.Cookie(wire.CookieSession); err == nil {
-		return tokenEqual(ck.Value, s.Token)
+	if ck, err := r.Cookie(wire.CookieSession); err == nil && s.sessions.valid(ck.Value) {
+		return "cookie"
 	}
-	return false
+	return ""
+}
+
+// sameOriginWrite refuses a cookie-authenticated write from another origin
+// (Origin must name this host when sent) or with a body type a cross-site
+// HTML form could send without a preflight.
+func sameOriginWrite(r *http.Request) error {
+	switch r.Method {
+	case http.MethodGet, http.MethodHead, http.MethodOptions:
+		return nil
+	}
+	if o := r.Header.Get("Origin"); o != "" {
+		if o != "http://"+r.Host && o != "https://"+r.Host {
+			return fmt.Errorf("request from origin %s refused: the dashboard's session works only on its own pages", o)
+		}
+	}
+	ct, _, _ := strings.Cut(r.Header.Get("Content-Type"), ";")
+	switch strings.ToLower(strings.TrimSpace(ct)) {
+	case "application/x-www-form-urlencoded", "multipart/form-data", "text/plain":
+		return fmt.Errorf("content type %s refused for a session write: send JSON", ct)
+	}
+	return nil
 }
 
 func (s *Server) handleLogin(c *gin.Context) error {
@@ -39,18 +230,53 @@ func (s *Server) handleLogin(c *gin.Context) error {
 	if err := s.decodeJSON(c.Request, &req); err != nil {
 		return err
 	}
-	if !tokenEqual(strings.TrimSpace(req.Token), s.Token) || s.Token == "" {
+	tok := s.token()
+	if tok == "" || !tokenEqual(strings.TrimSpace(req.Token), tok) {
+		s.emit(c.Request.Context(), wire.Event{Kind: wire.EventAuthFailed, Level: "warn",
+			Message: "failed login from " + remoteIP(c.Request), Fields: map[string]any{"ip": remoteIP(c.Request)}})
 		return httpErr(http.StatusUnauthorized, "wrong admin token")
 	}
+	id := s.sessions.add(s.sessionLifetime())
 	http.SetCookie(c.Writer, &http.Cookie{
-		Name: wire.CookieSession, Value: s.Token, Path: "/",
-		HttpOnly: true, SameSite: http.SameSiteStrictMode, MaxAge: 30 * 24 * 3600,
+		Name: wire.CookieSession, Value: id, Path: "/",
+		HttpOnly: true, SameSite: http.SameSiteStrictMode, MaxAge: int(s.sessionLifetime().Seconds()),
 	})
+	s.emit(c.Request.Context(), wire.Event{Kind: wire.EventAuthLogin, Message: "technician logged in from " + remoteIP(c.Request),
+		Fields: map[string]any{"ip": remoteIP(c.Request)}})
 	writeJSON(c.Writer, http.StatusOK, map[string]string{"status": "logged in"})
 	return nil
 }
 
 func (s *Server) handleLogout(c *gin.Context) {
+	if ck, err := c.Request.Cookie(wire.CookieSession); err == nil {
+		s.sessions.end(ck.Value)
+	}
 	http.SetCookie(c.Writer, &http.Cookie{Name: wire.CookieSession, Value: "", Path: "/", HttpOnly: true, SameSite: http.SameSiteStrictMode, MaxAge: -1})
 	writeJSON(c.Writer, http.StatusOK, map[string]string{"status": "logged out"})
+}
+
+// handleRotateToken makes a new admin token, writes it to
+// <data>/admin-token and ends every session.
+func (s *Server) handleRotateToken(c *gin.Context) error {
+	tok, err := RotateToken(s.DataDir)
+	if err != nil {
+		return err
+	}
+	s.tokenMu.Lock()
+	s.rotated = tok
+	s.tokenMu.Unlock()
+	s.sessions.endAll()
+	s.emit(c.Request.Context(), wire.Event{Kind: wire.EventAuthRotated, Level: "warn", Message: "admin token rotated: every session ended"})
+	writeJSON(c.Writer, http.StatusOK, map[string]string{"token": tok})
+	return nil
+}
+
+// RotateToken writes a new random admin token to <dir>/admin-token (0600,
+// atomically) and returns it.
+func RotateToken(dir string) (string, error) {
+	tok := randomHex(24)
+	if err := atomicfile.WriteFile(filepath.Join(dir, wire.FileAdminToken), []byte(tok+"\n"), 0o600); err != nil {
+		return "", fmt.Errorf("api: rotate admin token: %w", err)
+	}
+	return tok, nil
 }

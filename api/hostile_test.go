@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/cm4bench/cm4bench/api"
+	"github.com/cm4bench/cm4bench/api/client"
 	"github.com/cm4bench/cm4bench/api/wire"
 )
 
@@ -434,4 +435,99 @@ func requireTool(t *testing.T, name string) string {
 		t.Fatalf("%s not installed (scripts/deps.sh installs it): %v", name, err)
 	}
 	return p
+}
+
+// Security item 9: the login cookie is a server-side session, never the
+// admin token; logout revokes it; a rotation ends every session and the
+// old token; failed logins are events; a cookie write must come from the
+// dashboard's origin with a non-form content type.
+func TestSessions(t *testing.T) {
+	dir := t.TempDir()
+	b := startServer(t, dir, "")
+	login := func() *http.Cookie {
+		t.Helper()
+		resp, err := http.Post(b.base+wire.PathLogin, "application/json", strings.NewReader(`{"token":"`+b.token+`"}`))
+		if err != nil || resp.StatusCode != 200 {
+			t.Fatalf("login: %v %v", resp.StatusCode, err)
+		}
+		resp.Body.Close()
+		for _, c := range resp.Cookies() {
+			if c.Name == wire.CookieSession {
+				return c
+			}
+		}
+		t.Fatal("no session cookie")
+		return nil
+	}
+	withCookie := func(c *http.Cookie, method, path, ctype, origin, body string) int {
+		req, _ := http.NewRequest(method, b.base+path, strings.NewReader(body))
+		req.AddCookie(c)
+		if ctype != "" {
+			req.Header.Set("Content-Type", ctype)
+		}
+		if origin != "" {
+			req.Header.Set("Origin", origin)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	ck := login()
+	if ck.Value == b.token || strings.Contains(ck.Value, b.token) {
+		t.Fatal("the session cookie carries the admin token")
+	}
+	if code := withCookie(ck, "GET", "/api/v1/status", "", "", ""); code != 200 {
+		t.Errorf("status with the session = %d", code)
+	}
+	// writes: same origin and JSON only
+	host := strings.TrimPrefix(b.base, "http://")
+	if code := withCookie(ck, "PUT", "/api/v1/netboot", "application/json", "http://evil.example", `{"enabled":true}`); code != 403 {
+		t.Errorf("cross-origin write = %d, want 403", code)
+	}
+	if code := withCookie(ck, "PUT", "/api/v1/netboot", "text/plain", "http://"+host, `{"enabled":true}`); code != 403 {
+		t.Errorf("text/plain write = %d, want 403", code)
+	}
+	if code := withCookie(ck, "PUT", "/api/v1/netboot", "application/json", "http://"+host, `{"enabled":true}`); code != 200 {
+		t.Errorf("same-origin JSON write = %d, want 200", code)
+	}
+	// logout revokes the session: replaying the cookie fails
+	if code := withCookie(ck, "POST", wire.PathLogout, "application/json", "", ""); code != 200 {
+		t.Fatalf("logout = %d", code)
+	}
+	if code := withCookie(ck, "GET", "/api/v1/status", "", "", ""); code != 401 {
+		t.Errorf("status with the logged-out cookie = %d, want 401", code)
+	}
+	// a failed login is an event
+	resp, _ := http.Post(b.base+wire.PathLogin, "application/json", strings.NewReader(`{"token":"guess"}`))
+	resp.Body.Close()
+	evs, _ := b.st.Events(context.Background(), 0, 1000)
+	failed := false
+	for _, e := range evs {
+		failed = failed || e.Kind == wire.EventAuthFailed
+	}
+	if !failed {
+		t.Error("no auth.failed event after a wrong login")
+	}
+	// rotation: a new token, the old one and every session dead
+	ck2 := login()
+	c := &client.Client{BaseURL: b.base, Token: b.token}
+	tok, err := c.RotateToken(context.Background())
+	if err != nil || tok == b.token {
+		t.Fatalf("rotate: %q %v", tok, err)
+	}
+	if onDisk, _ := os.ReadFile(filepath.Join(dir, wire.FileAdminToken)); strings.TrimSpace(string(onDisk)) != tok {
+		t.Error("admin-token file not rewritten")
+	}
+	if code, _ := b.call("GET", "/api/v1/status", nil, b.token); code != 401 {
+		t.Errorf("old token after rotation = %d, want 401", code)
+	}
+	if code, _ := b.call("GET", "/api/v1/status", nil, tok); code != 200 {
+		t.Errorf("new token = %d", code)
+	}
+	if code := withCookie(ck2, "GET", "/api/v1/status", "", "", ""); code != 401 {
+		t.Errorf("session after rotation = %d, want 401", code)
+	}
 }

@@ -79,6 +79,13 @@ type Server struct {
 	// DiskReserve is the free space a backup upload never eats into; 0 =
 	// DefaultDiskReserve, < 0 = none (the disk may fill up).
 	DiskReserve int64
+	// SessionLifetime is how long a dashboard login lasts; 0 =
+	// DefaultSessionLifetime.
+	SessionLifetime time.Duration
+	// AdminAddrs, when set, says which non-loopback listener addresses
+	// serve the technician API (serve --admin-listen); loopback always
+	// does. nil: every listener (embedders and tests).
+	AdminAddrs func(netip.AddrPort) bool
 	// ActionLifetime is how long an action's token works before the action
 	// is failed as expired; 0 = DefaultActionLifetime.
 	ActionLifetime time.Duration
@@ -102,6 +109,10 @@ type Server struct {
 
 	addrMu sync.Mutex
 	addrs  []string
+
+	sessions sessions
+	tokenMu  sync.RWMutex
+	rotated  string // the admin token after a rotation
 
 	uploadMu  sync.Mutex
 	uploading map[string]bool // backup actions with an upload in progress
@@ -198,6 +209,7 @@ func (s *Server) addresses() []string {
 func (s *Server) build() {
 	s.started = time.Now().UTC()
 	s.cov = newCoverageBook(filepath.Join(s.DataDir, "streams"))
+	s.sessions.load(filepath.Join(s.DataDir, "sessions.json"))
 	s.metrics = newMetrics(s)
 	s.progress = make(chan progressReport, 256)
 	// gin's mode is a package setting of gin; release mode only silences its
@@ -231,6 +243,7 @@ func (s *Server) build() {
 	t.GET(wire.PathEvents, s.wrap(s.handleSSE))
 	v := t.Group(wire.PathAPIv1)
 	v.GET("/status", s.wrap(s.handleStatus))
+	t.POST(wire.PathRotate, s.wrap(s.handleRotateToken))
 	v.GET("/devices", s.wrap(s.handleDevices))
 	v.GET("/devices/:mac", s.wrap(s.handleDevice))
 	v.POST("/devices/:mac/action", s.wrap(s.handleSetAction))

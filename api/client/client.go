@@ -109,6 +109,22 @@ func LocalURL(raw string) error {
 	return fmt.Errorf("%s: %w", ip, ErrNotLocal)
 }
 
+// RotateToken asks the server for a new admin token (every dashboard
+// session ends) and returns it; c uses it from then on.
+func (c *Client) RotateToken(ctx context.Context) (string, error) {
+	var out struct {
+		Token string `json:"token"`
+	}
+	if err := c.do(ctx, http.MethodPost, wire.PathRotate, nil, &out); err != nil {
+		return "", err
+	}
+	if len(out.Token) < 16 {
+		return "", errors.New("client: the server answered no new token")
+	}
+	c.Token = out.Token
+	return out.Token, nil
+}
+
 func (c *Client) http() *http.Client {
 	if c.HTTP != nil {
 		return c.HTTP

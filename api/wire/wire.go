@@ -170,8 +170,9 @@ const (
 // Technician API (Authorization: Bearer <admin token>, or the session cookie).
 const (
 	PathAPIv1      = "/api/v1"
-	PathLogin      = "/api/v1/login"  // POST LoginRequest; sets CookieSession
-	PathLogout     = "/api/v1/logout" // POST; clears CookieSession
+	PathLogin      = "/api/v1/login"        // POST LoginRequest; sets CookieSession
+	PathLogout     = "/api/v1/logout"       // POST; clears CookieSession
+	PathRotate     = "/api/v1/token/rotate" // POST (admin); answers {"token": new}
 	CookieSession  = "cm4bench_session"
 	FileAdminToken = "admin-token" // in the data dir, mode 0600
 	FileServerInfo = "server.json" // in the data dir: ServerInfo of the running server
@@ -211,6 +212,9 @@ const (
 	EventImageAdded      = "image.added"
 	EventImageRemoved    = "image.removed"
 	EventServerRecovered = "server.recovered" // Fields: temp_files_removed, backups_failed
+	EventAuthLogin       = "auth.login"       // Fields: ip
+	EventAuthFailed      = "auth.failed"      // Fields: ip
+	EventAuthRotated     = "auth.rotated"
 	EventDHCPRival       = "dhcp.rival"
 )
 

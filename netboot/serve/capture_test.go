@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cm4bench/cm4bench/api/wire"
 	"github.com/cm4bench/cm4bench/netboot/nettest"
 	"github.com/cm4bench/cm4bench/netboot/pisim"
 	"github.com/cm4bench/cm4bench/netboot/serve"
@@ -62,6 +63,18 @@ func TestCaptureReadByTsharkAndReplayed(t *testing.T) {
 	env := udhcpc(t, topo.Clients[0])
 	if env["opt43"] != menuHex {
 		t.Fatalf("lease without the boot menu: %q", env["opt43"])
+	}
+	// Security item 9: the bench address serves the device API only; the
+	// technician API answers there 403 even with the token.
+	curl := nettest.RequireTool(t, "curl")
+	tok := b.Token()
+	code := topo.Clients[0].Run(t, curl, "-s", "-o", "/dev/null", "-w", "%{http_code}", "-H", "Authorization: Bearer "+tok, "http://10.42.0.1:5000/api/v1/status")
+	if strings.TrimSpace(code) != "403" {
+		t.Errorf("technician API on the bench address = %s, want 403", code)
+	}
+	code = topo.Clients[0].Run(t, curl, "-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST", "-d", `{"mac":"`+piMAC+`"}`, "http://10.42.0.1:5000"+wire.PathRegister)
+	if strings.TrimSpace(code) != "200" {
+		t.Errorf("device API on the bench address = %s, want 200", code)
 	}
 	got := filepath.Join(t.TempDir(), "start4.elf")
 	topo.Clients[0].Run(t, "atftp", "--option", "tsize 0", "--option", "blksize 1024", "-g", "-r", "start4.elf", "-l", got, "10.42.0.1")

@@ -32,6 +32,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -90,6 +91,10 @@ type Config struct {
 	// HTTPAddr, if set, is the only HTTP listen address. Default:
 	// DefaultHTTPAddr plus <bench address>:5000.
 	HTTPAddr string
+	// AdminListen are more addresses (HOST:PORT) that serve the technician
+	// API and dashboard besides loopback; they are listened on too. The
+	// bench address serves only the device API unless it is named here.
+	AdminListen []string
 	// Image is the golden default image (.img, .img.gz, .img.xz, .img.zst).
 	Image string
 	// NoDHCP and NoTFTP leave those servers out (HTTP-only use, or a bench
@@ -185,6 +190,7 @@ func New(ctx context.Context, cfg Config) (*Bench, error) {
 		CompressBackups: cfg.CompressBackups, PollInterval: cfg.PollInterval,
 		Version: cfg.Version, Logger: cfg.Logger, Rivals: b.Rivals, UI: cfg.UI,
 	}
+	b.srv.AdminAddrs = b.adminAddr
 	return b, nil
 }
 
@@ -316,14 +322,37 @@ func (b *Bench) pump(ctx context.Context) {
 
 // httpAddrs are the HTTP listen addresses.
 func (b *Bench) httpAddrs() []string {
+	var out []string
 	if b.cfg.HTTPAddr != "" {
-		return []string{b.cfg.HTTPAddr}
+		out = []string{b.cfg.HTTPAddr}
+	} else {
+		out = []string{DefaultHTTPAddr}
+		if b.bench.IsValid() {
+			out = append(out, net.JoinHostPort(b.bench.Addr().String(), strconv.Itoa(wire.DefaultPort)))
+		}
 	}
-	out := []string{DefaultHTTPAddr}
-	if b.bench.IsValid() {
-		out = append(out, net.JoinHostPort(b.bench.Addr().String(), strconv.Itoa(wire.DefaultPort)))
+	for _, a := range b.cfg.AdminListen {
+		if !slices.Contains(out, a) {
+			out = append(out, a)
+		}
 	}
 	return out
+}
+
+// adminAddr reports whether a connection that arrived on local address ap
+// may use the technician API: an --admin-listen address (a wildcard host
+// matches its port).
+func (b *Bench) adminAddr(ap netip.AddrPort) bool {
+	for _, a := range b.cfg.AdminListen {
+		host, port, err := net.SplitHostPort(a)
+		if err != nil || port != strconv.Itoa(int(ap.Port())) {
+			continue
+		}
+		if ip, err := netip.ParseAddr(host); host == "" || (err == nil && (ip.IsUnspecified() || ip.Unmap() == ap.Addr().Unmap())) {
+			return true
+		}
+	}
+	return false
 }
 
 // Serve runs DHCP, TFTP and HTTP until ctx is done (then returns nil after

@@ -153,7 +153,9 @@ func StartRig(ctx context.Context, cfg RigConfig) (_ *Rig, err error) {
 		"--tftp-root", r.TFTPRoot,
 		"--data", r.DataDir,
 		"--image", r.Image,
-		"--http", net.JoinHostPort(addr, fmt.Sprint(HTTPPort)))
+		"--http", net.JoinHostPort(addr, fmt.Sprint(HTTPPort)),
+		// the host reaches the technician API through the bench address
+		"--admin-listen", net.JoinHostPort(addr, fmt.Sprint(HTTPPort)))
 	r.argv = append(r.argv, cfg.ServerArgs...)
 	if err := r.StartServer(ctx); err != nil {
 		return nil, err

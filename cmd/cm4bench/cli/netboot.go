@@ -49,6 +49,7 @@ type netbootServeOpts struct {
 	allowOtherDHCP  bool
 	fastFallthrough bool
 	capture         string
+	adminListen     []string
 	allowUnleased   bool
 	tftpRoot        string
 	data            string
@@ -153,6 +154,7 @@ settings is reported as a warning.`,
 	f.StringVar(&o.tftpRoot, "tftp-root", "", "directory served read-only over TFTP (the Pi boot files)")
 	f.StringVar(&o.data, "data", defaultDataDir, "data directory (database, token, images, backups, leases)")
 	f.StringVar(&o.http, "http", "", "HTTP listen address (default 127.0.0.1:5000 plus <bench address>:5000)")
+	f.StringSliceVar(&o.adminListen, "admin-listen", nil, "also serve the technician API and dashboard on `HOST:PORT` (repeatable); by default only 127.0.0.1 gets them, the bench address serves the device API only")
 	f.StringVar(&o.image, "image", "", "golden default image (.img, .img.gz, .img.xz or .img.zst)")
 	f.BoolVar(&o.noDHCP, "no-dhcp", false, "do not run the DHCP server")
 	f.BoolVar(&o.noTFTP, "no-tftp", false, "do not run the TFTP server")
@@ -166,7 +168,7 @@ settings is reported as a warning.`,
 func (o *netbootServeOpts) config(logger *slog.Logger) (serve.Config, error) {
 	cfg := serve.Config{
 		Iface: o.iface, Proxy: o.proxy, AllowOtherDHCP: o.allowOtherDHCP, FastFallthrough: o.fastFallthrough, Capture: o.capture, AllowUnleased: o.allowUnleased, TFTPRoot: o.tftpRoot,
-		DataDir: o.data, HTTPAddr: o.http, Image: o.image, NoDHCP: o.noDHCP, NoTFTP: o.noTFTP,
+		DataDir: o.data, HTTPAddr: o.http, AdminListen: o.adminListen, Image: o.image, NoDHCP: o.noDHCP, NoTFTP: o.noTFTP,
 		CompressBackups: o.compressBackups, PollInterval: o.pollInterval, Version: version(), Logger: logger,
 	}
 	if o.addr != "" {

@@ -127,6 +127,7 @@ as the Seeed reTerminal) from one workstation with a USB cable and an Ethernet s
 		{"net", newBackupCmd()},
 		{"net", newSimCmd()},
 		{"bench", newDoctorCmd()},
+		{"net", newTokenCmd()},
 	} {
 		c.cmd.GroupID = c.group
 		root.AddCommand(c.cmd)
