@@ -280,3 +280,41 @@ func RotateToken(dir string) (string, error) {
 	}
 	return tok, nil
 }
+
+// adminOnly serves a route (metrics) only on an admin listener.
+func (s *Server) adminOnly(c *gin.Context) {
+	if !s.adminListener(c.Request) {
+		writeErr(c.Writer, http.StatusForbidden, "not served on this address: use 127.0.0.1 or the --admin-listen address")
+		c.Abort()
+		return
+	}
+	c.Next()
+}
+
+// hostGuard refuses a request whose Host header names a host this server
+// is not: only IP literals, "localhost" and AllowedHosts pass. A page on
+// a rebound DNS name (evil.example resolving to 127.0.0.1) sends its own
+// name and is refused.
+func (s *Server) hostGuard(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		host := r.Host
+		if h, _, err := net.SplitHostPort(host); err == nil {
+			host = h
+		}
+		host = strings.Trim(host, "[]")
+		if _, err := netip.ParseAddr(host); err == nil || host == "" || strings.EqualFold(host, "localhost") || slicesContainsFold(s.AllowedHosts, host) {
+			next.ServeHTTP(w, r)
+			return
+		}
+		writeErr(w, http.StatusMisdirectedRequest, "host "+host+" is not this server's: use its IP address (DNS-rebinding guard)")
+	})
+}
+
+func slicesContainsFold(list []string, v string) bool {
+	for _, x := range list {
+		if strings.EqualFold(x, v) {
+			return true
+		}
+	}
+	return false
+}

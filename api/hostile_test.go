@@ -336,10 +336,12 @@ func TestCrashRecoveryAndTokenLifetime(t *testing.T) {
 	os.WriteFile(itmp, []byte("half an image"), 0o600)
 
 	b = startServer(t, dir, "")
-	b.waitFor("recovery", func() bool { _, err := os.Stat(tmp); return os.IsNotExist(err) })
-	if _, err := os.Stat(itmp); !os.IsNotExist(err) {
-		t.Error("the image upload's temp file is still there")
-	}
+	b.waitFor("recovery", func() bool {
+		_, e1 := os.Stat(tmp)
+		_, e2 := os.Stat(itmp)
+		a, _ := b.st.ActionByID(context.Background(), a.ID)
+		return os.IsNotExist(e1) && os.IsNotExist(e2) && a.State == wire.StateFailed
+	})
 	got, _ := b.st.ActionByID(context.Background(), a.ID)
 	if got.State != wire.StateFailed || !strings.Contains(got.Error, "server stopped while this backup was being uploaded") {
 		t.Errorf("interrupted backup after the restart: %s %q", got.State, got.Error)
@@ -529,5 +531,37 @@ func TestSessions(t *testing.T) {
 	}
 	if code := withCookie(ck2, "GET", "/api/v1/status", "", "", ""); code != 401 {
 		t.Errorf("session after rotation = %d, want 401", code)
+	}
+}
+
+// Security item 13: /metrics is served only on the admin address, and a
+// request naming a host that is not the server's (DNS rebinding through
+// 127.0.0.1) is refused.
+func TestMetricsAndHostGuard(t *testing.T) {
+	b := startServer(t, t.TempDir(), "")
+	req, _ := http.NewRequest("GET", b.base+"/api/v1/status", nil)
+	req.Host = "rebind.example:5000"
+	req.Header.Set("Authorization", "Bearer "+b.token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusMisdirectedRequest {
+		t.Errorf("request with a foreign Host = %d, want 421", resp.StatusCode)
+	}
+	for _, h := range []string{"localhost:5000", "127.0.0.1:5000", "[::1]:5000", "10.42.0.1"} {
+		req.Host = h
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			t.Errorf("Host %s = %d", h, resp.StatusCode)
+		}
+	}
+	if code, out := b.call("GET", wire.PathMetrics, nil, ""); code != 200 || !strings.Contains(string(out), "cm4bench_devices") {
+		t.Errorf("metrics on loopback = %d", code)
 	}
 }

@@ -3,6 +3,7 @@ package api
 import (
 	"context"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/cm4bench/cm4bench/api/store"
@@ -88,11 +89,20 @@ func (m *metrics) follow(ctx context.Context, st *store.Store) {
 	}
 }
 
-// deviceCollector reports devices by state at scrape time.
+// deviceCollector reports devices by state. The counts are computed at
+// most every deviceCountEvery, whatever the scrape rate, so scrapes cannot
+// make the server scan every device over and over (security item 13).
 type deviceCollector struct {
 	st   *store.Store
 	desc *prometheus.Desc
+
+	mu     sync.Mutex
+	at     time.Time
+	counts map[string]int
+	err    error
 }
+
+const deviceCountEvery = 10 * time.Second
 
 func newDeviceCollector(st *store.Store) *deviceCollector {
 	return &deviceCollector{st: st, desc: prometheus.NewDesc("cm4bench_devices", "Devices by state.", []string{"state"}, nil)}
@@ -101,12 +111,28 @@ func newDeviceCollector(st *store.Store) *deviceCollector {
 func (d *deviceCollector) Describe(ch chan<- *prometheus.Desc) { ch <- d.desc }
 
 func (d *deviceCollector) Collect(ch chan<- prometheus.Metric) {
+	d.mu.Lock()
+	if d.counts == nil || time.Since(d.at) >= deviceCountEvery {
+		d.counts, d.err = d.count()
+		d.at = time.Now()
+	}
+	counts, err := d.counts, d.err
+	d.mu.Unlock()
+	if err != nil {
+		ch <- prometheus.NewInvalidMetric(d.desc, err)
+		return
+	}
+	for s, n := range counts {
+		ch <- prometheus.MustNewConstMetric(d.desc, prometheus.GaugeValue, float64(n), s)
+	}
+}
+
+func (d *deviceCollector) count() (map[string]int, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	devs, err := d.st.Devices(ctx)
 	if err != nil {
-		ch <- prometheus.NewInvalidMetric(d.desc, err)
-		return
+		return nil, err
 	}
 	counts := map[string]int{}
 	for _, s := range []string{wire.DeviceIdle, wire.DevicePending, wire.DeviceRunning, wire.DeviceDone, wire.DeviceFailed, wire.DeviceOffline} {
@@ -115,7 +141,5 @@ func (d *deviceCollector) Collect(ch chan<- prometheus.Metric) {
 	for _, dv := range devs {
 		counts[dv.State]++
 	}
-	for s, n := range counts {
-		ch <- prometheus.MustNewConstMetric(d.desc, prometheus.GaugeValue, float64(n), s)
-	}
+	return counts, nil
 }

@@ -86,6 +86,10 @@ type Server struct {
 	// serve the technician API (serve --admin-listen); loopback always
 	// does. nil: every listener (embedders and tests).
 	AdminAddrs func(netip.AddrPort) bool
+	// AllowedHosts are host names (besides IP literals and "localhost")
+	// the server answers to in the Host header; any other name is refused,
+	// so a DNS-rebinding page cannot reach the API through 127.0.0.1.
+	AllowedHosts []string
 	// ActionLifetime is how long an action's token works before the action
 	// is failed as expired; 0 = DefaultActionLifetime.
 	ActionLifetime time.Duration
@@ -234,7 +238,7 @@ func (s *Server) build() {
 	g.POST(wire.PathProgress, s.wrap(s.handleProgress))
 	g.POST(wire.PathLog, s.wrap(s.handleLog))
 	g.GET(wire.PathOpenAPI, s.handleOpenAPI)
-	g.GET(wire.PathMetrics, gin.WrapH(s.metrics.handler()))
+	g.GET(wire.PathMetrics, s.adminOnly, gin.WrapH(s.metrics.handler()))
 
 	// Technician API.
 	g.POST(wire.PathLogin, s.wrap(s.handleLogin))
@@ -277,7 +281,7 @@ func (s *Server) build() {
 	mux.HandleFunc(routeBackupPut, s.handleBackupUpload)
 	mux.HandleFunc(routeBackupPost, s.handleBackupUpload)
 	mux.Handle("/", g)
-	s.handler = mux
+	s.handler = s.hostGuard(mux)
 	s.engine = g
 }
 

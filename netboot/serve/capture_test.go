@@ -72,6 +72,10 @@ func TestCaptureReadByTsharkAndReplayed(t *testing.T) {
 	if strings.TrimSpace(code) != "403" {
 		t.Errorf("technician API on the bench address = %s, want 403", code)
 	}
+	code = topo.Clients[0].Run(t, curl, "-s", "-o", "/dev/null", "-w", "%{http_code}", "http://10.42.0.1:5000/metrics")
+	if strings.TrimSpace(code) != "403" {
+		t.Errorf("/metrics on the bench address = %s, want 403", code) // security item 13
+	}
 	code = topo.Clients[0].Run(t, curl, "-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST", "-d", `{"mac":"`+piMAC+`"}`, "http://10.42.0.1:5000"+wire.PathRegister)
 	if strings.TrimSpace(code) != "200" {
 		t.Errorf("device API on the bench address = %s, want 200", code)
