@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -564,4 +566,88 @@ func TestMetricsAndHostGuard(t *testing.T) {
 	if code, out := b.call("GET", wire.PathMetrics, nil, ""); code != 200 || !strings.Contains(string(out), "cm4bench_devices") {
 		t.Errorf("metrics on loopback = %d", code)
 	}
+}
+
+// Security item 6: slow clients. Half-sent JSON bodies are cut off after
+// the body timeout; one address cannot hold more than its share of
+// connections; an upload that trickles (a byte a while) is failed.
+func TestHostileSlowClients(t *testing.T) {
+	dir := t.TempDir()
+	b := startServer(t, dir, "", func(s *api.Server) {
+		s.BodyTimeout, s.MaxConnsPerIP = 500*time.Millisecond, 8
+		s.UploadIdle, s.MinUploadRate = time.Second, 1000
+	})
+	addr := strings.TrimPrefix(b.base, "http://")
+	dialFrom := func(ip string) net.Conn {
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}, Timeout: 2 * time.Second}
+		c, err := d.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	// closedWithin reports whether the server closes c within d.
+	closedWithin := func(c net.Conn, d time.Duration) bool {
+		c.SetReadDeadline(time.Now().Add(d))
+		buf := make([]byte, 4096)
+		for {
+			if _, err := c.Read(buf); err != nil {
+				var ne net.Error
+				return !(errors.As(err, &ne) && ne.Timeout())
+			}
+		}
+	}
+	// a half-sent body is cut off
+	c := dialFrom("127.0.0.7")
+	fmt.Fprintf(c, "POST %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"mac\":", wire.PathRegister, addr)
+	if !closedWithin(c, 5*time.Second) {
+		t.Error("a half-sent body held its connection past the body timeout")
+	}
+	c.Close()
+	// the ninth connection from one address is closed at once; another address is served
+	var held []net.Conn
+	for range 8 {
+		held = append(held, dialFrom("127.0.0.8"))
+	}
+	extra := dialFrom("127.0.0.8")
+	if !closedWithin(extra, 2*time.Second) {
+		t.Error("a ninth connection from one address was kept")
+	}
+	extra.Close()
+	if code, out := send(t, clientFrom("127.0.0.9"), "GET", b.base+wire.PathPoll+"?mac=dc:a6:32:00:98:09", ""); code != 404 {
+		t.Errorf("another address while one is at its cap: %d %s", code, out)
+	}
+	for _, h := range held {
+		h.Close()
+	}
+	// a trickling upload is failed
+	const mac = "dc:a6:32:00:98:01"
+	b.register(mac)
+	var a wire.Action
+	b.admin("POST", "/api/v1/devices/"+mac+"/action", wire.SetActionRequest{Action: "backup"}, 200, &a)
+	p := b.poll(mac)
+	pr, pw := io.Pipe()
+	go func() {
+		defer pw.Close()
+		for range 20 {
+			if _, err := pw.Write([]byte{1}); err != nil {
+				return
+			}
+			time.Sleep(300 * time.Millisecond)
+		}
+	}()
+	req, _ := http.NewRequest("PUT", p.UploadURL, pr)
+	resp, err := http.DefaultClient.Do(req)
+	if err == nil {
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode == http.StatusCreated {
+			t.Fatalf("a trickling upload was stored: %s", body)
+		}
+	}
+	b.waitFor("the trickling upload to be failed", func() bool {
+		got, _ := b.st.ActionByID(context.Background(), a.ID)
+		return got.State == wire.StateFailed
+	})
+	b.assertNothingComplete(mac, a.ID, "slower than the minimum")
 }

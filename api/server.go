@@ -40,6 +40,12 @@ const (
 	// DefaultUploadIdle is how long a backup upload may send nothing
 	// before it is failed.
 	DefaultUploadIdle = 30 * time.Second
+	// DefaultMinUploadRate is the slowest backup upload accepted (bytes/s).
+	DefaultMinUploadRate = 16 << 10
+	// DefaultBodyTimeout bounds a JSON body read.
+	DefaultBodyTimeout = 10 * time.Second
+	// DefaultMaxConnsPerIP bounds one address's open connections.
+	DefaultMaxConnsPerIP = 64
 )
 
 // Server is the cm4bench HTTP server. Set the fields, then call Serve (or
@@ -93,6 +99,16 @@ type Server struct {
 	// ActionLifetime is how long an action's token works before the action
 	// is failed as expired; 0 = DefaultActionLifetime.
 	ActionLifetime time.Duration
+	// MinUploadRate fails a backup upload that, over a window of UploadIdle,
+	// sends less than this many bytes a second; 0 = DefaultMinUploadRate,
+	// < 0 = no minimum.
+	MinUploadRate int64
+	// BodyTimeout bounds the reading of a JSON request body (a client that
+	// sends half a body and stops is cut off); 0 = DefaultBodyTimeout.
+	BodyTimeout time.Duration
+	// MaxConnsPerIP bounds the open connections from one address; more are
+	// closed at once. 0 = DefaultMaxConnsPerIP.
+	MaxConnsPerIP int
 	// UploadIdle fails a backup upload that sends no data for this long, so
 	// a board whose link went down mid-backup is failed in seconds rather
 	// than when TCP gives up minutes later; 0 = DefaultUploadIdle.
@@ -280,7 +296,7 @@ func (s *Server) build() {
 	mux.HandleFunc(routeImageHead, s.handleImage)
 	mux.HandleFunc(routeBackupPut, s.handleBackupUpload)
 	mux.HandleFunc(routeBackupPost, s.handleBackupUpload)
-	mux.Handle("/", g)
+	mux.Handle("/", s.bodyDeadline(g))
 	s.handler = s.hostGuard(mux)
 	s.engine = g
 }
@@ -299,9 +315,11 @@ const (
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	h := s.Handler()
 	s.recovery.Do(func() { s.recoverAfterCrash(ctx) })
+	ln = &limitListener{Listener: ln, max: s.maxConnsPerIP(), per: map[string]int{}, log: s.log()}
 	hs := &http.Server{
 		Handler:           h,
-		ReadHeaderTimeout: 30 * time.Second,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
 		BaseContext:       func(net.Listener) context.Context { return ctx },
 		ErrorLog:          slog.NewLogLogger(s.log().Handler(), slog.LevelWarn),
 	}

@@ -566,7 +566,7 @@ func (s *Server) handleBackupUpload(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, httpErr(http.StatusConflict, "action %s already has backup %s", a.ID, cur.BackupID))
 		return
 	}
-	b, code, err := s.receiveBackup(r, idleReader{r: r.Body, rc: http.NewResponseController(w), idle: s.uploadIdle()}, a)
+	b, code, err := s.receiveBackup(r, &idleReader{r: r.Body, rc: http.NewResponseController(w), idle: s.uploadIdle(), minRate: s.minUploadRate()}, a)
 	if err != nil {
 		s.failAction(r.Context(), a, err.Error())
 		if code == 0 {
@@ -591,19 +591,37 @@ func (s *Server) uploadIdle() time.Duration {
 
 // idleReader moves the connection's read deadline forward before each read,
 // so a read that waits longer than idle for data fails with a clear error.
+// idleReader fails an upload that sends nothing for idle, or that over
+// any window of idle sends less than minRate bytes a second (a byte every
+// 29 s keeps a connection "alive" but is no backup).
 type idleReader struct {
-	r    io.Reader
-	rc   *http.ResponseController
-	idle time.Duration
+	r       io.Reader
+	rc      *http.ResponseController
+	idle    time.Duration
+	minRate int64 // bytes per second; 0 = no minimum
+
+	winStart time.Time
+	winBytes int64
 }
 
-func (i idleReader) Read(p []byte) (int, error) {
+func (i *idleReader) Read(p []byte) (int, error) {
 	// Not every ResponseWriter supports deadlines (a test recorder does not);
 	// then the read simply waits as before.
 	_ = i.rc.SetReadDeadline(time.Now().Add(i.idle))
 	n, err := i.r.Read(p)
 	if errors.Is(err, os.ErrDeadlineExceeded) {
 		err = fmt.Errorf("no data from the board for %s: %w", i.idle, err)
+	}
+	now := time.Now()
+	if i.winStart.IsZero() {
+		i.winStart = now
+	}
+	i.winBytes += int64(n)
+	if el := now.Sub(i.winStart); el >= i.idle {
+		if i.minRate > 0 && float64(i.winBytes) < float64(i.minRate)*el.Seconds() && err == nil {
+			return n, fmt.Errorf("the board sent %d bytes in %s, slower than the minimum of %d bytes/s: upload refused", i.winBytes, el.Round(time.Second), i.minRate)
+		}
+		i.winStart, i.winBytes = now, 0
 	}
 	return n, err
 }

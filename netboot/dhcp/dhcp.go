@@ -389,7 +389,7 @@ func (s *Server) handle(conn net.PacketConn, peer net.Addr, b []byte) {
 	}
 	resp, err := s.Reply(req)
 	if err != nil {
-		s.log().Warn("dhcp: request dropped", "mac", req.ClientHWAddr, "type", req.MessageType(), "err", err)
+		s.log().Warn("dhcp: request dropped", "mac", req.ClientHWAddr.String(), "type", req.MessageType(), "err", err)
 		s.emit("dhcp.error", "warn", req.ClientHWAddr.String(), "", err.Error(), nil)
 		return
 	}
@@ -398,7 +398,7 @@ func (s *Server) handle(conn net.PacketConn, peer net.Addr, b []byte) {
 	}
 	dst := replyAddr(req, resp, peer)
 	if _, err := conn.WriteTo(resp.ToBytes(), dst); err != nil {
-		s.log().Error("dhcp: send reply", "mac", req.ClientHWAddr, "to", dst, "err", err)
+		s.log().Error("dhcp: send reply", "mac", req.ClientHWAddr.String(), "to", dst, "err", err)
 		s.emit("dhcp.error", "error", req.ClientHWAddr.String(), "", fmt.Sprintf("send %s: %v", resp.MessageType(), err), nil)
 	}
 }

@@ -102,7 +102,7 @@ func (s *Server) replyDiscover(req *dhcpv4.DHCPv4, reason string) (*dhcpv4.DHCPv
 	}
 	s.count(func(st *Stats) { st.Offers++ })
 	serial := SerialFromGUID(req)
-	s.log().Debug("dhcp: offer", "mac", mac, "ip", l.IP, "pi", reason, "netboot", menu)
+	s.log().Debug("dhcp: offer", "mac", mac.String(), "ip", l.IP, "pi", reason, "netboot", menu)
 	s.emit("dhcp.offer", "info", mac.String(), serial, fmt.Sprintf("offered %s", l.IP), map[string]any{
 		"ip": l.IP.String(), "xid": req.TransactionID.String(), "pi": reason, "netboot": menu,
 	})
@@ -146,7 +146,7 @@ func (s *Server) replyRequest(req *dhcpv4.DHCPv4, reason string) (*dhcpv4.DHCPv4
 		serial = l.Serial
 	}
 	s.count(func(st *Stats) { st.Acks++ })
-	s.log().Info("dhcp: ack", "mac", mac, "ip", l.IP, "pi", reason, "netboot", menu)
+	s.log().Info("dhcp: ack", "mac", mac.String(), "ip", l.IP, "pi", reason, "netboot", menu)
 	s.emit("dhcp.ack", "info", mac.String(), serial, fmt.Sprintf("leased %s", l.IP), map[string]any{
 		"ip": l.IP.String(), "xid": req.TransactionID.String(), "pi": reason, "netboot": menu,
 	})
@@ -163,7 +163,7 @@ func (s *Server) nak(req *dhcpv4.DHCPv4, why string) (*dhcpv4.DHCPv4, error) {
 		return nil, fmt.Errorf("dhcp: build nak: %w", err)
 	}
 	s.count(func(st *Stats) { st.Naks++ })
-	s.log().Info("dhcp: nak", "mac", req.ClientHWAddr, "why", why)
+	s.log().Info("dhcp: nak", "mac", req.ClientHWAddr.String(), "why", why)
 	s.emit("dhcp.nak", "warn", req.ClientHWAddr.String(), "", why, map[string]any{"xid": req.TransactionID.String()})
 	return resp, nil
 }
@@ -214,7 +214,7 @@ func (s *Server) replyProxy(req *dhcpv4.DHCPv4, reason string) (*dhcpv4.DHCPv4, 
 	}
 	mac := req.ClientHWAddr
 	if !s.netboot(reason, mac) {
-		s.log().Debug("dhcp: proxy: netboot off, no offer", "mac", mac)
+		s.log().Debug("dhcp: proxy: netboot off, no offer", "mac", mac.String())
 		return nil, nil
 	}
 	resp, err := dhcpv4.NewReplyFromRequest(req,

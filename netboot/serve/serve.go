@@ -69,6 +69,9 @@ type Config struct {
 	Proxy bool
 	// AllowOtherDHCP starts even when another DHCP server answers.
 	AllowOtherDHCP bool
+	// BackupReserve is the free space (bytes) a backup upload never eats
+	// into; 0 = api.DefaultDiskReserve, < 0 = none.
+	BackupReserve int64
 	// AllowUnleased lets device requests come from addresses our DHCP
 	// server leased to nobody (static addresses, a proxy in front of the
 	// API). By default, with DHCP on and not --proxy, they are refused.
@@ -191,6 +194,7 @@ func New(ctx context.Context, cfg Config) (*Bench, error) {
 		Version: cfg.Version, Logger: cfg.Logger, Rivals: b.Rivals, UI: cfg.UI,
 	}
 	b.srv.AdminAddrs = b.adminAddr
+	b.srv.DiskReserve = cfg.BackupReserve
 	return b, nil
 }
 

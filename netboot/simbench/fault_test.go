@@ -242,7 +242,8 @@ func TestFaultBackupDiskFull(t *testing.T) {
 		t.Fatalf("mount a 14 MiB tmpfs as the backup disk: %v: %s", err, out)
 	}
 	t.Cleanup(func() { exec.Command("umount", "-l", backups).Run() })
-	r := testRig(t, simbench.RigConfig{Devices: 2, DataDir: data, EMMCBytes: 32 << 20, Prepare: func(r *simbench.Rig) error {
+	// No disk reserve: the tmpfs really fills up.
+	r := testRig(t, simbench.RigConfig{Devices: 2, DataDir: data, EMMCBytes: 32 << 20, ServerArgs: []string{"--backup-reserve", "0"}, Prepare: func(r *simbench.Rig) error {
 		// ~10 MiB of incompressible data each: one backup fits, two do not.
 		for i, d := range r.Bench.Devices {
 			if err := fillEMMC(d.EMMC(), 32<<20, uint64(20+i)); err != nil {

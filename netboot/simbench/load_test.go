@@ -187,7 +187,10 @@ func TestLoad(t *testing.T) {
 	const boards, deploySlots, backupSlots = 50, 16, 4
 	dur := soakDuration(t)
 	sl := &stateLog{last: map[int]simbench.Status{}, at: map[int]time.Time{}}
-	r := testRig(t, simbench.RigConfig{Devices: boards, AgentArgs: []string{"--poll", "5s"}, OnChange: sl.change})
+	// The poll probes are shell clients run from the bench namespace, which
+	// has no lease: the server is told to accept unleased devices.
+	r := testRig(t, simbench.RigConfig{Devices: boards, AgentArgs: []string{"--poll", "5s"}, OnChange: sl.change,
+		ServerArgs: []string{"--allow-unleased-devices"}})
 	setupStart := time.Now()
 	waitRegistered(t, r, 4*time.Minute)
 	setup := time.Since(setupStart)

@@ -42,25 +42,26 @@ Backup. When that succeeds, netboot is switched off for its MAC, so it boots fro
 // netbootServeOpts are the flags of `netboot serve`. Extra modes (such as
 // the demo bench) add their flags here and branch in run.
 type netbootServeOpts struct {
-	iface           string
-	addr            string
-	rangeFlag       string
-	proxy           bool
-	allowOtherDHCP  bool
-	fastFallthrough bool
-	capture         string
-	adminListen     []string
-	allowUnleased   bool
-	tftpRoot        string
-	data            string
-	http            string
-	image           string
-	noDHCP          bool
-	noTFTP          bool
-	compressBackups bool
-	pollInterval    time.Duration
-	demo            bool
-	prep            netbootPrepareOpts
+	iface            string
+	addr             string
+	rangeFlag        string
+	proxy            bool
+	allowOtherDHCP   bool
+	fastFallthrough  bool
+	capture          string
+	adminListen      []string
+	backupReserveMiB int64
+	allowUnleased    bool
+	tftpRoot         string
+	data             string
+	http             string
+	image            string
+	noDHCP           bool
+	noTFTP           bool
+	compressBackups  bool
+	pollInterval     time.Duration
+	demo             bool
+	prep             netbootPrepareOpts
 }
 
 func newNetbootServeCmd() *cobra.Command {
@@ -149,6 +150,7 @@ settings is reported as a warning.`,
 	f.BoolVar(&o.proxy, "proxy", false, "proxyDHCP: offer only the PXE options, next to an existing DHCP server")
 	f.BoolVar(&o.allowOtherDHCP, "allow-other-dhcp", false, "start even when another DHCP server answers on the interface")
 	f.BoolVar(&o.allowUnleased, "allow-unleased-devices", false, "accept device requests from addresses our DHCP server did not lease (static addresses, a proxy in front of the API); by default a device must come from the address leased to its MAC")
+	f.Int64Var(&o.backupReserveMiB, "backup-reserve", 1024, "free space in `MiB` a backup upload never eats into (0: none, the disk may fill up)")
 	f.StringVar(&o.capture, "capture", "", "record every DHCP and TFTP packet on --iface into the pcap `FILE` (tshark/Wireshark read it; written as FILE.partial until serve stops; needs CAP_NET_RAW)")
 	f.BoolVar(&o.fastFallthrough, "fast-fallthrough", false, "give boards whose netboot is off the boot menu too, and refuse their start4.elf over TFTP, so they move on to eMMC in about a second instead of after the bootloader's 45 s DHCP_TIMEOUT (not yet confirmed on a real board)")
 	f.StringVar(&o.tftpRoot, "tftp-root", "", "directory served read-only over TFTP (the Pi boot files)")
@@ -168,7 +170,7 @@ settings is reported as a warning.`,
 func (o *netbootServeOpts) config(logger *slog.Logger) (serve.Config, error) {
 	cfg := serve.Config{
 		Iface: o.iface, Proxy: o.proxy, AllowOtherDHCP: o.allowOtherDHCP, FastFallthrough: o.fastFallthrough, Capture: o.capture, AllowUnleased: o.allowUnleased, TFTPRoot: o.tftpRoot,
-		DataDir: o.data, HTTPAddr: o.http, AdminListen: o.adminListen, Image: o.image, NoDHCP: o.noDHCP, NoTFTP: o.noTFTP,
+		DataDir: o.data, HTTPAddr: o.http, AdminListen: o.adminListen, BackupReserve: reserveBytes(o.backupReserveMiB), Image: o.image, NoDHCP: o.noDHCP, NoTFTP: o.noTFTP,
 		CompressBackups: o.compressBackups, PollInterval: o.pollInterval, Version: version(), Logger: logger,
 	}
 	if o.addr != "" {
@@ -346,4 +348,13 @@ func yesNo(b bool) string {
 		return "yes"
 	}
 	return "no"
+}
+
+// reserveBytes turns --backup-reserve MiB into serve.Config.BackupReserve
+// (0 MiB: no reserve).
+func reserveBytes(mib int64) int64 {
+	if mib <= 0 {
+		return -1
+	}
+	return mib << 20
 }

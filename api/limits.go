@@ -1,0 +1,123 @@
+package api
+
+import (
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+)
+
+func (s *Server) minUploadRate() int64 {
+	switch {
+	case s.MinUploadRate < 0:
+		return 0
+	case s.MinUploadRate == 0:
+		return DefaultMinUploadRate
+	}
+	return s.MinUploadRate
+}
+
+func (s *Server) bodyTimeout() time.Duration {
+	if s.BodyTimeout <= 0 {
+		return DefaultBodyTimeout
+	}
+	return s.BodyTimeout
+}
+
+func (s *Server) maxConnsPerIP() int {
+	if s.MaxConnsPerIP <= 0 {
+		return DefaultMaxConnsPerIP
+	}
+	return s.MaxConnsPerIP
+}
+
+// bodyDeadline bounds the reading of a request body on the JSON routes
+// (the image upload streams at its own pace; the image and backup streams
+// are not behind it).
+func (s *Server) bodyDeadline(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodGet || r.Method == http.MethodHead || r.URL.Path == "/api/v1/images" {
+			next.ServeHTTP(w, r)
+			return
+		}
+		// Left in place after the handler: a body not read to its end then
+		// cannot hold the connection either; the next request on it gets
+		// the header deadline net/http sets anew.
+		_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(s.bodyTimeout()))
+		next.ServeHTTP(w, r)
+	})
+}
+
+// limitListener closes, at once, a connection from an address that already
+// has max open (security item 6: 800 half-sent bodies from one machine held
+// 823 goroutines).
+type limitListener struct {
+	net.Listener
+	max int
+	log *slog.Logger
+
+	mu     sync.Mutex
+	per    map[string]int
+	warned map[string]time.Time
+}
+
+func (l *limitListener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		ip := c.RemoteAddr().String()
+		if h, _, err := net.SplitHostPort(ip); err == nil {
+			ip = h
+		}
+		l.mu.Lock()
+		if l.per[ip] >= l.max {
+			if l.warned == nil {
+				l.warned = map[string]time.Time{}
+			}
+			warn := time.Since(l.warned[ip]) > time.Minute
+			if warn {
+				l.warned[ip] = time.Now()
+			}
+			l.mu.Unlock()
+			c.Close()
+			if warn {
+				l.log.Warn("too many connections from one address: refusing more", "ip", ip, "max", l.max)
+			}
+			continue
+		}
+		l.per[ip]++
+		l.mu.Unlock()
+		return &limitConn{Conn: c, l: l, ip: ip}, nil
+	}
+}
+
+type limitConn struct {
+	net.Conn
+	l    *limitListener
+	ip   string
+	once sync.Once
+}
+
+func (c *limitConn) Close() error {
+	c.once.Do(func() {
+		c.l.mu.Lock()
+		if c.l.per[c.ip]--; c.l.per[c.ip] <= 0 {
+			delete(c.l.per, c.ip)
+		}
+		c.l.mu.Unlock()
+	})
+	return c.Conn.Close()
+}
+
+// ReadFrom keeps sendfile for image streams (net/http uses it when the
+// connection is an io.ReaderFrom).
+func (c *limitConn) ReadFrom(r io.Reader) (int64, error) {
+	if rf, ok := c.Conn.(io.ReaderFrom); ok {
+		return rf.ReadFrom(r)
+	}
+	return io.Copy(c.Conn, r)
+}
