@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -44,6 +45,11 @@ func (s *Server) handleRegister(c *gin.Context) error {
 	if f := req.Facts; f != nil && f.Serial != "" && !isHex(f.Serial) {
 		return httpErr(http.StatusBadRequest, "malformed serial %q: want hex digits", f.Serial)
 	}
+	if req.Facts != nil {
+		if b, _ := json.Marshal(req.Facts); len(b) > maxFactsBytes {
+			return httpErr(http.StatusRequestEntityTooLarge, "facts of %d bytes: at most %d are stored per device", len(b), maxFactsBytes)
+		}
+	}
 	created, err := s.Store.Register(c.Request.Context(), mac, ip, req.Facts)
 	if err != nil {
 		return err
@@ -58,6 +64,13 @@ func (s *Server) handleRegister(c *gin.Context) error {
 	writeJSON(c.Writer, http.StatusOK, wire.RegisterResponse{Status: "registered", MAC: mac, PollInterval: s.pollInterval().Seconds()})
 	return nil
 }
+
+// Caps on what a device may store (security item 4).
+const (
+	maxFactsBytes   = 4 << 10
+	maxLogPostLines = 200
+	maxLogLineBytes = 1024
+)
 
 func isHex(s string) bool {
 	for _, r := range s {
@@ -368,6 +381,14 @@ func (s *Server) handleLog(c *gin.Context) error {
 	}
 	if len(l.Lines) == 0 {
 		return httpErr(http.StatusBadRequest, "no log lines")
+	}
+	if len(l.Lines) > maxLogPostLines {
+		return httpErr(http.StatusRequestEntityTooLarge, "%d log lines in one post: at most %d", len(l.Lines), maxLogPostLines)
+	}
+	for i, line := range l.Lines {
+		if len(line) > maxLogLineBytes {
+			l.Lines[i] = line[:maxLogLineBytes] + "…"
+		}
 	}
 	if err := s.checkLease(c.Request, mac); err != nil {
 		return err

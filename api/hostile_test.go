@@ -651,3 +651,47 @@ func TestHostileSlowClients(t *testing.T) {
 	})
 	b.assertNothingComplete(mac, a.ID, "slower than the minimum")
 }
+
+// Security item 4: one address posting logs and registers as fast as it
+// can is rate-limited, stored facts and log posts are capped, and the event
+// log is pruned to its bound.
+func TestHostileFloodBounded(t *testing.T) {
+	dir := t.TempDir()
+	b := startServer(t, dir, "", func(s *api.Server) { s.EventMaxCount, s.PruneEvery = 300, 50*time.Millisecond })
+	const mac = "dc:a6:32:00:99:01"
+	b.register(mac)
+	flood := clientFrom("127.0.0.11")
+	limited := 0
+	for i := range 1000 {
+		code, _ := send(t, flood, "POST", b.base+wire.PathLog, `{"mac":"`+mac+`","lines":["line `+strconv.Itoa(i)+` `+strings.Repeat("x", 500)+`"]}`)
+		if code == http.StatusTooManyRequests {
+			limited++
+		}
+	}
+	if limited < 800 {
+		t.Errorf("only %d of 1000 flood posts were rate-limited", limited)
+	}
+	// another address is still served
+	if code, out := send(t, clientFrom("127.0.0.12"), "POST", b.base+wire.PathRegister, `{"mac":"dc:a6:32:00:99:02"}`); code != 200 {
+		t.Errorf("another address during the flood: %d %s", code, out)
+	}
+	for i := range 500 {
+		b.st.Emit(context.Background(), wire.Event{Kind: wire.EventDeviceLog, MAC: mac, Message: "filler " + strconv.Itoa(i)})
+	}
+	b.waitFor("the event log to be pruned", func() bool {
+		n, _ := b.st.EventCount(context.Background())
+		return n <= 300
+	})
+	// caps
+	big := `{"mac":"dc:a6:32:00:99:03","facts":{"model":"` + strings.Repeat("m", 5000) + `"}}`
+	if code, _ := send(t, clientFrom("127.0.0.13"), "POST", b.base+wire.PathRegister, big); code != http.StatusRequestEntityTooLarge {
+		t.Errorf("5 KB of facts = %d, want 413", code)
+	}
+	var lines []string
+	for range 201 {
+		lines = append(lines, `"l"`)
+	}
+	if code, _ := send(t, clientFrom("127.0.0.14"), "POST", b.base+wire.PathLog, `{"mac":"`+mac+`","lines":[`+strings.Join(lines, ",")+`]}`); code != http.StatusRequestEntityTooLarge {
+		t.Errorf("201 log lines = %d, want 413", code)
+	}
+}

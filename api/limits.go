@@ -1,12 +1,15 @@
 package api
 
 import (
+	"context"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"sync"
 	"time"
+
+	"github.com/gin-gonic/gin"
 )
 
 func (s *Server) minUploadRate() int64 {
@@ -120,4 +123,101 @@ func (c *limitConn) ReadFrom(r io.Reader) (int64, error) {
 		return rf.ReadFrom(r)
 	}
 	return io.Copy(c.Conn, r)
+}
+
+// Event retention defaults.
+const (
+	DefaultEventMaxAge   = 30 * 24 * time.Hour
+	DefaultEventMaxCount = 200000
+	eventPruneEvery      = time.Minute
+)
+
+// pruneEvents keeps the event log within EventMaxAge and EventMaxCount,
+// once at start and then every minute, until ctx ends.
+func (s *Server) pruneEvents(ctx context.Context) {
+	age, keep := s.EventMaxAge, s.EventMaxCount
+	if age <= 0 {
+		age = DefaultEventMaxAge
+	}
+	if keep <= 0 {
+		keep = DefaultEventMaxCount
+	}
+	every := s.PruneEvery
+	if every <= 0 {
+		every = eventPruneEvery
+	}
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		if n, err := s.Store.PruneEvents(ctx, time.Now().Add(-age), keep); err != nil && ctx.Err() == nil {
+			s.log().Error("pruning events", "err", err)
+		} else if n > 0 {
+			s.log().Debug("events pruned", "deleted", n)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// Device request rate limit: per source address, a token bucket.
+const (
+	deviceRate  = 20.0 // requests per second
+	deviceBurst = 60.0
+	maxBuckets  = 4096
+)
+
+type bucket struct {
+	tokens float64
+	at     time.Time
+}
+
+// rateLimiter bounds device requests per address (security item 4: one
+// client posting logs as fast as it could grew the database by 11 MB/s).
+type rateLimiter struct {
+	mu sync.Mutex
+	b  map[string]*bucket
+}
+
+func (rl *rateLimiter) allow(ip string, now time.Time) bool {
+	rl.mu.Lock()
+	defer rl.mu.Unlock()
+	if rl.b == nil {
+		rl.b = map[string]*bucket{}
+	}
+	bk := rl.b[ip]
+	if bk == nil {
+		if len(rl.b) >= maxBuckets {
+			for k, v := range rl.b { // drop buckets idle long enough to be full again
+				if now.Sub(v.at) > time.Duration(deviceBurst/deviceRate*float64(time.Second)) {
+					delete(rl.b, k)
+				}
+			}
+			if len(rl.b) >= maxBuckets {
+				return false
+			}
+		}
+		bk = &bucket{tokens: deviceBurst, at: now}
+		rl.b[ip] = bk
+	}
+	bk.tokens = min(deviceBurst, bk.tokens+now.Sub(bk.at).Seconds()*deviceRate)
+	bk.at = now
+	if bk.tokens < 1 {
+		return false
+	}
+	bk.tokens--
+	return true
+}
+
+// limitDevice refuses device requests beyond the per-address rate.
+func (s *Server) limitDevice(c *gin.Context) {
+	if !s.deviceLimit.allow(remoteIP(c.Request), time.Now()) {
+		c.Header("Retry-After", "1")
+		writeErr(c.Writer, http.StatusTooManyRequests, "too many requests from "+remoteIP(c.Request)+": slow down")
+		c.Abort()
+		return
+	}
+	c.Next()
 }

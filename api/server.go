@@ -96,6 +96,11 @@ type Server struct {
 	// the server answers to in the Host header; any other name is refused,
 	// so a DNS-rebinding page cannot reach the API through 127.0.0.1.
 	AllowedHosts []string
+	// EventMaxAge and EventMaxCount bound the event log (pruned every
+	// PruneEvery); 0 = DefaultEventMaxAge, DefaultEventMaxCount, 1 min.
+	EventMaxAge   time.Duration
+	EventMaxCount int
+	PruneEvery    time.Duration
 	// ActionLifetime is how long an action's token works before the action
 	// is failed as expired; 0 = DefaultActionLifetime.
 	ActionLifetime time.Duration
@@ -120,6 +125,7 @@ type Server struct {
 
 	once     sync.Once
 	recovery sync.Once
+	pruning  sync.Once
 	cov      *coverageBook
 	handler  http.Handler
 	engine   *gin.Engine
@@ -133,6 +139,8 @@ type Server struct {
 	sessions sessions
 	tokenMu  sync.RWMutex
 	rotated  string // the admin token after a rotation
+
+	deviceLimit rateLimiter
 
 	uploadMu  sync.Mutex
 	uploading map[string]bool // backup actions with an upload in progress
@@ -248,11 +256,11 @@ func (s *Server) build() {
 	})
 
 	// Device API: no admin token; per-action tokens guard the streams.
-	g.POST(wire.PathRegister, s.wrap(s.handleRegister))
-	g.GET(wire.PathPoll, s.wrap(s.handlePoll))
-	g.POST(wire.PathActionDone, s.wrap(s.handleActionDone))
-	g.POST(wire.PathProgress, s.wrap(s.handleProgress))
-	g.POST(wire.PathLog, s.wrap(s.handleLog))
+	g.POST(wire.PathRegister, s.limitDevice, s.wrap(s.handleRegister))
+	g.GET(wire.PathPoll, s.limitDevice, s.wrap(s.handlePoll))
+	g.POST(wire.PathActionDone, s.limitDevice, s.wrap(s.handleActionDone))
+	g.POST(wire.PathProgress, s.limitDevice, s.wrap(s.handleProgress))
+	g.POST(wire.PathLog, s.limitDevice, s.wrap(s.handleLog))
 	g.GET(wire.PathOpenAPI, s.handleOpenAPI)
 	g.GET(wire.PathMetrics, s.adminOnly, gin.WrapH(s.metrics.handler()))
 
@@ -332,6 +340,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		s.writeProgress(gctx)
 		return nil
 	})
+	s.pruning.Do(func() { go s.pruneEvents(ctx) })
 	g.Go(func() error {
 		<-gctx.Done()
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

@@ -924,6 +924,35 @@ func (s *Store) SaveImageHash(ctx context.Context, path string, size int64, mtim
 
 // ---- events ----
 
+// PruneEvents deletes events older than before and all but the newest
+// keep; it returns how many went (security item 4: nothing grows without
+// bound).
+func (s *Store) PruneEvents(ctx context.Context, before time.Time, keep int) (int64, error) {
+	var n int64
+	res, err := s.db.ExecContext(ctx, `DELETE FROM events WHERE time < ?`, before.UnixNano())
+	if err != nil {
+		return 0, fmt.Errorf("store: prune events: %w", err)
+	}
+	d, _ := res.RowsAffected()
+	n += d
+	if keep > 0 {
+		res, err = s.db.ExecContext(ctx, `DELETE FROM events WHERE id <= (SELECT id FROM events ORDER BY id DESC LIMIT 1 OFFSET ?)`, keep)
+		if err != nil {
+			return n, fmt.Errorf("store: prune events: %w", err)
+		}
+		d, _ = res.RowsAffected()
+		n += d
+	}
+	return n, nil
+}
+
+// EventCount is the number of stored events.
+func (s *Store) EventCount(ctx context.Context) (int64, error) {
+	var n int64
+	err := s.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM events`).Scan(&n)
+	return n, err
+}
+
 // Emit stamps an event with an ID (and the time, if unset), appends it to
 // the log and hands it to every subscriber.
 func (s *Store) Emit(ctx context.Context, ev wire.Event) (wire.Event, error) {

@@ -69,6 +69,10 @@ type Config struct {
 	Proxy bool
 	// AllowOtherDHCP starts even when another DHCP server answers.
 	AllowOtherDHCP bool
+	// EventMaxAge and EventMaxCount bound the event log (0: the api
+	// defaults, 30 days and 200,000 events).
+	EventMaxAge   time.Duration
+	EventMaxCount int
 	// BackupReserve is the free space (bytes) a backup upload never eats
 	// into; 0 = api.DefaultDiskReserve, < 0 = none.
 	BackupReserve int64
@@ -195,6 +199,7 @@ func New(ctx context.Context, cfg Config) (*Bench, error) {
 	}
 	b.srv.AdminAddrs = b.adminAddr
 	b.srv.DiskReserve = cfg.BackupReserve
+	b.srv.EventMaxAge, b.srv.EventMaxCount = cfg.EventMaxAge, cfg.EventMaxCount
 	return b, nil
 }
 
@@ -312,11 +317,16 @@ func (b *Bench) queue(ev wire.Event) {
 }
 
 func (b *Bench) pump(ctx context.Context) {
+	coal := &coalescer{window: 30 * time.Second}
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case ev := <-b.events:
+			ev, keep := coal.admit(ev, time.Now())
+			if !keep {
+				continue
+			}
 			if _, err := b.st.Emit(context.WithoutCancel(ctx), ev); err != nil {
 				b.log().Error("recording event", "kind", ev.Kind, "err", err)
 			}

@@ -51,6 +51,8 @@ type netbootServeOpts struct {
 	capture          string
 	adminListen      []string
 	backupReserveMiB int64
+	eventsMaxAge     time.Duration
+	eventsMaxCount   int
 	allowUnleased    bool
 	tftpRoot         string
 	data             string
@@ -151,6 +153,8 @@ settings is reported as a warning.`,
 	f.BoolVar(&o.allowOtherDHCP, "allow-other-dhcp", false, "start even when another DHCP server answers on the interface")
 	f.BoolVar(&o.allowUnleased, "allow-unleased-devices", false, "accept device requests from addresses our DHCP server did not lease (static addresses, a proxy in front of the API); by default a device must come from the address leased to its MAC")
 	f.Int64Var(&o.backupReserveMiB, "backup-reserve", 1024, "free space in `MiB` a backup upload never eats into (0: none, the disk may fill up)")
+	f.DurationVar(&o.eventsMaxAge, "events-max-age", 30*24*time.Hour, "drop events older than this from the event log")
+	f.IntVar(&o.eventsMaxCount, "events-max-count", 200000, "keep at most this many events (the newest)")
 	f.StringVar(&o.capture, "capture", "", "record every DHCP and TFTP packet on --iface into the pcap `FILE` (tshark/Wireshark read it; written as FILE.partial until serve stops; needs CAP_NET_RAW)")
 	f.BoolVar(&o.fastFallthrough, "fast-fallthrough", false, "give boards whose netboot is off the boot menu too, and refuse their start4.elf over TFTP, so they move on to eMMC in about a second instead of after the bootloader's 45 s DHCP_TIMEOUT (not yet confirmed on a real board)")
 	f.StringVar(&o.tftpRoot, "tftp-root", "", "directory served read-only over TFTP (the Pi boot files)")
@@ -170,7 +174,7 @@ settings is reported as a warning.`,
 func (o *netbootServeOpts) config(logger *slog.Logger) (serve.Config, error) {
 	cfg := serve.Config{
 		Iface: o.iface, Proxy: o.proxy, AllowOtherDHCP: o.allowOtherDHCP, FastFallthrough: o.fastFallthrough, Capture: o.capture, AllowUnleased: o.allowUnleased, TFTPRoot: o.tftpRoot,
-		DataDir: o.data, HTTPAddr: o.http, AdminListen: o.adminListen, BackupReserve: reserveBytes(o.backupReserveMiB), Image: o.image, NoDHCP: o.noDHCP, NoTFTP: o.noTFTP,
+		DataDir: o.data, HTTPAddr: o.http, AdminListen: o.adminListen, BackupReserve: reserveBytes(o.backupReserveMiB), EventMaxAge: o.eventsMaxAge, EventMaxCount: o.eventsMaxCount, Image: o.image, NoDHCP: o.noDHCP, NoTFTP: o.noTFTP,
 		CompressBackups: o.compressBackups, PollInterval: o.pollInterval, Version: version(), Logger: logger,
 	}
 	if o.addr != "" {
