@@ -68,6 +68,10 @@ const (
 	DefaultMaxBlockSize = 1468             // the Pi bootloader's TFTP_MAX_BLOCKSIZE (2022-10 on)
 	DefaultTimeout      = time.Second      // per-packet retransmit timeout
 	DefaultRetries      = 8                // retransmissions before a transfer fails
+	DefaultMaxTransfers = 512              // in flight, leased clients
+	DefaultMaxUnleased  = 64               // in flight, clients without a lease
+	DefaultMaxPerClient = 16               // in flight, one address
+	errBusy             = "server busy, retry later"
 	PiFileLimit         = 65535 * 1024     // the Pi 4's block counter does not roll over (64 MiB at blksize 1024)
 	readBuffer          = 256 << 10        // file read-ahead per transfer
 	errNotFound         = "file not found" // text sent to clients
@@ -101,10 +105,20 @@ type Server struct {
 	// Events receives one event per transfer; nil drops them. Called from
 	// transfer goroutines; must not block.
 	Events func(wire.Event)
+	// MaxTransfers bounds transfers in flight for clients with a DHCP lease
+	// (MACForIP knows them), MaxUnleased those from any other address, and
+	// MaxPerClient those from one address (defaults DefaultMaxTransfers,
+	// DefaultMaxUnleased, DefaultMaxPerClient). A request past a bound is
+	// answered "server busy" at once, opening no file, so a flood of
+	// unanswered requests cannot use up the file handles real boards need.
+	MaxTransfers, MaxUnleased, MaxPerClient int
 
-	mu    sync.Mutex
-	stats Stats
-	root  *os.Root
+	mu       sync.Mutex
+	stats    Stats
+	root     *os.Root
+	inflight map[netip.Addr]int
+	leased   int
+	unleased int
 }
 
 // Stats counts transfers since the server started.
@@ -114,6 +128,7 @@ type Stats struct {
 	Probes    int64 // Early-terminate probes (aborted after the OACK)
 	NotFound  int64 // requests for missing files, or firmware refused by Policy
 	Denied    int64 // names refused by the jail
+	Busy      int64 // requests refused for lack of a transfer slot
 	Failures  int64 // transfers that started and failed (timeouts, aborts)
 }
 
@@ -215,6 +230,50 @@ func (s *Server) ServeConn(ctx context.Context, conn *net.UDPConn) error {
 	return nil
 }
 
+// acquire takes a transfer slot for a client, or reports that none is free.
+func (s *Server) acquire(ip netip.Addr, leased bool) bool {
+	max := func(v, def int) int {
+		if v <= 0 {
+			return def
+		}
+		return v
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.inflight == nil {
+		s.inflight = map[netip.Addr]int{}
+	}
+	if s.inflight[ip] >= max(s.MaxPerClient, DefaultMaxPerClient) {
+		return false
+	}
+	if leased {
+		if s.leased >= max(s.MaxTransfers, DefaultMaxTransfers) {
+			return false
+		}
+		s.leased++
+	} else {
+		if s.unleased >= max(s.MaxUnleased, DefaultMaxUnleased) {
+			return false
+		}
+		s.unleased++
+	}
+	s.inflight[ip]++
+	return true
+}
+
+func (s *Server) release(ip netip.Addr, leased bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if leased {
+		s.leased--
+	} else {
+		s.unleased--
+	}
+	if s.inflight[ip]--; s.inflight[ip] <= 0 {
+		delete(s.inflight, ip)
+	}
+}
+
 // clientMAC finds the MAC of ip from MACForIP or the neighbour table.
 func (s *Server) clientMAC(ip netip.Addr) net.HardwareAddr {
 	if s.MACForIP != nil {
@@ -232,6 +291,17 @@ func (s *Server) read(name string, rf io.ReaderFrom) error {
 		ra := ot.RemoteAddr()
 		remote, _ = netip.AddrFromSlice(ra.IP.To4())
 	}
+	leased := false
+	if s.MACForIP != nil {
+		_, leased = s.MACForIP(remote)
+	}
+	if !s.acquire(remote, leased) {
+		s.count(func(st *Stats) { st.Busy++ })
+		s.emit(wire.Event{Kind: "tftp.error", Level: "warn", Message: name + ": " + errBusy,
+			Fields: map[string]any{"file": name, "ip": remote.String(), "reason": "busy"}})
+		return errors.New(errBusy)
+	}
+	defer s.release(remote, leased)
 	mac := s.clientMAC(remote)
 	macStr := ""
 	if mac != nil {

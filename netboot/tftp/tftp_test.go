@@ -425,3 +425,75 @@ func TestLargeFileWarning(t *testing.T) {
 		t.Fatalf("file at the limit flagged: %+v", e.Fields)
 	}
 }
+
+// Security item 7: unanswered RRQs from many addresses (a flood that never
+// ACKs) get at most their share of transfer slots, so file handles stay
+// bounded, and a board with a DHCP lease is served all the while.
+func TestFloodNeverTurnsABoardAway(t *testing.T) {
+	rootDir, _ := makeRoot(t)
+	board := netip.MustParseAddr("127.0.0.1")
+	srv := &Server{Root: rootDir, MaxUnleased: 32, MaxPerClient: 4,
+		MACForIP: func(ip netip.Addr) (net.HardwareAddr, bool) { return testMAC, ip == board }}
+	addr := startLoopback(t, srv)
+	dst, _ := net.ResolveUDPAddr("udp4", addr)
+	fds := func() int { e, _ := os.ReadDir("/proc/self/fd"); return len(e) }
+	before := fds()
+	rrq := append([]byte{0, 1}, []byte("start4.elf\x00octet\x00blksize\x001024\x00tsize\x000\x00")...)
+	var conns []*net.UDPConn
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	busy, started := 0, 0
+	for i := range 100 { // 100 addresses x 4 requests, none ever ACKed
+		for range 4 {
+			c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 1, byte(i+1))})
+			if err != nil {
+				t.Fatal(err)
+			}
+			conns = append(conns, c)
+			c.WriteToUDP(rrq, dst)
+		}
+	}
+	buf := make([]byte, 2048)
+	for _, c := range conns {
+		c.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+		n, _, err := c.ReadFromUDP(buf)
+		switch {
+		case err != nil || n < 4: // the burst overflowed a socket queue: a Pi would retry
+		case buf[1] == 5 && strings.Contains(string(buf[4:n]), "busy"):
+			busy++
+		case buf[1] == 6 || buf[1] == 3: // OACK or DATA: a transfer started
+			started++
+		}
+	}
+	if started > 32 || busy < 200 {
+		t.Errorf("%d transfers started (at most the 32 unleased slots), %d refused as busy", started, busy)
+	}
+	// a transfer holds its file and its own UDP socket
+	if extra := fds() - before - len(conns); extra > 2*32+8 {
+		t.Errorf("%d more file handles during the flood, want at most two per unleased slot (32)", extra)
+	}
+	// The board with a lease is served during the flood.
+	c, err := pintftp.NewClient(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.SetBlockSize(1024)
+	wt, err := c.Receive("start4.elf", "octet")
+	if err != nil {
+		t.Fatalf("the leased board was turned away: %v", err)
+	}
+	var out bytes.Buffer
+	if _, err := wt.WriteTo(&out); err != nil {
+		t.Fatal(err)
+	}
+	want, _ := os.ReadFile(filepath.Join(rootDir, "start4.elf"))
+	if !bytes.Equal(out.Bytes(), want) {
+		t.Error("the leased board got other bytes")
+	}
+	if st := srv.Stats(); st.Busy < int64(busy) {
+		t.Errorf("stats %+v", st)
+	}
+}
