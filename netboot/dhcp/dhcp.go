@@ -106,6 +106,11 @@ type Server struct {
 	LeaseFile string
 	// LeaseTime is option 51 (default DefaultLeaseTime).
 	LeaseTime time.Duration
+	// PiOnly answers only clients recognised as Raspberry Pis (option 97,
+	// PXEClient in option 60, a Pi OUI, or a MAC recognised earlier). Off by
+	// default: a board's own OS on a non-Pi NIC and the technician's laptop
+	// on the bench switch need addresses too.
+	PiOnly bool
 	// FastFallthrough sends the boot menu to every recognised Pi, also to
 	// one whose netboot is off; the TFTP server then answers its
 	// start4.elf "not found" and the bootloader moves to its next boot mode
@@ -133,6 +138,8 @@ type Server struct {
 	saveCh   chan struct{}
 	statsMu  sync.Mutex
 	stats    Stats
+
+	newMACs newMACLimit
 }
 
 // Stats counts what the server did since it started.
@@ -376,18 +383,33 @@ func (s *Server) readLoop(ctx context.Context, conn *net.UDPConn) error {
 	}
 }
 
-// handle parses, decides and sends; it never panics on bad input.
+// handle parses, decides and sends; it never panics on bad input, and a
+// panic in the decision loses that packet only, never the process that
+// also serves TFTP and HTTP.
 func (s *Server) handle(conn net.PacketConn, peer net.Addr, b []byte) {
+	defer func() {
+		if v := recover(); v != nil {
+			s.count(func(st *Stats) { st.Malformed++ })
+			s.log().Error("dhcp: packet handling panicked; packet dropped", "from", fmt.Sprint(peer), "panic", fmt.Sprint(v))
+		}
+	}()
 	req, err := dhcpv4.FromBytes(b)
 	if err != nil {
-		s.count(func(st *Stats) { st.Malformed++ })
-		s.log().Warn("dhcp: malformed packet dropped", "from", peer, "len", len(b), "err", err)
+		var n int64
+		s.count(func(st *Stats) { st.Malformed++; n = st.Malformed })
+		if n == 1 || n%100 == 0 { // a flood of garbage must not flood the log
+			s.log().Warn("dhcp: malformed packet dropped", "from", fmt.Sprint(peer), "len", len(b), "err", err, "malformed_so_far", n)
+		}
 		return
 	}
 	if req.OpCode != dhcpv4.OpcodeBootRequest {
 		return // another server's reply, seen because of broadcast
 	}
-	resp, err := s.Reply(req)
+	var from netip.Addr
+	if ua, ok := peer.(*net.UDPAddr); ok {
+		from, _ = netip.AddrFromSlice(ua.IP.To4())
+	}
+	resp, err := s.ReplyFrom(req, from)
 	if err != nil {
 		s.log().Warn("dhcp: request dropped", "mac", req.ClientHWAddr.String(), "type", req.MessageType(), "err", err)
 		s.emit("dhcp.error", "warn", req.ClientHWAddr.String(), "", err.Error(), nil)

@@ -217,6 +217,14 @@ func (p *pool) decline(mac net.HardwareAddr, ip netip.Addr, now time.Time) {
 	}
 }
 
+// known reports whether mac has (or had) an offer or a lease.
+func (p *pool) known(mac net.HardwareAddr) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	_, ok := p.byMAC[mac.String()]
+	return ok
+}
+
 // isPi reports whether an earlier packet from mac was recognised as a Pi
 // (the Pi's REQUEST lacks option 60, and may lack option 97).
 func (p *pool) isPi(mac net.HardwareAddr) bool {

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"sync"
+	"time"
 
 	"github.com/insomniacslk/dhcp/dhcpv4"
 )
@@ -14,6 +16,14 @@ import (
 // updates the lease table. An error means the request was valid but could
 // not be served (for example the pool is exhausted); it is dropped.
 func (s *Server) Reply(req *dhcpv4.DHCPv4) (*dhcpv4.DHCPv4, error) {
+	return s.ReplyFrom(req, netip.Addr{})
+}
+
+// ReplyFrom is Reply for a packet whose IP source is from (invalid: not
+// known, as in unit tests). RELEASE and DECLINE count only from the address
+// leased to their MAC: a forged one from elsewhere cannot drop a board's
+// lease.
+func (s *Server) ReplyFrom(req *dhcpv4.DHCPv4, from netip.Addr) (*dhcpv4.DHCPv4, error) {
 	if err := s.setup(); err != nil {
 		return nil, err
 	}
@@ -32,6 +42,14 @@ func (s *Server) Reply(req *dhcpv4.DHCPv4) (*dhcpv4.DHCPv4, error) {
 	if reason == ReasonNone && s.pool.isPi(mac) {
 		reason = ReasonRemembered
 	}
+	if reason == ReasonNone && s.PiOnly {
+		s.count(func(st *Stats) { st.Dropped++ })
+		return nil, nil // --pi-only: no lease for anything but a Raspberry Pi
+	}
+	if !s.pool.known(mac) && !s.newMACs.allow(s.now()) {
+		s.count(func(st *Stats) { st.Dropped++ })
+		return nil, nil // too many new MACs at once: a flood, not a bench powering on
+	}
 	if s.Proxy {
 		return s.replyProxy(req, reason)
 	}
@@ -44,12 +62,18 @@ func (s *Server) Reply(req *dhcpv4.DHCPv4) (*dhcpv4.DHCPv4, error) {
 		if sid := req.ServerIdentifier(); sid != nil && !sid.Equal(s.Addr.Addr().AsSlice()) {
 			return nil, nil
 		}
+		if !s.fromLease(mac, from) {
+			return nil, nil
+		}
 		s.pool.release(mac, s.now())
 		s.leasesChanged()
 		s.emit("dhcp.release", "info", mac.String(), "", "released "+req.ClientIPAddr.String(), map[string]any{"ip": req.ClientIPAddr.String()})
 		return nil, nil
 	case dhcpv4.MessageTypeDecline:
 		if sid := req.ServerIdentifier(); sid != nil && !sid.Equal(s.Addr.Addr().AsSlice()) {
+			return nil, nil
+		}
+		if !s.fromLease(mac, from) {
 			return nil, nil
 		}
 		ip, ok := netip.AddrFromSlice(req.RequestedIPAddress().To4())
@@ -232,4 +256,47 @@ func (s *Server) replyProxy(req *dhcpv4.DHCPv4, reason string) (*dhcpv4.DHCPv4, 
 		"xid": req.TransactionID.String(), "pi": reason, "netboot": true, "proxy": true,
 	})
 	return resp, nil
+}
+
+// fromLease reports whether a RELEASE or DECLINE for mac may be believed:
+// its source is the address leased to mac (or unknown, in unit tests).
+func (s *Server) fromLease(mac net.HardwareAddr, from netip.Addr) bool {
+	if !from.IsValid() {
+		return true
+	}
+	if owner, ok := s.MACForIP(from.Unmap()); ok && owner.String() == mac.String() {
+		return true
+	}
+	s.count(func(st *Stats) { st.Dropped++ })
+	s.log().Warn("dhcp: release/decline not from the address leased to that MAC: ignored", "mac", mac.String(), "from", from.String())
+	return false
+}
+
+// newMACLimit bounds how fast MACs never seen before get answers: a bench
+// powering 64 boards at once passes, a flood of random MACs does not
+// exhaust the pool in seconds (security item 8).
+type newMACLimit struct {
+	mu     sync.Mutex
+	tokens float64
+	at     time.Time
+}
+
+const (
+	newMACBurst = 64
+	newMACRate  = 1.0 // per second
+)
+
+func (l *newMACLimit) allow(now time.Time) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.at.IsZero() {
+		l.tokens, l.at = newMACBurst, now
+	}
+	l.tokens = min(newMACBurst, l.tokens+now.Sub(l.at).Seconds()*newMACRate)
+	l.at = now
+	if l.tokens < 1 {
+		return false
+	}
+	l.tokens--
+	return true
 }

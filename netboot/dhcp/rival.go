@@ -228,6 +228,13 @@ func (s *Server) watchRivals(ctx context.Context, w *watcher) {
 		if last, ok := seen[r.ServerID]; ok && time.Since(last) < 10*time.Minute {
 			continue
 		}
+		if len(seen) >= 64 { // forged offers from ever new addresses: bounded
+			for k, v := range seen {
+				if time.Since(v) >= 10*time.Minute || len(seen) >= 64 {
+					delete(seen, k)
+				}
+			}
+		}
 		seen[r.ServerID] = time.Now()
 		s.reportRival(r)
 	}

@@ -76,6 +76,8 @@ type Config struct {
 	// BackupReserve is the free space (bytes) a backup upload never eats
 	// into; 0 = api.DefaultDiskReserve, < 0 = none.
 	BackupReserve int64
+	// PiOnly leases addresses only to recognised Raspberry Pis.
+	PiOnly bool
 	// AllowUnleased lets device requests come from addresses our DHCP
 	// server leased to nobody (static addresses, a proxy in front of the
 	// API). By default, with DHCP on and not --proxy, they are refused.
@@ -431,7 +433,7 @@ func (b *Bench) Serve(ctx context.Context) error {
 	if !b.cfg.NoDHCP {
 		dsrv = &dhcp.Server{
 			Iface: b.cfg.Iface, Addr: b.bench, Range: b.cfg.Range, Proxy: b.cfg.Proxy,
-			AllowOtherDHCP: b.cfg.AllowOtherDHCP, FastFallthrough: b.cfg.FastFallthrough, LeaseFile: filepath.Join(b.cfg.DataDir, "leases.json"),
+			AllowOtherDHCP: b.cfg.AllowOtherDHCP, FastFallthrough: b.cfg.FastFallthrough, PiOnly: b.cfg.PiOnly, LeaseFile: filepath.Join(b.cfg.DataDir, "leases.json"),
 			Policy: b.st, Logger: b.cfg.Logger, Events: b.queue,
 		}
 		wg.Add(1)

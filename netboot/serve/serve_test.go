@@ -146,6 +146,7 @@ func TestBenchInNamespace(t *testing.T) {
 	}
 	// The technician clicks Deploy (an in-process API request with the token).
 	req := httptest.NewRequest("POST", "/api/v1/devices/"+piMAC+"/action", strings.NewReader(`{"action":"deploy"}`))
+	req.Host = "10.42.0.1:5000"
 	req.Header.Set("Authorization", "Bearer "+b.Token())
 	rec := httptest.NewRecorder()
 	b.API().Handler().ServeHTTP(rec, req)
