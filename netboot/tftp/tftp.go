@@ -65,12 +65,12 @@ type Policy interface {
 
 // Defaults and limits.
 const (
-	DefaultMaxBlockSize = 1468             // the Pi bootloader's TFTP_MAX_BLOCKSIZE (2022-10 on)
-	DefaultTimeout      = time.Second      // per-packet retransmit timeout
-	DefaultRetries      = 8                // retransmissions before a transfer fails
-	DefaultMaxTransfers = 512              // in flight, leased clients
-	DefaultMaxUnleased  = 64               // in flight, clients without a lease
-	DefaultMaxPerClient = 16               // in flight, one address
+	DefaultMaxBlockSize = 1468        // the Pi bootloader's TFTP_MAX_BLOCKSIZE (2022-10 on)
+	DefaultTimeout      = time.Second // per-packet retransmit timeout
+	DefaultRetries      = 8           // retransmissions before a transfer fails
+	DefaultMaxTransfers = 512         // in flight, leased clients
+	DefaultMaxUnleased  = 64          // in flight, clients without a lease
+	DefaultMaxPerClient = 16          // in flight, one address
 	errBusy             = "server busy, retry later"
 	PiFileLimit         = 65535 * 1024     // the Pi 4's block counter does not roll over (64 MiB at blksize 1024)
 	readBuffer          = 256 << 10        // file read-ahead per transfer
