@@ -2,10 +2,8 @@ package api
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"net/netip"
 	"net/url"
@@ -25,30 +23,12 @@ func (s *Server) emit(ctx context.Context, ev wire.Event) {
 }
 
 func (s *Server) handleRegister(c *gin.Context) error {
-	var req wire.RegisterRequest
-	if err := decodeFlexible(c.Request, s.maxJSON(), &req, map[string]*string{"mac": &req.MAC, "ip": &req.IP}); err != nil {
-		return err
-	}
-	mac, err := normMAC(req.MAC)
+	req, mac, ip, err := parseRegister(c.Request, s.maxJSON())
 	if err != nil {
 		return err
 	}
 	if err := s.checkLease(c.Request, mac); err != nil {
 		return err
-	}
-	ip := strings.TrimSpace(req.IP)
-	if ip == "" {
-		ip = remoteIP(c.Request)
-	} else if net.ParseIP(ip) == nil {
-		return httpErr(http.StatusBadRequest, "malformed ip %q", req.IP)
-	}
-	if f := req.Facts; f != nil && f.Serial != "" && !isHex(f.Serial) {
-		return httpErr(http.StatusBadRequest, "malformed serial %q: want hex digits", f.Serial)
-	}
-	if req.Facts != nil {
-		if b, _ := json.Marshal(req.Facts); len(b) > maxFactsBytes {
-			return httpErr(http.StatusRequestEntityTooLarge, "facts of %d bytes: at most %d are stored per device", len(b), maxFactsBytes)
-		}
 	}
 	created, err := s.Store.Register(c.Request.Context(), mac, ip, req.Facts)
 	if err != nil {
@@ -82,7 +62,7 @@ func isHex(s string) bool {
 }
 
 func (s *Server) handlePoll(c *gin.Context) error {
-	mac, err := normMAC(c.Query("mac"))
+	mac, err := parsePoll(c.Request)
 	if err != nil {
 		return err
 	}
@@ -238,21 +218,7 @@ func successStatus(s string) (ok bool, known bool) {
 }
 
 func (s *Server) handleActionDone(c *gin.Context) error {
-	var req wire.ActionDone
-	var bytesStr, cbytesStr, secsStr string
-	fields := map[string]*string{"mac": &req.MAC, "action": &req.Action, "status": &req.Status, "sha256": &req.SHA256,
-		"action_id": &req.ActionID, "token": &req.Token, "error": &req.Error, "compressed_sha256": &req.CompressedSHA256,
-		"bytes": &bytesStr, "compressed_bytes": &cbytesStr, "seconds": &secsStr}
-	if err := decodeFlexible(c.Request, s.maxJSON(), &req, fields); err != nil {
-		return err
-	}
-	if bytesStr != "" {
-		fmt.Sscan(bytesStr, &req.Bytes)
-	}
-	if cbytesStr != "" {
-		fmt.Sscan(cbytesStr, &req.CompressedBytes)
-	}
-	mac, err := normMAC(req.MAC)
+	req, mac, err := parseActionDone(c.Request, s.maxJSON())
 	if err != nil {
 		return err
 	}
@@ -340,22 +306,12 @@ func (s *Server) checkDone(ctx context.Context, a store.Action, req wire.ActionD
 }
 
 func (s *Server) handleProgress(c *gin.Context) error {
-	var p wire.Progress
-	if err := s.decodeJSON(c.Request, &p); err != nil {
-		return err
-	}
-	mac, err := normMAC(p.MAC)
+	p, mac, err := parseProgress(c.Request, s.maxJSON())
 	if err != nil {
 		return err
 	}
-	if p.Token == "" || p.ActionID == "" {
-		return httpErr(http.StatusBadRequest, "progress needs action_id and token")
-	}
 	if err := s.checkLease(c.Request, mac); err != nil {
 		return err
-	}
-	if p.Done < 0 || p.Total < 0 || p.Rate < 0 || len(p.Phase) > 64 {
-		return httpErr(http.StatusBadRequest, "progress values out of range")
 	}
 	a, err := s.deviceAction(c.Request.Context(), c.Request, mac, p.ActionID, p.Token)
 	if err != nil {
@@ -371,24 +327,9 @@ func (s *Server) handleProgress(c *gin.Context) error {
 }
 
 func (s *Server) handleLog(c *gin.Context) error {
-	var l wire.LogLines
-	if err := s.decodeJSON(c.Request, &l); err != nil {
-		return err
-	}
-	mac, err := normMAC(l.MAC)
+	l, mac, err := parseLog(c.Request, s.maxJSON())
 	if err != nil {
 		return err
-	}
-	if len(l.Lines) == 0 {
-		return httpErr(http.StatusBadRequest, "no log lines")
-	}
-	if len(l.Lines) > maxLogPostLines {
-		return httpErr(http.StatusRequestEntityTooLarge, "%d log lines in one post: at most %d", len(l.Lines), maxLogPostLines)
-	}
-	for i, line := range l.Lines {
-		if len(line) > maxLogLineBytes {
-			l.Lines[i] = line[:maxLogLineBytes] + "…"
-		}
 	}
 	if err := s.checkLease(c.Request, mac); err != nil {
 		return err

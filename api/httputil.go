@@ -178,16 +178,7 @@ func decodeFlexible(r *http.Request, max int64, dst any, fields map[string]*stri
 
 // decodeJSON decodes a technician JSON body strictly.
 func (s *Server) decodeJSON(r *http.Request, dst any) error {
-	body, err := readBody(r, s.maxJSON())
-	if err != nil {
-		return err
-	}
-	dec := json.NewDecoder(bytes.NewReader(body))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(dst); err != nil {
-		return httpErr(http.StatusBadRequest, "malformed JSON body: %v", err)
-	}
-	return nil
+	return decodeStrictJSON(r, s.maxJSON(), dst)
 }
 
 // remoteIP is the peer address of the connection (proxies are not

@@ -1,9 +1,16 @@
 package api
 
 import (
+	"encoding/json"
+	"net"
 	"net/http"
+	"net/http/httptest"
+	"net/url"
 	"strings"
 	"testing"
+
+	"github.com/cm4bench/cm4bench/api/store"
+	"github.com/cm4bench/cm4bench/api/wire"
 )
 
 func TestParseRange(t *testing.T) {
@@ -68,6 +75,163 @@ func FuzzDecodeFlexible(f *testing.F) {
 			if code, _ := statusOf(err); code < 400 || code >= 500 {
 				t.Fatalf("bad input gave status %d: %v", code, err)
 			}
+		}
+	})
+}
+
+// One fuzz target per device route's request parsing (security item 12's
+// "done means"). Each checks that bad input gives a 4xx error and that what
+// parses is within the limits the handlers rely on.
+
+func fuzzReq(method, target, ct, body string) *http.Request {
+	r, err := http.NewRequest(method, "http://127.0.0.1:5000/", strings.NewReader(body))
+	if err != nil {
+		return nil
+	}
+	if u, err := url.Parse(target); err == nil {
+		r.URL = u
+	}
+	if ct != "" {
+		r.Header.Set("Content-Type", ct)
+	}
+	r.RemoteAddr = "10.42.0.100:40000"
+	return r
+}
+
+func want4xx(t *testing.T, err error) {
+	t.Helper()
+	if err == nil {
+		return
+	}
+	if code, _ := statusOf(err); code < 400 || code >= 500 {
+		t.Fatalf("bad input gave status %d: %v", code, err)
+	}
+}
+
+func FuzzParseRegister(f *testing.F) {
+	f.Add("application/json", `{"mac":"dc:a6:32:01:02:03","ip":"10.42.0.9","facts":{"serial":"abcd1234","emmc_bytes":8388608}}`)
+	f.Add("application/x-www-form-urlencoded", "mac=dc-a6-32-01-02-03&ip=10.0.0.2")
+	f.Add("", `{"mac":"x"}`)
+	f.Fuzz(func(t *testing.T, ct, body string) {
+		r := fuzzReq("POST", "/api/register-device", ct, body)
+		if r == nil {
+			return
+		}
+		req, mac, ip, err := parseRegister(r, 64<<10)
+		want4xx(t, err)
+		if err != nil {
+			return
+		}
+		if _, err := store.NormalizeMAC(mac); err != nil || net.ParseIP(ip) == nil {
+			t.Fatalf("accepted mac %q ip %q", mac, ip)
+		}
+		if req.Facts != nil {
+			if b, _ := json.Marshal(req.Facts); len(b) > maxFactsBytes {
+				t.Fatalf("accepted %d bytes of facts", len(b))
+			}
+		}
+	})
+}
+
+func FuzzParsePoll(f *testing.F) {
+	f.Add("/api/poll?mac=dc:a6:32:01:02:03")
+	f.Add("/api/poll?mac=%zz")
+	f.Fuzz(func(t *testing.T, target string) {
+		r := fuzzReq("GET", target, "", "")
+		if r == nil {
+			return
+		}
+		mac, err := parsePoll(r)
+		want4xx(t, err)
+		if err == nil {
+			if _, err := store.NormalizeMAC(mac); err != nil {
+				t.Fatalf("accepted mac %q", mac)
+			}
+		}
+	})
+}
+
+func FuzzParseActionDone(f *testing.F) {
+	f.Add("application/json", `{"mac":"dc:a6:32:01:02:03","status":"success","sha256":"ab","bytes":12,"action_id":"1","token":"t"}`)
+	f.Add("application/x-www-form-urlencoded", "mac=dc:a6:32:01:02:03&status=ok&bytes=-5")
+	f.Fuzz(func(t *testing.T, ct, body string) {
+		r := fuzzReq("POST", "/api/action-done", ct, body)
+		if r == nil {
+			return
+		}
+		req, mac, err := parseActionDone(r, 64<<10)
+		want4xx(t, err)
+		if err == nil && (mac == "" || req.Bytes < 0 || req.CompressedBytes < 0) {
+			t.Fatalf("accepted %+v", req)
+		}
+	})
+}
+
+func FuzzParseProgress(f *testing.F) {
+	f.Add(`{"mac":"dc:a6:32:01:02:03","action_id":"1","token":"t","phase":"download","done":5,"total":10,"rate":1.5}`)
+	f.Add(`{"mac":"dc:a6:32:01:02:03","action_id":"1","token":"t","done":-1}`)
+	f.Fuzz(func(t *testing.T, body string) {
+		r := fuzzReq("POST", "/api/progress", "application/json", body)
+		if r == nil {
+			return
+		}
+		p, _, err := parseProgress(r, 64<<10)
+		want4xx(t, err)
+		if err == nil && (p.Done < 0 || p.Total < 0 || p.Rate < 0 || len(p.Phase) > 64 || p.Token == "") {
+			t.Fatalf("accepted %+v", p)
+		}
+	})
+}
+
+func FuzzParseLog(f *testing.F) {
+	f.Add(`{"mac":"dc:a6:32:01:02:03","lines":["a","b"],"action_id":"1","token":"t"}`)
+	f.Add(`{"mac":"dc:a6:32:01:02:03","lines":[]}`)
+	f.Fuzz(func(t *testing.T, body string) {
+		r := fuzzReq("POST", "/api/log", "application/json", body)
+		if r == nil {
+			return
+		}
+		l, _, err := parseLog(r, 64<<10)
+		want4xx(t, err)
+		if err != nil {
+			return
+		}
+		if len(l.Lines) == 0 || len(l.Lines) > maxLogPostLines {
+			t.Fatalf("accepted %d lines", len(l.Lines))
+		}
+		for _, line := range l.Lines {
+			if len(line) > maxLogLineBytes+len("…") {
+				t.Fatalf("kept a %d-byte line", len(line))
+			}
+		}
+	})
+}
+
+// FuzzParseStream covers the image (GET/HEAD) and backup (PUT/POST)
+// stream routes: the action id and token, through the real mux pattern.
+func FuzzParseStream(f *testing.F) {
+	f.Add(wire.PathImage + "/12?token=abc")
+	f.Add(wire.PathImage + "/x?token=")
+	f.Add(wire.PathBackup + "/99999999999999999999?token=t")
+	f.Fuzz(func(t *testing.T, target string) {
+		r := fuzzReq("GET", target, "", "")
+		if r == nil {
+			return
+		}
+		mux := http.NewServeMux()
+		var id, token string
+		var err error
+		done := false
+		h := func(w http.ResponseWriter, r *http.Request) { id, token, err = parseStream(r); done = true }
+		mux.HandleFunc("GET "+wire.PathImage+"/{id}", h)
+		mux.HandleFunc("GET "+wire.PathBackup+"/{id}", h)
+		mux.ServeHTTP(httptest.NewRecorder(), r)
+		if !done {
+			return
+		}
+		want4xx(t, err)
+		if err == nil && (id == "" || strings.Trim(id, "0123456789") != "" || token == "") {
+			t.Fatalf("accepted id %q token %q", id, token)
 		}
 	})
 }

@@ -29,8 +29,10 @@ const progressEvery = time.Second
 
 // streamAction authorises a request on an image or backup URL.
 func (s *Server) streamAction(r *http.Request, typ string) (store.Action, error) {
-	id := r.PathValue("id")
-	token := r.URL.Query().Get("token")
+	id, token, err := parseStream(r)
+	if err != nil {
+		return store.Action{}, err
+	}
 	a, err := s.Store.ActionByID(r.Context(), id)
 	if errors.Is(err, store.ErrNotFound) {
 		return a, httpErr(http.StatusNotFound, "no action %q", id)
