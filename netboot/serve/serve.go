@@ -78,6 +78,9 @@ type Config struct {
 	BackupReserve int64
 	// PiOnly leases addresses only to recognised Raspberry Pis.
 	PiOnly bool
+	// AllowedHosts are host names the HTTP server answers to besides IP
+	// addresses and localhost (api.Server.AllowedHosts).
+	AllowedHosts []string
 	// AllowUnleased lets device requests come from addresses our DHCP
 	// server leased to nobody (static addresses, a proxy in front of the
 	// API). By default, with DHCP on and not --proxy, they are refused.
@@ -201,6 +204,7 @@ func New(ctx context.Context, cfg Config) (*Bench, error) {
 	}
 	b.srv.AdminAddrs = b.adminAddr
 	b.srv.DiskReserve = cfg.BackupReserve
+	b.srv.AllowedHosts = cfg.AllowedHosts
 	b.srv.EventMaxAge, b.srv.EventMaxCount = cfg.EventMaxAge, cfg.EventMaxCount
 	return b, nil
 }

@@ -54,6 +54,7 @@ type netbootServeOpts struct {
 	eventsMaxAge     time.Duration
 	eventsMaxCount   int
 	piOnly           bool
+	allowedHosts     []string
 	allowUnleased    bool
 	tftpRoot         string
 	data             string
@@ -156,6 +157,7 @@ settings is reported as a warning.`,
 	f.Int64Var(&o.backupReserveMiB, "backup-reserve", 1024, "free space in `MiB` a backup upload never eats into (0: none, the disk may fill up)")
 	f.DurationVar(&o.eventsMaxAge, "events-max-age", 30*24*time.Hour, "drop events older than this from the event log")
 	f.IntVar(&o.eventsMaxCount, "events-max-count", 200000, "keep at most this many events (the newest)")
+	f.StringSliceVar(&o.allowedHosts, "allowed-host", nil, "a host `NAME` the dashboard and API may be reached by (repeatable); IP addresses and localhost always work, any other name is refused (DNS-rebinding guard)")
 	f.BoolVar(&o.piOnly, "pi-only", false, "lease addresses only to Raspberry Pis (option 97, PXEClient, a Pi OUI); off by default because a board's own OS on a non-Pi NIC and a technician's laptop on the bench switch need addresses too")
 	f.StringVar(&o.capture, "capture", "", "record every DHCP and TFTP packet on --iface into the pcap `FILE` (tshark/Wireshark read it; written as FILE.partial until serve stops; needs CAP_NET_RAW)")
 	f.BoolVar(&o.fastFallthrough, "fast-fallthrough", false, "give boards whose netboot is off the boot menu too, and refuse their start4.elf over TFTP, so they move on to eMMC in about a second instead of after the bootloader's 45 s DHCP_TIMEOUT (not yet confirmed on a real board)")
@@ -176,7 +178,7 @@ settings is reported as a warning.`,
 func (o *netbootServeOpts) config(logger *slog.Logger) (serve.Config, error) {
 	cfg := serve.Config{
 		Iface: o.iface, Proxy: o.proxy, AllowOtherDHCP: o.allowOtherDHCP, FastFallthrough: o.fastFallthrough, Capture: o.capture, AllowUnleased: o.allowUnleased, TFTPRoot: o.tftpRoot,
-		DataDir: o.data, HTTPAddr: o.http, AdminListen: o.adminListen, BackupReserve: reserveBytes(o.backupReserveMiB), EventMaxAge: o.eventsMaxAge, EventMaxCount: o.eventsMaxCount, PiOnly: o.piOnly, Image: o.image, NoDHCP: o.noDHCP, NoTFTP: o.noTFTP,
+		DataDir: o.data, HTTPAddr: o.http, AdminListen: o.adminListen, BackupReserve: reserveBytes(o.backupReserveMiB), EventMaxAge: o.eventsMaxAge, EventMaxCount: o.eventsMaxCount, PiOnly: o.piOnly, AllowedHosts: o.allowedHosts, Image: o.image, NoDHCP: o.noDHCP, NoTFTP: o.noTFTP,
 		CompressBackups: o.compressBackups, PollInterval: o.pollInterval, Version: version(), Logger: logger,
 	}
 	if o.addr != "" {
