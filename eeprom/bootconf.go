@@ -333,7 +333,7 @@ func ValidateBootOrder(order string) (warnings []string, err error) {
 }
 
 // KnownKey reports whether key is a documented bootloader config key.
-// The list is eeprom.md §3.3 (documented keys and defaults).
+// The list is the documented bootloader config keys (raspberrypi documentation, "Raspberry Pi bootloader configuration").
 func KnownKey(key string) bool {
 	switch key {
 	case

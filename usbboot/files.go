@@ -47,7 +47,7 @@ func isBootcode(name string) bool {
 	return strings.HasPrefix(strings.ToLower(name), "bootcode")
 }
 
-// Dir serves a boot directory with rpiboot's lookup rules (usbboot.md §3.1):
+// Dir serves a boot directory with rpiboot's lookup rules (as upstream rpiboot, main.c):
 //
 //  1. with per-port overlays, <dir>/<port>/<name> (never for bootcode*.bin);
 //  2. <dir>/<soc>/<name> on disk (soc = 2711, 2712 or 2710);

@@ -7,7 +7,7 @@ import (
 	"time"
 )
 
-// Wire constants (usbboot.md §2).
+// Wire constants (as upstream rpiboot, main.c).
 const (
 	// RequestSize is the length of a file-server request record.
 	RequestSize = 260
@@ -64,7 +64,7 @@ type Request struct {
 }
 
 // IsDone reports whether the request ends the session: command Done, or
-// any command with an empty name (usbboot.md §2.3).
+// any command with an empty name (as upstream rpiboot, main.c).
 func (r Request) IsDone() bool { return r.Command == Done || r.Name == "" }
 
 // Metadata splits a "*KEY*VALUE" name. ok is false for ordinary names.

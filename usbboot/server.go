@@ -709,7 +709,7 @@ func readString(dev Device, idx uint8) string {
 }
 
 // claim picks the vendor interface: with two interfaces the second one
-// and EP 0x03, otherwise interface 0 and EP 0x01 (usbboot.md §1.2). Right
+// and EP 0x03, otherwise interface 0 and EP 0x01 (as upstream rpiboot, main.c). Right
 // after enumeration the device may not be configured yet or udev may not
 // have applied its rules: errors other than a disconnect are retried for
 // AccessGrace after the board appeared.

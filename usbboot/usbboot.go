@@ -29,7 +29,7 @@ import (
 // VendorID is the Broadcom vendor id every RPIBOOT device uses.
 const VendorID uint16 = 0x0a5c
 
-// Product ids of RPIBOOT devices (usbboot.md §1.1).
+// Product ids of RPIBOOT devices (as upstream rpiboot, main.c).
 const (
 	PID2835ROM  uint16 = 0x2763 // BCM2835/6/7 boot ROM (full speed)
 	PID2835Boot uint16 = 0x2764 // bootcode.bin second stage on 283x
@@ -66,7 +66,7 @@ func (s Speed) String() string {
 // Stage says which program answers on an RPIBOOT device.
 type Stage int
 
-// Stages. The only discriminator is the iSerialNumber index (usbboot.md §1.3).
+// Stages. The only discriminator is the iSerialNumber index (as upstream rpiboot, main.c).
 const (
 	StageROM    Stage = iota // boot ROM: wants the boot message and bootcode
 	StageSecond              // second stage: a file server session

@@ -9,7 +9,7 @@ import (
 )
 
 // formatRecord renders one transcript record as a line of text, naming the
-// RPIBOOT primitives (usbboot.md §2.1): SIZE for the vendor OUT control,
+// RPIBOOT primitives (as upstream rpiboot, main.c): SIZE for the vendor OUT control,
 // READ for the vendor IN control (with the decoded file request), and the
 // standard GET_DESCRIPTOR.
 //

@@ -9,7 +9,7 @@ import (
 )
 
 // PXEMenu is option 43 exactly as dnsmasq sends it for
-// pxe-service=0,"Raspberry Pi Boot" (netboot.md §1.3): discovery control 3,
+// pxe-service=0,"Raspberry Pi Boot" (README, "DHCP: what a Pi gets"): discovery control 3,
 // menu prompt "PXE" with timeout 0, one boot menu item of type 0 named
 // "Raspberry Pi Boot", end. The Pi 4 bootloader netboots only when it finds
 // that menu item.

@@ -6,7 +6,7 @@
 // It exists because the bench has no CM4: the simulated bench
 // (netboot/simbench) runs one Bootloader per device namespace against the real
 // cm4bench server, then hands over to the real cm4agent. Every wire detail
-// here follows ../shared/reference/netboot.md §1; the tests check the packets
+// here follows ../shared/reference/the Pi bootloader's netboot (README, "Netboot"); the tests check the packets
 // byte for byte against those facts.
 //
 // Packet building and parsing are pure functions (Discover, Request,
@@ -51,7 +51,7 @@ var (
 )
 
 // RequestedOptions is option 55 of the Pi 4 / CM4 DISCOVER and REQUEST, in
-// the order the bootloader lists them (netboot.md §1.2).
+// the order the bootloader lists them (README, "DHCP: what a Pi gets").
 var requestedOptions = []uint8{1, 3, 43, 60, 66, 67, 128, 129, 130, 131, 132, 133, 134, 135}
 
 // RequestedOptions returns option 55 of the Pi 4 / CM4 bootloader.
@@ -128,7 +128,7 @@ func (b Board) piModifiers() []dhcpv4.Modifier {
 }
 
 // Discover builds the DHCPDISCOVER of the Pi 4 / CM4 bootloader
-// (netboot.md §1.2): flags 0 (no broadcast bit), hops 0, chaddr = MAC,
+// (README, "DHCP: what a Pi gets"): flags 0 (no broadcast bit), hops 0, chaddr = MAC,
 // options 53, 55 (1 3 43 60 66 67 128-135), 60 = VendorClass, 93 = 0x0000,
 // 94 = 01 02 01, 97 = GUID; no option 61 and no option 57.
 func (b Board) Discover(xid dhcpv4.TransactionID) (*dhcpv4.DHCPv4, error) {

@@ -33,7 +33,7 @@ const (
 const EarlyTerminate = "Early terminate"
 
 // maxBlocks is the Pi 4 bootloader's block counter limit: it does not roll
-// over past 65535 (netboot.md §1.6), so no file may span more blocks.
+// over past 65535 (README, "DHCP: what a Pi gets"), so no file may span more blocks.
 const maxBlocks = 65535
 
 // ErrNotFound is wrapped by Fetch when the server answers ERROR code 1.

@@ -27,7 +27,7 @@
 //
 // Protocol: octet and netascii, tsize (RFC 2349) and blksize up to
 // MaxBlockSize (RFC 2348), lock-step (no anticipate/windowsize: duplicate
-// DATA blocks can hang start4.elf, netboot.md §1.6). The Pi's "probe"
+// DATA blocks can hang start4.elf, the Pi bootloader's netboot (README, "Netboot")). The Pi's "probe"
 // requests, aborted right after the OACK with ERROR code 0 "Early
 // terminate", are counted as probes, not failures.
 //

@@ -67,7 +67,7 @@ func portPath(d *gousb.DeviceDesc) string {
 	return sb.String()
 }
 
-// serialIndex reads the unexported iSerialNumber field (usbboot.md §6 (b)).
+// serialIndex reads the unexported iSerialNumber field (as upstream rpiboot, main.c)).
 // usbboot confirms it with GET_DESCRIPTOR after opening.
 func serialIndex(d *gousb.DeviceDesc) uint8 {
 	f := reflect.ValueOf(d).Elem().FieldByName("iSerialNumber")

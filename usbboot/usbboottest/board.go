@@ -1,7 +1,7 @@
 // Package usbboottest simulates Raspberry Pi boards in RPIBOOT mode: the
 // BCM2711 (CM4) and BCM2712 boot ROM and second stage, and the BCM2835/7
 // variant, as state machines that check every protocol rule of
-// usbboot.md §2 and record a transcript.
+// upstream rpiboot (main.c) and record a transcript.
 //
 // A Board works at the raw USB level (setup packets, descriptors, bulk OUT
 // on an endpoint), so it can sit below libusb as well as below the
@@ -45,7 +45,7 @@ var (
 // Mode is what the second stage does, i.e. which request script it runs.
 type Mode string
 
-// Modes (usbboot.md §3.2-§3.4).
+// Modes (as upstream rpiboot, main.c).
 const (
 	ModeMSD      Mode = "msd"      // legacy VPU mass-storage firmware
 	ModeGadget   Mode = "gadget"   // mass-storage-gadget64 (Linux boot.img)
@@ -55,7 +55,7 @@ const (
 // FaultKind names a scripted fault.
 type FaultKind int
 
-// Faults (usbboot.md §7 item 5). Each fires once unless noted.
+// Faults (as upstream rpiboot, main.c). Each fires once unless noted.
 const (
 	// FaultSizeTimeout: the SIZE control transfer for At times out.
 	FaultSizeTimeout FaultKind = iota + 1
