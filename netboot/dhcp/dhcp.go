@@ -3,7 +3,7 @@
 // Raspberry Pi whose netboot is enabled, adds the PXE boot menu the Pi 4
 // bootloader requires (option 43 with the "Raspberry Pi Boot" item, option 60
 // PXEClient, option 97 echoed, siaddr = option 54 = option 66 = our address).
-// See ../shared/reference/the Pi bootloader's netboot (README, "Netboot")-§2 for why each byte is there.
+// The README section "DHCP: what a Pi gets" says why each byte is there.
 //
 // Usage:
 //

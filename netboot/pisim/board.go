@@ -6,7 +6,7 @@
 // It exists because the bench has no CM4: the simulated bench
 // (netboot/simbench) runs one Bootloader per device namespace against the real
 // cm4bench server, then hands over to the real cm4agent. Every wire detail
-// here follows ../shared/reference/the Pi bootloader's netboot (README, "Netboot"); the tests check the packets
+// here follows the real bootloader (public captures and upstream notes, summarised in README and HARDWARE.md); the tests check the packets
 // byte for byte against those facts.
 //
 // Packet building and parsing are pure functions (Discover, Request,
