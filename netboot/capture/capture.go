@@ -74,6 +74,12 @@ func (c *Capture) Serve(ctx context.Context) error {
 		return fmt.Errorf("capture: packet socket on %s: %w", c.Iface, err)
 	}
 	defer conn.Close()
+	// A bigger receive queue, so a burst (16 boards fetching at once) is
+	// not dropped while the file is written (best effort; capped by
+	// net.core.rmem_max without CAP_NET_ADMIN).
+	if rc, err := conn.SyscallConn(); err == nil {
+		rc.Control(func(fd uintptr) { unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, 8<<20) })
+	}
 	partial := c.Path + ".partial"
 	f, err := os.OpenFile(partial, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
 	if err != nil {
@@ -92,7 +98,9 @@ func (c *Capture) Serve(ctx context.Context) error {
 	if limit <= 0 {
 		limit = DefaultLimit
 	}
-	stop := context.AfterFunc(ctx, func() { conn.SetReadDeadline(time.Unix(1, 0)) })
+	// At the stop, packets already queued on the socket are still read (for
+	// a short while), so the end of a transfer seen just before is kept.
+	stop := context.AfterFunc(ctx, func() { conn.SetReadDeadline(time.Now().Add(300 * time.Millisecond)) })
 	defer stop()
 	var (
 		flt     Filter
