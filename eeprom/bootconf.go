@@ -300,6 +300,28 @@ func parseBootOrder(order string) (uint64, error) {
 	return v, nil
 }
 
+// BootOrder is a validated BOOT_ORDER value: boot modes as nibbles, the
+// first tried in the least significant one.
+type BootOrder uint32
+
+// ParseBootOrder is the one BOOT_ORDER parser (the config editor, the
+// recovery directory and the simulated bench use it): ValidateBootOrder's
+// rules, and the value.
+func ParseBootOrder(order string) (BootOrder, []string, error) {
+	w, err := ValidateBootOrder(order)
+	if err != nil {
+		return 0, nil, err
+	}
+	v, err := parseBootOrder(order)
+	if err != nil {
+		return 0, nil, err
+	}
+	return BootOrder(v), w, nil
+}
+
+// String is the config-file form, 0x plus lowercase hex.
+func (b BootOrder) String() string { return fmt.Sprintf("0x%x", uint32(b)) }
+
 // ValidateBootOrder checks a BOOT_ORDER value: 0x followed by 1 to 8 hex
 // digits, every nibble a known mode (0-7, e, f), RESTART (f) and STOP (e)
 // only as the last mode tried (the most significant nibble). It warns about

@@ -22,6 +22,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/cm4bench/cm4bench/netboot/initramfs/agentbin"
+	"github.com/cm4bench/cm4bench/eeprom"
 	"github.com/cm4bench/cm4bench/netboot/pisim"
 	"github.com/cm4bench/cm4bench/netboot/simbench"
 )
@@ -177,9 +178,9 @@ func (o *simOptions) findAgent() (path string, cleanup func(), err error) {
 }
 
 func (o *simOptions) eeprom() (pisim.EEPROM, error) {
-	bo, err := strconv.ParseUint(strings.TrimPrefix(strings.ToLower(o.bootOrder), "0x"), 16, 32)
-	if err != nil || bo == 0 {
-		return pisim.EEPROM{}, fmt.Errorf("sim: --boot-order %q: want hex nibbles such as 0xf12", o.bootOrder)
+	bo, _, err := eeprom.ParseBootOrder(o.bootOrder)
+	if err != nil {
+		return pisim.EEPROM{}, fmt.Errorf("sim: --boot-order %q: %w (want 0x and boot-mode nibbles, such as 0xf12)", o.bootOrder, err)
 	}
 	if o.dhcpTimeout < 5*time.Second {
 		return pisim.EEPROM{}, fmt.Errorf("sim: --dhcp-timeout %v: the EEPROM minimum is 5s", o.dhcpTimeout)
