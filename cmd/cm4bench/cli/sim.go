@@ -21,8 +21,8 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/cm4bench/cm4bench/netboot/initramfs/agentbin"
 	"github.com/cm4bench/cm4bench/eeprom"
+	"github.com/cm4bench/cm4bench/netboot/initramfs/agentbin"
 	"github.com/cm4bench/cm4bench/netboot/pisim"
 	"github.com/cm4bench/cm4bench/netboot/simbench"
 )
