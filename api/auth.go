@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -302,19 +303,11 @@ func (s *Server) hostGuard(next http.Handler) http.Handler {
 			host = h
 		}
 		host = strings.Trim(host, "[]")
-		if _, err := netip.ParseAddr(host); err == nil || host == "" || strings.EqualFold(host, "localhost") || slicesContainsFold(s.AllowedHosts, host) {
+		named := slices.ContainsFunc(s.AllowedHosts, func(h string) bool { return strings.EqualFold(h, host) })
+		if _, err := netip.ParseAddr(host); err == nil || host == "" || strings.EqualFold(host, "localhost") || named {
 			next.ServeHTTP(w, r)
 			return
 		}
 		writeErr(w, http.StatusMisdirectedRequest, "host "+host+" is not this server's: use its IP address (DNS-rebinding guard)")
 	})
-}
-
-func slicesContainsFold(list []string, v string) bool {
-	for _, x := range list {
-		if strings.EqualFold(x, v) {
-			return true
-		}
-	}
-	return false
 }

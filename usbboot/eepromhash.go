@@ -23,12 +23,13 @@ func keepForHash(name string, size int64) bool {
 	return false
 }
 
+// keep holds a served file's bytes (b is the session's own buffer).
 func (ss *session) keep(name string, b []byte) {
 	if name == "pieeprom.sig" {
-		ss.sigText = bytes.Clone(b)
+		ss.sigText = b
 		return
 	}
-	ss.eepromName, ss.eepromImg = name, bytes.Clone(b)
+	ss.eepromName, ss.eepromImg = name, b
 }
 
 // finishEEPROM fills Result.EEPROM from the image and .sig served: the

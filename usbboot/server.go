@@ -71,8 +71,8 @@ type Server struct {
 	// is tried, re-opening after 1 s (default 3; rpiboot retries for ever).
 	// A status != 0 is never retried.
 	ROMAttempts int
-	// Trace, when set, receives one record per USB transfer (see Trace).
-	Trace TraceSink
+	// Trace, when set, receives one record per USB transfer.
+	Trace *Tracer
 }
 
 // EventKind names an Event.
@@ -308,6 +308,7 @@ func (s *Server) Serve(ctx context.Context) ([]Result, error) {
 		started  int
 		skipped  = map[string]bool{} // ports of RPIBOOT devices the filter left alone
 		listErrs int                 // consecutive failed listings
+		partial  bool                // warned about the current run of partial listings
 	)
 	collect := func(r Result) {
 		delete(active, r.Port)
@@ -331,18 +332,16 @@ func (s *Server) Serve(ctx context.Context) ([]Result, error) {
 			// the whole listing; rpiboot never reads other devices' configs.
 			// A Bus returns what it did list (non-nil, maybe empty) beside
 			// such an error: use it, and warn once per streak.
-			if listErrs == 0 {
+			if !partial {
 				s.emit(Event{Kind: EventWarning, Message: "partial device listing used: " + err.Error()})
 			}
-			listErrs = -1 // warned once for this run of partial listings
-			err = nil
+			partial, err = true, nil
+		} else {
+			partial = false
 		}
 		if err != nil {
 			if ctx.Err() != nil {
 				return results, s.stopped(ctx.Err())
-			}
-			if listErrs < 0 {
-				listErrs = 0
 			}
 			// A device leaving mid-scan can fail one listing; only a lasting
 			// failure (or no USB at all) ends the server.
@@ -355,9 +354,7 @@ func (s *Server) Serve(ctx context.Context) ([]Result, error) {
 			}
 			continue
 		}
-		if listErrs > 0 {
-			listErrs = 0
-		}
+		listErrs = 0
 		onPort := map[string]int{}
 		for _, d := range list {
 			if d.IsRPIBoot() {
@@ -478,7 +475,7 @@ func (ss *session) inGrace() bool {
 // board runs the per-port state machine for the board first seen as d.
 func (s *Server) board(ctx context.Context, d Desc) Result {
 	clk := s.clock()
-	ss := &session{s: s, deadline: clk.Now().Add(s.timeout()), first: clk.Now()}
+	ss := &session{s: s, deadline: clk.Now().Add(s.timeout())}
 	ss.res = Result{Port: d.Port, SoC: d.SoC(), Start: clk.Now(), Serial: d.Serial, Address: d.Address}
 	s.Trace.Record(TraceRecord{Port: d.Port, Address: d.Address, Kind: "attach",
 		Note: fmt.Sprintf("%04x:%04x %s-speed serial %q", d.VID, d.PID, d.Speed, d.Serial)})

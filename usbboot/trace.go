@@ -102,9 +102,6 @@ func (t *Tracer) Err() error {
 	return t.err
 }
 
-// TraceSink is where a Server writes its trace (nil: none).
-type TraceSink = *Tracer
-
 // traced wraps dev so every transfer is written to the trace.
 func (s *Server) traced(dev Device) Device {
 	if s.Trace == nil {

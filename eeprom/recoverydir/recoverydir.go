@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -153,7 +154,7 @@ func Build(spec Spec, outDir string) (Dir, error) {
 		if err != nil {
 			return rd, err
 		}
-		for _, n := range slices.Sorted(mapKeys(ddr)) {
+		for _, n := range slices.Sorted(maps.Keys(ddr)) {
 			entries = append(entries, entry{n, ddr[n]})
 		}
 	} else {
@@ -205,16 +206,6 @@ func Build(spec Spec, outDir string) (Dir, error) {
 		rd.Files = append(rd.Files, File{Name: e.name, Path: p, Size: len(e.data), SHA256: sha256Hex(e.data)})
 	}
 	return rd, nil
-}
-
-func mapKeys(m map[string][]byte) func(func(string) bool) {
-	return func(yield func(string) bool) {
-		for k := range m {
-			if !yield(k) {
-				return
-			}
-		}
-	}
 }
 
 func sha256Hex(b []byte) string {

@@ -177,7 +177,7 @@ func (f *usbServeFlags) serve(ctx context.Context, files usbboot.FileSource, che
 			var errs []error
 			if r.Err == nil && check != nil {
 				w, err := check(r)
-				if w != "" {
+				if w != "" && !slices.Contains(r.Warnings, w) { // the session may have said it already
 					out.event(usbboot.Event{Kind: usbboot.EventWarning, Port: r.Port, Serial: r.Serial, Message: w})
 				}
 				errs = append(errs, err)
