@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/gin-gonic/gin"
+
+	"github.com/cm4bench/cm4bench/internal/tokenbucket"
 )
 
 func (s *Server) minUploadRate() int64 {
@@ -169,29 +171,24 @@ const (
 	maxBuckets  = 4096
 )
 
-type bucket struct {
-	tokens float64
-	at     time.Time
-}
-
 // rateLimiter bounds device requests per address (security item 4: one
 // client posting logs as fast as it could grew the database by 11 MB/s).
 type rateLimiter struct {
 	mu sync.Mutex
-	b  map[string]*bucket
+	b  map[string]*tokenbucket.Bucket
 }
 
 func (rl *rateLimiter) allow(ip string, now time.Time) bool {
 	rl.mu.Lock()
 	defer rl.mu.Unlock()
 	if rl.b == nil {
-		rl.b = map[string]*bucket{}
+		rl.b = map[string]*tokenbucket.Bucket{}
 	}
 	bk := rl.b[ip]
 	if bk == nil {
 		if len(rl.b) >= maxBuckets {
 			for k, v := range rl.b { // drop buckets idle long enough to be full again
-				if now.Sub(v.at) > time.Duration(deviceBurst/deviceRate*float64(time.Second)) {
+				if v.Full(now) {
 					delete(rl.b, k)
 				}
 			}
@@ -199,16 +196,10 @@ func (rl *rateLimiter) allow(ip string, now time.Time) bool {
 				return false
 			}
 		}
-		bk = &bucket{tokens: deviceBurst, at: now}
+		bk = &tokenbucket.Bucket{Rate: deviceRate, Burst: deviceBurst}
 		rl.b[ip] = bk
 	}
-	bk.tokens = min(deviceBurst, bk.tokens+now.Sub(bk.at).Seconds()*deviceRate)
-	bk.at = now
-	if bk.tokens < 1 {
-		return false
-	}
-	bk.tokens--
-	return true
+	return bk.Allow(now)
 }
 
 // limitDevice refuses device requests beyond the per-address rate.

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/insomniacslk/dhcp/dhcpv4"
+
+	"github.com/cm4bench/cm4bench/internal/tokenbucket"
 )
 
 // Reply decides the answer to one request: an OFFER, ACK or NAK, or nil to
@@ -276,9 +278,8 @@ func (s *Server) fromLease(mac net.HardwareAddr, from netip.Addr) bool {
 // powering 64 boards at once passes, a flood of random MACs does not
 // exhaust the pool in seconds (security item 8).
 type newMACLimit struct {
-	mu     sync.Mutex
-	tokens float64
-	at     time.Time
+	mu sync.Mutex
+	b  tokenbucket.Bucket
 }
 
 const (
@@ -289,14 +290,6 @@ const (
 func (l *newMACLimit) allow(now time.Time) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.at.IsZero() {
-		l.tokens, l.at = newMACBurst, now
-	}
-	l.tokens = min(newMACBurst, l.tokens+now.Sub(l.at).Seconds()*newMACRate)
-	l.at = now
-	if l.tokens < 1 {
-		return false
-	}
-	l.tokens--
-	return true
+	l.b.Rate, l.b.Burst = newMACRate, newMACBurst
+	return l.b.Allow(now)
 }
