@@ -131,6 +131,26 @@ func TestCreateRefusesNonRoot(t *testing.T) {
 	}
 }
 
+// startServers runs cm4bench's DHCP and TFTP servers in the bench
+// namespace, on the bridge and the bench address, until ctx ends, and
+// waits until DHCP is ready.
+func startServers(tb testing.TB, ctx context.Context, b *simbench.Bench, ds *dhcp.Server, ts *tftp.Server) {
+	tb.Helper()
+	ready := make(chan struct{})
+	ds.Iface, ds.RivalTimeout, ds.Ready = simbench.BridgeName, 300*time.Millisecond, func() { close(ready) }
+	ts.Addr, ts.MACForIP = b.ServerAddr.Addr().String()+":69", ds.MACForIP
+	errc := make(chan error, 2)
+	go func() { errc <- b.Server.Do(func() error { return ds.Serve(ctx) }) }()
+	go func() { errc <- b.Server.Do(func() error { return ts.Serve(ctx) }) }()
+	select {
+	case <-ready:
+	case err := <-errc:
+		tb.Fatalf("server: %v", err)
+	case <-time.After(10 * time.Second):
+		tb.Fatal("dhcp server not ready")
+	}
+}
+
 // mapPolicy is a per-MAC netboot switch for the servers.
 type mapPolicy struct {
 	mu  sync.Mutex
@@ -171,20 +191,9 @@ func TestPisimAgainstCm4benchServers(t *testing.T) {
 	var evMu sync.Mutex
 	var events []wire.Event
 	record := func(e wire.Event) { evMu.Lock(); events = append(events, e); evMu.Unlock() }
-	ready := make(chan struct{})
-	ds := &dhcp.Server{Iface: simbench.BridgeName, Policy: pol, RivalTimeout: 300 * time.Millisecond,
-		Ready: func() { close(ready) }, Events: record}
-	ts := &tftp.Server{Root: root, Addr: b.ServerAddr.Addr().String() + ":69", Policy: pol, MACForIP: ds.MACForIP, Events: record}
-	errc := make(chan error, 2)
-	go func() { errc <- b.Server.Do(func() error { return ds.Serve(ctx) }) }()
-	go func() { errc <- b.Server.Do(func() error { return ts.Serve(ctx) }) }()
-	select {
-	case <-ready:
-	case err := <-errc:
-		t.Fatalf("server: %v", err)
-	case <-time.After(10 * time.Second):
-		t.Fatal("dhcp server not ready")
-	}
+	ds := &dhcp.Server{Policy: pol, Events: record}
+	ts := &tftp.Server{Root: root, Policy: pol, Events: record}
+	startServers(t, ctx, b, ds, ts)
 	// A golden image on one eMMC so the switched-off device has something to boot.
 	off := b.Devices[3]
 	f, err := os.OpenFile(off.EMMC(), os.O_WRONLY, 0)

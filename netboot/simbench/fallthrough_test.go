@@ -33,20 +33,7 @@ func fallthroughRun(tb testing.TB, fast bool, e pisim.EEPROM) (*pisim.Outcome, t
 	d := b.Devices[0]
 	pol := &mapPolicy{off: map[string]bool{}}
 	pol.set(d.Board.MAC, false)
-	ready := make(chan struct{})
-	ds := &dhcp.Server{Iface: simbench.BridgeName, Policy: pol, FastFallthrough: fast, RivalTimeout: 300 * time.Millisecond,
-		Ready: func() { close(ready) }}
-	ts := &tftp.Server{Root: root, Addr: b.ServerAddr.Addr().String() + ":69", Policy: pol, MACForIP: ds.MACForIP}
-	errc := make(chan error, 2)
-	go func() { errc <- b.Server.Do(func() error { return ds.Serve(ctx) }) }()
-	go func() { errc <- b.Server.Do(func() error { return ts.Serve(ctx) }) }()
-	select {
-	case <-ready:
-	case err := <-errc:
-		tb.Fatalf("server: %v", err)
-	case <-time.After(10 * time.Second):
-		tb.Fatal("dhcp server not ready")
-	}
+	startServers(tb, ctx, b, &dhcp.Server{Policy: pol, FastFallthrough: fast}, &tftp.Server{Root: root, Policy: pol})
 	f, err := os.OpenFile(d.EMMC(), os.O_RDWR, 0)
 	if err != nil {
 		tb.Fatal(err)
