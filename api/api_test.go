@@ -22,7 +22,7 @@ import (
 	"github.com/cm4bench/cm4bench/api"
 	"github.com/cm4bench/cm4bench/api/images"
 	"github.com/cm4bench/cm4bench/api/store"
-	"github.com/cm4bench/cm4bench/api/wire"
+	"github.com/cm4bench/cm4bench/internal/contract"
 )
 
 // bench is a real server on 127.0.0.1 over a real SQLite file.
@@ -281,8 +281,8 @@ func TestShellClient(t *testing.T) {
 			mac := fmt.Sprintf("dc:a6:32:00:10:%02x", i)
 			disk := filepath.Join(t.TempDir(), "mmcblk0")
 			wait := b.runClient(mac, disk, "DONE="+tt.done)
-			var a wire.Action
-			b.admin("POST", "/api/v1/devices/"+mac+"/action", wire.SetActionRequest{Action: "deploy", Image: tt.image}, 200, &a)
+			var a contract.Action
+			b.admin("POST", "/api/v1/devices/"+mac+"/action", contract.SetActionRequest{Action: "deploy", Image: tt.image}, 200, &a)
 			log := wait()
 			got, err := os.ReadFile(disk)
 			if err != nil {
@@ -291,9 +291,9 @@ func TestShellClient(t *testing.T) {
 			if !bytes.Equal(got, golden) {
 				t.Fatalf("disk has %d bytes sha %s, want %d bytes sha %s\n%s", len(got), sha(got), len(golden), sha(golden), log)
 			}
-			var d wire.Device
+			var d contract.Device
 			b.admin("GET", "/api/v1/devices/"+mac, nil, 200, &d)
-			if d.State != wire.DeviceDone || d.Action == nil || d.Action.ID != a.ID || d.Action.State != wire.StateDone {
+			if d.State != contract.DeviceDone || d.Action == nil || d.Action.ID != a.ID || d.Action.State != contract.StateDone {
 				t.Errorf("device after deploy = %+v action %+v", d, d.Action)
 			}
 			if b.st.NetbootEnabled(hwAddr(t, mac)) || d.Netboot {
@@ -320,9 +320,9 @@ func TestShellClient(t *testing.T) {
 			disk := filepath.Join(t.TempDir(), "mmcblk0")
 			content := makeImage(t, disk, 5<<20+777)
 			wait := b.runClient(mac, disk, "UPLOAD="+tt.upload)
-			b.admin("POST", "/api/v1/devices/"+mac+"/action", wire.SetActionRequest{Action: "backup"}, 200, nil)
+			b.admin("POST", "/api/v1/devices/"+mac+"/action", contract.SetActionRequest{Action: "backup"}, 200, nil)
 			log := wait()
-			var bs []wire.Backup
+			var bs []contract.Backup
 			b.admin("GET", "/api/v1/backups", nil, 200, &bs)
 			if len(bs) == 0 || bs[0].MAC != mac {
 				t.Fatalf("no backup of %s recorded: %+v\n%s", mac, bs, log)
@@ -362,25 +362,25 @@ func TestRestartKeepsPendingAction(t *testing.T) {
 	golden := makeImage(t, filepath.Join(dir, "golden.img"), 3<<20)
 	b := startServer(t, dir, filepath.Join(dir, "golden.img"))
 	const mac = "dc:a6:32:00:30:01"
-	if code, out := b.call("POST", wire.PathRegister, []byte(`{"mac":"`+mac+`","ip":"127.0.0.1"}`), ""); code != 200 {
+	if code, out := b.call("POST", contract.PathRegister, []byte(`{"mac":"`+mac+`","ip":"127.0.0.1"}`), ""); code != 200 {
 		t.Fatalf("register = %d %s", code, out)
 	}
-	var a wire.Action
-	b.admin("POST", "/api/v1/devices/"+mac+"/action", wire.SetActionRequest{Action: "deploy"}, 200, &a)
-	b.admin("PUT", "/api/v1/netboot", wire.NetbootSwitch{Enabled: false}, 200, nil)
+	var a contract.Action
+	b.admin("POST", "/api/v1/devices/"+mac+"/action", contract.SetActionRequest{Action: "deploy"}, 200, &a)
+	b.admin("PUT", "/api/v1/netboot", contract.NetbootSwitch{Enabled: false}, 200, nil)
 	b.stop()
 
 	b2 := startServer(t, dir, filepath.Join(dir, "golden.img"))
 	if b2.token != b.token {
 		t.Errorf("admin token changed over restart")
 	}
-	var nb wire.NetbootSwitch
+	var nb contract.NetbootSwitch
 	b2.admin("GET", "/api/v1/netboot", nil, 200, &nb)
 	if nb.Enabled {
 		t.Error("global netboot switch not kept over restart")
 	}
-	code, out := b2.call("GET", wire.PathPoll+"?mac="+mac, nil, "")
-	var p wire.PollResponse
+	code, out := b2.call("GET", contract.PathPoll+"?mac="+mac, nil, "")
+	var p contract.PollResponse
 	if code != 200 || json.Unmarshal(out, &p) != nil || p.Action != "deploy" || p.ActionID != a.ID {
 		t.Fatalf("poll after restart = %d %s, want the deploy %s", code, out, a.ID)
 	}
@@ -406,21 +406,21 @@ func TestImageStreams(t *testing.T) {
 	compress(t, "zstd", raw, filepath.Join(libDir, "z.img.zst"))
 	b := startServer(t, dir, raw)
 	const mac = "dc:a6:32:00:40:01"
-	b.call("POST", wire.PathRegister, []byte("mac="+mac), "")
+	b.call("POST", contract.PathRegister, []byte("mac="+mac), "")
 
 	for _, image := range []string{"golden.img", "g.img.gz", "z.img.zst"} {
 		t.Run(image, func(t *testing.T) {
 			b.t = t
-			b.admin("POST", "/api/v1/devices/"+mac+"/action", wire.SetActionRequest{Action: "deploy", Image: image}, 200, nil)
-			_, out := b.call("GET", wire.PathPoll+"?mac="+mac, nil, "")
-			var p wire.PollResponse
+			b.admin("POST", "/api/v1/devices/"+mac+"/action", contract.SetActionRequest{Action: "deploy", Image: image}, 200, nil)
+			_, out := b.call("GET", contract.PathPoll+"?mac="+mac, nil, "")
+			var p contract.PollResponse
 			json.Unmarshal(out, &p)
 			if p.Image == nil || p.Image.SHA256 != sha(golden) || p.Image.Size != int64(len(golden)) {
 				t.Fatalf("poll image info = %+v", p.Image)
 			}
 			get := func(h map[string]string) (*http.Response, []byte) {
 				req, _ := http.NewRequest("GET", p.URL, nil)
-				req.Header.Set("User-Agent", wire.AgentUserAgent+"/test") // no server-side progress
+				req.Header.Set("User-Agent", contract.AgentUserAgent+"/test") // no server-side progress
 				for k, v := range h {
 					req.Header.Set(k, v)
 				}
@@ -438,8 +438,8 @@ func TestImageStreams(t *testing.T) {
 				t.Fatalf("raw stream: %d, %d bytes", resp.StatusCode, len(body))
 			}
 			etag := resp.Header.Get("ETag")
-			if etag != `"`+sha(golden)+`"` || resp.Header.Get(wire.HeaderImageSHA256) != sha(golden) {
-				t.Errorf("ETag %s, sha header %s", etag, resp.Header.Get(wire.HeaderImageSHA256))
+			if etag != `"`+sha(golden)+`"` || resp.Header.Get(contract.HeaderImageSHA256) != sha(golden) {
+				t.Errorf("ETag %s, sha header %s", etag, resp.Header.Get(contract.HeaderImageSHA256))
 			}
 			for _, rg := range []struct {
 				h          string
@@ -490,7 +490,7 @@ func TestAuthAndOpenAPI(t *testing.T) {
 			Security []map[string]any `json:"security"`
 		} `json:"paths"`
 	}
-	code, out := b.call("GET", wire.PathOpenAPI, nil, "")
+	code, out := b.call("GET", contract.PathOpenAPI, nil, "")
 	if code != 200 || json.Unmarshal(out, &doc) != nil {
 		t.Fatalf("openapi: %d", code)
 	}
@@ -526,31 +526,31 @@ func TestAuthAndOpenAPI(t *testing.T) {
 	// The dashboard's way in: login sets an HttpOnly cookie that works.
 	jar := &cookieJar{}
 	cl := &http.Client{Jar: jar}
-	resp, err := cl.Post(b.base+wire.PathLogin, "application/json", strings.NewReader(`{"token":"nope"}`))
+	resp, err := cl.Post(b.base+contract.PathLogin, "application/json", strings.NewReader(`{"token":"nope"}`))
 	if err != nil || resp.StatusCode != 401 {
 		t.Fatalf("login with a wrong token: %v %v", resp.StatusCode, err)
 	}
 	resp.Body.Close()
-	resp, err = cl.Post(b.base+wire.PathLogin, "application/json", strings.NewReader(`{"token":"`+b.token+`"}`))
+	resp, err = cl.Post(b.base+contract.PathLogin, "application/json", strings.NewReader(`{"token":"`+b.token+`"}`))
 	if err != nil || resp.StatusCode != 200 {
 		t.Fatalf("login: %v %v", resp.StatusCode, err)
 	}
 	resp.Body.Close()
-	if len(jar.c) != 1 || !jar.c[0].HttpOnly || jar.c[0].Name != wire.CookieSession {
+	if len(jar.c) != 1 || !jar.c[0].HttpOnly || jar.c[0].Name != contract.CookieSession {
 		t.Fatalf("login cookie = %+v", jar.c)
 	}
 	resp, err = cl.Get(b.base + "/api/v1/status")
 	if err != nil || resp.StatusCode != 200 {
 		t.Fatalf("status with the session cookie: %v %v", resp.StatusCode, err)
 	}
-	var st wire.Status
+	var st contract.Status
 	json.NewDecoder(resp.Body).Decode(&st)
 	resp.Body.Close()
 	if st.DefaultImage != "golden.img" || !st.Netboot {
 		t.Errorf("status = %+v", st)
 	}
 	// The token file is private.
-	fi, err := os.Stat(filepath.Join(dir, wire.FileAdminToken))
+	fi, err := os.Stat(filepath.Join(dir, contract.FileAdminToken))
 	if err != nil || fi.Mode().Perm() != 0o600 {
 		t.Errorf("admin-token mode = %v, %v; want 0600", fi.Mode(), err)
 	}
@@ -579,7 +579,7 @@ func TestImageLibrary(t *testing.T) {
 	compress(t, "zstd", filepath.Join(dir, "other.img"), filepath.Join(dir, "other.img.zst"))
 	zst, _ := os.ReadFile(filepath.Join(dir, "other.img.zst"))
 
-	var im wire.Image
+	var im contract.Image
 	b.admin("POST", "/api/v1/images?name=customer.img.zst", zst, 201, &im)
 	if im.SHA256 != sha(other) || im.Size != int64(len(other)) || im.Format != "zst" {
 		t.Errorf("uploaded image = %+v", im)
@@ -598,7 +598,7 @@ func TestImageLibrary(t *testing.T) {
 			t.Errorf("upload %s = %d %s, want %d", tt.name, code, out, tt.want)
 		}
 	}
-	var imgs []wire.Image
+	var imgs []contract.Image
 	b.admin("GET", "/api/v1/images", nil, 200, &imgs)
 	if len(imgs) != 2 || !imgs[0].Default || imgs[1].Name != "customer.img.zst" {
 		t.Fatalf("images = %+v", imgs)
@@ -606,12 +606,12 @@ func TestImageLibrary(t *testing.T) {
 
 	const mac = "dc:a6:32:00:80:01"
 	b.register(mac)
-	b.admin("PUT", "/api/v1/devices/"+mac+"/image", wire.SetImageRequest{Image: "customer.img.zst"}, 200, nil)
+	b.admin("PUT", "/api/v1/devices/"+mac+"/image", contract.SetImageRequest{Image: "customer.img.zst"}, 200, nil)
 	if code, _ := b.call("PUT", "/api/v1/devices/"+mac+"/image", []byte(`{"image":"nope.img"}`), b.token); code != 404 {
 		t.Errorf("assigning a missing image = %d, want 404", code)
 	}
-	var a wire.Action
-	b.admin("POST", "/api/v1/devices/"+mac+"/action", wire.SetActionRequest{Action: "deploy"}, 200, &a)
+	var a contract.Action
+	b.admin("POST", "/api/v1/devices/"+mac+"/action", contract.SetActionRequest{Action: "deploy"}, 200, &a)
 	if a.Image != "customer.img.zst" {
 		t.Errorf("deploy without an image used %q, want the assigned one", a.Image)
 	}
@@ -625,19 +625,19 @@ func TestImageLibrary(t *testing.T) {
 	if !bytes.Equal(got, other) {
 		t.Errorf("deployed %d bytes, want the assigned image", len(got))
 	}
-	b.admin("POST", "/api/v1/devices/"+mac+"/action", wire.SetActionRequest{Action: "none"}, 200, nil)
+	b.admin("POST", "/api/v1/devices/"+mac+"/action", contract.SetActionRequest{Action: "none"}, 200, nil)
 	b.admin("DELETE", "/api/v1/images/customer.img.zst", nil, 200, nil)
 	if code, _ := b.call("DELETE", "/api/v1/images/golden.img", nil, b.token); code != 409 {
 		t.Errorf("deleting the default image = %d, want 409", code)
 	}
 	// A deploy whose image vanished fails with the reason at the next poll.
-	b.admin("POST", "/api/v1/devices/"+mac+"/action", wire.SetActionRequest{Action: "deploy", Image: "golden.img"}, 200, &a)
+	b.admin("POST", "/api/v1/devices/"+mac+"/action", contract.SetActionRequest{Action: "deploy", Image: "golden.img"}, 200, &a)
 	os.Remove(raw)
-	if p := b.poll(mac); p.Action != wire.ActionNone {
+	if p := b.poll(mac); p.Action != contract.ActionNone {
 		t.Errorf("poll with a vanished image = %+v, want none", p)
 	}
 	got2, _ := b.st.ActionByID(context.Background(), a.ID)
-	if got2.State != wire.StateFailed || !strings.Contains(got2.Error, "not usable") {
+	if got2.State != contract.StateFailed || !strings.Contains(got2.Error, "not usable") {
 		t.Errorf("action with a vanished image = %s %q", got2.State, got2.Error)
 	}
 	b.admin("GET", "/api/v1/images", nil, 200, &imgs)

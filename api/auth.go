@@ -16,8 +16,8 @@ import (
 	"sync"
 	"time"
 
-	"github.com/cm4bench/cm4bench/api/wire"
 	"github.com/cm4bench/cm4bench/internal/atomicfile"
+	"github.com/cm4bench/cm4bench/internal/contract"
 	"github.com/gin-gonic/gin"
 )
 
@@ -192,14 +192,14 @@ func (s *Server) authorized(r *http.Request) string {
 	if tok == "" {
 		return "" // never open by accident
 	}
-	if h := r.Header.Get(wire.HeaderToken); h != "" {
+	if h := r.Header.Get(contract.HeaderToken); h != "" {
 		scheme, t, ok := strings.Cut(h, " ")
 		if ok && strings.EqualFold(scheme, "Bearer") && tokenEqual(strings.TrimSpace(t), tok) {
 			return "bearer"
 		}
 		return ""
 	}
-	if ck, err := r.Cookie(wire.CookieSession); err == nil && s.sessions.valid(ck.Value) {
+	if ck, err := r.Cookie(contract.CookieSession); err == nil && s.sessions.valid(ck.Value) {
 		return "cookie"
 	}
 	return ""
@@ -227,32 +227,32 @@ func sameOriginWrite(r *http.Request) error {
 }
 
 func (s *Server) handleLogin(c *gin.Context) error {
-	var req wire.LoginRequest
+	var req contract.LoginRequest
 	if err := s.decodeJSON(c.Request, &req); err != nil {
 		return err
 	}
 	tok := s.token()
 	if tok == "" || !tokenEqual(strings.TrimSpace(req.Token), tok) {
-		s.emit(c.Request.Context(), wire.Event{Kind: wire.EventAuthFailed, Level: "warn",
+		s.emit(c.Request.Context(), contract.Event{Kind: contract.EventAuthFailed, Level: contract.LevelWarn,
 			Message: "failed login from " + remoteIP(c.Request), Fields: map[string]any{"ip": remoteIP(c.Request)}})
 		return httpErr(http.StatusUnauthorized, "wrong admin token")
 	}
 	id := s.sessions.add(s.sessionLifetime())
 	http.SetCookie(c.Writer, &http.Cookie{
-		Name: wire.CookieSession, Value: id, Path: "/",
+		Name: contract.CookieSession, Value: id, Path: "/",
 		HttpOnly: true, SameSite: http.SameSiteStrictMode, MaxAge: int(s.sessionLifetime().Seconds()),
 	})
-	s.emit(c.Request.Context(), wire.Event{Kind: wire.EventAuthLogin, Message: "technician logged in from " + remoteIP(c.Request),
+	s.emit(c.Request.Context(), contract.Event{Kind: contract.EventAuthLogin, Message: "technician logged in from " + remoteIP(c.Request),
 		Fields: map[string]any{"ip": remoteIP(c.Request)}})
 	writeJSON(c.Writer, http.StatusOK, map[string]string{"status": "logged in"})
 	return nil
 }
 
 func (s *Server) handleLogout(c *gin.Context) {
-	if ck, err := c.Request.Cookie(wire.CookieSession); err == nil {
+	if ck, err := c.Request.Cookie(contract.CookieSession); err == nil {
 		s.sessions.end(ck.Value)
 	}
-	http.SetCookie(c.Writer, &http.Cookie{Name: wire.CookieSession, Value: "", Path: "/", HttpOnly: true, SameSite: http.SameSiteStrictMode, MaxAge: -1})
+	http.SetCookie(c.Writer, &http.Cookie{Name: contract.CookieSession, Value: "", Path: "/", HttpOnly: true, SameSite: http.SameSiteStrictMode, MaxAge: -1})
 	writeJSON(c.Writer, http.StatusOK, map[string]string{"status": "logged out"})
 }
 
@@ -267,7 +267,7 @@ func (s *Server) handleRotateToken(c *gin.Context) error {
 	s.rotated = tok
 	s.tokenMu.Unlock()
 	s.sessions.endAll()
-	s.emit(c.Request.Context(), wire.Event{Kind: wire.EventAuthRotated, Level: "warn", Message: "admin token rotated: every session ended"})
+	s.emit(c.Request.Context(), contract.Event{Kind: contract.EventAuthRotated, Level: contract.LevelWarn, Message: "admin token rotated: every session ended"})
 	writeJSON(c.Writer, http.StatusOK, map[string]string{"token": tok})
 	return nil
 }
@@ -276,7 +276,7 @@ func (s *Server) handleRotateToken(c *gin.Context) error {
 // atomically) and returns it.
 func RotateToken(dir string) (string, error) {
 	tok := randomHex(24)
-	if err := atomicfile.WriteFile(filepath.Join(dir, wire.FileAdminToken), []byte(tok+"\n"), 0o600); err != nil {
+	if err := atomicfile.WriteFile(filepath.Join(dir, contract.FileAdminToken), []byte(tok+"\n"), 0o600); err != nil {
 		return "", fmt.Errorf("api: rotate admin token: %w", err)
 	}
 	return tok, nil

@@ -18,14 +18,14 @@ import (
 	"time"
 
 	"github.com/cm4bench/cm4bench/api"
-	"github.com/cm4bench/cm4bench/api/wire"
+	"github.com/cm4bench/cm4bench/internal/contract"
 )
 
 // poll polls as the device and returns the answer.
-func (b *bench) poll(mac string) wire.PollResponse {
+func (b *bench) poll(mac string) contract.PollResponse {
 	b.t.Helper()
-	code, out := b.call("GET", wire.PathPoll+"?mac="+mac, nil, "")
-	var p wire.PollResponse
+	code, out := b.call("GET", contract.PathPoll+"?mac="+mac, nil, "")
+	var p contract.PollResponse
 	if code != 200 || json.Unmarshal(out, &p) != nil {
 		b.t.Fatalf("poll %s = %d %s", mac, code, out)
 	}
@@ -34,7 +34,7 @@ func (b *bench) poll(mac string) wire.PollResponse {
 
 func (b *bench) register(mac string) {
 	b.t.Helper()
-	if code, out := b.call("POST", wire.PathRegister, []byte(`{"mac":"`+mac+`","ip":"127.0.0.1"}`), ""); code != 200 {
+	if code, out := b.call("POST", contract.PathRegister, []byte(`{"mac":"`+mac+`","ip":"127.0.0.1"}`), ""); code != 200 {
 		b.t.Fatalf("register %s = %d %s", mac, code, out)
 	}
 }
@@ -49,7 +49,7 @@ func (b *bench) assertNothingComplete(mac, actionID, reason string) {
 	if err != nil {
 		b.t.Fatal(err)
 	}
-	if a.State != wire.StateFailed || !strings.Contains(a.Error, reason) {
+	if a.State != contract.StateFailed || !strings.Contains(a.Error, reason) {
 		b.t.Errorf("action %s = %s %q, want failed with %q", actionID, a.State, a.Error, reason)
 	}
 	bs, _ := b.st.Backups(context.Background())
@@ -76,8 +76,8 @@ func TestBadDeviceInput(t *testing.T) {
 	b := startServer(t, dir, filepath.Join(dir, "golden.img"))
 	const mac = "dc:a6:32:00:50:01"
 	b.register(mac)
-	var a wire.Action
-	b.admin("POST", "/api/v1/devices/"+mac+"/action", wire.SetActionRequest{Action: "deploy"}, 200, &a)
+	var a contract.Action
+	b.admin("POST", "/api/v1/devices/"+mac+"/action", contract.SetActionRequest{Action: "deploy"}, 200, &a)
 	p := b.poll(mac)
 	imgPath := strings.TrimPrefix(p.URL, b.base)
 	imgBase, _, _ := strings.Cut(imgPath, "?")
@@ -91,25 +91,25 @@ func TestBadDeviceInput(t *testing.T) {
 		want               int
 		msg                string
 	}{
-		{"register malformed mac json", "POST", wire.PathRegister, `{"mac":"dc:a6:32:zz:00:01"}`, nil, "", 400, "malformed MAC"},
-		{"register malformed mac form", "POST", wire.PathRegister, `mac=12345&ip=1.2.3.4`, nil, "", 400, "malformed MAC"},
-		{"register missing mac", "POST", wire.PathRegister, `ip=1.2.3.4`, nil, "", 400, "missing mac"},
-		{"register malformed ip", "POST", wire.PathRegister, `{"mac":"` + mac + `","ip":"1.2.3"}`, nil, "", 400, "malformed ip"},
-		{"register broken json", "POST", wire.PathRegister, `{"mac":`, nil, "", 400, "malformed JSON"},
-		{"register oversized json", "POST", wire.PathRegister, "", big, "", 413, "larger than"},
-		{"register bad serial", "POST", wire.PathRegister, `{"mac":"` + mac + `","facts":{"serial":"../../x"}}`, nil, "", 400, "malformed serial"},
-		{"poll malformed mac", "GET", wire.PathPoll + "?mac=nonsense", "", nil, "", 400, "malformed MAC"},
-		{"poll unknown mac", "GET", wire.PathPoll + "?mac=dc:a6:32:ff:ff:ff", "", nil, "", 404, "register first"},
-		{"done unknown mac", "POST", wire.PathActionDone, `{"mac":"dc:a6:32:ff:ff:fe"}`, nil, "", 404, "unknown device"},
-		{"done wrong action type", "POST", wire.PathActionDone, `{"mac":"` + mac + `","action":"backup"}`, nil, "", 409, "is a deploy"},
-		{"done wrong token", "POST", wire.PathActionDone, `{"mac":"` + mac + `","token":"0123456789abcdef0123456789abcdef"}`, nil, "", 403, "wrong token"},
-		{"progress wrong token", "POST", wire.PathProgress, `{"mac":"` + mac + `","action_id":"` + a.ID + `","token":"bad","phase":"write","done":1,"total":2}`, nil, "", 403, "wrong token"},
-		{"progress other device", "POST", wire.PathProgress, `{"mac":"dc:a6:32:00:50:02","action_id":"` + a.ID + `","token":"` + a.ID + `","phase":"write"}`, nil, "", 403, "another device"},
-		{"progress unknown field", "POST", wire.PathProgress, `{"mac":"` + mac + `","bogus":1}`, nil, "", 400, "unknown field"},
+		{"register malformed mac json", "POST", contract.PathRegister, `{"mac":"dc:a6:32:zz:00:01"}`, nil, "", 400, "malformed MAC"},
+		{"register malformed mac form", "POST", contract.PathRegister, `mac=12345&ip=1.2.3.4`, nil, "", 400, "malformed MAC"},
+		{"register missing mac", "POST", contract.PathRegister, `ip=1.2.3.4`, nil, "", 400, "missing mac"},
+		{"register malformed ip", "POST", contract.PathRegister, `{"mac":"` + mac + `","ip":"1.2.3"}`, nil, "", 400, "malformed ip"},
+		{"register broken json", "POST", contract.PathRegister, `{"mac":`, nil, "", 400, "malformed JSON"},
+		{"register oversized json", "POST", contract.PathRegister, "", big, "", 413, "larger than"},
+		{"register bad serial", "POST", contract.PathRegister, `{"mac":"` + mac + `","facts":{"serial":"../../x"}}`, nil, "", 400, "malformed serial"},
+		{"poll malformed mac", "GET", contract.PathPoll + "?mac=nonsense", "", nil, "", 400, "malformed MAC"},
+		{"poll unknown mac", "GET", contract.PathPoll + "?mac=dc:a6:32:ff:ff:ff", "", nil, "", 404, "register first"},
+		{"done unknown mac", "POST", contract.PathActionDone, `{"mac":"dc:a6:32:ff:ff:fe"}`, nil, "", 404, "unknown device"},
+		{"done wrong action type", "POST", contract.PathActionDone, `{"mac":"` + mac + `","action":"backup"}`, nil, "", 409, "is a deploy"},
+		{"done wrong token", "POST", contract.PathActionDone, `{"mac":"` + mac + `","token":"0123456789abcdef0123456789abcdef"}`, nil, "", 403, "wrong token"},
+		{"progress wrong token", "POST", contract.PathProgress, `{"mac":"` + mac + `","action_id":"` + a.ID + `","token":"bad","phase":"write","done":1,"total":2}`, nil, "", 403, "wrong token"},
+		{"progress other device", "POST", contract.PathProgress, `{"mac":"dc:a6:32:00:50:02","action_id":"` + a.ID + `","token":"` + a.ID + `","phase":"write"}`, nil, "", 403, "another device"},
+		{"progress unknown field", "POST", contract.PathProgress, `{"mac":"` + mac + `","bogus":1}`, nil, "", 400, "unknown field"},
 		{"image wrong token", "GET", imgBase + "?token=00000000000000000000000000000000", "", nil, "", 403, "wrong or missing token"},
 		{"image no token", "GET", imgBase, "", nil, "", 403, "wrong or missing token"},
-		{"image unknown action", "GET", wire.PathImage + "/999?token=x", "", nil, "", 404, "no action"},
-		{"backup url of a deploy", "PUT", strings.Replace(imgPath, wire.PathImage, wire.PathBackup, 1), "data", nil, "", 409, "not a backup"},
+		{"image unknown action", "GET", contract.PathImage + "/999?token=x", "", nil, "", 404, "no action"},
+		{"backup url of a deploy", "PUT", strings.Replace(imgPath, contract.PathImage, contract.PathBackup, 1), "data", nil, "", 409, "not a backup"},
 		{"tech malformed mac", "POST", "/api/v1/devices/xx/action", `{"action":"deploy"}`, nil, b.token, 400, "malformed MAC"},
 		{"tech unknown mac", "POST", "/api/v1/devices/dc:a6:32:ff:ff:fd/action", `{"action":"deploy"}`, nil, b.token, 404, "unknown device"},
 		{"tech unknown action", "POST", "/api/v1/devices/" + mac + "/action", `{"action":"format"}`, nil, b.token, 400, "unknown action"},
@@ -124,7 +124,7 @@ func TestBadDeviceInput(t *testing.T) {
 				body = []byte(tt.body)
 			}
 			code, out := b.call(tt.method, tt.path, body, tt.token)
-			var e wire.APIError
+			var e contract.APIError
 			if code != tt.want || json.Unmarshal(out, &e) != nil || !strings.Contains(e.Error, tt.msg) {
 				t.Errorf("%s %s = %d %s, want %d with %q", tt.method, tt.path, code, out, tt.want, tt.msg)
 			}
@@ -132,7 +132,7 @@ func TestBadDeviceInput(t *testing.T) {
 	}
 	b.t = t
 	// None of that touched the action or the switch.
-	if got, _ := b.st.ActionByID(context.Background(), a.ID); got.State != wire.StateRunning {
+	if got, _ := b.st.ActionByID(context.Background(), a.ID); got.State != contract.StateRunning {
 		t.Errorf("action after bad input = %s, want running", got.State)
 	}
 	if !b.st.NetbootEnabled(hwAddr(t, mac)) {
@@ -153,7 +153,7 @@ func TestBadDeviceInput(t *testing.T) {
 
 	// The shell client reporting done without ever receiving the whole image
 	// is not a success.
-	code, out := b.call("POST", wire.PathActionDone, []byte("mac="+mac), "")
+	code, out := b.call("POST", contract.PathActionDone, []byte("mac="+mac), "")
 	if code != 200 {
 		t.Fatalf("action-done = %d %s", code, out)
 	}
@@ -168,7 +168,7 @@ func TestBadDeviceInput(t *testing.T) {
 	if resp.StatusCode != http.StatusGone {
 		t.Errorf("image after the action ended = %d, want 410", resp.StatusCode)
 	}
-	if code, out := b.call("POST", wire.PathActionDone, []byte("mac="+mac), ""); code != 409 {
+	if code, out := b.call("POST", contract.PathActionDone, []byte("mac="+mac), ""); code != 409 {
 		t.Errorf("second action-done = %d %s, want 409", code, out)
 	}
 }
@@ -200,17 +200,17 @@ func TestBackupFailures(t *testing.T) {
 		b.t = t
 		const mac = "dc:a6:32:00:60:01"
 		b.register(mac)
-		var a wire.Action
-		b.admin("POST", "/api/v1/devices/"+mac+"/action", wire.SetActionRequest{Action: "backup"}, 200, &a)
+		var a contract.Action
+		b.admin("POST", "/api/v1/devices/"+mac+"/action", contract.SetActionRequest{Action: "backup"}, 200, &a)
 		p := b.poll(mac)
 		cutUpload(t, p.UploadURL, 4<<20)
 		b.waitFor("the action to fail", func() bool {
 			got, _ := b.st.ActionByID(ctx, a.ID)
-			return got.State == wire.StateFailed
+			return got.State == contract.StateFailed
 		})
 		b.assertNothingComplete(mac, a.ID, "cut after")
 		// The device then reports done, as the shell client does: refused.
-		if code, out := b.call("POST", wire.PathActionDone, []byte(`{"mac":"`+mac+`"}`), ""); code != 409 {
+		if code, out := b.call("POST", contract.PathActionDone, []byte(`{"mac":"`+mac+`"}`), ""); code != 409 {
 			t.Errorf("action-done after a cut upload = %d %s, want 409", code, out)
 		}
 	})
@@ -221,8 +221,8 @@ func TestBackupFailures(t *testing.T) {
 		sb := startServer(t, t.TempDir(), "", func(s *api.Server) { s.UploadIdle = 300 * time.Millisecond })
 		const mac = "dc:a6:32:00:60:09"
 		sb.register(mac)
-		var a wire.Action
-		sb.admin("POST", "/api/v1/devices/"+mac+"/action", wire.SetActionRequest{Action: "backup"}, 200, &a)
+		var a contract.Action
+		sb.admin("POST", "/api/v1/devices/"+mac+"/action", contract.SetActionRequest{Action: "backup"}, 200, &a)
 		p := sb.poll(mac)
 		host, path, _ := strings.Cut(strings.TrimPrefix(p.UploadURL, "http://"), "/")
 		c, err := net.Dial("tcp", host)
@@ -234,7 +234,7 @@ func TestBackupFailures(t *testing.T) {
 		c.Write(bytes.Repeat([]byte{0xa5}, 1<<20))
 		sb.waitFor("the stalled upload to fail", func() bool {
 			got, _ := sb.st.ActionByID(ctx, a.ID)
-			return got.State == wire.StateFailed
+			return got.State == contract.StateFailed
 		})
 		sb.assertNothingComplete(mac, a.ID, "no data from the board for 300ms")
 	})
@@ -243,10 +243,10 @@ func TestBackupFailures(t *testing.T) {
 		b.t = t
 		const mac = "dc:a6:32:00:60:02"
 		b.register(mac)
-		var a wire.Action
-		b.admin("POST", "/api/v1/devices/"+mac+"/action", wire.SetActionRequest{Action: "backup"}, 200, &a)
+		var a contract.Action
+		b.admin("POST", "/api/v1/devices/"+mac+"/action", contract.SetActionRequest{Action: "backup"}, 200, &a)
 		b.poll(mac)
-		b.call("POST", wire.PathActionDone, []byte(`{"mac":"`+mac+`","action":"backup"}`), "")
+		b.call("POST", contract.PathActionDone, []byte(`{"mac":"`+mac+`","action":"backup"}`), "")
 		b.assertNothingComplete(mac, a.ID, "backup upload did not complete")
 	})
 
@@ -254,8 +254,8 @@ func TestBackupFailures(t *testing.T) {
 		b.t = t
 		const mac = "dc:a6:32:00:60:03"
 		b.register(mac)
-		var a wire.Action
-		b.admin("POST", "/api/v1/devices/"+mac+"/action", wire.SetActionRequest{Action: "backup"}, 200, &a)
+		var a contract.Action
+		b.admin("POST", "/api/v1/devices/"+mac+"/action", contract.SetActionRequest{Action: "backup"}, 200, &a)
 		p := b.poll(mac)
 		req, _ := http.NewRequest("PUT", p.UploadURL, bytes.NewReader(bytes.Repeat([]byte("not zstd"), 1000)))
 		req.Header.Set("Content-Encoding", "zstd")
@@ -285,15 +285,15 @@ func TestBackupFailures(t *testing.T) {
 			{sha(bytes.Repeat([]byte("k"), 300000)), 201},
 			{sha([]byte("something else")), 400},
 		} {
-			var a wire.Action
-			b.admin("POST", "/api/v1/devices/"+mac+"/action", wire.SetActionRequest{Action: "backup"}, 200, &a)
+			var a contract.Action
+			b.admin("POST", "/api/v1/devices/"+mac+"/action", contract.SetActionRequest{Action: "backup"}, 200, &a)
 			p := b.poll(mac)
 			// As the agent sends it: zstd, chunked, raw sha256 in a trailer.
 			req, _ := http.NewRequest("PUT", p.UploadURL, io.MultiReader(bytes.NewReader(zst)))
 			req.ContentLength = -1
-			req.Trailer = http.Header{wire.HeaderRawSHA256: []string{tt.sum}}
+			req.Trailer = http.Header{contract.HeaderRawSHA256: []string{tt.sum}}
 			req.Header.Set("Content-Encoding", "zstd")
-			req.Header.Set("User-Agent", wire.AgentUserAgent+"/test")
+			req.Header.Set("User-Agent", contract.AgentUserAgent+"/test")
 			resp, err := http.DefaultClient.Do(req)
 			if err != nil {
 				t.Fatal(err)
@@ -305,11 +305,11 @@ func TestBackupFailures(t *testing.T) {
 			}
 			if tt.want != 201 {
 				got, _ := b.st.ActionByID(ctx, a.ID)
-				if got.State != wire.StateFailed || !strings.Contains(got.Error, "raw sha256") {
+				if got.State != contract.StateFailed || !strings.Contains(got.Error, "raw sha256") {
 					t.Errorf("action after a sha mismatch = %s %q", got.State, got.Error)
 				}
 			} else {
-				b.call("POST", wire.PathActionDone, []byte(`{"mac":"`+mac+`"}`), "")
+				b.call("POST", contract.PathActionDone, []byte(`{"mac":"`+mac+`"}`), "")
 			}
 		}
 		bs, _ := b.st.Backups(ctx)
@@ -335,7 +335,7 @@ func TestBackupFailures(t *testing.T) {
 		// An earlier backup on the same disk must survive.
 		const mac = "dc:a6:32:00:60:04"
 		b.register(mac)
-		b.admin("POST", "/api/v1/devices/"+mac+"/action", wire.SetActionRequest{Action: "backup"}, 200, nil)
+		b.admin("POST", "/api/v1/devices/"+mac+"/action", contract.SetActionRequest{Action: "backup"}, 200, nil)
 		p := b.poll(mac)
 		small := bytes.Repeat([]byte{1, 2, 3, 4}, 256<<10)
 		resp, err := http.Post(p.UploadURL, "application/octet-stream", bytes.NewReader(small))
@@ -343,11 +343,11 @@ func TestBackupFailures(t *testing.T) {
 			t.Fatalf("first backup: %v %v", resp.StatusCode, err)
 		}
 		resp.Body.Close()
-		b.call("POST", wire.PathActionDone, []byte(`{"mac":"`+mac+`"}`), "")
+		b.call("POST", contract.PathActionDone, []byte(`{"mac":"`+mac+`"}`), "")
 		before, _ := os.ReadDir(bdir)
 
-		var a wire.Action
-		b.admin("POST", "/api/v1/devices/"+mac+"/action", wire.SetActionRequest{Action: "backup"}, 200, &a)
+		var a contract.Action
+		b.admin("POST", "/api/v1/devices/"+mac+"/action", contract.SetActionRequest{Action: "backup"}, 200, &a)
 		p = b.poll(mac)
 		req, _ := http.NewRequest("PUT", p.UploadURL, io.LimitReader(zeroReader{}, 16<<20))
 		resp, err = http.DefaultClient.Do(req)
@@ -360,7 +360,7 @@ func TestBackupFailures(t *testing.T) {
 			t.Errorf("upload to a full disk = %d %s, want 507 saying disk full without server paths", resp.StatusCode, msg)
 		}
 		got, _ := b.st.ActionByID(ctx, a.ID)
-		if got.State != wire.StateFailed || !strings.Contains(got.Error, "disk full") {
+		if got.State != contract.StateFailed || !strings.Contains(got.Error, "disk full") {
 			t.Errorf("action = %s %q", got.State, got.Error)
 		}
 		after, _ := os.ReadDir(bdir)
@@ -398,8 +398,8 @@ func TestLeaseCheck(t *testing.T) {
 	})
 	b.register(owner)
 	for _, tt := range []struct{ method, path, body string }{
-		{"POST", wire.PathRegister, `{"mac":"` + other + `"}`},
-		{"GET", wire.PathPoll + "?mac=" + other, ""},
+		{"POST", contract.PathRegister, `{"mac":"` + other + `"}`},
+		{"GET", contract.PathPoll + "?mac=" + other, ""},
 	} {
 		code, out := b.call(tt.method, tt.path, []byte(tt.body), "")
 		if code != 403 || !strings.Contains(string(out), "leased to "+owner) {
@@ -408,7 +408,7 @@ func TestLeaseCheck(t *testing.T) {
 	}
 	// An address without a lease (static, NAT) is not refused.
 	cl := &http.Client{Transport: &http.Transport{DialContext: (&net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.3")}}).DialContext}}
-	resp, err := cl.Post(b.base+wire.PathRegister, "application/json", strings.NewReader(`{"mac":"`+other+`"}`))
+	resp, err := cl.Post(b.base+contract.PathRegister, "application/json", strings.NewReader(`{"mac":"`+other+`"}`))
 	if err != nil || resp.StatusCode != 200 {
 		t.Errorf("register from an unleased address: %v %v", resp.StatusCode, err)
 	}

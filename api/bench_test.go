@@ -15,7 +15,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cm4bench/cm4bench/api/wire"
+	"github.com/cm4bench/cm4bench/internal/contract"
 )
 
 // benchImageSize is the deploy image of the benchmark: 2 GiB, sparse on
@@ -207,7 +207,7 @@ func BenchmarkDeploy(b *testing.B) {
 			for i := 0; i < n; i++ {
 				mac := fmt.Sprintf("dc:a6:32:b0:%02x:%02x", n, i)
 				srv.register(mac)
-				srv.admin("POST", "/api/v1/devices/"+mac+"/action", wire.SetActionRequest{Action: "deploy"}, 200, nil)
+				srv.admin("POST", "/api/v1/devices/"+mac+"/action", contract.SetActionRequest{Action: "deploy"}, 200, nil)
 				urls = append(urls, srv.poll(mac).URL)
 			}
 			peerURLs := make([]string, n)
@@ -271,7 +271,7 @@ func BenchmarkBackup(b *testing.B) {
 	for i := 0; i < b.N*benchRounds; i++ {
 		mac := fmt.Sprintf("dc:a6:32:c0:00:%02x", i%256)
 		srv.register(mac)
-		srv.admin("POST", "/api/v1/devices/"+mac+"/action", wire.SetActionRequest{Action: "backup"}, 200, nil)
+		srv.admin("POST", "/api/v1/devices/"+mac+"/action", contract.SetActionRequest{Action: "backup"}, 200, nil)
 		u := srv.poll(mac).UploadURL
 		resetHWM()
 		start := time.Now()

@@ -11,12 +11,12 @@ import (
 	"time"
 
 	"github.com/cm4bench/cm4bench/api/store"
-	"github.com/cm4bench/cm4bench/api/wire"
+	"github.com/cm4bench/cm4bench/internal/contract"
 	"github.com/gin-gonic/gin"
 )
 
 // emit appends an event and logs (never fails the request on) an error.
-func (s *Server) emit(ctx context.Context, ev wire.Event) {
+func (s *Server) emit(ctx context.Context, ev contract.Event) {
 	if _, err := s.Store.Emit(context.WithoutCancel(ctx), ev); err != nil {
 		s.log().Error("recording event", "kind", ev.Kind, "err", err)
 	}
@@ -34,14 +34,14 @@ func (s *Server) handleRegister(c *gin.Context) error {
 	if err != nil {
 		return err
 	}
-	ev := wire.Event{Kind: wire.EventDeviceRegister, MAC: mac, Message: "device registered from " + ip,
+	ev := contract.Event{Kind: contract.EventDeviceRegister, MAC: mac, Message: "device registered from " + ip,
 		Fields: map[string]any{"ip": ip, "new": created}}
 	if f := req.Facts; f != nil {
 		ev.Serial = f.Serial
 		ev.Fields["facts"] = f
 	}
 	s.emit(c.Request.Context(), ev)
-	writeJSON(c.Writer, http.StatusOK, wire.RegisterResponse{Status: "registered", MAC: mac, PollInterval: s.pollInterval().Seconds()})
+	writeJSON(c.Writer, http.StatusOK, contract.RegisterResponse{Status: "registered", MAC: mac, PollInterval: s.pollInterval().Seconds()})
 	return nil
 }
 
@@ -78,49 +78,49 @@ func (s *Server) handlePoll(c *gin.Context) error {
 			a.Type, a.ID, mac, a.PolledIP, ip)
 	}
 	if err := s.Store.Touch(c.Request.Context(), mac, ip); errors.Is(err, store.ErrNotFound) {
-		return httpErr(http.StatusNotFound, "unknown device %s: register first (POST %s)", mac, wire.PathRegister)
+		return httpErr(http.StatusNotFound, "unknown device %s: register first (POST %s)", mac, contract.PathRegister)
 	} else if err != nil {
 		return err
 	}
 	a, err := s.Store.OpenAction(c.Request.Context(), mac)
 	if errors.Is(err, store.ErrNotFound) {
-		writeJSON(c.Writer, http.StatusOK, wire.PollResponse{Action: wire.ActionNone})
+		writeJSON(c.Writer, http.StatusOK, contract.PollResponse{Action: contract.ActionNone})
 		return nil
 	}
 	if err != nil {
 		return err
 	}
 	if s.expire(c.Request.Context(), a) != nil {
-		writeJSON(c.Writer, http.StatusOK, wire.PollResponse{Action: wire.ActionNone})
+		writeJSON(c.Writer, http.StatusOK, contract.PollResponse{Action: contract.ActionNone})
 		return nil
 	}
-	resp := wire.PollResponse{Action: a.Type, ActionID: a.ID, Token: a.Token}
+	resp := contract.PollResponse{Action: a.Type, ActionID: a.ID, Token: a.Token}
 	base := baseURL(c.Request)
 	q := "?token=" + url.QueryEscape(a.Token)
 	switch a.Type {
-	case wire.ActionDeploy:
+	case contract.ActionDeploy:
 		e, err := s.Images.Info(c.Request.Context(), a.Image)
 		if err != nil {
 			// The technician picked an image that is gone or unreadable:
 			// fail the action now, with the reason, rather than hand the
 			// device a URL that cannot work.
 			s.failAction(c.Request.Context(), a, fmt.Sprintf("image %q is not usable: %v", a.Image, err))
-			writeJSON(c.Writer, http.StatusOK, wire.PollResponse{Action: wire.ActionNone})
+			writeJSON(c.Writer, http.StatusOK, contract.PollResponse{Action: contract.ActionNone})
 			return nil
 		}
-		resp.URL = base + wire.PathImage + "/" + a.ID + q
-		resp.Image = &wire.ImageInfo{Name: e.Name, Format: e.Format, Size: e.Size, SHA256: e.SHA256, CompressedSize: e.CompressedSize}
-	case wire.ActionBackup:
-		resp.UploadURL = base + wire.PathBackup + "/" + a.ID + q
+		resp.URL = base + contract.PathImage + "/" + a.ID + q
+		resp.Image = &contract.ImageInfo{Name: e.Name, Format: e.Format, Size: e.Size, SHA256: e.SHA256, CompressedSize: e.CompressedSize}
+	case contract.ActionBackup:
+		resp.UploadURL = base + contract.PathBackup + "/" + a.ID + q
 	}
-	first := a.State == wire.StatePending
+	first := a.State == contract.StatePending
 	if a, err = s.Store.MarkPolled(c.Request.Context(), a.ID, ip); errors.Is(err, store.ErrConflict) {
 		return httpErr(http.StatusConflict, "%s", err.Error())
 	} else if err != nil {
 		return err
 	}
 	if first {
-		s.emit(c.Request.Context(), wire.Event{Kind: wire.EventActionProgress, MAC: mac, Message: a.Type + " fetched by the device",
+		s.emit(c.Request.Context(), contract.Event{Kind: contract.EventActionProgress, MAC: mac, Message: a.Type + " fetched by the device",
 			Fields: map[string]any{"action_id": a.ID, "phase": "polled", "done": 0, "total": a.Total, "rate": 0.0}})
 	}
 	writeJSON(c.Writer, http.StatusOK, resp)
@@ -160,7 +160,7 @@ func (s *Server) failAction(ctx context.Context, a store.Action, why string) {
 		return
 	}
 	s.metrics.actionFinished(fa.Action)
-	s.emit(ctx, wire.Event{Kind: wire.EventActionFailed, Level: "error", MAC: a.MAC, Message: a.Type + " failed: " + why,
+	s.emit(ctx, contract.Event{Kind: contract.EventActionFailed, Level: contract.LevelError, MAC: a.MAC, Message: a.Type + " failed: " + why,
 		Fields: map[string]any{"action_id": a.ID, "error": why, "type": a.Type}})
 }
 
@@ -190,7 +190,7 @@ func (s *Server) deviceAction(ctx context.Context, r *http.Request, mac, id, tok
 	if token != "" && !tokenEqual(token, a.Token) {
 		return a, httpErr(http.StatusForbidden, "wrong token for action %s", a.ID)
 	}
-	if a.State != wire.StatePending && a.State != wire.StateRunning {
+	if a.State != contract.StatePending && a.State != contract.StateRunning {
 		return a, httpErr(http.StatusGone, "action %s is %s; its token has expired", a.ID, a.State)
 	}
 	if err := s.expire(ctx, a); err != nil {
@@ -209,9 +209,9 @@ func (s *Server) deviceAction(ctx context.Context, r *http.Request, mac, id, tok
 
 func successStatus(s string) (ok bool, known bool) {
 	switch strings.ToLower(strings.TrimSpace(s)) {
-	case "", wire.StatusSuccess, "ok", "done", "0", "true":
+	case "", contract.StatusSuccess, "ok", "done", "0", "true":
 		return true, true
-	case wire.StatusFailed, "fail", "failure", "error":
+	case contract.StatusFailed, "fail", "failure", "error":
 		return false, true
 	}
 	return false, false
@@ -260,12 +260,12 @@ func (s *Server) handleActionDone(c *gin.Context) error {
 	s.cov.remove(a.ID)
 	s.metrics.actionFinished(fa.Action)
 	if res.OK {
-		s.emit(c.Request.Context(), wire.Event{Kind: wire.EventActionDone, MAC: mac, Message: a.Type + " done",
+		s.emit(c.Request.Context(), contract.Event{Kind: contract.EventActionDone, MAC: mac, Message: a.Type + " done",
 			Fields: map[string]any{"action_id": a.ID, "type": a.Type, "sha256": fa.SHA256, "bytes": fa.Bytes}})
-		s.emit(c.Request.Context(), wire.Event{Kind: wire.EventNetbootSet, MAC: mac, Message: "netboot switched off after a successful " + a.Type,
+		s.emit(c.Request.Context(), contract.Event{Kind: contract.EventNetbootSet, MAC: mac, Message: "netboot switched off after a successful " + a.Type,
 			Fields: map[string]any{"enabled": false}})
 	} else {
-		s.emit(c.Request.Context(), wire.Event{Kind: wire.EventActionFailed, Level: "error", MAC: mac, Message: a.Type + " failed: " + res.Error,
+		s.emit(c.Request.Context(), contract.Event{Kind: contract.EventActionFailed, Level: contract.LevelError, MAC: mac, Message: a.Type + " failed: " + res.Error,
 			Fields: map[string]any{"action_id": a.ID, "type": a.Type, "error": res.Error}})
 	}
 	writeJSON(c.Writer, http.StatusOK, fa.Action)
@@ -274,16 +274,16 @@ func (s *Server) handleActionDone(c *gin.Context) error {
 
 // checkDone decides whether a reported success really is one; it returns
 // the reason it is not, or "".
-func (s *Server) checkDone(ctx context.Context, a store.Action, req wire.ActionDone) string {
+func (s *Server) checkDone(ctx context.Context, a store.Action, req contract.ActionDone) string {
 	switch a.Type {
-	case wire.ActionBackup:
+	case contract.ActionBackup:
 		if a.BackupID == "" {
 			return "backup upload did not complete"
 		}
 		if req.SHA256 != "" && !strings.EqualFold(req.SHA256, a.SHA256) {
 			return fmt.Sprintf("device read sha256 %s but the server stored %s", strings.ToLower(req.SHA256), a.SHA256)
 		}
-	case wire.ActionDeploy:
+	case contract.ActionDeploy:
 		e, err := s.Images.Info(ctx, a.Image)
 		if err != nil {
 			return fmt.Sprintf("image %q is no longer readable: %v", a.Image, err)
@@ -320,7 +320,7 @@ func (s *Server) handleProgress(c *gin.Context) error {
 	if err := s.Store.Progress(c.Request.Context(), a.ID, p.Phase, p.Done, p.Total, p.Rate); err != nil {
 		return err
 	}
-	s.emit(c.Request.Context(), wire.Event{Kind: wire.EventActionProgress, MAC: mac, Message: p.Phase,
+	s.emit(c.Request.Context(), contract.Event{Kind: contract.EventActionProgress, MAC: mac, Message: p.Phase,
 		Fields: map[string]any{"action_id": a.ID, "phase": p.Phase, "done": p.Done, "total": p.Total, "rate": p.Rate}})
 	writeJSON(c.Writer, http.StatusOK, map[string]string{"status": "ok"})
 	return nil
@@ -339,7 +339,7 @@ func (s *Server) handleLog(c *gin.Context) error {
 	} else if err != nil {
 		return err
 	}
-	ev := wire.Event{Kind: wire.EventDeviceLog, MAC: mac, Message: l.Lines[len(l.Lines)-1], Fields: map[string]any{"lines": l.Lines}}
+	ev := contract.Event{Kind: contract.EventDeviceLog, MAC: mac, Message: l.Lines[len(l.Lines)-1], Fields: map[string]any{"lines": l.Lines}}
 	if l.ActionID != "" {
 		a, err := s.deviceAction(c.Request.Context(), c.Request, mac, l.ActionID, l.Token)
 		if err != nil {

@@ -12,19 +12,19 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cm4bench/cm4bench/api/wire"
+	"github.com/cm4bench/cm4bench/internal/contract"
 )
 
 type sseEvent struct {
 	id   int64
 	kind string
-	ev   wire.Event
+	ev   contract.Event
 }
 
 // openSSE connects to /api/events and returns a channel of parsed events.
 func (b *bench) openSSE(ctx context.Context, lastID string) <-chan sseEvent {
 	b.t.Helper()
-	req, _ := http.NewRequestWithContext(ctx, "GET", b.base+wire.PathEvents, nil)
+	req, _ := http.NewRequestWithContext(ctx, "GET", b.base+contract.PathEvents, nil)
 	req.Header.Set("Authorization", "Bearer "+b.token)
 	if lastID != "" {
 		req.Header.Set("Last-Event-ID", lastID)
@@ -90,29 +90,29 @@ func TestSSEAndMetrics(t *testing.T) {
 
 	const mac = "dc:a6:32:00:70:01"
 	b.register(mac)
-	reg := next(t, ch, wire.EventDeviceRegister)
+	reg := next(t, ch, contract.EventDeviceRegister)
 	if reg.ev.MAC != mac || reg.id == 0 || reg.ev.ID != reg.id {
 		t.Errorf("register event = %+v", reg)
 	}
-	b.admin("POST", "/api/v1/devices/"+mac+"/action", wire.SetActionRequest{Action: "deploy"}, 200, nil)
-	set := next(t, ch, wire.EventActionSet)
+	b.admin("POST", "/api/v1/devices/"+mac+"/action", contract.SetActionRequest{Action: "deploy"}, 200, nil)
+	set := next(t, ch, contract.EventActionSet)
 	if set.ev.Fields["type"] != "deploy" {
 		t.Errorf("action.set = %+v", set.ev)
 	}
 	p := b.poll(mac)
 	// The agent reports progress; the dashboard sees it.
-	code, out := b.call("POST", wire.PathProgress, wire.Progress{MAC: mac, ActionID: p.ActionID, Token: p.Token, Phase: "write", Done: 1 << 20, Total: int64(len(golden)), Rate: 5e6}, "")
+	code, out := b.call("POST", contract.PathProgress, contract.Progress{MAC: mac, ActionID: p.ActionID, Token: p.Token, Phase: "write", Done: 1 << 20, Total: int64(len(golden)), Rate: 5e6}, "")
 	if code != 200 {
 		t.Fatalf("progress = %d %s", code, out)
 	}
 	var pr sseEvent
 	for pr.ev.Fields["phase"] != "write" {
-		pr = next(t, ch, wire.EventActionProgress)
+		pr = next(t, ch, contract.EventActionProgress)
 	}
 	if pr.ev.Fields["done"] != float64(1<<20) || pr.ev.Fields["total"] != float64(len(golden)) {
 		t.Errorf("progress event = %+v", pr.ev)
 	}
-	code, _ = b.call("POST", wire.PathLog, wire.LogLines{MAC: mac, ActionID: p.ActionID, Token: p.Token, Lines: []string{"writing", "verifying"}}, "")
+	code, _ = b.call("POST", contract.PathLog, contract.LogLines{MAC: mac, ActionID: p.ActionID, Token: p.Token, Lines: []string{"writing", "verifying"}}, "")
 	if code != 200 {
 		t.Fatalf("log = %d", code)
 	}
@@ -122,16 +122,16 @@ func TestSSEAndMetrics(t *testing.T) {
 	}
 	io.Copy(io.Discard, resp.Body)
 	resp.Body.Close()
-	done := wire.ActionDone{MAC: mac, ActionID: p.ActionID, Token: p.Token, Status: "success", SHA256: sha(golden), Bytes: int64(len(golden))}
-	if code, out := b.call("POST", wire.PathActionDone, done, ""); code != 200 {
+	done := contract.ActionDone{MAC: mac, ActionID: p.ActionID, Token: p.Token, Status: "success", SHA256: sha(golden), Bytes: int64(len(golden))}
+	if code, out := b.call("POST", contract.PathActionDone, done, ""); code != 200 {
 		t.Fatalf("done = %d %s", code, out)
 	}
-	fin := next(t, ch, wire.EventActionDone)
-	nb := next(t, ch, wire.EventNetbootSet)
+	fin := next(t, ch, contract.EventActionDone)
+	nb := next(t, ch, contract.EventNetbootSet)
 	if nb.ev.MAC != mac || nb.ev.Fields["enabled"] != false {
 		t.Errorf("netboot.set = %+v", nb.ev)
 	}
-	var d wire.Device
+	var d contract.Device
 	b.admin("GET", "/api/v1/devices/"+mac, nil, 200, &d)
 	if len(d.Action.Log) != 2 || d.Action.SHA256 != sha(golden) {
 		t.Errorf("device action = %+v", d.Action)
@@ -156,19 +156,19 @@ func TestSSEAndMetrics(t *testing.T) {
 	_ = fin
 
 	// History endpoints.
-	var evs []wire.Event
+	var evs []contract.Event
 	b.admin("GET", "/api/v1/events?since="+strconv.FormatInt(reg.id-1, 10)+"&limit=2", nil, 200, &evs)
 	if len(evs) != 2 || evs[0].ID != reg.id {
 		t.Errorf("events since = %+v", evs)
 	}
-	var acts []wire.Action
+	var acts []contract.Action
 	b.admin("GET", "/api/v1/actions?mac="+mac, nil, 200, &acts)
-	if len(acts) != 1 || acts[0].State != wire.StateDone {
+	if len(acts) != 1 || acts[0].State != contract.StateDone {
 		t.Errorf("actions = %+v", acts)
 	}
 
 	// Metrics: devices by state, bytes served, action durations, events.
-	code, m := b.call("GET", wire.PathMetrics, nil, "")
+	code, m := b.call("GET", contract.PathMetrics, nil, "")
 	if code != 200 {
 		t.Fatalf("metrics = %d", code)
 	}

@@ -21,7 +21,7 @@ import (
 
 	"github.com/cm4bench/cm4bench/api"
 	"github.com/cm4bench/cm4bench/api/client"
-	"github.com/cm4bench/cm4bench/api/wire"
+	"github.com/cm4bench/cm4bench/internal/contract"
 )
 
 // clientFrom is an HTTP client whose connections come from local address ip
@@ -64,16 +64,16 @@ func TestHostileUnleasedAddressRefused(t *testing.T) {
 		}
 	})
 	b.register(victim)
-	var a wire.Action
-	b.admin("POST", "/api/v1/devices/"+victim+"/action", wire.SetActionRequest{Action: "backup"}, 200, &a)
+	var a contract.Action
+	b.admin("POST", "/api/v1/devices/"+victim+"/action", contract.SetActionRequest{Action: "backup"}, 200, &a)
 	attacker := clientFrom("127.0.0.3")
 	for _, tt := range []struct{ method, path, body string }{
-		{"POST", wire.PathRegister, `{"mac":"` + victim + `","facts":{"serial":"deadbeef","model":"fake"}}`},
-		{"GET", wire.PathPoll + "?mac=" + victim, ""},
-		{"POST", wire.PathProgress, `{"mac":"` + victim + `","action_id":"` + a.ID + `","token":"x","phase":"upload","done":1}`},
-		{"POST", wire.PathLog, `{"mac":"` + victim + `","lines":["spoofed"]}`},
-		{"POST", wire.PathActionDone, `{"mac":"` + victim + `","status":"ok"}`},
-		{"PUT", b.base + wire.PathBackup + "/" + a.ID + "?token=x", "fake backup"},
+		{"POST", contract.PathRegister, `{"mac":"` + victim + `","facts":{"serial":"deadbeef","model":"fake"}}`},
+		{"GET", contract.PathPoll + "?mac=" + victim, ""},
+		{"POST", contract.PathProgress, `{"mac":"` + victim + `","action_id":"` + a.ID + `","token":"x","phase":"upload","done":1}`},
+		{"POST", contract.PathLog, `{"mac":"` + victim + `","lines":["spoofed"]}`},
+		{"POST", contract.PathActionDone, `{"mac":"` + victim + `","status":"ok"}`},
+		{"PUT", b.base + contract.PathBackup + "/" + a.ID + "?token=x", "fake backup"},
 	} {
 		url := b.base + tt.path
 		if strings.HasPrefix(tt.path, "http") {
@@ -92,7 +92,7 @@ func TestHostileUnleasedAddressRefused(t *testing.T) {
 		t.Errorf("the attacker's re-register changed the victim: %+v", d.Facts)
 	}
 	got, _ := b.st.ActionByID(context.Background(), a.ID)
-	if got.State != wire.StatePending || got.PolledIP != "" {
+	if got.State != contract.StatePending || got.PolledIP != "" {
 		t.Errorf("victim's action after the attack: %s polled from %q", got.State, got.PolledIP)
 	}
 	// The victim itself is served.
@@ -112,17 +112,17 @@ func TestHostileRepollFromAnotherAddress(t *testing.T) {
 	const victim = "dc:a6:32:00:92:01"
 	b := startServer(t, dir, golden)
 	b.register(victim)
-	b.admin("POST", "/api/v1/devices/"+victim+"/action", wire.SetActionRequest{Action: "deploy"}, 200, nil)
+	b.admin("POST", "/api/v1/devices/"+victim+"/action", contract.SetActionRequest{Action: "deploy"}, 200, nil)
 	p := b.poll(victim)
 	if p.Token == "" || p.URL == "" {
 		t.Fatalf("victim poll %+v", p)
 	}
 	attacker := clientFrom("127.0.0.4")
-	code, out := send(t, attacker, "GET", b.base+wire.PathPoll+"?mac="+victim, "")
+	code, out := send(t, attacker, "GET", b.base+contract.PathPoll+"?mac="+victim, "")
 	if code != http.StatusConflict || strings.Contains(out, p.Token) || !strings.Contains(out, "fetched from 127.0.0.1") {
 		t.Errorf("poll from another address = %d %s, want 409 without the token", code, out)
 	}
-	var pr wire.PollResponse
+	var pr contract.PollResponse
 	if json.Unmarshal([]byte(out), &pr) == nil && pr.Token != "" {
 		t.Error("the second address got a token")
 	}
@@ -153,11 +153,11 @@ func TestHostileDeployDoneWithoutProof(t *testing.T) {
 	golden := filepath.Join(dir, "golden.img")
 	img := makeImage(t, golden, 3<<20)
 	b := startServer(t, dir, golden)
-	agentDone := func(mac string, p wire.PollResponse) (int, string) {
+	agentDone := func(mac string, p contract.PollResponse) (int, string) {
 		body := `{"mac":"` + mac + `","action_id":"` + p.ActionID + `","token":"` + p.Token + `","status":"success","sha256":"` + sha(img) + `"}`
-		req, _ := http.NewRequest("POST", b.base+wire.PathActionDone, strings.NewReader(body))
+		req, _ := http.NewRequest("POST", b.base+contract.PathActionDone, strings.NewReader(body))
 		req.Header.Set("Content-Type", "application/json")
-		req.Header.Set("User-Agent", wire.AgentUserAgent+"/test")
+		req.Header.Set("User-Agent", contract.AgentUserAgent+"/test")
 		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
 			t.Fatal(err)
@@ -168,7 +168,7 @@ func TestHostileDeployDoneWithoutProof(t *testing.T) {
 	}
 	get := func(url, rng string) []byte {
 		req, _ := http.NewRequest("GET", url, nil)
-		req.Header.Set("User-Agent", wire.AgentUserAgent+"/test")
+		req.Header.Set("User-Agent", contract.AgentUserAgent+"/test")
 		if rng != "" {
 			req.Header.Set("Range", rng)
 		}
@@ -182,13 +182,13 @@ func TestHostileDeployDoneWithoutProof(t *testing.T) {
 	}
 	for _, tt := range []struct {
 		name  string
-		fetch func(p wire.PollResponse)
+		fetch func(p contract.PollResponse)
 		ok    bool
 	}{
 		{"status ok after only a poll (shell form)", nil, false},
-		{"agent reports success with the right sha256, nothing downloaded", func(wire.PollResponse) {}, false},
-		{"half the image downloaded", func(p wire.PollResponse) { get(p.URL, "bytes=0-1572863") }, false},
-		{"resumed download in two parts", func(p wire.PollResponse) {
+		{"agent reports success with the right sha256, nothing downloaded", func(contract.PollResponse) {}, false},
+		{"half the image downloaded", func(p contract.PollResponse) { get(p.URL, "bytes=0-1572863") }, false},
+		{"resumed download in two parts", func(p contract.PollResponse) {
 			get(p.URL, "bytes=0-1048575")
 			get(p.URL, "bytes=1048576-")
 		}, true},
@@ -196,13 +196,13 @@ func TestHostileDeployDoneWithoutProof(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			mac := "dc:a6:32:00:93:" + hex2(len(tt.name))
 			b.register(mac)
-			var a wire.Action
-			b.admin("POST", "/api/v1/devices/"+mac+"/action", wire.SetActionRequest{Action: "deploy"}, 200, &a)
+			var a contract.Action
+			b.admin("POST", "/api/v1/devices/"+mac+"/action", contract.SetActionRequest{Action: "deploy"}, 200, &a)
 			p := b.poll(mac)
 			var code int
 			var out string
 			if tt.fetch == nil {
-				c, o := b.call("POST", wire.PathActionDone, []byte(`{"mac":"`+mac+`","status":"ok"}`), "")
+				c, o := b.call("POST", contract.PathActionDone, []byte(`{"mac":"`+mac+`","status":"ok"}`), "")
 				code, out = c, string(o)
 			} else {
 				tt.fetch(p)
@@ -210,7 +210,7 @@ func TestHostileDeployDoneWithoutProof(t *testing.T) {
 			}
 			got, _ := b.st.ActionByID(context.Background(), a.ID)
 			if tt.ok {
-				if code != 200 || got.State != wire.StateDone {
+				if code != 200 || got.State != contract.StateDone {
 					t.Fatalf("done after a whole (resumed) download = %d %s, action %s %q", code, out, got.State, got.Error)
 				}
 				if b.st.NetbootEnabled(hwAddr(t, mac)) {
@@ -218,7 +218,7 @@ func TestHostileDeployDoneWithoutProof(t *testing.T) {
 				}
 				return
 			}
-			if got.State == wire.StateDone || !strings.Contains(got.Error, "whole image went out") {
+			if got.State == contract.StateDone || !strings.Contains(got.Error, "whole image went out") {
 				t.Errorf("action %s %q after %s", got.State, got.Error, tt.name)
 			}
 			if !b.st.NetbootEnabled(hwAddr(t, mac)) {
@@ -237,8 +237,8 @@ func TestHostileTwoUploadsOneBackup(t *testing.T) {
 	b := startServer(t, dir, "")
 	const mac = "dc:a6:32:00:94:01"
 	b.register(mac)
-	var a wire.Action
-	b.admin("POST", "/api/v1/devices/"+mac+"/action", wire.SetActionRequest{Action: "backup"}, 200, &a)
+	var a contract.Action
+	b.admin("POST", "/api/v1/devices/"+mac+"/action", contract.SetActionRequest{Action: "backup"}, 200, &a)
 	p := b.poll(mac)
 	pr, pw := io.Pipe()
 	first := make(chan int, 1)
@@ -295,7 +295,7 @@ func TestDataPermissions(t *testing.T) {
 	b := startServer(t, dir, "")
 	const mac = "dc:a6:32:00:95:01"
 	b.register(mac)
-	b.admin("POST", "/api/v1/devices/"+mac+"/action", wire.SetActionRequest{Action: "backup"}, 200, nil)
+	b.admin("POST", "/api/v1/devices/"+mac+"/action", contract.SetActionRequest{Action: "backup"}, 200, nil)
 	p := b.poll(mac)
 	if code, out := send(t, http.DefaultClient, "PUT", p.UploadURL, strings.Repeat("disk", 1000)); code != http.StatusCreated {
 		t.Fatalf("upload = %d %s", code, out)
@@ -324,8 +324,8 @@ func TestCrashRecoveryAndTokenLifetime(t *testing.T) {
 	b := startServer(t, dir, "")
 	const mac = "dc:a6:32:00:96:01"
 	b.register(mac)
-	var a wire.Action
-	b.admin("POST", "/api/v1/devices/"+mac+"/action", wire.SetActionRequest{Action: "backup"}, 200, &a)
+	var a contract.Action
+	b.admin("POST", "/api/v1/devices/"+mac+"/action", contract.SetActionRequest{Action: "backup"}, 200, &a)
 	p := b.poll(mac)
 	b.stop()
 	// what a SIGKILL mid-upload leaves: the upload's temp file
@@ -342,10 +342,10 @@ func TestCrashRecoveryAndTokenLifetime(t *testing.T) {
 		_, e1 := os.Stat(tmp)
 		_, e2 := os.Stat(itmp)
 		a, _ := b.st.ActionByID(context.Background(), a.ID)
-		return os.IsNotExist(e1) && os.IsNotExist(e2) && a.State == wire.StateFailed
+		return os.IsNotExist(e1) && os.IsNotExist(e2) && a.State == contract.StateFailed
 	})
 	got, _ := b.st.ActionByID(context.Background(), a.ID)
-	if got.State != wire.StateFailed || !strings.Contains(got.Error, "server stopped while this backup was being uploaded") {
+	if got.State != contract.StateFailed || !strings.Contains(got.Error, "server stopped while this backup was being uploaded") {
 		t.Errorf("interrupted backup after the restart: %s %q", got.State, got.Error)
 	}
 	u, _ := url.Parse(p.UploadURL) // the restarted server has another port
@@ -358,14 +358,14 @@ func TestCrashRecoveryAndTokenLifetime(t *testing.T) {
 	b = startServer(t, dir, "", func(s *api.Server) { s.ActionLifetime = time.Millisecond })
 	const mac2 = "dc:a6:32:00:96:02"
 	b.register(mac2)
-	var a2 wire.Action
-	b.admin("POST", "/api/v1/devices/"+mac2+"/action", wire.SetActionRequest{Action: "backup"}, 200, &a2)
+	var a2 contract.Action
+	b.admin("POST", "/api/v1/devices/"+mac2+"/action", contract.SetActionRequest{Action: "backup"}, 200, &a2)
 	time.Sleep(5 * time.Millisecond)
-	if p := b.poll(mac2); p.Token != "" || p.Action != wire.ActionNone {
+	if p := b.poll(mac2); p.Token != "" || p.Action != contract.ActionNone {
 		t.Errorf("poll of an expired action: %+v", p)
 	}
 	got, _ = b.st.ActionByID(context.Background(), a2.ID)
-	if got.State != wire.StateFailed || !strings.Contains(got.Error, "expired") {
+	if got.State != contract.StateFailed || !strings.Contains(got.Error, "expired") {
 		t.Errorf("expired action: %s %q", got.State, got.Error)
 	}
 }
@@ -378,13 +378,13 @@ func TestHostileOversizedBackups(t *testing.T) {
 	dir := t.TempDir()
 	b := startServer(t, dir, "")
 	ctx := context.Background()
-	backup := func(mac string, facts string) (wire.PollResponse, string) {
+	backup := func(mac string, facts string) (contract.PollResponse, string) {
 		t.Helper()
-		if code, out := b.call("POST", wire.PathRegister, []byte(`{"mac":"`+mac+`","ip":"127.0.0.1"`+facts+`}`), ""); code != 200 {
+		if code, out := b.call("POST", contract.PathRegister, []byte(`{"mac":"`+mac+`","ip":"127.0.0.1"`+facts+`}`), ""); code != 200 {
 			t.Fatalf("register = %d %s", code, out)
 		}
-		var a wire.Action
-		b.admin("POST", "/api/v1/devices/"+mac+"/action", wire.SetActionRequest{Action: "backup"}, 200, &a)
+		var a contract.Action
+		b.admin("POST", "/api/v1/devices/"+mac+"/action", contract.SetActionRequest{Action: "backup"}, 200, &a)
 		return b.poll(mac), a.ID
 	}
 	// A board that reported an 8 MiB eMMC uploads 9 MiB raw.
@@ -450,13 +450,13 @@ func TestSessions(t *testing.T) {
 	b := startServer(t, dir, "")
 	login := func() *http.Cookie {
 		t.Helper()
-		resp, err := http.Post(b.base+wire.PathLogin, "application/json", strings.NewReader(`{"token":"`+b.token+`"}`))
+		resp, err := http.Post(b.base+contract.PathLogin, "application/json", strings.NewReader(`{"token":"`+b.token+`"}`))
 		if err != nil || resp.StatusCode != 200 {
 			t.Fatalf("login: %v %v", resp.StatusCode, err)
 		}
 		resp.Body.Close()
 		for _, c := range resp.Cookies() {
-			if c.Name == wire.CookieSession {
+			if c.Name == contract.CookieSession {
 				return c
 			}
 		}
@@ -498,19 +498,19 @@ func TestSessions(t *testing.T) {
 		t.Errorf("same-origin JSON write = %d, want 200", code)
 	}
 	// logout revokes the session: replaying the cookie fails
-	if code := withCookie(ck, "POST", wire.PathLogout, "application/json", "", ""); code != 200 {
+	if code := withCookie(ck, "POST", contract.PathLogout, "application/json", "", ""); code != 200 {
 		t.Fatalf("logout = %d", code)
 	}
 	if code := withCookie(ck, "GET", "/api/v1/status", "", "", ""); code != 401 {
 		t.Errorf("status with the logged-out cookie = %d, want 401", code)
 	}
 	// a failed login is an event
-	resp, _ := http.Post(b.base+wire.PathLogin, "application/json", strings.NewReader(`{"token":"guess"}`))
+	resp, _ := http.Post(b.base+contract.PathLogin, "application/json", strings.NewReader(`{"token":"guess"}`))
 	resp.Body.Close()
 	evs, _ := b.st.Events(context.Background(), 0, 1000)
 	failed := false
 	for _, e := range evs {
-		failed = failed || e.Kind == wire.EventAuthFailed
+		failed = failed || e.Kind == contract.EventAuthFailed
 	}
 	if !failed {
 		t.Error("no auth.failed event after a wrong login")
@@ -522,7 +522,7 @@ func TestSessions(t *testing.T) {
 	if err != nil || tok == b.token {
 		t.Fatalf("rotate: %q %v", tok, err)
 	}
-	if onDisk, _ := os.ReadFile(filepath.Join(dir, wire.FileAdminToken)); strings.TrimSpace(string(onDisk)) != tok {
+	if onDisk, _ := os.ReadFile(filepath.Join(dir, contract.FileAdminToken)); strings.TrimSpace(string(onDisk)) != tok {
 		t.Error("admin-token file not rewritten")
 	}
 	if code, _ := b.call("GET", "/api/v1/status", nil, b.token); code != 401 {
@@ -563,7 +563,7 @@ func TestMetricsAndHostGuard(t *testing.T) {
 			t.Errorf("Host %s = %d", h, resp.StatusCode)
 		}
 	}
-	if code, out := b.call("GET", wire.PathMetrics, nil, ""); code != 200 || !strings.Contains(string(out), "cm4bench_devices") {
+	if code, out := b.call("GET", contract.PathMetrics, nil, ""); code != 200 || !strings.Contains(string(out), "cm4bench_devices") {
 		t.Errorf("metrics on loopback = %d", code)
 	}
 }
@@ -599,7 +599,7 @@ func TestHostileSlowClients(t *testing.T) {
 	}
 	// a half-sent body is cut off
 	c := dialFrom("127.0.0.7")
-	fmt.Fprintf(c, "POST %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"mac\":", wire.PathRegister, addr)
+	fmt.Fprintf(c, "POST %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"mac\":", contract.PathRegister, addr)
 	if !closedWithin(c, 5*time.Second) {
 		t.Error("a half-sent body held its connection past the body timeout")
 	}
@@ -614,7 +614,7 @@ func TestHostileSlowClients(t *testing.T) {
 		t.Error("a ninth connection from one address was kept")
 	}
 	extra.Close()
-	if code, out := send(t, clientFrom("127.0.0.9"), "GET", b.base+wire.PathPoll+"?mac=dc:a6:32:00:98:09", ""); code != 404 {
+	if code, out := send(t, clientFrom("127.0.0.9"), "GET", b.base+contract.PathPoll+"?mac=dc:a6:32:00:98:09", ""); code != 404 {
 		t.Errorf("another address while one is at its cap: %d %s", code, out)
 	}
 	for _, h := range held {
@@ -623,8 +623,8 @@ func TestHostileSlowClients(t *testing.T) {
 	// a trickling upload is failed
 	const mac = "dc:a6:32:00:98:01"
 	b.register(mac)
-	var a wire.Action
-	b.admin("POST", "/api/v1/devices/"+mac+"/action", wire.SetActionRequest{Action: "backup"}, 200, &a)
+	var a contract.Action
+	b.admin("POST", "/api/v1/devices/"+mac+"/action", contract.SetActionRequest{Action: "backup"}, 200, &a)
 	p := b.poll(mac)
 	pr, pw := io.Pipe()
 	go func() {
@@ -647,7 +647,7 @@ func TestHostileSlowClients(t *testing.T) {
 	}
 	b.waitFor("the trickling upload to be failed", func() bool {
 		got, _ := b.st.ActionByID(context.Background(), a.ID)
-		return got.State == wire.StateFailed
+		return got.State == contract.StateFailed
 	})
 	b.assertNothingComplete(mac, a.ID, "slower than the minimum")
 }
@@ -663,7 +663,7 @@ func TestHostileFloodBounded(t *testing.T) {
 	flood := clientFrom("127.0.0.11")
 	limited := 0
 	for i := range 1000 {
-		code, _ := send(t, flood, "POST", b.base+wire.PathLog, `{"mac":"`+mac+`","lines":["line `+strconv.Itoa(i)+` `+strings.Repeat("x", 500)+`"]}`)
+		code, _ := send(t, flood, "POST", b.base+contract.PathLog, `{"mac":"`+mac+`","lines":["line `+strconv.Itoa(i)+` `+strings.Repeat("x", 500)+`"]}`)
 		if code == http.StatusTooManyRequests {
 			limited++
 		}
@@ -672,11 +672,11 @@ func TestHostileFloodBounded(t *testing.T) {
 		t.Errorf("only %d of 1000 flood posts were rate-limited", limited)
 	}
 	// another address is still served
-	if code, out := send(t, clientFrom("127.0.0.12"), "POST", b.base+wire.PathRegister, `{"mac":"dc:a6:32:00:99:02"}`); code != 200 {
+	if code, out := send(t, clientFrom("127.0.0.12"), "POST", b.base+contract.PathRegister, `{"mac":"dc:a6:32:00:99:02"}`); code != 200 {
 		t.Errorf("another address during the flood: %d %s", code, out)
 	}
 	for i := range 500 {
-		b.st.Emit(context.Background(), wire.Event{Kind: wire.EventDeviceLog, MAC: mac, Message: "filler " + strconv.Itoa(i)})
+		b.st.Emit(context.Background(), contract.Event{Kind: contract.EventDeviceLog, MAC: mac, Message: "filler " + strconv.Itoa(i)})
 	}
 	b.waitFor("the event log to be pruned", func() bool {
 		n, _ := b.st.EventCount(context.Background())
@@ -684,14 +684,14 @@ func TestHostileFloodBounded(t *testing.T) {
 	})
 	// caps
 	big := `{"mac":"dc:a6:32:00:99:03","facts":{"model":"` + strings.Repeat("m", 5000) + `"}}`
-	if code, _ := send(t, clientFrom("127.0.0.13"), "POST", b.base+wire.PathRegister, big); code != http.StatusRequestEntityTooLarge {
+	if code, _ := send(t, clientFrom("127.0.0.13"), "POST", b.base+contract.PathRegister, big); code != http.StatusRequestEntityTooLarge {
 		t.Errorf("5 KB of facts = %d, want 413", code)
 	}
 	var lines []string
 	for range 201 {
 		lines = append(lines, `"l"`)
 	}
-	if code, _ := send(t, clientFrom("127.0.0.14"), "POST", b.base+wire.PathLog, `{"mac":"`+mac+`","lines":[`+strings.Join(lines, ",")+`]}`); code != http.StatusRequestEntityTooLarge {
+	if code, _ := send(t, clientFrom("127.0.0.14"), "POST", b.base+contract.PathLog, `{"mac":"`+mac+`","lines":[`+strings.Join(lines, ",")+`]}`); code != http.StatusRequestEntityTooLarge {
 		t.Errorf("201 log lines = %d, want 413", code)
 	}
 }

@@ -18,7 +18,7 @@ import (
 
 	"github.com/cm4bench/cm4bench/api/images"
 	"github.com/cm4bench/cm4bench/api/store"
-	"github.com/cm4bench/cm4bench/api/wire"
+	"github.com/cm4bench/cm4bench/internal/contract"
 	"github.com/gin-gonic/gin"
 )
 
@@ -63,7 +63,7 @@ func writeErr(w http.ResponseWriter, code int, msg string) {
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(code)
-	json.NewEncoder(w).Encode(wire.APIError{Error: msg})
+	json.NewEncoder(w).Encode(contract.APIError{Error: msg})
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {
@@ -217,7 +217,7 @@ func normMAC(s string) (string, error) {
 	if strings.TrimSpace(s) == "" {
 		return "", httpErr(http.StatusBadRequest, "missing mac")
 	}
-	m, err := store.NormalizeMAC(s)
+	m, err := contract.NormalizeMAC(s)
 	if err != nil {
 		return "", httpErr(http.StatusBadRequest, "%v", err)
 	}

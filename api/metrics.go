@@ -7,7 +7,7 @@ import (
 	"time"
 
 	"github.com/cm4bench/cm4bench/api/store"
-	"github.com/cm4bench/cm4bench/api/wire"
+	"github.com/cm4bench/cm4bench/internal/contract"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -50,7 +50,7 @@ func (m *metrics) handler() http.Handler {
 	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{})
 }
 
-func (m *metrics) actionFinished(a wire.Action) {
+func (m *metrics) actionFinished(a contract.Action) {
 	if a.Started == nil || a.Finished == nil {
 		return
 	}
@@ -135,7 +135,7 @@ func (d *deviceCollector) count() (map[string]int, error) {
 		return nil, err
 	}
 	counts := map[string]int{}
-	for _, s := range []string{wire.DeviceIdle, wire.DevicePending, wire.DeviceRunning, wire.DeviceDone, wire.DeviceFailed, wire.DeviceOffline} {
+	for _, s := range []string{contract.DeviceIdle, contract.DevicePending, contract.DeviceRunning, contract.DeviceDone, contract.DeviceFailed, contract.DeviceOffline} {
 		counts[s] = 0
 	}
 	for _, dv := range devs {

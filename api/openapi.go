@@ -7,7 +7,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/cm4bench/cm4bench/api/wire"
+	"github.com/cm4bench/cm4bench/internal/contract"
 	"github.com/gin-gonic/gin"
 )
 
@@ -30,41 +30,41 @@ type param struct{ name, in, desc string }
 func apiOps() []op {
 	macP := param{"mac", "path", "device MAC, e.g. dc:a6:32:01:02:03"}
 	return []op{
-		{method: "POST", path: wire.PathRegister, tag: "device", summary: "Register a netbooted device (JSON or form fields mac, ip; the agent adds facts)", body: wire.RegisterRequest{}, resp: wire.RegisterResponse{}},
-		{method: "GET", path: wire.PathPoll, tag: "device", summary: "Poll for the device's action: none, deploy (url) or backup (upload_url)", params: []param{{"mac", "query", "device MAC"}}, resp: wire.PollResponse{}},
-		{method: "POST", path: wire.PathActionDone, tag: "device", summary: "Finish the open action (JSON or form). A missing status means success; a backup counts only if its upload completed. Success switches netboot off for the MAC.", body: wire.ActionDone{}, resp: wire.Action{}},
-		{method: "POST", path: wire.PathProgress, tag: "device", summary: "Agent progress report (about once a second)", body: wire.Progress{}, resp: map[string]string{}},
-		{method: "POST", path: wire.PathLog, tag: "device", summary: "Agent log tail", body: wire.LogLines{}, resp: map[string]string{}},
-		{method: "GET", path: wire.PathImage + "/{id}", tag: "device", summary: "Stream the image of deploy action id: raw (Range, ETag) or zstd with Accept-Encoding: zstd. Only for the device that polled the action, while it is open.", params: []param{{"id", "path", "action id"}, {"token", "query", "per-action token from the poll"}}, respType: "application/octet-stream"},
-		{method: "HEAD", path: wire.PathImage + "/{id}", tag: "device", summary: "Headers of the image stream (size, sha256, format)", params: []param{{"id", "path", "action id"}, {"token", "query", "per-action token"}}, respType: "application/octet-stream"},
-		{method: "PUT", path: wire.PathBackup + "/{id}", tag: "device", summary: "Upload the backup of action id (raw, or zstd with Content-Encoding: zstd; chunked or with a length)", params: []param{{"id", "path", "action id"}, {"token", "query", "per-action token"}}, bodyType: "application/octet-stream", resp: wire.Backup{}, status: 201},
-		{method: "POST", path: wire.PathBackup + "/{id}", tag: "device", summary: "Same as PUT (curl --data-binary @-)", params: []param{{"id", "path", "action id"}, {"token", "query", "per-action token"}}, bodyType: "application/octet-stream", resp: wire.Backup{}, status: 201},
-		{method: "GET", path: wire.PathOpenAPI, tag: "meta", summary: "This document", respType: "application/json"},
-		{method: "GET", path: wire.PathMetrics, tag: "meta", summary: "Prometheus metrics", respType: "text/plain"},
+		{method: "POST", path: contract.PathRegister, tag: "device", summary: "Register a netbooted device (JSON or form fields mac, ip; the agent adds facts)", body: contract.RegisterRequest{}, resp: contract.RegisterResponse{}},
+		{method: "GET", path: contract.PathPoll, tag: "device", summary: "Poll for the device's action: none, deploy (url) or backup (upload_url)", params: []param{{"mac", "query", "device MAC"}}, resp: contract.PollResponse{}},
+		{method: "POST", path: contract.PathActionDone, tag: "device", summary: "Finish the open action (JSON or form). A missing status means success; a backup counts only if its upload completed. Success switches netboot off for the MAC.", body: contract.ActionDone{}, resp: contract.Action{}},
+		{method: "POST", path: contract.PathProgress, tag: "device", summary: "Agent progress report (about once a second)", body: contract.Progress{}, resp: map[string]string{}},
+		{method: "POST", path: contract.PathLog, tag: "device", summary: "Agent log tail", body: contract.LogLines{}, resp: map[string]string{}},
+		{method: "GET", path: contract.PathImage + "/{id}", tag: "device", summary: "Stream the image of deploy action id: raw (Range, ETag) or zstd with Accept-Encoding: zstd. Only for the device that polled the action, while it is open.", params: []param{{"id", "path", "action id"}, {"token", "query", "per-action token from the poll"}}, respType: "application/octet-stream"},
+		{method: "HEAD", path: contract.PathImage + "/{id}", tag: "device", summary: "Headers of the image stream (size, sha256, format)", params: []param{{"id", "path", "action id"}, {"token", "query", "per-action token"}}, respType: "application/octet-stream"},
+		{method: "PUT", path: contract.PathBackup + "/{id}", tag: "device", summary: "Upload the backup of action id (raw, or zstd with Content-Encoding: zstd; chunked or with a length)", params: []param{{"id", "path", "action id"}, {"token", "query", "per-action token"}}, bodyType: "application/octet-stream", resp: contract.Backup{}, status: 201},
+		{method: "POST", path: contract.PathBackup + "/{id}", tag: "device", summary: "Same as PUT (curl --data-binary @-)", params: []param{{"id", "path", "action id"}, {"token", "query", "per-action token"}}, bodyType: "application/octet-stream", resp: contract.Backup{}, status: 201},
+		{method: "GET", path: contract.PathOpenAPI, tag: "meta", summary: "This document", respType: "application/json"},
+		{method: "GET", path: contract.PathMetrics, tag: "meta", summary: "Prometheus metrics", respType: "text/plain"},
 		{method: "GET", path: "/", tag: "meta", summary: "The dashboard", respType: "text/html"},
 		{method: "GET", path: "/ui/{path}", tag: "meta", summary: "Dashboard assets", params: []param{{"path", "path", "asset path"}}, respType: "application/octet-stream"},
-		{method: "POST", path: wire.PathLogin, tag: "auth", summary: "Log in with the admin token; sets the HttpOnly cookie " + wire.CookieSession, body: wire.LoginRequest{}, resp: map[string]string{}},
-		{method: "POST", path: wire.PathLogout, tag: "auth", summary: "End the session and clear its cookie", resp: map[string]string{}},
-		{method: "POST", path: wire.PathRotate, tag: "auth", summary: "Make a new admin token (written to <data>/admin-token) and end every session", resp: map[string]string{}},
-		{method: "GET", path: wire.PathEvents, tag: "technician", admin: true, summary: "Live events (SSE: event: <kind>, data: wire.Event JSON, id: event id; Last-Event-ID or ?since= replays)", params: []param{{"since", "query", "replay events after this id"}}, respType: "text/event-stream"},
-		{method: "GET", path: "/api/v1/status", tag: "technician", admin: true, summary: "Server status", resp: wire.Status{}},
-		{method: "GET", path: "/api/v1/devices", tag: "technician", admin: true, summary: "All devices", resp: []wire.Device{}},
-		{method: "GET", path: "/api/v1/devices/{mac}", tag: "technician", admin: true, summary: "One device with its recent actions", params: []param{macP}, resp: wire.Device{}},
-		{method: "POST", path: "/api/v1/devices/{mac}/action", tag: "technician", admin: true, summary: "Set the device's action: deploy, backup, or none (cancel)", params: []param{macP}, body: wire.SetActionRequest{}, resp: wire.Action{}},
-		{method: "PUT", path: "/api/v1/devices/{mac}/image", tag: "technician", admin: true, summary: "Assign an image to the device (empty = default)", params: []param{macP}, body: wire.SetImageRequest{}, resp: wire.Device{}},
-		{method: "GET", path: "/api/v1/devices/{mac}/netboot", tag: "technician", admin: true, summary: "The device's netboot switch", params: []param{macP}, resp: wire.NetbootSwitch{}},
-		{method: "PUT", path: "/api/v1/devices/{mac}/netboot", tag: "technician", admin: true, summary: "Switch netboot on or off for one MAC (known or not yet seen)", params: []param{macP}, body: wire.NetbootSwitch{}, resp: wire.NetbootSwitch{}},
-		{method: "POST", path: "/api/v1/actions", tag: "technician", admin: true, summary: "Set one action for several devices", body: wire.BulkActionRequest{}, resp: []wire.Action{}},
-		{method: "GET", path: "/api/v1/actions", tag: "technician", admin: true, summary: "Action history, newest first", params: []param{{"mac", "query", "only this device"}, {"limit", "query", "at most this many (default 100)"}}, resp: []wire.Action{}},
-		{method: "GET", path: "/api/v1/netboot", tag: "technician", admin: true, summary: "The global netboot switch", resp: wire.NetbootSwitch{}},
-		{method: "PUT", path: "/api/v1/netboot", tag: "technician", admin: true, summary: "Set the global netboot switch", body: wire.NetbootSwitch{}, resp: wire.NetbootSwitch{}},
-		{method: "GET", path: "/api/v1/images", tag: "technician", admin: true, summary: "Images (default first); sha256 is empty while hashing", resp: []wire.Image{}},
-		{method: "POST", path: "/api/v1/images", tag: "technician", admin: true, summary: "Upload an image (raw body; ?name=X.img[.gz|.xz|.zst])", params: []param{{"name", "query", "file name with its format extension"}}, bodyType: "application/octet-stream", resp: wire.Image{}, status: 201},
+		{method: "POST", path: contract.PathLogin, tag: "auth", summary: "Log in with the admin token; sets the HttpOnly cookie " + contract.CookieSession, body: contract.LoginRequest{}, resp: map[string]string{}},
+		{method: "POST", path: contract.PathLogout, tag: "auth", summary: "End the session and clear its cookie", resp: map[string]string{}},
+		{method: "POST", path: contract.PathRotate, tag: "auth", summary: "Make a new admin token (written to <data>/admin-token) and end every session", resp: map[string]string{}},
+		{method: "GET", path: contract.PathEvents, tag: "technician", admin: true, summary: "Live events (SSE: event: <kind>, data: contract.Event JSON, id: event id; Last-Event-ID or ?since= replays)", params: []param{{"since", "query", "replay events after this id"}}, respType: "text/event-stream"},
+		{method: "GET", path: "/api/v1/status", tag: "technician", admin: true, summary: "Server status", resp: contract.Status{}},
+		{method: "GET", path: "/api/v1/devices", tag: "technician", admin: true, summary: "All devices", resp: []contract.Device{}},
+		{method: "GET", path: "/api/v1/devices/{mac}", tag: "technician", admin: true, summary: "One device with its recent actions", params: []param{macP}, resp: contract.Device{}},
+		{method: "POST", path: "/api/v1/devices/{mac}/action", tag: "technician", admin: true, summary: "Set the device's action: deploy, backup, or none (cancel)", params: []param{macP}, body: contract.SetActionRequest{}, resp: contract.Action{}},
+		{method: "PUT", path: "/api/v1/devices/{mac}/image", tag: "technician", admin: true, summary: "Assign an image to the device (empty = default)", params: []param{macP}, body: contract.SetImageRequest{}, resp: contract.Device{}},
+		{method: "GET", path: "/api/v1/devices/{mac}/netboot", tag: "technician", admin: true, summary: "The device's netboot switch", params: []param{macP}, resp: contract.NetbootSwitch{}},
+		{method: "PUT", path: "/api/v1/devices/{mac}/netboot", tag: "technician", admin: true, summary: "Switch netboot on or off for one MAC (known or not yet seen)", params: []param{macP}, body: contract.NetbootSwitch{}, resp: contract.NetbootSwitch{}},
+		{method: "POST", path: "/api/v1/actions", tag: "technician", admin: true, summary: "Set one action for several devices", body: contract.BulkActionRequest{}, resp: []contract.Action{}},
+		{method: "GET", path: "/api/v1/actions", tag: "technician", admin: true, summary: "Action history, newest first", params: []param{{"mac", "query", "only this device"}, {"limit", "query", "at most this many (default 100)"}}, resp: []contract.Action{}},
+		{method: "GET", path: "/api/v1/netboot", tag: "technician", admin: true, summary: "The global netboot switch", resp: contract.NetbootSwitch{}},
+		{method: "PUT", path: "/api/v1/netboot", tag: "technician", admin: true, summary: "Set the global netboot switch", body: contract.NetbootSwitch{}, resp: contract.NetbootSwitch{}},
+		{method: "GET", path: "/api/v1/images", tag: "technician", admin: true, summary: "Images (default first); sha256 is empty while hashing", resp: []contract.Image{}},
+		{method: "POST", path: "/api/v1/images", tag: "technician", admin: true, summary: "Upload an image (raw body; ?name=X.img[.gz|.xz|.zst])", params: []param{{"name", "query", "file name with its format extension"}}, bodyType: "application/octet-stream", resp: contract.Image{}, status: 201},
 		{method: "DELETE", path: "/api/v1/images/{name}", tag: "technician", admin: true, summary: "Delete a library image", params: []param{{"name", "path", "image name"}}, resp: map[string]string{}},
-		{method: "GET", path: "/api/v1/backups", tag: "technician", admin: true, summary: "Stored backups, newest first", resp: []wire.Backup{}},
+		{method: "GET", path: "/api/v1/backups", tag: "technician", admin: true, summary: "Stored backups, newest first", resp: []contract.Backup{}},
 		{method: "GET", path: "/api/v1/backups/{id}/download", tag: "technician", admin: true, summary: "Download a backup as stored (.img or .img.zst)", params: []param{{"id", "path", "backup id"}}, respType: "application/octet-stream"},
 		{method: "DELETE", path: "/api/v1/backups/{id}", tag: "technician", admin: true, summary: "Delete a backup", params: []param{{"id", "path", "backup id"}}, resp: map[string]string{}},
-		{method: "GET", path: "/api/v1/events", tag: "technician", admin: true, summary: "Event history, oldest first", params: []param{{"since", "query", "events after this id (default: the newest)"}, {"limit", "query", "at most this many (default 500)"}}, resp: []wire.Event{}},
+		{method: "GET", path: "/api/v1/events", tag: "technician", admin: true, summary: "Event history, oldest first", params: []param{{"since", "query", "events after this id (default: the newest)"}, {"limit", "query", "at most this many (default 500)"}}, resp: []contract.Event{}},
 	}
 }
 
@@ -93,7 +93,7 @@ func openAPIDoc(version string) map[string]any {
 		}
 		if o.body != nil {
 			content := map[string]any{"application/json": map[string]any{"schema": schemaOf(reflect.TypeOf(o.body), schemas)}}
-			if o.path == wire.PathRegister || o.path == wire.PathActionDone {
+			if o.path == contract.PathRegister || o.path == contract.PathActionDone {
 				content["application/x-www-form-urlencoded"] = map[string]any{"schema": schemaOf(reflect.TypeOf(o.body), schemas)}
 			}
 			opj["requestBody"] = map[string]any{"required": true, "content": content}
@@ -111,7 +111,7 @@ func openAPIDoc(version string) map[string]any {
 		case o.respType != "":
 			ok["content"] = map[string]any{o.respType: map[string]any{"schema": map[string]any{"type": "string"}}}
 		}
-		errResp := map[string]any{"description": "error", "content": map[string]any{"application/json": map[string]any{"schema": schemaOf(reflect.TypeOf(wire.APIError{}), schemas)}}}
+		errResp := map[string]any{"description": "error", "content": map[string]any{"application/json": map[string]any{"schema": schemaOf(reflect.TypeOf(contract.APIError{}), schemas)}}}
 		resps := map[string]any{strconv.Itoa(code): ok, "default": errResp}
 		if o.admin {
 			opj["security"] = []any{map[string]any{"bearer": []string{}}, map[string]any{"cookie": []string{}}}
@@ -131,7 +131,7 @@ func openAPIDoc(version string) map[string]any {
 			"schemas": schemas,
 			"securitySchemes": map[string]any{
 				"bearer": map[string]any{"type": "http", "scheme": "bearer", "description": "the admin token from <data>/admin-token"},
-				"cookie": map[string]any{"type": "apiKey", "in": "cookie", "name": wire.CookieSession},
+				"cookie": map[string]any{"type": "apiKey", "in": "cookie", "name": contract.CookieSession},
 			},
 		},
 	}

@@ -8,7 +8,7 @@ import (
 	"net/http"
 	"strings"
 
-	"github.com/cm4bench/cm4bench/api/wire"
+	"github.com/cm4bench/cm4bench/internal/contract"
 )
 
 // The device routes' request parsing, apart from what the requests do, so
@@ -17,7 +17,7 @@ import (
 
 // parseRegister reads a register request (JSON or form, as the shell
 // client sends it): the normalised MAC and the address to record.
-func parseRegister(r *http.Request, max int64) (req wire.RegisterRequest, mac, ip string, err error) {
+func parseRegister(r *http.Request, max int64) (req contract.RegisterRequest, mac, ip string, err error) {
 	if err = decodeFlexible(r, max, &req, map[string]*string{"mac": &req.MAC, "ip": &req.IP}); err != nil {
 		return
 	}
@@ -49,7 +49,7 @@ func parsePoll(r *http.Request) (string, error) {
 }
 
 // parseActionDone reads an action-done report (JSON or form).
-func parseActionDone(r *http.Request, max int64) (req wire.ActionDone, mac string, err error) {
+func parseActionDone(r *http.Request, max int64) (req contract.ActionDone, mac string, err error) {
 	var bytesStr, cbytesStr, secsStr string
 	fields := map[string]*string{"mac": &req.MAC, "action": &req.Action, "status": &req.Status, "sha256": &req.SHA256,
 		"action_id": &req.ActionID, "token": &req.Token, "error": &req.Error, "compressed_sha256": &req.CompressedSHA256,
@@ -86,7 +86,7 @@ func decodeStrictJSON(r *http.Request, max int64, dst any) error {
 }
 
 // parseProgress reads a progress report.
-func parseProgress(r *http.Request, max int64) (p wire.Progress, mac string, err error) {
+func parseProgress(r *http.Request, max int64) (p contract.Progress, mac string, err error) {
 	if err = decodeStrictJSON(r, max, &p); err != nil {
 		return
 	}
@@ -104,7 +104,7 @@ func parseProgress(r *http.Request, max int64) (p wire.Progress, mac string, err
 }
 
 // parseLog reads posted log lines, capped (long lines are cut).
-func parseLog(r *http.Request, max int64) (l wire.LogLines, mac string, err error) {
+func parseLog(r *http.Request, max int64) (l contract.LogLines, mac string, err error) {
 	if err = decodeStrictJSON(r, max, &l); err != nil {
 		return
 	}

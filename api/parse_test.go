@@ -9,8 +9,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/cm4bench/cm4bench/api/store"
-	"github.com/cm4bench/cm4bench/api/wire"
+	"github.com/cm4bench/cm4bench/internal/contract"
 )
 
 func TestParseRange(t *testing.T) {
@@ -122,7 +121,7 @@ func FuzzParseRegister(f *testing.F) {
 		if err != nil {
 			return
 		}
-		if _, err := store.NormalizeMAC(mac); err != nil || net.ParseIP(ip) == nil {
+		if _, err := contract.NormalizeMAC(mac); err != nil || net.ParseIP(ip) == nil {
 			t.Fatalf("accepted mac %q ip %q", mac, ip)
 		}
 		if req.Facts != nil {
@@ -144,7 +143,7 @@ func FuzzParsePoll(f *testing.F) {
 		mac, err := parsePoll(r)
 		want4xx(t, err)
 		if err == nil {
-			if _, err := store.NormalizeMAC(mac); err != nil {
+			if _, err := contract.NormalizeMAC(mac); err != nil {
 				t.Fatalf("accepted mac %q", mac)
 			}
 		}
@@ -210,9 +209,9 @@ func FuzzParseLog(f *testing.F) {
 // FuzzParseStream covers the image (GET/HEAD) and backup (PUT/POST)
 // stream routes: the action id and token, through the real mux pattern.
 func FuzzParseStream(f *testing.F) {
-	f.Add(wire.PathImage + "/12?token=abc")
-	f.Add(wire.PathImage + "/x?token=")
-	f.Add(wire.PathBackup + "/99999999999999999999?token=t")
+	f.Add(contract.PathImage + "/12?token=abc")
+	f.Add(contract.PathImage + "/x?token=")
+	f.Add(contract.PathBackup + "/99999999999999999999?token=t")
 	f.Fuzz(func(t *testing.T, target string) {
 		r := fuzzReq("GET", target, "", "")
 		if r == nil {
@@ -223,8 +222,8 @@ func FuzzParseStream(f *testing.F) {
 		var err error
 		done := false
 		h := func(w http.ResponseWriter, r *http.Request) { id, token, err = parseStream(r); done = true }
-		mux.HandleFunc("GET "+wire.PathImage+"/{id}", h)
-		mux.HandleFunc("GET "+wire.PathBackup+"/{id}", h)
+		mux.HandleFunc("GET "+contract.PathImage+"/{id}", h)
+		mux.HandleFunc("GET "+contract.PathBackup+"/{id}", h)
 		mux.ServeHTTP(httptest.NewRecorder(), r)
 		if !done {
 			return

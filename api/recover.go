@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/cm4bench/cm4bench/api/store"
-	"github.com/cm4bench/cm4bench/api/wire"
+	"github.com/cm4bench/cm4bench/internal/contract"
 )
 
 // DefaultActionLifetime is how long an action's token works: an action not
@@ -51,8 +51,8 @@ func (s *Server) recoverAfterCrash(ctx context.Context) {
 				continue
 			}
 			a, err := s.Store.ActionByID(ctx, m[1])
-			if err != nil || a.Type != wire.ActionBackup || a.BackupID != "" ||
-				(a.State != wire.StatePending && a.State != wire.StateRunning) {
+			if err != nil || a.Type != contract.ActionBackup || a.BackupID != "" ||
+				(a.State != contract.StatePending && a.State != contract.StateRunning) {
 				continue
 			}
 			s.failAction(ctx, a, "the server stopped while this backup was being uploaded; nothing was kept: request a new backup")
@@ -76,14 +76,14 @@ func (s *Server) recoverAfterCrash(ctx context.Context) {
 			if !ok {
 				continue
 			}
-			if a, err := s.Store.ActionByID(ctx, id); err != nil || (a.State != wire.StatePending && a.State != wire.StateRunning) {
+			if a, err := s.Store.ActionByID(ctx, id); err != nil || (a.State != contract.StatePending && a.State != contract.StateRunning) {
 				s.cov.remove(id)
 			}
 		}
 	}
 	if swept > 0 || failed > 0 {
 		s.log().Warn("recovered after an unclean stop", "temp_files_removed", swept, "backups_failed", failed)
-		s.emit(ctx, wire.Event{Kind: wire.EventServerRecovered, Level: "warn",
+		s.emit(ctx, contract.Event{Kind: contract.EventServerRecovered, Level: contract.LevelWarn,
 			Message: fmt.Sprintf("the server was not stopped cleanly: removed %d unfinished file(s), failed %d interrupted backup(s)", swept, failed),
 			Fields:  map[string]any{"temp_files_removed": swept, "backups_failed": failed}})
 	}

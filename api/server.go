@@ -28,7 +28,7 @@ import (
 	"github.com/cm4bench/cm4bench/api/images"
 	"github.com/cm4bench/cm4bench/api/store"
 	"github.com/cm4bench/cm4bench/api/ui"
-	"github.com/cm4bench/cm4bench/api/wire"
+	"github.com/cm4bench/cm4bench/internal/contract"
 	"github.com/gin-gonic/gin"
 	"golang.org/x/sync/errgroup"
 )
@@ -150,7 +150,7 @@ type Server struct {
 // it (random, mode 0600) if absent. created is true when it was new, so the
 // caller can print it once.
 func LoadOrCreateToken(dir string) (token string, created bool, err error) {
-	p := filepath.Join(dir, wire.FileAdminToken)
+	p := filepath.Join(dir, contract.FileAdminToken)
 	b, err := os.ReadFile(p)
 	if err == nil {
 		tok := string(trimSpace(b))
@@ -256,22 +256,22 @@ func (s *Server) build() {
 	})
 
 	// Device API: no admin token; per-action tokens guard the streams.
-	g.POST(wire.PathRegister, s.limitDevice, s.wrap(s.handleRegister))
-	g.GET(wire.PathPoll, s.limitDevice, s.wrap(s.handlePoll))
-	g.POST(wire.PathActionDone, s.limitDevice, s.wrap(s.handleActionDone))
-	g.POST(wire.PathProgress, s.limitDevice, s.wrap(s.handleProgress))
-	g.POST(wire.PathLog, s.limitDevice, s.wrap(s.handleLog))
-	g.GET(wire.PathOpenAPI, s.handleOpenAPI)
-	g.GET(wire.PathMetrics, s.adminOnly, gin.WrapH(s.metrics.handler()))
+	g.POST(contract.PathRegister, s.limitDevice, s.wrap(s.handleRegister))
+	g.GET(contract.PathPoll, s.limitDevice, s.wrap(s.handlePoll))
+	g.POST(contract.PathActionDone, s.limitDevice, s.wrap(s.handleActionDone))
+	g.POST(contract.PathProgress, s.limitDevice, s.wrap(s.handleProgress))
+	g.POST(contract.PathLog, s.limitDevice, s.wrap(s.handleLog))
+	g.GET(contract.PathOpenAPI, s.handleOpenAPI)
+	g.GET(contract.PathMetrics, s.adminOnly, gin.WrapH(s.metrics.handler()))
 
 	// Technician API.
-	g.POST(wire.PathLogin, s.wrap(s.handleLogin))
-	g.POST(wire.PathLogout, s.handleLogout)
+	g.POST(contract.PathLogin, s.wrap(s.handleLogin))
+	g.POST(contract.PathLogout, s.handleLogout)
 	t := g.Group("", s.requireAdmin)
-	t.GET(wire.PathEvents, s.wrap(s.handleSSE))
-	v := t.Group(wire.PathAPIv1)
+	t.GET(contract.PathEvents, s.wrap(s.handleSSE))
+	v := t.Group(contract.PathAPIv1)
 	v.GET("/status", s.wrap(s.handleStatus))
-	t.POST(wire.PathRotate, s.wrap(s.handleRotateToken))
+	t.POST(contract.PathRotate, s.wrap(s.handleRotateToken))
 	v.GET("/devices", s.wrap(s.handleDevices))
 	v.GET("/devices/:mac", s.wrap(s.handleDevice))
 	v.POST("/devices/:mac/action", s.wrap(s.handleSetAction))
@@ -311,10 +311,10 @@ func (s *Server) build() {
 
 // The routes served outside gin (see build).
 const (
-	routeImageGet   = "GET " + wire.PathImage + "/{id}"
-	routeImageHead  = "HEAD " + wire.PathImage + "/{id}"
-	routeBackupPut  = "PUT " + wire.PathBackup + "/{id}"
-	routeBackupPost = "POST " + wire.PathBackup + "/{id}"
+	routeImageGet   = "GET " + contract.PathImage + "/{id}"
+	routeImageHead  = "HEAD " + contract.PathImage + "/{id}"
+	routeBackupPut  = "PUT " + contract.PathBackup + "/{id}"
+	routeBackupPost = "POST " + contract.PathBackup + "/{id}"
 )
 
 // Serve serves HTTP on ln until ctx is done, then shuts down gracefully

@@ -18,8 +18,8 @@ import (
 
 	"github.com/cm4bench/cm4bench/api/images"
 	"github.com/cm4bench/cm4bench/api/store"
-	"github.com/cm4bench/cm4bench/api/wire"
 	"github.com/cm4bench/cm4bench/internal/atomicfile"
+	"github.com/cm4bench/cm4bench/internal/contract"
 	"github.com/klauspost/compress/zstd"
 )
 
@@ -43,7 +43,7 @@ func (s *Server) streamAction(r *http.Request, typ string) (store.Action, error)
 	if token == "" || !tokenEqual(token, a.Token) {
 		return a, httpErr(http.StatusForbidden, "wrong or missing token for action %s", a.ID)
 	}
-	if a.State != wire.StatePending && a.State != wire.StateRunning {
+	if a.State != contract.StatePending && a.State != contract.StateRunning {
 		return a, httpErr(http.StatusGone, "action %s is %s; its token has expired", a.ID, a.State)
 	}
 	if err := s.expire(r.Context(), a); err != nil {
@@ -155,7 +155,7 @@ func (m *meter) Flush() {
 func acceptsZstd(r *http.Request) bool {
 	for _, part := range strings.Split(r.Header.Get("Accept-Encoding"), ",") {
 		name, q, _ := strings.Cut(strings.TrimSpace(part), ";")
-		if strings.EqualFold(strings.TrimSpace(name), wire.AcceptZstd) && !strings.Contains(strings.ReplaceAll(q, " ", ""), "q=0") {
+		if strings.EqualFold(strings.TrimSpace(name), contract.AcceptZstd) && !strings.Contains(strings.ReplaceAll(q, " ", ""), "q=0") {
 			return true
 		}
 	}
@@ -167,7 +167,7 @@ func acceptsZstd(r *http.Request) bool {
 // it (a stored .zst passes through as is). Range and ETag work on the raw
 // stream and on a passed-through .zst.
 func (s *Server) handleImage(w http.ResponseWriter, r *http.Request) {
-	a, err := s.streamAction(r, wire.ActionDeploy)
+	a, err := s.streamAction(r, contract.ActionDeploy)
 	if err != nil {
 		s.fail(w, r, err)
 		return
@@ -185,15 +185,15 @@ func (s *Server) handleImage(w http.ResponseWriter, r *http.Request) {
 	defer f.Close()
 
 	h := w.Header()
-	h.Set(wire.HeaderImageSize, strconv.FormatInt(e.Size, 10))
-	h.Set(wire.HeaderImageSHA256, e.SHA256)
-	h.Set(wire.HeaderImageFormat, e.Format)
+	h.Set(contract.HeaderImageSize, strconv.FormatInt(e.Size, 10))
+	h.Set(contract.HeaderImageSHA256, e.SHA256)
+	h.Set(contract.HeaderImageFormat, e.Format)
 	h.Set("Content-Type", "application/octet-stream")
 	h.Set("Vary", "Accept-Encoding")
 	h.Set("Cache-Control", "no-cache")
 
 	// Progress: measured here for clients that report none themselves.
-	tracked := r.Method == http.MethodGet && !strings.HasPrefix(r.UserAgent(), wire.AgentUserAgent)
+	tracked := r.Method == http.MethodGet && !strings.HasPrefix(r.UserAgent(), contract.AgentUserAgent)
 	zstdOut := acceptsZstd(r)
 	var report func(int64, float64)
 	var offset int64
@@ -388,7 +388,7 @@ func (s *Server) serverProgress(a store.Action, phase string, done, total int64,
 	if err := s.Store.Progress(ctx, a.ID, phase, done, total, rate); err != nil {
 		return // the action was closed meanwhile
 	}
-	s.emit(ctx, wire.Event{Kind: wire.EventActionProgress, MAC: a.MAC, Message: phase,
+	s.emit(ctx, contract.Event{Kind: contract.EventActionProgress, MAC: a.MAC, Message: phase,
 		Fields: map[string]any{"action_id": a.ID, "phase": phase, "done": done, "total": total, "rate": rate}})
 }
 
@@ -503,7 +503,7 @@ func (c *capWriter) Write(p []byte) (int, error) {
 }
 
 // backupLimits are the raw and stored caps of one upload.
-func (s *Server) backupLimits(dev wire.Device) (raw, stored int64) {
+func (s *Server) backupLimits(dev contract.Device) (raw, stored int64) {
 	raw = DefaultMaxBackup
 	if dev.Facts != nil && dev.Facts.EMMCBytes > 0 {
 		raw = dev.Facts.EMMCBytes
@@ -537,7 +537,7 @@ func limitCode(err error) int {
 // renamed; only then is the backup recorded. A cut upload or a failed
 // write fails the action and records no backup.
 func (s *Server) handleBackupUpload(w http.ResponseWriter, r *http.Request) {
-	a, err := s.streamAction(r, wire.ActionBackup)
+	a, err := s.streamAction(r, contract.ActionBackup)
 	if err != nil {
 		s.fail(w, r, err)
 		return
@@ -578,7 +578,7 @@ func (s *Server) handleBackupUpload(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, code, err.Error())
 		return
 	}
-	s.emit(r.Context(), wire.Event{Kind: wire.EventBackupStored, MAC: a.MAC, Serial: b.Serial,
+	s.emit(r.Context(), contract.Event{Kind: contract.EventBackupStored, MAC: a.MAC, Serial: b.Serial,
 		Message: fmt.Sprintf("backup %s stored (%d bytes, sha256 %s)", b.ID, b.Size, b.SHA256),
 		Fields:  map[string]any{"action_id": a.ID, "backup_id": b.ID, "size": b.Size, "stored_size": b.StoredSize, "sha256": b.SHA256}})
 	writeJSON(w, http.StatusCreated, b.Backup)
@@ -661,7 +661,7 @@ func (s *Server) receiveBackup(r *http.Request, body io.Reader, a store.Action) 
 		total = r.ContentLength
 	}
 	var report func(int64, float64)
-	if !strings.HasPrefix(r.UserAgent(), wire.AgentUserAgent) {
+	if !strings.HasPrefix(r.UserAgent(), contract.AgentUserAgent) {
 		report = func(n int64, rate float64) { s.queueProgress(a, "upload", n, total, rate) }
 	}
 	m := newMeter(nil, report, s.metrics.bytesReceived.Add)
@@ -716,9 +716,9 @@ func (s *Server) receiveBackup(r *http.Request, body io.Reader, a store.Action) 
 		return store.Backup{}, http.StatusBadRequest, errors.New("backup upload is empty")
 	}
 	raw := hex.EncodeToString(rawSHA.Sum(nil))
-	want := r.Header.Get(wire.HeaderRawSHA256)
+	want := r.Header.Get(contract.HeaderRawSHA256)
 	if want == "" {
-		want = r.Trailer.Get(wire.HeaderRawSHA256) // the agent knows it only at the end
+		want = r.Trailer.Get(contract.HeaderRawSHA256) // the agent knows it only at the end
 	}
 	if want != "" && !strings.EqualFold(want, raw) {
 		return store.Backup{}, http.StatusBadRequest, fmt.Errorf("backup: device says raw sha256 %s, received %s", strings.ToLower(want), raw)
@@ -731,7 +731,7 @@ func (s *Server) receiveBackup(r *http.Request, body io.Reader, a store.Action) 
 		return store.Backup{}, writeCode(err), writeFailure(err, m.n)
 	}
 	b, err := s.Store.AddBackup(ctx, a.ID, store.Backup{
-		Backup: wire.Backup{MAC: a.MAC, Serial: dev.Serial, Size: rawN.n, StoredSize: storedN.n, Compressed: compressed, SHA256: raw},
+		Backup: contract.Backup{MAC: a.MAC, Serial: dev.Serial, Size: rawN.n, StoredSize: storedN.n, Compressed: compressed, SHA256: raw},
 		File:   name, StoredSHA256: stored,
 	})
 	if err != nil {

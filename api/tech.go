@@ -14,7 +14,7 @@ import (
 
 	"github.com/cm4bench/cm4bench/api/images"
 	"github.com/cm4bench/cm4bench/api/store"
-	"github.com/cm4bench/cm4bench/api/wire"
+	"github.com/cm4bench/cm4bench/internal/contract"
 	"github.com/gin-gonic/gin"
 )
 
@@ -35,7 +35,7 @@ func (s *Server) handleStatus(c *gin.Context) error {
 	if err != nil {
 		return err
 	}
-	st := wire.Status{Version: s.Version, Addresses: s.addresses(), Netboot: s.Store.GlobalNetboot(),
+	st := contract.Status{Version: s.Version, Addresses: s.addresses(), Netboot: s.Store.GlobalNetboot(),
 		DefaultImage: s.Images.DefaultName(), Devices: counts, Images: len(imgs), Backups: nb, Started: s.started}
 	if s.Rivals != nil {
 		st.RivalDHCP = s.Rivals()
@@ -58,16 +58,16 @@ func (s *Server) handleDevices(c *gin.Context) error {
 
 // stripAction drops the log tail from list views (GET /devices/:mac and
 // /actions keep it).
-func stripAction(a *wire.Action) {
+func stripAction(a *contract.Action) {
 	if a != nil {
 		a.Log = nil
 	}
 }
 
-func (s *Server) device(ctx context.Context, macParam string) (wire.Device, error) {
+func (s *Server) device(ctx context.Context, macParam string) (contract.Device, error) {
 	mac, err := normMAC(macParam)
 	if err != nil {
-		return wire.Device{}, err
+		return contract.Device{}, err
 	}
 	d, err := s.Store.Device(ctx, mac)
 	if errors.Is(err, store.ErrNotFound) {
@@ -85,7 +85,7 @@ func (s *Server) handleDevice(c *gin.Context) error {
 	if err != nil {
 		return err
 	}
-	d.Actions = make([]wire.Action, len(acts))
+	d.Actions = make([]contract.Action, len(acts))
 	for i, a := range acts {
 		d.Actions[i] = a.Action
 	}
@@ -96,24 +96,24 @@ func (s *Server) handleDevice(c *gin.Context) error {
 // setAction gives one device an action, or cancels its open one ("none").
 // A new action switches the device's netboot back on, since it has to
 // netboot to run it.
-func (s *Server) setAction(ctx context.Context, macParam, typ, image string) (wire.Action, error) {
+func (s *Server) setAction(ctx context.Context, macParam, typ, image string) (contract.Action, error) {
 	d, err := s.device(ctx, macParam)
 	if err != nil {
-		return wire.Action{}, err
+		return contract.Action{}, err
 	}
 	switch typ {
-	case wire.ActionNone:
+	case contract.ActionNone:
 		a, err := s.Store.CancelAction(ctx, d.MAC)
 		if errors.Is(err, store.ErrNotFound) {
-			return wire.Action{}, httpErr(http.StatusConflict, "%s has no open action to cancel", d.MAC)
+			return contract.Action{}, httpErr(http.StatusConflict, "%s has no open action to cancel", d.MAC)
 		}
 		if err != nil {
-			return wire.Action{}, err
+			return contract.Action{}, err
 		}
-		s.emit(ctx, wire.Event{Kind: wire.EventActionSet, MAC: d.MAC, Message: a.Type + " cancelled",
+		s.emit(ctx, contract.Event{Kind: contract.EventActionSet, MAC: d.MAC, Message: a.Type + " cancelled",
 			Fields: map[string]any{"action_id": a.ID, "type": a.Type, "state": a.State}})
 		return a.Action, nil
-	case wire.ActionDeploy:
+	case contract.ActionDeploy:
 		if image == "" {
 			image = d.Image
 		}
@@ -121,38 +121,38 @@ func (s *Server) setAction(ctx context.Context, macParam, typ, image string) (wi
 			image = s.Images.DefaultName()
 		}
 		if image == "" {
-			return wire.Action{}, httpErr(http.StatusBadRequest, "no image for %s: name one, assign one to the device, or start the server with --image", d.MAC)
+			return contract.Action{}, httpErr(http.StatusBadRequest, "no image for %s: name one, assign one to the device, or start the server with --image", d.MAC)
 		}
 		if _, err := s.Images.Stat(ctx, image); err != nil {
-			return wire.Action{}, err
+			return contract.Action{}, err
 		}
-	case wire.ActionBackup:
+	case contract.ActionBackup:
 		image = ""
 	default:
-		return wire.Action{}, httpErr(http.StatusBadRequest, "unknown action %q: want deploy, backup or none", typ)
+		return contract.Action{}, httpErr(http.StatusBadRequest, "unknown action %q: want deploy, backup or none", typ)
 	}
 	a, cancelled, err := s.Store.SetAction(ctx, d.MAC, typ, image)
 	if err != nil {
-		return wire.Action{}, err
+		return contract.Action{}, err
 	}
 	if cancelled != nil {
-		s.emit(ctx, wire.Event{Kind: wire.EventActionSet, MAC: d.MAC, Message: cancelled.Type + " cancelled (replaced)",
+		s.emit(ctx, contract.Event{Kind: contract.EventActionSet, MAC: d.MAC, Message: cancelled.Type + " cancelled (replaced)",
 			Fields: map[string]any{"action_id": cancelled.ID, "type": cancelled.Type, "state": cancelled.State}})
 	}
-	s.emit(ctx, wire.Event{Kind: wire.EventActionSet, MAC: d.MAC, Message: typ + " requested",
+	s.emit(ctx, contract.Event{Kind: contract.EventActionSet, MAC: d.MAC, Message: typ + " requested",
 		Fields: map[string]any{"action_id": a.ID, "type": typ, "image": image, "state": a.State}})
 	if !d.Netboot {
 		if err := s.Store.SetDeviceNetboot(ctx, d.MAC, true); err != nil {
-			return wire.Action{}, err
+			return contract.Action{}, err
 		}
-		s.emit(ctx, wire.Event{Kind: wire.EventNetbootSet, MAC: d.MAC, Message: "netboot switched on for the new " + typ,
+		s.emit(ctx, contract.Event{Kind: contract.EventNetbootSet, MAC: d.MAC, Message: "netboot switched on for the new " + typ,
 			Fields: map[string]any{"enabled": true}})
 	}
 	return a.Action, nil
 }
 
 func (s *Server) handleSetAction(c *gin.Context) error {
-	var req wire.SetActionRequest
+	var req contract.SetActionRequest
 	if err := s.decodeJSON(c.Request, &req); err != nil {
 		return err
 	}
@@ -165,7 +165,7 @@ func (s *Server) handleSetAction(c *gin.Context) error {
 }
 
 func (s *Server) handleBulkAction(c *gin.Context) error {
-	var req wire.BulkActionRequest
+	var req contract.BulkActionRequest
 	if err := s.decodeJSON(c.Request, &req); err != nil {
 		return err
 	}
@@ -178,7 +178,7 @@ func (s *Server) handleBulkAction(c *gin.Context) error {
 			return err
 		}
 	}
-	out := []wire.Action{}
+	out := []contract.Action{}
 	var errs []string
 	for _, m := range req.MACs {
 		a, err := s.setAction(c.Request.Context(), m, req.Action, req.Image)
@@ -200,7 +200,7 @@ func (s *Server) handleBulkAction(c *gin.Context) error {
 }
 
 func (s *Server) handleSetDeviceImage(c *gin.Context) error {
-	var req wire.SetImageRequest
+	var req contract.SetImageRequest
 	if err := s.decodeJSON(c.Request, &req); err != nil {
 		return err
 	}
@@ -216,7 +216,7 @@ func (s *Server) handleSetDeviceImage(c *gin.Context) error {
 	if err := s.Store.SetDeviceImage(c.Request.Context(), d.MAC, req.Image); err != nil {
 		return err
 	}
-	s.emit(c.Request.Context(), wire.Event{Kind: "device.image", MAC: d.MAC, Message: "image assigned: " + orDefault(req.Image),
+	s.emit(c.Request.Context(), contract.Event{Kind: contract.EventDeviceImage, MAC: d.MAC, Message: "image assigned: " + orDefault(req.Image),
 		Fields: map[string]any{"image": req.Image}})
 	d, err = s.Store.Device(c.Request.Context(), d.MAC)
 	if err != nil {
@@ -234,7 +234,7 @@ func orDefault(s string) string {
 }
 
 func (s *Server) handleSetDeviceNetboot(c *gin.Context) error {
-	var req wire.NetbootSwitch
+	var req contract.NetbootSwitch
 	if err := s.decodeJSON(c.Request, &req); err != nil {
 		return err
 	}
@@ -246,9 +246,9 @@ func (s *Server) handleSetDeviceNetboot(c *gin.Context) error {
 	if err := s.Store.SetDeviceNetboot(c.Request.Context(), mac, req.Enabled); err != nil {
 		return err
 	}
-	s.emit(c.Request.Context(), wire.Event{Kind: wire.EventNetbootSet, MAC: mac, Message: "netboot " + onOff(req.Enabled) + " by the technician",
+	s.emit(c.Request.Context(), contract.Event{Kind: contract.EventNetbootSet, MAC: mac, Message: "netboot " + onOff(req.Enabled) + " by the technician",
 		Fields: map[string]any{"enabled": req.Enabled}})
-	writeJSON(c.Writer, http.StatusOK, wire.NetbootSwitch{MAC: mac, Enabled: req.Enabled})
+	writeJSON(c.Writer, http.StatusOK, contract.NetbootSwitch{MAC: mac, Enabled: req.Enabled})
 	return nil
 }
 
@@ -257,7 +257,7 @@ func (s *Server) handleGetDeviceNetboot(c *gin.Context) error {
 	if err != nil {
 		return err
 	}
-	writeJSON(c.Writer, http.StatusOK, wire.NetbootSwitch{MAC: d.MAC, Enabled: d.Netboot})
+	writeJSON(c.Writer, http.StatusOK, contract.NetbootSwitch{MAC: d.MAC, Enabled: d.Netboot})
 	return nil
 }
 
@@ -269,12 +269,12 @@ func onOff(b bool) string {
 }
 
 func (s *Server) handleGetNetboot(c *gin.Context) error {
-	writeJSON(c.Writer, http.StatusOK, wire.NetbootSwitch{Enabled: s.Store.GlobalNetboot()})
+	writeJSON(c.Writer, http.StatusOK, contract.NetbootSwitch{Enabled: s.Store.GlobalNetboot()})
 	return nil
 }
 
 func (s *Server) handleSetNetboot(c *gin.Context) error {
-	var req wire.NetbootSwitch
+	var req contract.NetbootSwitch
 	if err := s.decodeJSON(c.Request, &req); err != nil {
 		return err
 	}
@@ -284,9 +284,9 @@ func (s *Server) handleSetNetboot(c *gin.Context) error {
 	if err := s.Store.SetGlobalNetboot(c.Request.Context(), req.Enabled); err != nil {
 		return err
 	}
-	s.emit(c.Request.Context(), wire.Event{Kind: wire.EventNetbootSet, Message: "global netboot " + onOff(req.Enabled),
+	s.emit(c.Request.Context(), contract.Event{Kind: contract.EventNetbootSet, Message: "global netboot " + onOff(req.Enabled),
 		Fields: map[string]any{"enabled": req.Enabled, "global": true}})
-	writeJSON(c.Writer, http.StatusOK, wire.NetbootSwitch{Enabled: req.Enabled})
+	writeJSON(c.Writer, http.StatusOK, contract.NetbootSwitch{Enabled: req.Enabled})
 	return nil
 }
 
@@ -314,7 +314,7 @@ func (s *Server) handleAddImage(c *gin.Context) error {
 		}
 		return &HTTPError{Code: http.StatusBadRequest, Msg: "image upload failed: " + publicErr(err), Err: err}
 	}
-	s.emit(c.Request.Context(), wire.Event{Kind: wire.EventImageAdded, Message: fmt.Sprintf("image %s added (%d bytes raw)", im.Name, im.Size),
+	s.emit(c.Request.Context(), contract.Event{Kind: contract.EventImageAdded, Message: fmt.Sprintf("image %s added (%d bytes raw)", im.Name, im.Size),
 		Fields: map[string]any{"image": im.Name, "size": im.Size, "sha256": im.SHA256}})
 	writeJSON(c.Writer, http.StatusCreated, im)
 	return nil
@@ -334,7 +334,7 @@ func (s *Server) handleRemoveImage(c *gin.Context) error {
 	if err := s.Images.Remove(name); err != nil {
 		return err
 	}
-	s.emit(c.Request.Context(), wire.Event{Kind: wire.EventImageRemoved, Message: "image " + name + " removed", Fields: map[string]any{"image": name}})
+	s.emit(c.Request.Context(), contract.Event{Kind: contract.EventImageRemoved, Message: "image " + name + " removed", Fields: map[string]any{"image": name}})
 	writeJSON(c.Writer, http.StatusOK, map[string]string{"status": "removed", "image": name})
 	return nil
 }
@@ -344,7 +344,7 @@ func (s *Server) handleBackups(c *gin.Context) error {
 	if err != nil {
 		return err
 	}
-	out := make([]wire.Backup, len(bs))
+	out := make([]contract.Backup, len(bs))
 	for i, b := range bs {
 		out[i] = b.Backup
 	}
@@ -394,7 +394,7 @@ func (s *Server) handleDeleteBackup(c *gin.Context) error {
 	if err := s.Store.DeleteBackup(c.Request.Context(), b.ID); err != nil {
 		return err
 	}
-	s.emit(c.Request.Context(), wire.Event{Kind: "backup.removed", MAC: b.MAC, Message: "backup " + b.ID + " deleted", Fields: map[string]any{"backup_id": b.ID}})
+	s.emit(c.Request.Context(), contract.Event{Kind: contract.EventBackupRemoved, MAC: b.MAC, Message: "backup " + b.ID + " deleted", Fields: map[string]any{"backup_id": b.ID}})
 	writeJSON(c.Writer, http.StatusOK, map[string]string{"status": "deleted", "id": b.ID})
 	return nil
 }
@@ -427,7 +427,7 @@ func (s *Server) handleActions(c *gin.Context) error {
 	if err != nil {
 		return err
 	}
-	out := make([]wire.Action, len(acts))
+	out := make([]contract.Action, len(acts))
 	for i, a := range acts {
 		out[i] = a.Action
 	}
@@ -522,7 +522,7 @@ func (s *Server) handleSSE(c *gin.Context) error {
 	}
 }
 
-func writeSSE(w gin.ResponseWriter, ev wire.Event) {
+func writeSSE(w gin.ResponseWriter, ev contract.Event) {
 	b, _ := json.Marshal(ev)
 	fmt.Fprintf(w, "id: %d\nevent: %s\ndata: %s\n\n", ev.ID, ev.Kind, b)
 }

@@ -4,7 +4,7 @@
 //
 //	c, err := client.FromDataDir("/var/lib/cm4bench") // server.json + admin-token
 //	devs, err := c.Devices(ctx)
-//	a, err := c.SetAction(ctx, "dc:a6:32:01:02:03", wire.ActionDeploy, "")
+//	a, err := c.SetAction(ctx, "dc:a6:32:01:02:03", contract.ActionDeploy, "")
 package client
 
 import (
@@ -23,7 +23,7 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/cm4bench/cm4bench/api/wire"
+	"github.com/cm4bench/cm4bench/internal/contract"
 )
 
 // Client talks to one server.
@@ -50,26 +50,26 @@ func (e *Error) Error() string { return fmt.Sprintf("server answered %d: %s", e.
 // FromDataDir builds a client from a server's data dir: the URL from
 // server.json and the token from admin-token.
 func FromDataDir(dir string) (*Client, error) {
-	b, err := os.ReadFile(filepath.Join(dir, wire.FileServerInfo))
+	b, err := os.ReadFile(filepath.Join(dir, contract.FileServerInfo))
 	if errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("client: no %s in %s: is `cm4bench netboot serve --data %s` running? (or pass --server and --token)", wire.FileServerInfo, dir, dir)
+		return nil, fmt.Errorf("client: no %s in %s: is `cm4bench netboot serve --data %s` running? (or pass --server and --token)", contract.FileServerInfo, dir, dir)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("client: read server info: %w", err)
 	}
-	var si wire.ServerInfo
+	var si contract.ServerInfo
 	if err := json.Unmarshal(b, &si); err != nil || si.URL == "" {
-		return nil, fmt.Errorf("client: %s in %s is not valid server info", wire.FileServerInfo, dir)
+		return nil, fmt.Errorf("client: %s in %s is not valid server info", contract.FileServerInfo, dir)
 	}
 	if err := LocalURL(si.URL); err != nil {
 		return nil, fmt.Errorf("client: %s names %s: %w; the admin token is not sent there (name a server yourself with --server URL --token T)",
-			filepath.Join(dir, wire.FileServerInfo), si.URL, err)
+			filepath.Join(dir, contract.FileServerInfo), si.URL, err)
 	}
-	tok, err := os.ReadFile(filepath.Join(dir, wire.FileAdminToken))
+	tok, err := os.ReadFile(filepath.Join(dir, contract.FileAdminToken))
 	if err != nil {
-		return nil, fmt.Errorf("client: read admin token (are you allowed to read %s?): %w", filepath.Join(dir, wire.FileAdminToken), err)
+		return nil, fmt.Errorf("client: read admin token (are you allowed to read %s?): %w", filepath.Join(dir, contract.FileAdminToken), err)
 	}
-	return &Client{BaseURL: si.URL, Token: strings.TrimSpace(string(tok)), Source: filepath.Join(dir, wire.FileServerInfo)}, nil
+	return &Client{BaseURL: si.URL, Token: strings.TrimSpace(string(tok)), Source: filepath.Join(dir, contract.FileServerInfo)}, nil
 }
 
 // ErrNotLocal marks a server URL that is neither loopback nor an address
@@ -115,7 +115,7 @@ func (c *Client) RotateToken(ctx context.Context) (string, error) {
 	var out struct {
 		Token string `json:"token"`
 	}
-	if err := c.do(ctx, http.MethodPost, wire.PathRotate, nil, &out); err != nil {
+	if err := c.do(ctx, http.MethodPost, contract.PathRotate, nil, &out); err != nil {
 		return "", err
 	}
 	if len(out.Token) < 16 {
@@ -166,7 +166,7 @@ func (c *Client) send(ctx context.Context, method, path string, in any) (*http.R
 	if in != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
-	req.Header.Set(wire.HeaderToken, "Bearer "+c.Token)
+	req.Header.Set(contract.HeaderToken, "Bearer "+c.Token)
 	resp, err := c.http().Do(req)
 	if err != nil {
 		if ctx.Err() != nil {
@@ -185,7 +185,7 @@ func (c *Client) send(ctx context.Context, method, path string, in any) (*http.R
 	if resp.StatusCode/100 != 2 {
 		defer resp.Body.Close()
 		b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
-		var ae wire.APIError
+		var ae contract.APIError
 		msg := strings.TrimSpace(string(b))
 		if json.Unmarshal(b, &ae) == nil && ae.Error != "" {
 			msg = ae.Error
@@ -198,75 +198,75 @@ func (c *Client) send(ctx context.Context, method, path string, in any) (*http.R
 func esc(s string) string { return url.PathEscape(s) }
 
 // Status returns the server status.
-func (c *Client) Status(ctx context.Context) (wire.Status, error) {
-	var s wire.Status
+func (c *Client) Status(ctx context.Context) (contract.Status, error) {
+	var s contract.Status
 	return s, c.do(ctx, "GET", "/api/v1/status", nil, &s)
 }
 
 // Devices lists every device.
-func (c *Client) Devices(ctx context.Context) ([]wire.Device, error) {
-	var d []wire.Device
+func (c *Client) Devices(ctx context.Context) ([]contract.Device, error) {
+	var d []contract.Device
 	return d, c.do(ctx, "GET", "/api/v1/devices", nil, &d)
 }
 
 // Device returns one device with its recent actions.
-func (c *Client) Device(ctx context.Context, mac string) (wire.Device, error) {
-	var d wire.Device
+func (c *Client) Device(ctx context.Context, mac string) (contract.Device, error) {
+	var d contract.Device
 	return d, c.do(ctx, "GET", "/api/v1/devices/"+esc(mac), nil, &d)
 }
 
 // SetAction sets a device's action: deploy (image "" = assigned or
 // default), backup, or none (cancel).
-func (c *Client) SetAction(ctx context.Context, mac, action, image string) (wire.Action, error) {
-	var a wire.Action
-	return a, c.do(ctx, "POST", "/api/v1/devices/"+esc(mac)+"/action", wire.SetActionRequest{Action: action, Image: image}, &a)
+func (c *Client) SetAction(ctx context.Context, mac, action, image string) (contract.Action, error) {
+	var a contract.Action
+	return a, c.do(ctx, "POST", "/api/v1/devices/"+esc(mac)+"/action", contract.SetActionRequest{Action: action, Image: image}, &a)
 }
 
 // SetActions sets one action for several devices.
-func (c *Client) SetActions(ctx context.Context, macs []string, action, image string) ([]wire.Action, error) {
-	var a []wire.Action
-	return a, c.do(ctx, "POST", "/api/v1/actions", wire.BulkActionRequest{MACs: macs, Action: action, Image: image}, &a)
+func (c *Client) SetActions(ctx context.Context, macs []string, action, image string) ([]contract.Action, error) {
+	var a []contract.Action
+	return a, c.do(ctx, "POST", "/api/v1/actions", contract.BulkActionRequest{MACs: macs, Action: action, Image: image}, &a)
 }
 
 // SetDeviceImage assigns an image to a device ("" = default).
-func (c *Client) SetDeviceImage(ctx context.Context, mac, image string) (wire.Device, error) {
-	var d wire.Device
-	return d, c.do(ctx, "PUT", "/api/v1/devices/"+esc(mac)+"/image", wire.SetImageRequest{Image: image}, &d)
+func (c *Client) SetDeviceImage(ctx context.Context, mac, image string) (contract.Device, error) {
+	var d contract.Device
+	return d, c.do(ctx, "PUT", "/api/v1/devices/"+esc(mac)+"/image", contract.SetImageRequest{Image: image}, &d)
 }
 
 // Netboot returns the global switch.
 func (c *Client) Netboot(ctx context.Context) (bool, error) {
-	var n wire.NetbootSwitch
+	var n contract.NetbootSwitch
 	err := c.do(ctx, "GET", "/api/v1/netboot", nil, &n)
 	return n.Enabled, err
 }
 
 // SetNetboot sets the global switch.
 func (c *Client) SetNetboot(ctx context.Context, on bool) error {
-	return c.do(ctx, "PUT", "/api/v1/netboot", wire.NetbootSwitch{Enabled: on}, nil)
+	return c.do(ctx, "PUT", "/api/v1/netboot", contract.NetbootSwitch{Enabled: on}, nil)
 }
 
 // DeviceNetboot returns one MAC's switch.
-func (c *Client) DeviceNetboot(ctx context.Context, mac string) (wire.NetbootSwitch, error) {
-	var n wire.NetbootSwitch
+func (c *Client) DeviceNetboot(ctx context.Context, mac string) (contract.NetbootSwitch, error) {
+	var n contract.NetbootSwitch
 	return n, c.do(ctx, "GET", "/api/v1/devices/"+esc(mac)+"/netboot", nil, &n)
 }
 
 // SetDeviceNetboot sets one MAC's switch (the MAC need not be known yet).
-func (c *Client) SetDeviceNetboot(ctx context.Context, mac string, on bool) (wire.NetbootSwitch, error) {
-	var n wire.NetbootSwitch
-	return n, c.do(ctx, "PUT", "/api/v1/devices/"+esc(mac)+"/netboot", wire.NetbootSwitch{Enabled: on}, &n)
+func (c *Client) SetDeviceNetboot(ctx context.Context, mac string, on bool) (contract.NetbootSwitch, error) {
+	var n contract.NetbootSwitch
+	return n, c.do(ctx, "PUT", "/api/v1/devices/"+esc(mac)+"/netboot", contract.NetbootSwitch{Enabled: on}, &n)
 }
 
 // Images lists the images.
-func (c *Client) Images(ctx context.Context) ([]wire.Image, error) {
-	var im []wire.Image
+func (c *Client) Images(ctx context.Context) ([]contract.Image, error) {
+	var im []contract.Image
 	return im, c.do(ctx, "GET", "/api/v1/images", nil, &im)
 }
 
 // Backups lists stored backups, newest first.
-func (c *Client) Backups(ctx context.Context) ([]wire.Backup, error) {
-	var b []wire.Backup
+func (c *Client) Backups(ctx context.Context) ([]contract.Backup, error) {
+	var b []contract.Backup
 	return b, c.do(ctx, "GET", "/api/v1/backups", nil, &b)
 }
 
@@ -294,7 +294,7 @@ func (c *Client) DeleteBackup(ctx context.Context, id string) error {
 }
 
 // Actions lists the action history (mac "" = all), newest first.
-func (c *Client) Actions(ctx context.Context, mac string, limit int) ([]wire.Action, error) {
+func (c *Client) Actions(ctx context.Context, mac string, limit int) ([]contract.Action, error) {
 	q := url.Values{}
 	if mac != "" {
 		q.Set("mac", mac)
@@ -302,12 +302,12 @@ func (c *Client) Actions(ctx context.Context, mac string, limit int) ([]wire.Act
 	if limit > 0 {
 		q.Set("limit", strconv.Itoa(limit))
 	}
-	var a []wire.Action
+	var a []contract.Action
 	return a, c.do(ctx, "GET", "/api/v1/actions?"+q.Encode(), nil, &a)
 }
 
 // Events lists logged events after since (-1 = the newest limit).
-func (c *Client) Events(ctx context.Context, since int64, limit int) ([]wire.Event, error) {
-	var e []wire.Event
+func (c *Client) Events(ctx context.Context, since int64, limit int) ([]contract.Event, error) {
+	var e []contract.Event
 	return e, c.do(ctx, "GET", fmt.Sprintf("/api/v1/events?since=%d&limit=%d", since, limit), nil, &e)
 }

@@ -14,7 +14,7 @@ import (
 	"github.com/cm4bench/cm4bench/api/client"
 	"github.com/cm4bench/cm4bench/api/images"
 	"github.com/cm4bench/cm4bench/api/store"
-	"github.com/cm4bench/cm4bench/api/wire"
+	"github.com/cm4bench/cm4bench/internal/contract"
 )
 
 // TestClient talks to a real server found through its data dir.
@@ -41,7 +41,7 @@ func TestClient(t *testing.T) {
 	go func() { done <- srv.Serve(ctx, ln) }()
 	defer func() { cancel(); <-done; st.Close() }()
 
-	os.WriteFile(filepath.Join(dir, wire.FileServerInfo), []byte(`{"url": "not json`), 0o644)
+	os.WriteFile(filepath.Join(dir, contract.FileServerInfo), []byte(`{"url": "not json`), 0o644)
 	if _, err := client.FromDataDir(dir); err == nil {
 		t.Error("FromDataDir accepted a broken server.json")
 	}
@@ -49,7 +49,7 @@ func TestClient(t *testing.T) {
 	// once wrote its namespace address there) is refused before any request:
 	// the admin token never leaves the machine.
 	for _, u := range []string{"http://10.61.0.1:5000", "http://example.com:5000", "ftp://127.0.0.1/"} {
-		os.WriteFile(filepath.Join(dir, wire.FileServerInfo), []byte(`{"url":"`+u+`"}`), 0o644)
+		os.WriteFile(filepath.Join(dir, contract.FileServerInfo), []byte(`{"url":"`+u+`"}`), 0o644)
 		if _, err := client.FromDataDir(dir); err == nil || !strings.Contains(err.Error(), u) || !strings.Contains(err.Error(), "server.json") {
 			t.Errorf("server.json %s: %v, want a refusal naming the URL and the file", u, err)
 		}
@@ -64,13 +64,13 @@ func TestClient(t *testing.T) {
 	dead, _ := net.Listen("tcp", "127.0.0.1:0")
 	deadURL := "http://" + dead.Addr().String()
 	dead.Close()
-	os.WriteFile(filepath.Join(dir, wire.FileServerInfo), []byte(`{"url":"`+deadURL+`"}`), 0o644)
+	os.WriteFile(filepath.Join(dir, contract.FileServerInfo), []byte(`{"url":"`+deadURL+`"}`), 0o644)
 	if dc, err := client.FromDataDir(dir); err != nil {
 		t.Fatal(err)
 	} else if _, err := dc.Devices(ctx); err == nil || !strings.Contains(err.Error(), deadURL) || !strings.Contains(err.Error(), "server.json") {
 		t.Errorf("dead server: %v", err)
 	}
-	os.WriteFile(filepath.Join(dir, wire.FileServerInfo), []byte(`{"url":"http://`+ln.Addr().String()+`","pid":1,"started":"`+time.Now().Format(time.RFC3339)+`"}`), 0o644)
+	os.WriteFile(filepath.Join(dir, contract.FileServerInfo), []byte(`{"url":"http://`+ln.Addr().String()+`","pid":1,"started":"`+time.Now().Format(time.RFC3339)+`"}`), 0o644)
 	c, err := client.FromDataDir(dir)
 	if err != nil || c.Token != tok {
 		t.Fatalf("FromDataDir = %+v, %v", c, err)
@@ -89,7 +89,7 @@ func TestClient(t *testing.T) {
 	if err != nil || len(devs) != 1 {
 		t.Errorf("Devices = %+v, %v", devs, err)
 	}
-	_, err = c.SetAction(ctx, "dc:a6:32:01:02:03", wire.ActionDeploy, "")
+	_, err = c.SetAction(ctx, "dc:a6:32:01:02:03", contract.ActionDeploy, "")
 	var ae *client.Error
 	if !errors.As(err, &ae) || ae.Status != 400 || !strings.Contains(ae.Message, "no image") {
 		t.Errorf("deploy without any image = %v, want a 400 saying there is no image", err)

@@ -26,8 +26,8 @@ import (
 	"sync"
 	"time"
 
-	"github.com/cm4bench/cm4bench/api/wire"
 	"github.com/cm4bench/cm4bench/internal/atomicfile"
+	"github.com/cm4bench/cm4bench/internal/contract"
 	"github.com/klauspost/compress/gzip"
 	"github.com/klauspost/compress/zstd"
 	"github.com/ulikunitz/xz"
@@ -112,7 +112,7 @@ type HashCache interface {
 
 // Entry is an image with where it lives.
 type Entry struct {
-	wire.Image
+	contract.Image
 	Path string
 }
 
@@ -185,7 +185,7 @@ func (l *Library) Stat(ctx context.Context, name string) (Entry, error) {
 	if err != nil {
 		return Entry{}, err
 	}
-	e := Entry{Path: p, Image: wire.Image{Name: name, Format: format, CompressedSize: fi.Size(), Default: def, Modified: fi.ModTime().UTC()}}
+	e := Entry{Path: p, Image: contract.Image{Name: name, Format: format, CompressedSize: fi.Size(), Default: def, Modified: fi.ModTime().UTC()}}
 	if raw, sha, ok := l.cached(ctx, p, fi.Size(), fi.ModTime()); ok {
 		e.Size, e.SHA256 = raw, sha
 	}
@@ -298,8 +298,8 @@ func (l *Library) hash(e Entry, c *hashCall) {
 // List returns every image (default first, then the library by name)
 // without waiting for hashes; images still being hashed have an empty
 // SHA256.
-func (l *Library) List(ctx context.Context) ([]wire.Image, error) {
-	out := []wire.Image{}
+func (l *Library) List(ctx context.Context) ([]contract.Image, error) {
+	out := []contract.Image{}
 	if l.Default != "" {
 		e, err := l.Stat(ctx, l.DefaultName())
 		switch {
@@ -364,27 +364,27 @@ func (l *Library) Warm(ctx context.Context) {
 // Add stores an uploaded image under name, hashing it while it streams in.
 // The file appears only when complete and valid: a cut upload or a corrupt
 // compressed stream leaves nothing behind.
-func (l *Library) Add(ctx context.Context, name string, r io.Reader) (wire.Image, error) {
+func (l *Library) Add(ctx context.Context, name string, r io.Reader) (contract.Image, error) {
 	if err := CheckName(name); err != nil {
-		return wire.Image{}, err
+		return contract.Image{}, err
 	}
 	if name == l.DefaultName() {
-		return wire.Image{}, fmt.Errorf("images: %q: %w", name, ErrIsDefault)
+		return contract.Image{}, fmt.Errorf("images: %q: %w", name, ErrIsDefault)
 	}
 	if l.Dir == "" {
-		return wire.Image{}, errors.New("images: no library directory configured")
+		return contract.Image{}, errors.New("images: no library directory configured")
 	}
 	if err := os.MkdirAll(l.Dir, 0o750); err != nil {
-		return wire.Image{}, fmt.Errorf("images: create library dir: %w", err)
+		return contract.Image{}, fmt.Errorf("images: create library dir: %w", err)
 	}
 	dst := filepath.Join(l.Dir, name)
 	if _, err := os.Lstat(dst); err == nil {
-		return wire.Image{}, fmt.Errorf("images: %q: %w (delete it first)", name, ErrExists)
+		return contract.Image{}, fmt.Errorf("images: %q: %w (delete it first)", name, ErrExists)
 	}
 	format, _ := FormatOf(name)
 	f, err := atomicfile.Create(dst, 0o644)
 	if err != nil {
-		return wire.Image{}, fmt.Errorf("images: store %q: %w", name, err)
+		return contract.Image{}, fmt.Errorf("images: store %q: %w", name, err)
 	}
 	defer f.Abort()
 	// Decode the upload as it is written, so a stream that is not the
@@ -418,29 +418,29 @@ func (l *Library) Add(ctx context.Context, name string, r io.Reader) (wire.Image
 	d := <-done
 	switch {
 	case src.err != nil:
-		return wire.Image{}, fmt.Errorf("images: upload %q cut after %d bytes: %w", name, stored, src.err)
+		return contract.Image{}, fmt.Errorf("images: upload %q cut after %d bytes: %w", name, stored, src.err)
 	case sink.err != nil:
-		return wire.Image{}, fmt.Errorf("images: store %q after %d bytes: %w", name, stored, sink.err)
+		return contract.Image{}, fmt.Errorf("images: store %q after %d bytes: %w", name, stored, sink.err)
 	}
 	if d.err != nil {
-		return wire.Image{}, fmt.Errorf("images: upload %q is not a valid %s image: %w", name, format, d.err)
+		return contract.Image{}, fmt.Errorf("images: upload %q is not a valid %s image: %w", name, format, d.err)
 	}
 	// Two uploads of one name may race: the name is created exclusively, and
 	// the loser gets ErrExists (409) with nothing of it left.
 	if err := f.CommitNew(); errors.Is(err, fs.ErrExist) {
-		return wire.Image{}, fmt.Errorf("images: %q: %w (another upload of this name finished first)", name, ErrExists)
+		return contract.Image{}, fmt.Errorf("images: %q: %w (another upload of this name finished first)", name, ErrExists)
 	} else if err != nil {
-		return wire.Image{}, fmt.Errorf("images: store %q: %w", name, err)
+		return contract.Image{}, fmt.Errorf("images: store %q: %w", name, err)
 	}
 	fi, err := os.Stat(dst)
 	if err != nil {
-		return wire.Image{}, fmt.Errorf("images: stat %q: %w", name, err)
+		return contract.Image{}, fmt.Errorf("images: stat %q: %w", name, err)
 	}
 	l.remember(dst, fi.Size(), fi.ModTime(), d.n, d.sha)
 	if l.Cache != nil {
 		l.Cache.SaveImageHash(ctx, dst, fi.Size(), fi.ModTime(), d.n, d.sha)
 	}
-	return wire.Image{Name: name, Format: format, Size: d.n, CompressedSize: fi.Size(), SHA256: d.sha, Modified: fi.ModTime().UTC()}, nil
+	return contract.Image{Name: name, Format: format, Size: d.n, CompressedSize: fi.Size(), SHA256: d.sha, Modified: fi.ModTime().UTC()}, nil
 }
 
 // writeErr remembers the error of the writer it wraps.

@@ -11,7 +11,7 @@
 //	st, err := store.Open(ctx, filepath.Join(dataDir, "cm4bench.db"))
 //	if err != nil { return err }
 //	defer st.Close()
-//	ev, _ := st.Emit(ctx, wire.Event{Kind: "device.register", MAC: mac, Message: "registered"})
+//	ev, _ := st.Emit(ctx, contract.Event{Kind: "device.register", MAC: mac, Message: "registered"})
 //	ch, cancel := st.Subscribe(64) // live events, for SSE and metrics
 //	defer cancel()
 package store
@@ -27,11 +27,10 @@ import (
 	"net"
 	"os"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
-	"github.com/cm4bench/cm4bench/api/wire"
+	"github.com/cm4bench/cm4bench/internal/contract"
 	_ "modernc.org/sqlite" // database/sql driver "sqlite"
 )
 
@@ -57,14 +56,14 @@ type Store struct {
 	global  bool            // global netboot switch
 	perMAC  map[string]bool // explicit per-MAC switches; absent = on
 	subsMu  sync.Mutex
-	subs    map[int]chan wire.Event
+	subs    map[int]chan contract.Event
 	nextSub int
 }
 
 // Action is an action as stored, with the fields that never leave the
 // server: the per-action token and the IP of the device that polled it.
 type Action struct {
-	wire.Action
+	contract.Action
 	Token    string
 	PolledIP string
 	Served   bool // the whole image was streamed to a client reporting no progress
@@ -81,7 +80,7 @@ func Open(ctx context.Context, path string) (*Store, error) {
 	// One connection: SQLite has one writer anyway, and this rules out
 	// SQLITE_BUSY between our own goroutines.
 	db.SetMaxOpenConns(1)
-	s := &Store{db: db, now: time.Now, perMAC: map[string]bool{}, subs: map[int]chan wire.Event{}}
+	s := &Store{db: db, now: time.Now, perMAC: map[string]bool{}, subs: map[int]chan contract.Event{}}
 	if err := s.migrate(ctx); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("store: migrate %s: %w", path, err)
@@ -304,7 +303,7 @@ func (s *Store) SetGlobalNetboot(ctx context.Context, on bool) error {
 // seen before is recorded as a device, so a switch can be set before the
 // board first boots.
 func (s *Store) SetDeviceNetboot(ctx context.Context, mac string, on bool) error {
-	mac, err := NormalizeMAC(mac)
+	mac, err := contract.NormalizeMAC(mac)
 	if err != nil {
 		return err
 	}
@@ -323,23 +322,12 @@ func (s *Store) SetDeviceNetboot(ctx context.Context, mac string, on bool) error
 	return nil
 }
 
-// NormalizeMAC parses a MAC in any form net.ParseMAC accepts (and with
-// dashes) and returns it lower-case with colons. Only 6-byte MACs are
-// accepted.
-func NormalizeMAC(s string) (string, error) {
-	hw, err := net.ParseMAC(strings.TrimSpace(s))
-	if err != nil || len(hw) != 6 {
-		return "", fmt.Errorf("malformed MAC %q: want 6 bytes like b8:27:eb:12:34:56", s)
-	}
-	return hw.String(), nil
-}
-
 // ---- devices ----
 
 // Register records a device contact from register: it creates the device
 // if new and updates ip, facts and last_seen. It reports whether the device
 // is new.
-func (s *Store) Register(ctx context.Context, mac, ip string, facts *wire.Facts) (created bool, err error) {
+func (s *Store) Register(ctx context.Context, mac, ip string, facts *contract.Facts) (created bool, err error) {
 	now := s.now().UnixNano()
 	var fj, serial string
 	if facts != nil {
@@ -398,8 +386,8 @@ const actionColsA = `a.id, a.mac, a.type, a.image, a.state, a.phase, a.done, a.t
 
 type scanner interface{ Scan(...any) error }
 
-func (s *Store) scanDevice(r scanner) (wire.Device, error) {
-	var d wire.Device
+func (s *Store) scanDevice(r scanner) (contract.Device, error) {
+	var d contract.Device
 	var facts string
 	var first, last int64
 	var a nullAction
@@ -410,7 +398,7 @@ func (s *Store) scanDevice(r scanner) (wire.Device, error) {
 		return d, err
 	}
 	if facts != "" {
-		var f wire.Facts
+		var f contract.Facts
 		if json.Unmarshal([]byte(facts), &f) == nil {
 			d.Facts = &f
 		}
@@ -427,27 +415,27 @@ func (s *Store) scanDevice(r scanner) (wire.Device, error) {
 	return d, nil
 }
 
-func deviceState(d wire.Device, now time.Time) string {
+func deviceState(d contract.Device, now time.Time) string {
 	if d.Action != nil {
 		switch d.Action.State {
-		case wire.StatePending:
-			return wire.DevicePending
-		case wire.StateRunning:
-			return wire.DeviceRunning
-		case wire.StateDone:
-			return wire.DeviceDone
-		case wire.StateFailed:
-			return wire.DeviceFailed
+		case contract.StatePending:
+			return contract.DevicePending
+		case contract.StateRunning:
+			return contract.DeviceRunning
+		case contract.StateDone:
+			return contract.DeviceDone
+		case contract.StateFailed:
+			return contract.DeviceFailed
 		}
 	}
 	if d.LastSeen.IsZero() || now.Sub(d.LastSeen) > OfflineAfter {
-		return wire.DeviceOffline
+		return contract.DeviceOffline
 	}
-	return wire.DeviceIdle
+	return contract.DeviceIdle
 }
 
 // Device returns one device with its current or last action.
-func (s *Store) Device(ctx context.Context, mac string) (wire.Device, error) {
+func (s *Store) Device(ctx context.Context, mac string) (contract.Device, error) {
 	row := s.db.QueryRowContext(ctx, `SELECT `+deviceCols+` FROM devices d LEFT JOIN actions a ON a.id = d.last_action WHERE d.mac = ?`, mac)
 	d, err := s.scanDevice(row)
 	if errors.Is(err, sql.ErrNoRows) {
@@ -460,13 +448,13 @@ func (s *Store) Device(ctx context.Context, mac string) (wire.Device, error) {
 }
 
 // Devices lists every device, by MAC.
-func (s *Store) Devices(ctx context.Context) ([]wire.Device, error) {
+func (s *Store) Devices(ctx context.Context) ([]contract.Device, error) {
 	rows, err := s.db.QueryContext(ctx, `SELECT `+deviceCols+` FROM devices d LEFT JOIN actions a ON a.id = d.last_action ORDER BY d.mac`)
 	if err != nil {
 		return nil, fmt.Errorf("store: list devices: %w", err)
 	}
 	defer rows.Close()
-	out := []wire.Device{}
+	out := []contract.Device{}
 	for rows.Next() {
 		d, err := s.scanDevice(rows)
 		if err != nil {
@@ -542,13 +530,15 @@ func newToken() string {
 	return hex.EncodeToString(b[:])
 }
 
-func isOpen(state string) bool { return state == wire.StatePending || state == wire.StateRunning }
+func isOpen(state string) bool {
+	return state == contract.StatePending || state == contract.StateRunning
+}
 
 // SetAction gives a device a new pending action (deploy or backup) with a
 // fresh token. An open action of that device is cancelled first (its token
 // dies with it). It returns the new action and the cancelled one, if any.
 func (s *Store) SetAction(ctx context.Context, mac, typ, image string) (created Action, cancelled *Action, err error) {
-	if typ != wire.ActionDeploy && typ != wire.ActionBackup {
+	if typ != contract.ActionDeploy && typ != contract.ActionBackup {
 		return Action{}, nil, fmt.Errorf("store: unknown action %q", typ)
 	}
 	tx, err := s.db.BeginTx(ctx, nil)
@@ -562,7 +552,7 @@ func (s *Store) SetAction(ctx context.Context, mac, typ, image string) (created 
 	}
 	now := s.now().UnixNano()
 	res, err := tx.ExecContext(ctx, `INSERT INTO actions (mac, type, image, state, created, token) VALUES (?, ?, ?, ?, ?, ?)`,
-		mac, typ, image, wire.StatePending, now, newToken())
+		mac, typ, image, contract.StatePending, now, newToken())
 	if err != nil {
 		return Action{}, nil, fmt.Errorf("store: insert action: %w", err)
 	}
@@ -610,10 +600,10 @@ func (s *Store) cancelOpen(ctx context.Context, tx *sql.Tx, mac, why string) (*A
 		return nil, fmt.Errorf("store: find open action: %w", err)
 	}
 	now := s.now()
-	if _, err := tx.ExecContext(ctx, `UPDATE actions SET state = ?, error = ?, finished = ? WHERE id = ?`, wire.StateCancelled, why, now.UnixNano(), a.ID); err != nil {
+	if _, err := tx.ExecContext(ctx, `UPDATE actions SET state = ?, error = ?, finished = ? WHERE id = ?`, contract.StateCancelled, why, now.UnixNano(), a.ID); err != nil {
 		return nil, fmt.Errorf("store: cancel action %s: %w", a.ID, err)
 	}
-	a.State, a.Error, a.Finished = wire.StateCancelled, why, &now
+	a.State, a.Error, a.Finished = contract.StateCancelled, why, &now
 	return &a, nil
 }
 
@@ -741,9 +731,9 @@ func (s *Store) Finish(ctx context.Context, id string, r Result) (Action, error)
 	if !isOpen(a.State) {
 		return a, fmt.Errorf("store: action %s is already %s: %w", id, a.State, ErrConflict)
 	}
-	state := wire.StateFailed
+	state := contract.StateFailed
 	if r.OK {
-		state = wire.StateDone
+		state = contract.StateDone
 	}
 	now := s.now().UnixNano()
 	_, err = tx.ExecContext(ctx, `UPDATE actions SET state = ?, error = ?, finished = ?,
@@ -810,7 +800,7 @@ func (s *Store) Actions(ctx context.Context, mac string, limit int) ([]Action, e
 
 // Backup is a stored backup with its file name in the backups dir.
 type Backup struct {
-	wire.Backup
+	contract.Backup
 	File         string // base name under the backups dir
 	StoredSHA256 string
 }
@@ -955,7 +945,7 @@ func (s *Store) EventCount(ctx context.Context) (int64, error) {
 
 // Emit stamps an event with an ID (and the time, if unset), appends it to
 // the log and hands it to every subscriber.
-func (s *Store) Emit(ctx context.Context, ev wire.Event) (wire.Event, error) {
+func (s *Store) Emit(ctx context.Context, ev contract.Event) (contract.Event, error) {
 	if ev.Time.IsZero() {
 		ev.Time = s.now().UTC()
 	}
@@ -999,8 +989,8 @@ func (s *Store) Emit(ctx context.Context, ev wire.Event) (wire.Event, error) {
 // Subscribe returns a channel of every event emitted from now on, buffered
 // to buf. The channel is closed by cancel, by Close, or when the subscriber
 // falls more than buf events behind.
-func (s *Store) Subscribe(buf int) (<-chan wire.Event, func()) {
-	ch := make(chan wire.Event, buf)
+func (s *Store) Subscribe(buf int) (<-chan contract.Event, func()) {
+	ch := make(chan contract.Event, buf)
 	s.subsMu.Lock()
 	id := s.nextSub
 	s.nextSub++
@@ -1018,7 +1008,7 @@ func (s *Store) Subscribe(buf int) (<-chan wire.Event, func()) {
 
 // Events lists logged events with ID > since, oldest first, at most limit.
 // A negative since lists the newest limit events.
-func (s *Store) Events(ctx context.Context, since int64, limit int) ([]wire.Event, error) {
+func (s *Store) Events(ctx context.Context, since int64, limit int) ([]contract.Event, error) {
 	if limit <= 0 || limit > 10000 {
 		limit = 500
 	}
@@ -1033,9 +1023,9 @@ func (s *Store) Events(ctx context.Context, since int64, limit int) ([]wire.Even
 		return nil, fmt.Errorf("store: list events: %w", err)
 	}
 	defer rows.Close()
-	out := []wire.Event{}
+	out := []contract.Event{}
 	for rows.Next() {
-		var ev wire.Event
+		var ev contract.Event
 		var t int64
 		var fields string
 		if err := rows.Scan(&ev.ID, &t, &ev.Kind, &ev.Level, &ev.MAC, &ev.Serial, &ev.Message, &fields); err != nil {

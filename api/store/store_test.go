@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cm4bench/cm4bench/api/wire"
+	"github.com/cm4bench/cm4bench/internal/contract"
 )
 
 func openTemp(t *testing.T, path string) *Store {
@@ -31,27 +31,6 @@ func hw(t *testing.T, s string) net.HardwareAddr {
 	return m
 }
 
-func TestNormalizeMAC(t *testing.T) {
-	for _, tt := range []struct {
-		in, want string
-		ok       bool
-	}{
-		{"dc:a6:32:01:02:03", "dc:a6:32:01:02:03", true},
-		{"DC:A6:32:01:02:0A", "dc:a6:32:01:02:0a", true},
-		{"dc-a6-32-01-02-03", "dc:a6:32:01:02:03", true},
-		{" dc:a6:32:01:02:03 ", "dc:a6:32:01:02:03", true},
-		{"dc:a6:32:01:02", "", false},
-		{"zz:a6:32:01:02:03", "", false},
-		{"", "", false},
-		{"00:00:00:00:fe:80:00:00:00:00:00:00:02:00:5e:10:00:00:00:01", "", false},
-	} {
-		got, err := NormalizeMAC(tt.in)
-		if (err == nil) != tt.ok || got != tt.want {
-			t.Errorf("NormalizeMAC(%q) = %q, %v; want %q, ok=%v", tt.in, got, err, tt.want, tt.ok)
-		}
-	}
-}
-
 // TestPersistence is the restart test at store level: a pending action, the
 // switches, the history and the events survive closing and reopening.
 func TestPersistence(t *testing.T) {
@@ -60,11 +39,11 @@ func TestPersistence(t *testing.T) {
 	st := openTemp(t, path)
 	const a, b = "dc:a6:32:00:00:01", "dc:a6:32:00:00:02"
 	for _, m := range []string{a, b} {
-		if _, err := st.Register(ctx, m, "10.0.0.5", &wire.Facts{Serial: "1000abcd"}); err != nil {
+		if _, err := st.Register(ctx, m, "10.0.0.5", &contract.Facts{Serial: "1000abcd"}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	done, _, err := st.SetAction(ctx, a, wire.ActionDeploy, "golden.img")
+	done, _, err := st.SetAction(ctx, a, contract.ActionDeploy, "golden.img")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -74,14 +53,14 @@ func TestPersistence(t *testing.T) {
 	if _, err := st.Finish(ctx, done.ID, Result{OK: true, SHA256: "ab"}); err != nil {
 		t.Fatal(err)
 	}
-	pend, _, err := st.SetAction(ctx, b, wire.ActionBackup, "")
+	pend, _, err := st.SetAction(ctx, b, contract.ActionBackup, "")
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := st.SetGlobalNetboot(ctx, false); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := st.Emit(ctx, wire.Event{Kind: "test.one", Message: "hello"}); err != nil {
+	if _, err := st.Emit(ctx, contract.Event{Kind: "test.one", Message: "hello"}); err != nil {
 		t.Fatal(err)
 	}
 	st.Close()
@@ -106,11 +85,11 @@ func TestPersistence(t *testing.T) {
 	if err != nil {
 		t.Fatalf("pending action lost over restart: %v", err)
 	}
-	if got.ID != pend.ID || got.Token != pend.Token || got.State != wire.StatePending {
+	if got.ID != pend.ID || got.Token != pend.Token || got.State != contract.StatePending {
 		t.Errorf("open action = %+v, want id %s token %s pending", got, pend.ID, pend.Token)
 	}
 	hist, err := st2.Actions(ctx, a, 10)
-	if err != nil || len(hist) != 1 || hist[0].State != wire.StateDone || hist[0].SHA256 != "ab" {
+	if err != nil || len(hist) != 1 || hist[0].State != contract.StateDone || hist[0].SHA256 != "ab" {
 		t.Errorf("history of %s = %+v, %v", a, hist, err)
 	}
 	evs, err := st2.Events(ctx, 0, 10)
@@ -156,7 +135,7 @@ func TestPolicy(t *testing.T) {
 	if err := st.Touch(ctx, m, "1.2.3.4"); !errors.Is(err, ErrNotFound) {
 		t.Errorf("Touch of a never-registered device = %v, want ErrNotFound", err)
 	}
-	if d, err := st.Device(ctx, m); err != nil || d.State != wire.DeviceOffline || !d.Netboot {
+	if d, err := st.Device(ctx, m); err != nil || d.State != contract.DeviceOffline || !d.Netboot {
 		t.Errorf("switch-only device = %+v, %v; want offline with netboot on", d, err)
 	}
 }
@@ -167,18 +146,18 @@ func TestActionLifecycle(t *testing.T) {
 	const m = "dc:a6:32:00:00:03"
 	st.Register(ctx, m, "10.0.0.7", nil)
 
-	a1, _, err := st.SetAction(ctx, m, wire.ActionDeploy, "x.img")
+	a1, _, err := st.SetAction(ctx, m, contract.ActionDeploy, "x.img")
 	if err != nil {
 		t.Fatal(err)
 	}
-	a2, cancelled, err := st.SetAction(ctx, m, wire.ActionBackup, "")
+	a2, cancelled, err := st.SetAction(ctx, m, contract.ActionBackup, "")
 	if err != nil {
 		t.Fatal(err)
 	}
 	if cancelled == nil || cancelled.ID != a1.ID || a1.Token == a2.Token {
 		t.Fatalf("replacing an action: cancelled=%+v; tokens %s %s", cancelled, a1.Token, a2.Token)
 	}
-	if got, _ := st.ActionByID(ctx, a1.ID); got.State != wire.StateCancelled {
+	if got, _ := st.ActionByID(ctx, a1.ID); got.State != contract.StateCancelled {
 		t.Errorf("replaced action state = %s", got.State)
 	}
 	if _, _, err := st.SetAction(ctx, m, "format", ""); err == nil {
@@ -188,7 +167,7 @@ func TestActionLifecycle(t *testing.T) {
 		t.Fatal(err)
 	}
 	d, _ := st.Device(ctx, m)
-	if d.State != wire.DeviceRunning || d.Action.Done != 10 || d.Action.Phase != "read" {
+	if d.State != contract.DeviceRunning || d.Action.Done != 10 || d.Action.Phase != "read" {
 		t.Errorf("device during progress = %+v / %+v", d, d.Action)
 	}
 	if err := st.AppendLog(ctx, a2.ID, []string{"line 1", "line 2"}); err != nil {
@@ -210,7 +189,7 @@ func TestActionLifecycle(t *testing.T) {
 		t.Errorf("AddBackup on a closed action = %v, want ErrConflict", err)
 	}
 	d, _ = st.Device(ctx, m)
-	if d.State != wire.DeviceFailed || d.Action.Error != "eMMC read error" || len(d.Action.Log) != 2 {
+	if d.State != contract.DeviceFailed || d.Action.Error != "eMMC read error" || len(d.Action.Log) != 2 {
 		t.Errorf("device after failure = %+v / %+v", d, d.Action)
 	}
 	if _, err := st.CancelAction(ctx, m); !errors.Is(err, ErrNotFound) {
@@ -223,7 +202,7 @@ func TestSubscribe(t *testing.T) {
 	st := openTemp(t, filepath.Join(t.TempDir(), "bench.db"))
 	ch, cancel := st.Subscribe(4)
 	defer cancel()
-	ev, err := st.Emit(ctx, wire.Event{Kind: "action.progress", Fields: map[string]any{"done": 5}})
+	ev, err := st.Emit(ctx, contract.Event{Kind: "action.progress", Fields: map[string]any{"done": 5}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -237,7 +216,7 @@ func TestSubscribe(t *testing.T) {
 	}
 	// A subscriber that falls behind is cut off, not blocking Emit.
 	for i := 0; i < 10; i++ {
-		if _, err := st.Emit(ctx, wire.Event{Kind: "flood"}); err != nil {
+		if _, err := st.Emit(ctx, contract.Event{Kind: "flood"}); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -26,7 +26,7 @@ import (
 	"github.com/chromedp/chromedp"
 	"github.com/chromedp/chromedp/kb"
 
-	"github.com/cm4bench/cm4bench/api/wire"
+	"github.com/cm4bench/cm4bench/internal/contract"
 )
 
 // findChromium returns Debian's chromium. CI runs as root and installs it
@@ -213,7 +213,7 @@ type simDevice struct {
 	base   string
 	MAC    string
 	Serial string
-	poll   wire.PollResponse
+	poll   contract.PollResponse
 }
 
 func (d *simDevice) post(path string, v any) {
@@ -232,7 +232,7 @@ func (d *simDevice) post(path string, v any) {
 
 func (d *simDevice) register() {
 	d.t.Helper()
-	d.post(wire.PathRegister, wire.RegisterRequest{MAC: d.MAC, IP: "127.0.0.1", Facts: &wire.Facts{
+	d.post(contract.PathRegister, contract.RegisterRequest{MAC: d.MAC, IP: "127.0.0.1", Facts: &contract.Facts{
 		Serial: d.Serial, Revision: "c03141", Model: "Raspberry Pi Compute Module 4 Rev 1.1",
 		MACs: []string{d.MAC}, EMMCBytes: 31268536320, Bootloader: "2026-05-17", TempMilliC: 48300, Agent: "test",
 	}})
@@ -243,11 +243,11 @@ func (d *simDevice) pollUntil(want string) {
 	d.t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		res, err := http.Get(d.base + wire.PathPoll + "?mac=" + url.QueryEscape(d.MAC))
+		res, err := http.Get(d.base + contract.PathPoll + "?mac=" + url.QueryEscape(d.MAC))
 		if err != nil {
 			d.t.Fatalf("device %s: poll: %v", d.MAC, err)
 		}
-		var p wire.PollResponse
+		var p contract.PollResponse
 		err = json.NewDecoder(res.Body).Decode(&p)
 		res.Body.Close()
 		if err != nil {
@@ -266,13 +266,13 @@ func (d *simDevice) pollUntil(want string) {
 
 func (d *simDevice) progress(phase string, done, total int64, rate float64) {
 	d.t.Helper()
-	d.post(wire.PathProgress, wire.Progress{MAC: d.MAC, ActionID: d.poll.ActionID, Token: d.poll.Token,
+	d.post(contract.PathProgress, contract.Progress{MAC: d.MAC, ActionID: d.poll.ActionID, Token: d.poll.Token,
 		Phase: phase, Done: done, Total: total, Rate: rate})
 }
 
 func (d *simDevice) finish(status, msg string, n int64, sum string) {
 	d.t.Helper()
-	d.post(wire.PathActionDone, wire.ActionDone{MAC: d.MAC, Action: d.poll.Action, ActionID: d.poll.ActionID,
+	d.post(contract.PathActionDone, contract.ActionDone{MAC: d.MAC, Action: d.poll.Action, ActionID: d.poll.ActionID,
 		Token: d.poll.Token, Status: status, Error: msg, Bytes: n, SHA256: sum, Seconds: 1})
 }
 
@@ -323,7 +323,7 @@ func (d *simDevice) upload(data []byte) string {
 func techGET(t *testing.T, base, token, path string, v any) {
 	t.Helper()
 	req, _ := http.NewRequest(http.MethodGet, base+path, nil)
-	req.Header.Set(wire.HeaderToken, "Bearer "+token)
+	req.Header.Set(contract.HeaderToken, "Bearer "+token)
 	res, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatalf("GET %s: %v", path, err)
@@ -370,7 +370,7 @@ func TestDashboardInBrowser(t *testing.T) {
 	b.do(t, "type the right token", chromedp.Evaluate[chromedp.Void](`document.getElementById("token").value = ""`),
 		chromedp.SendKeys(chromedp.ID("token"), token+kb.Enter))
 	b.waitFor(t, "the dashboard", `!document.getElementById('app').hidden && document.getElementById('login').hidden`)
-	if c := b.text(t, `document.cookie`); strings.Contains(c, wire.CookieSession) {
+	if c := b.text(t, `document.cookie`); strings.Contains(c, contract.CookieSession) {
 		t.Errorf("session cookie is readable by scripts (not HttpOnly): %q", c)
 	}
 	b.waitFor(t, "the live stream", `document.getElementById('live').dataset.state === 'live'`)
@@ -397,9 +397,9 @@ func TestDashboardInBrowser(t *testing.T) {
 	b.waitFor(t, "the deploy confirmation", `document.getElementById('confirm').open && /overwrites everything on its eMMC/.test(document.getElementById('confirm-text').textContent)`)
 	b.do(t, "press Escape", chromedp.KeyEvent(kb.Escape))
 	b.waitFor(t, "the dialog to close", `!document.getElementById('confirm').open`)
-	var dev wire.Device
+	var dev contract.Device
 	techGET(t, base, token, "/api/v1/devices/"+url.PathEscape(idle.MAC), &dev)
-	if dev.State != wire.DeviceIdle || (dev.Action != nil && dev.Action.State == wire.StatePending) {
+	if dev.State != contract.DeviceIdle || (dev.Action != nil && dev.Action.State == contract.StatePending) {
 		t.Fatalf("refused deploy confirmation still queued something: state %q action %+v", dev.State, dev.Action)
 	}
 
@@ -415,7 +415,7 @@ func TestDashboardInBrowser(t *testing.T) {
 	deploy(fail)
 
 	// A picks it up and reports progress; the bar follows the stream.
-	a.pollUntil(wire.ActionDeploy)
+	a.pollUntil(contract.ActionDeploy)
 	n, sum := a.fetchImage()
 	total := int64(2_000_000_000)
 	if n > 0 {
@@ -441,12 +441,12 @@ func TestDashboardInBrowser(t *testing.T) {
 	}
 
 	// The second deploy fails during verify: the card says why in plain words.
-	fail.pollUntil(wire.ActionDeploy)
+	fail.pollUntil(contract.ActionDeploy)
 	fail.fetchImage()
 	fail.progress("verify", total/2, total, 80e6)
-	fail.post(wire.PathLog, wire.LogLines{MAC: fail.MAC, ActionID: fail.poll.ActionID, Token: fail.poll.Token,
+	fail.post(contract.PathLog, contract.LogLines{MAC: fail.MAC, ActionID: fail.poll.ActionID, Token: fail.poll.Token,
 		Lines: []string{"cm4agent: write done, 4194304 bytes", "cm4agent: verify: reading back /dev/mmcblk0"}})
-	fail.finish(wire.StatusFailed, "verify: sha256 mismatch at offset 1048576", 0, "")
+	fail.finish(contract.StatusFailed, "verify: sha256 mismatch at offset 1048576", 0, "")
 	b.waitFor(t, fail.MAC+" failed", card(fail.MAC)+`.dataset.state === 'failed' && !`+card(fail.MAC)+`.querySelector('[data-testid=device-error]').hidden`)
 	b.waitFor(t, "the Verify step failed", `(() => { const s = `+card(fail.MAC)+`.querySelector('[data-testid=device-steps] [aria-current=step]');
 		return s && s.dataset.step === 'verify' && s.className === 'failed'; })()`)
@@ -459,11 +459,11 @@ func TestDashboardInBrowser(t *testing.T) {
 	// A backup: click, the device uploads, the backups list shows it.
 	b.do(t, "click Backup on "+bak.MAC, chromedp.Click(chromedp.CSS(`button[aria-label="Backup `+bak.MAC+`"]`)))
 	b.waitFor(t, bak.MAC+" pending", card(bak.MAC)+`.dataset.state === 'pending'`)
-	bak.pollUntil(wire.ActionBackup)
+	bak.pollUntil(contract.ActionBackup)
 	data := bytes.Repeat([]byte("cm4bench backup test block\n"), 40000)
 	bsum := bak.upload(data)
 	bak.progress("upload", int64(len(data)), int64(len(data)), 25e6)
-	bak.finish(wire.StatusSuccess, "", int64(len(data)), bsum)
+	bak.finish(contract.StatusSuccess, "", int64(len(data)), bsum)
 	b.waitFor(t, bak.MAC+" done", card(bak.MAC)+`.dataset.state === 'done'`)
 	b.waitFor(t, "the backup row", `[...document.querySelectorAll('[data-testid=backup-row]')].some(r => r.textContent.includes('`+bak.MAC+`') && r.textContent.includes('`+bsum[:10]+`'))`)
 
@@ -471,7 +471,7 @@ func TestDashboardInBrowser(t *testing.T) {
 
 	// A finishes: the bar reaches 100 % and its netboot is switched off.
 	a.progress("verify", total, total, 41e6)
-	a.finish(wire.StatusSuccess, "", total, sum)
+	a.finish(contract.StatusSuccess, "", total, sum)
 	b.waitFor(t, a.MAC+" done", card(a.MAC)+`.dataset.state === 'done' && `+card(a.MAC)+`.querySelector('[role=progressbar]').getAttribute('aria-valuenow') === '100'`)
 	if got := b.text(t, `[...`+card(a.MAC)+`.querySelectorAll('[data-testid=device-steps] li')].map(l => l.dataset.step + ':' + l.className).join(' ')`); got != "queued:done write:done verify:done done:done" {
 		t.Errorf("%s: steps at the end %q, want every step done", a.MAC, got)
@@ -502,7 +502,7 @@ func TestDashboardInBrowser(t *testing.T) {
 func techDo(t *testing.T, base, token, method, path string, body io.Reader, v any) {
 	t.Helper()
 	req, _ := http.NewRequest(method, base+path, body)
-	req.Header.Set(wire.HeaderToken, "Bearer "+token)
+	req.Header.Set(contract.HeaderToken, "Bearer "+token)
 	if body != nil && method != http.MethodPost || strings.Contains(path, "/action") {
 		req.Header.Set("Content-Type", "application/json")
 	}
@@ -547,7 +547,7 @@ func TestDashboardControlsInBrowser(t *testing.T) {
 
 	// A rival DHCP server, reported the way the DHCP server reports it: an event in the store.
 	bn.setRivals("192.168.7.1 (52:54:00:12:34:56)")
-	if _, err := bn.Store.Emit(context.Background(), wire.Event{Time: time.Now(), Kind: wire.EventDHCPRival, Level: "warn",
+	if _, err := bn.Store.Emit(context.Background(), contract.Event{Time: time.Now(), Kind: contract.EventDHCPRival, Level: "warn",
 		Message: "another DHCP server, 192.168.7.1 (52:54:00:12:34:56), answered a DISCOVER"}); err != nil {
 		t.Fatal(err)
 	}
@@ -559,7 +559,7 @@ func TestDashboardControlsInBrowser(t *testing.T) {
 	b.waitFor(t, "the confirmation", `document.getElementById('confirm').open`)
 	b.do(t, "confirm", chromedp.Click(chromedp.CSS(`[data-testid=confirm-ok]`)))
 	b.waitFor(t, "the switch off", `document.getElementById('netboot-switch').getAttribute('aria-checked') === 'false' && document.getElementById('netboot-state').textContent === 'Off'`)
-	var sw wire.NetbootSwitch
+	var sw contract.NetbootSwitch
 	techDo(t, base, token, http.MethodGet, "/api/v1/netboot", nil, &sw)
 	if sw.Enabled {
 		t.Fatal("global netboot still on after switching it off in the dashboard")
@@ -588,7 +588,7 @@ func TestDashboardControlsInBrowser(t *testing.T) {
 	}
 	second := bytes.Repeat([]byte{0x5a}, 1<<20)
 	upload("second.img", second)
-	var imgs []wire.Image
+	var imgs []contract.Image
 	techDo(t, base, token, http.MethodGet, "/api/v1/images", nil, &imgs)
 	found := false
 	for _, im := range imgs {
@@ -608,7 +608,7 @@ func TestDashboardControlsInBrowser(t *testing.T) {
 	b.do(t, "pick second.img", chromedp.Evaluate[chromedp.Void](`(() => { const s = `+sel+`; s.focus(); s.value = 'second.img'; s.dispatchEvent(new Event('change')); })()`))
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		var dev wire.Device
+		var dev contract.Device
 		techDo(t, base, token, http.MethodGet, "/api/v1/devices/"+url.PathEscape(d.MAC), nil, &dev)
 		if dev.Image == "second.img" {
 			break
@@ -622,24 +622,24 @@ func TestDashboardControlsInBrowser(t *testing.T) {
 	b.waitFor(t, "a confirmation naming second.img", `document.getElementById('confirm').open && document.getElementById('confirm-text').textContent.includes('second.img')`)
 	b.do(t, "confirm", chromedp.Click(chromedp.CSS(`[data-testid=confirm-ok]`)))
 	b.waitFor(t, "pending", card(d.MAC)+`.dataset.state === 'pending' && !`+card(d.MAC)+`.querySelector('[data-testid=cancel]').hidden`)
-	var dev wire.Device
+	var dev contract.Device
 	techDo(t, base, token, http.MethodGet, "/api/v1/devices/"+url.PathEscape(d.MAC), nil, &dev)
-	if dev.Action == nil || dev.Action.Image != "second.img" || dev.Action.State != wire.StatePending {
+	if dev.Action == nil || dev.Action.Image != "second.img" || dev.Action.State != contract.StatePending {
 		t.Fatalf("after Deploy: action %+v, want a pending deploy of second.img", dev.Action)
 	}
 	b.do(t, "click Cancel", chromedp.Click(chromedp.CSS(`button[aria-label="Cancel action on `+d.MAC+`"]`)))
 	b.waitFor(t, "the cancel to land", card(d.MAC)+`.dataset.state !== 'pending' && `+card(d.MAC)+`.querySelector('[data-testid=cancel]').hidden`)
 	techDo(t, base, token, http.MethodGet, "/api/v1/devices/"+url.PathEscape(d.MAC), nil, &dev)
-	if dev.Action == nil || dev.Action.State != wire.StateCancelled {
+	if dev.Action == nil || dev.Action.State != contract.StateCancelled {
 		t.Fatalf("after Cancel: action %+v, want cancelled", dev.Action)
 	}
 
 	// A backup: listed, downloadable with the session cookie (bytes hashed in the page), deletable.
 	techDo(t, base, token, http.MethodPost, "/api/v1/devices/"+url.PathEscape(d.MAC)+"/action", strings.NewReader(`{"action":"backup"}`), nil)
-	d.pollUntil(wire.ActionBackup)
+	d.pollUntil(contract.ActionBackup)
 	data := bytes.Repeat([]byte("0123456789abcdef"), 1<<16)
 	sum := d.upload(data)
-	d.finish(wire.StatusSuccess, "", int64(len(data)), sum)
+	d.finish(contract.StatusSuccess, "", int64(len(data)), sum)
 	row := `[...document.querySelectorAll('[data-testid=backup-row]')].find(r => r.textContent.includes('` + d.MAC + `'))`
 	b.waitFor(t, "the backup row", row)
 	got := b.text(t, `(async () => {
@@ -656,7 +656,7 @@ func TestDashboardControlsInBrowser(t *testing.T) {
 	b.waitFor(t, "the delete confirmation", `document.getElementById('confirm').open`)
 	b.do(t, "confirm", chromedp.Click(chromedp.CSS(`[data-testid=confirm-ok]`)))
 	b.waitFor(t, "the row to go", `!(`+row+`) && !document.querySelector('[data-testid=no-backups]').hidden`)
-	var backups []wire.Backup
+	var backups []contract.Backup
 	techDo(t, base, token, http.MethodGet, "/api/v1/backups", nil, &backups)
 	if len(backups) != 0 {
 		t.Fatalf("backups after delete: %+v, want none", backups)
@@ -691,7 +691,7 @@ func TestDashboardControlsInBrowser(t *testing.T) {
 	for _, m := range []string{e.MAC, f.MAC} {
 		b.waitFor(t, m+" pending", card(m)+`.dataset.state === 'pending'`)
 		techDo(t, base, token, http.MethodGet, "/api/v1/devices/"+url.PathEscape(m), nil, &dev)
-		if dev.Action == nil || dev.Action.Type != wire.ActionDeploy || dev.Action.State != wire.StatePending {
+		if dev.Action == nil || dev.Action.Type != contract.ActionDeploy || dev.Action.State != contract.StatePending {
 			t.Fatalf("%s after Deploy all: action %+v, want a pending deploy", m, dev.Action)
 		}
 	}
@@ -722,7 +722,7 @@ func TestDashboardReconnectsInBrowser(t *testing.T) {
 	bn.restart(t, func() {
 		b.waitFor(t, "the page to notice", `document.getElementById('live').dataset.state === 'reconnecting'`)
 		// Recorded while no stream is open: only a replay can bring it to the page.
-		if _, err := bn.Store.Emit(context.Background(), wire.Event{Time: time.Now(), Kind: wire.EventDHCPRival, Level: "warn",
+		if _, err := bn.Store.Emit(context.Background(), contract.Event{Time: time.Now(), Kind: contract.EventDHCPRival, Level: "warn",
 			Message: "another DHCP server, 192.168.9.9, answered while the dashboard was away"}); err != nil {
 			t.Fatal(err)
 		}
@@ -736,7 +736,7 @@ func TestDashboardReconnectsInBrowser(t *testing.T) {
 	b.waitFor(t, "a card registered after the restart", card(d2.MAC))
 	// An event of a kind the page has no listener for leaves a gap in the
 	// ids; the page fills it from the history, so the log misses nothing.
-	if _, err := bn.Store.Emit(context.Background(), wire.Event{Time: time.Now(), Kind: "tftp.someday", Message: "a kind added later"}); err != nil {
+	if _, err := bn.Store.Emit(context.Background(), contract.Event{Time: time.Now(), Kind: "tftp.someday", Message: "a kind added later"}); err != nil {
 		t.Fatal(err)
 	}
 	d3 := &simDevice{t: t, base: bn.URL, MAC: "dc:a6:32:0c:00:03", Serial: "3000000c"}

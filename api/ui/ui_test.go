@@ -1,15 +1,18 @@
 package ui_test
 
 import (
+	"encoding/json"
 	"io"
 	"io/fs"
 	"net/http"
 	"net/http/httptest"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 
 	"github.com/cm4bench/cm4bench/api/ui"
+	"github.com/cm4bench/cm4bench/internal/contract"
 )
 
 func TestHandlerServesAssets(t *testing.T) {
@@ -162,5 +165,36 @@ func TestNoExternalURLsDetector(t *testing.T) {
 		if m := absURL.FindString(ok); m != "" {
 			t.Errorf("false positive %q in %q", m, ok)
 		}
+	}
+}
+
+// TestKindsScript: the page's list of event kinds comes from the server,
+// and it is every declared kind.
+func TestKindsScript(t *testing.T) {
+	srv := httptest.NewServer(ui.Handler())
+	defer srv.Close()
+	resp, err := http.Get(srv.URL + "/ui/kinds.js")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 || !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/javascript") {
+		t.Fatalf("GET /ui/kinds.js: %d %s", resp.StatusCode, resp.Header.Get("Content-Type"))
+	}
+	m := regexp.MustCompile(`window\.CM4BENCH_KINDS = Object\.freeze\((\[.*\])\);`).FindSubmatch(body)
+	if m == nil {
+		t.Fatalf("kinds.js does not set window.CM4BENCH_KINDS:\n%s", body)
+	}
+	var got []string
+	if err := json.Unmarshal(m[1], &got); err != nil {
+		t.Fatal(err)
+	}
+	if want := contract.Kinds(); !slices.Equal(got, want) {
+		t.Errorf("kinds.js lists %q, contract declares %q", got, want)
+	}
+	page, _ := fs.ReadFile(ui.FS(), "index.html")
+	if i, j := strings.Index(string(page), "ui/kinds.js"), strings.Index(string(page), "ui/app.js"); i < 0 || i > j {
+		t.Errorf("index.html must load ui/kinds.js before ui/app.js")
 	}
 }

@@ -24,7 +24,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/cm4bench/cm4bench/api/wire"
+	"github.com/cm4bench/cm4bench/internal/contract"
 	"github.com/cm4bench/cm4bench/netboot/agent"
 	"github.com/cm4bench/cm4bench/netboot/agent/facts"
 	"github.com/cm4bench/cm4bench/netboot/agent/pid1"
@@ -118,7 +118,7 @@ Flags:
 		MAC:          hw.String(),
 		Target:       o.target,
 		AllowFile:    !o.blockOnly,
-		Facts:        func() *wire.Facts { return fr.Read() },
+		Facts:        func() *contract.Facts { return fr.Read() },
 		Log:          slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lvl})).With("mac", hw.String()),
 		Once:         o.once,
 		PollInterval: o.pollInterval,
@@ -197,12 +197,12 @@ func runPID1() {
 		break
 	}
 	cmdline, _ := os.ReadFile("/proc/cmdline")
-	cfg, err := pid1.LoadConfig(pid1.ConfigPath, string(cmdline))
+	cfg, err := pid1.LoadConfig(contract.AgentConfigPath, string(cmdline))
 	if err != nil {
 		fmt.Fprintf(con, "cm4agent: %v (using defaults)\n", err)
 	}
 	fmt.Fprintf(con, "cm4agent %s: PID 1, target %s, server %q\n", version, cfg.Target, cfg.Server)
-	if err := pid1.LoadModules(pid1.ModulesDir, cfg.Modules, log); err != nil {
+	if err := pid1.LoadModules(contract.AgentModulesDir, cfg.Modules, log); err != nil {
 		fmt.Fprintf(con, "cm4agent: %v (going on: the driver may be built in)\n", err)
 	}
 	ctx := context.Background()
@@ -242,7 +242,7 @@ func runPID1() {
 		IP:           lease.IP.String(),
 		Target:       cfg.Target,
 		RefuseSD:     !cfg.TargetExplicit,
-		Facts:        func() *wire.Facts { return fr.Read() },
+		Facts:        func() *contract.Facts { return fr.Read() },
 		Log:          log,
 		Console:      con,
 		PollInterval: time.Duration(cfg.PollSeconds * float64(time.Second)),

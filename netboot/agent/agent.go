@@ -24,7 +24,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/cm4bench/cm4bench/api/wire"
+	"github.com/cm4bench/cm4bench/internal/contract"
 	"github.com/cm4bench/cm4bench/netboot/agent/blockdev"
 )
 
@@ -51,7 +51,7 @@ type Agent struct {
 	// Sys is the sysfs root for the RefuseSD check ("" = /sys).
 	Sys string
 	// Facts returns the board facts sent at register; nil = none.
-	Facts func() *wire.Facts
+	Facts func() *contract.Facts
 	// HTTP is the client for every request; nil = a client with sane
 	// connect and header timeouts and no overall timeout.
 	HTTP *http.Client
@@ -85,13 +85,13 @@ type Agent struct {
 
 const tailLines = 40
 
-// UserAgent marks requests as the agent's (wire.AgentUserAgent), so the
+// UserAgent marks requests as the agent's (contract.AgentUserAgent), so the
 // server leaves progress reporting to the agent.
 func UserAgent(version string) string {
 	if version == "" {
 		version = "dev"
 	}
-	return wire.AgentUserAgent + "/" + version
+	return contract.AgentUserAgent + "/" + version
 }
 
 // Run registers and then polls until ctx ends (or, with Once, until the
@@ -145,7 +145,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			continue
 		}
 		switch pr.Action {
-		case wire.ActionDeploy, wire.ActionBackup:
+		case contract.ActionDeploy, contract.ActionBackup:
 			err := a.runAction(ctx, pr)
 			if ctx.Err() != nil {
 				return ctx.Err()
@@ -153,14 +153,14 @@ func (a *Agent) Run(ctx context.Context) error {
 			if a.Once {
 				return err
 			}
-			if err == nil && pr.Action == wire.ActionDeploy && a.Reboot != nil {
+			if err == nil && pr.Action == contract.ActionDeploy && a.Reboot != nil {
 				a.say("deploy verified; rebooting")
 				if rerr := a.Reboot(); rerr != nil {
 					a.say("reboot failed: %v", rerr)
 				}
 			}
 			continue // poll again at once: the next action may be queued
-		case wire.ActionNone, "":
+		case contract.ActionNone, "":
 		default:
 			a.say("server asked for unknown action %q; ignoring", pr.Action)
 		}
@@ -247,7 +247,7 @@ func (a *Agent) postJSON(ctx context.Context, path string, v, out any) error {
 
 func readStatusError(resp *http.Response) error {
 	b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-	var ae wire.APIError
+	var ae contract.APIError
 	msg := strings.TrimSpace(string(b))
 	if json.Unmarshal(b, &ae) == nil && ae.Error != "" {
 		msg = ae.Error
@@ -256,28 +256,28 @@ func readStatusError(resp *http.Response) error {
 }
 
 func (a *Agent) register(ctx context.Context) (time.Duration, error) {
-	req := wire.RegisterRequest{MAC: a.MAC, IP: a.IP}
+	req := contract.RegisterRequest{MAC: a.MAC, IP: a.IP}
 	if a.Facts != nil {
 		req.Facts = a.Facts()
 	}
 	if req.Facts == nil {
-		req.Facts = &wire.Facts{}
+		req.Facts = &contract.Facts{}
 	}
 	req.Facts.Agent = a.Version
 	if req.Facts.Agent == "" {
 		req.Facts.Agent = "dev"
 	}
-	var resp wire.RegisterResponse
-	if err := a.postJSON(ctx, wire.PathRegister, req, &resp); err != nil {
+	var resp contract.RegisterResponse
+	if err := a.postJSON(ctx, contract.PathRegister, req, &resp); err != nil {
 		return 0, fmt.Errorf("agent: register: %w", err)
 	}
 	return time.Duration(resp.PollInterval * float64(time.Second)), nil
 }
 
-func (a *Agent) poll(ctx context.Context) (*wire.PollResponse, error) {
+func (a *Agent) poll(ctx context.Context) (*contract.PollResponse, error) {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, a.url(wire.PathPoll)+"?mac="+url.QueryEscape(a.MAC), nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, a.url(contract.PathPoll)+"?mac="+url.QueryEscape(a.MAC), nil)
 	if err != nil {
 		return nil, err
 	}
@@ -290,7 +290,7 @@ func (a *Agent) poll(ctx context.Context) (*wire.PollResponse, error) {
 	if resp.StatusCode != http.StatusOK {
 		return nil, fmt.Errorf("agent: poll: %w", readStatusError(resp))
 	}
-	var pr wire.PollResponse
+	var pr contract.PollResponse
 	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&pr); err != nil {
 		return nil, fmt.Errorf("agent: poll: decode: %w", err)
 	}
@@ -299,13 +299,13 @@ func (a *Agent) poll(ctx context.Context) (*wire.PollResponse, error) {
 
 // runAction runs one deploy or backup and reports it; the error is the
 // action's failure (already reported).
-func (a *Agent) runAction(ctx context.Context, pr *wire.PollResponse) error {
+func (a *Agent) runAction(ctx context.Context, pr *contract.PollResponse) error {
 	meter := &Meter{}
 	stop := a.reportProgress(ctx, pr, meter)
-	done := wire.ActionDone{MAC: a.MAC, Action: pr.Action, ActionID: pr.ActionID, Token: pr.Token}
+	done := contract.ActionDone{MAC: a.MAC, Action: pr.Action, ActionID: pr.ActionID, Token: pr.Token}
 	var err error
 	switch pr.Action {
-	case wire.ActionDeploy:
+	case contract.ActionDeploy:
 		a.say("deploy %s to %s", imageName(pr), a.Target)
 		var res *DeployResult
 		res, err = a.deploy(ctx, pr, meter)
@@ -321,7 +321,7 @@ func (a *Agent) runAction(ctx context.Context, pr *wire.PollResponse) error {
 			a.say("deploy done: %d bytes (%s, %d on the wire), %d written, %d zero bytes skipped, sha256 %s verified on read-back (%s)",
 				res.Bytes, res.Format, res.WireBytes, res.Written, res.Zeroed, res.SHA256, map[bool]string{true: "O_DIRECT", false: "cache dropped"}[res.Direct])
 		}
-	case wire.ActionBackup:
+	case contract.ActionBackup:
 		a.say("backup %s", a.Target)
 		var res *BackupResult
 		res, err = a.backup(ctx, pr, meter)
@@ -336,17 +336,17 @@ func (a *Agent) runAction(ctx context.Context, pr *wire.PollResponse) error {
 	}
 	stop()
 	if err != nil {
-		done.Status = wire.StatusFailed
+		done.Status = contract.StatusFailed
 		done.Error = err.Error()
 		a.say("%s FAILED: %v", pr.Action, err)
 		a.sendLog(ctx, pr)
 	} else {
-		done.Status = wire.StatusSuccess
+		done.Status = contract.StatusSuccess
 	}
 	// The result must reach the server: retry a few times.
 	var rerr error
 	for i := range 5 {
-		if rerr = a.postJSON(ctx, wire.PathActionDone, done, nil); rerr == nil {
+		if rerr = a.postJSON(ctx, contract.PathActionDone, done, nil); rerr == nil {
 			break
 		}
 		var se *statusError
@@ -368,22 +368,22 @@ func (a *Agent) runAction(ctx context.Context, pr *wire.PollResponse) error {
 	return err
 }
 
-func imageName(pr *wire.PollResponse) string {
+func imageName(pr *contract.PollResponse) string {
 	if pr.Image != nil && pr.Image.Name != "" {
 		return pr.Image.Name
 	}
 	return "image"
 }
 
-func (a *Agent) sendLog(ctx context.Context, pr *wire.PollResponse) {
-	ll := wire.LogLines{MAC: a.MAC, ActionID: pr.ActionID, Token: pr.Token, Lines: a.logTail()}
-	if err := a.postJSON(ctx, wire.PathLog, ll, nil); err != nil && a.Log != nil {
+func (a *Agent) sendLog(ctx context.Context, pr *contract.PollResponse) {
+	ll := contract.LogLines{MAC: a.MAC, ActionID: pr.ActionID, Token: pr.Token, Lines: a.logTail()}
+	if err := a.postJSON(ctx, contract.PathLog, ll, nil); err != nil && a.Log != nil {
 		a.Log.Warn("send log tail", "err", err)
 	}
 }
 
 // reportProgress posts the meter every ProgressInterval until stop is called.
-func (a *Agent) reportProgress(ctx context.Context, pr *wire.PollResponse, m *Meter) (stop func()) {
+func (a *Agent) reportProgress(ctx context.Context, pr *contract.PollResponse, m *Meter) (stop func()) {
 	iv := a.ProgressInterval
 	if iv <= 0 {
 		iv = time.Second
@@ -412,8 +412,8 @@ func (a *Agent) reportProgress(ctx context.Context, pr *wire.PollResponse, m *Me
 					rate = float64(done-lastDone) / now.Sub(last).Seconds()
 				}
 				lastDone, lastPhase, last = done, phase, now
-				p := wire.Progress{MAC: a.MAC, ActionID: pr.ActionID, Token: pr.Token, Phase: phase, Done: done, Total: total, Rate: rate}
-				if err := a.postJSON(ctx, wire.PathProgress, p, nil); err != nil && a.Log != nil && ctx.Err() == nil {
+				p := contract.Progress{MAC: a.MAC, ActionID: pr.ActionID, Token: pr.Token, Phase: phase, Done: done, Total: total, Rate: rate}
+				if err := a.postJSON(ctx, contract.PathProgress, p, nil); err != nil && a.Log != nil && ctx.Err() == nil {
 					a.Log.Debug("progress report", "err", err)
 				}
 				if a.Console != nil {
@@ -453,7 +453,7 @@ func (a *Agent) checkTarget() error {
 		a.Target, strings.TrimSpace(string(cid)), ErrSDCard, a.Target)
 }
 
-func (a *Agent) deploy(ctx context.Context, pr *wire.PollResponse, meter *Meter) (*DeployResult, error) {
+func (a *Agent) deploy(ctx context.Context, pr *contract.PollResponse, meter *Meter) (*DeployResult, error) {
 	if pr.URL == "" {
 		return nil, errors.New("deploy: the server sent no image URL")
 	}
@@ -479,10 +479,10 @@ func (a *Agent) deploy(ctx context.Context, pr *wire.PollResponse, meter *Meter)
 	}
 	defer src.Close()
 	if opts.Size == 0 {
-		opts.Size = headerInt(src, wire.HeaderImageSize)
+		opts.Size = headerInt(src, contract.HeaderImageSize)
 	}
 	if opts.SHA256 == "" {
-		opts.SHA256 = strings.ToLower(src.header(wire.HeaderImageSHA256))
+		opts.SHA256 = strings.ToLower(src.header(contract.HeaderImageSHA256))
 	}
 	if opts.Size > dev.Size() {
 		return nil, fmt.Errorf("deploy: image is %d bytes, %s %s has %d: %w", opts.Size, dev.Kind(), a.Target, dev.Size(), ErrTooSmall)
@@ -499,7 +499,7 @@ func (a *Agent) deploy(ctx context.Context, pr *wire.PollResponse, meter *Meter)
 	return res, err
 }
 
-func (a *Agent) backup(ctx context.Context, pr *wire.PollResponse, meter *Meter) (*BackupResult, error) {
+func (a *Agent) backup(ctx context.Context, pr *contract.PollResponse, meter *Meter) (*BackupResult, error) {
 	if pr.UploadURL == "" {
 		return nil, errors.New("backup: the server sent no upload URL")
 	}
@@ -518,9 +518,9 @@ func (a *Agent) backup(ctx context.Context, pr *wire.PollResponse, meter *Meter)
 			return err
 		}
 		// The raw hash goes in a trailer: it is known only at the end.
-		req.Trailer = http.Header{wire.HeaderRawSHA256: nil}
+		req.Trailer = http.Header{contract.HeaderRawSHA256: nil}
 		req.Body = io.NopCloser(&trailerBody{r: body, done: func() {
-			req.Trailer.Set(wire.HeaderRawSHA256, rawSHA256())
+			req.Trailer.Set(contract.HeaderRawSHA256, rawSHA256())
 		}})
 		req.ContentLength = -1
 		req.Header.Set("Content-Type", "application/zstd")

@@ -15,7 +15,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cm4bench/cm4bench/api/wire"
+	"github.com/cm4bench/cm4bench/internal/contract"
 	"github.com/cm4bench/cm4bench/internal/syncbuf"
 	"github.com/cm4bench/cm4bench/netboot/agent"
 	"github.com/cm4bench/cm4bench/netboot/agent/agenttest"
@@ -68,7 +68,7 @@ func runAgent(t *testing.T, server, mac, target string, prep func(*agent.Agent))
 	var con console
 	a := &agent.Agent{Server: server, MAC: mac, Target: target, AllowFile: true, Once: true, Console: &con,
 		PollInterval: 100 * time.Millisecond, ProgressInterval: 100 * time.Millisecond, Stall: 5 * time.Second,
-		Facts: func() *wire.Facts { return &wire.Facts{Serial: "abcdef12", Model: "test"} }}
+		Facts: func() *contract.Facts { return &contract.Facts{Serial: "abcdef12", Model: "test"} }}
 	if prep != nil {
 		prep(a)
 	}
@@ -80,7 +80,7 @@ func runAgent(t *testing.T, server, mac, target string, prep func(*agent.Agent))
 
 // deployOnce runs an agent, waits for it to register, asks for a deploy of
 // image (a backup if image is "") and returns the finished action.
-func deployOnce(t *testing.T, b *agenttest.Bench, server, mac, target, image string, prep func(*agent.Agent)) (wire.Action, error, string) {
+func deployOnce(t *testing.T, b *agenttest.Bench, server, mac, target, image string, prep func(*agent.Agent)) (contract.Action, error, string) {
 	t.Helper()
 	errc := make(chan error, 1)
 	outc := make(chan string, 1)
@@ -91,11 +91,11 @@ func deployOnce(t *testing.T, b *agenttest.Bench, server, mac, target, image str
 		outc <- out
 	}()
 	b.WaitRegistered(t, mac, 30*time.Second)
-	var act wire.Action
+	var act contract.Action
 	if image == "" {
-		act = b.SetAction(t, mac, wire.ActionBackup, "")
+		act = b.SetAction(t, mac, contract.ActionBackup, "")
 	} else {
-		act = b.SetAction(t, mac, wire.ActionDeploy, image)
+		act = b.SetAction(t, mac, contract.ActionDeploy, image)
 	}
 	err := <-errc
 	out := <-outc
@@ -125,7 +125,7 @@ func TestAgentDeployThroughServer(t *testing.T) {
 			if err != nil {
 				t.Fatalf("agent: %v\n%s", err, out)
 			}
-			if act.State != wire.StateDone || act.SHA256 != hexsum(raw) || act.Bytes != int64(len(raw)) {
+			if act.State != contract.StateDone || act.SHA256 != hexsum(raw) || act.Bytes != int64(len(raw)) {
 				t.Fatalf("server shows action %+v", act)
 			}
 			got, _ := os.ReadFile(target)
@@ -154,7 +154,7 @@ func TestAgentDeployResumesAfterCut(t *testing.T) {
 	if p.Cuts() != 0 {
 		t.Fatalf("the proxy cut %d connections, want 2", 2-p.Cuts())
 	}
-	if act.State != wire.StateDone || act.SHA256 != hexsum(raw) {
+	if act.State != contract.StateDone || act.SHA256 != hexsum(raw) {
 		t.Fatalf("server shows %+v", act)
 	}
 	if !strings.Contains(out, "resumed 2 time(s) with a Range request") {
@@ -189,7 +189,7 @@ func TestAgentWrongHashFails(t *testing.T) {
 	if !errors.Is(err, agent.ErrHashMismatch) {
 		t.Fatalf("agent err = %v, want a hash mismatch\n%s", err, out)
 	}
-	if act.State != wire.StateFailed || !strings.Contains(act.Error, "sha256") {
+	if act.State != contract.StateFailed || !strings.Contains(act.Error, "sha256") {
 		t.Fatalf("server shows %+v, want failed with a sha256 error", act)
 	}
 	if !strings.Contains(strings.Join(act.Log, "\n"), "deploy FAILED") {
@@ -214,7 +214,7 @@ func TestAgentRefusesSmallTarget(t *testing.T) {
 	if !errors.Is(err, agent.ErrTooSmall) {
 		t.Fatalf("agent err = %v, want ErrTooSmall\n%s", err, out)
 	}
-	if act.State != wire.StateFailed || !strings.Contains(act.Error, "smaller than image") {
+	if act.State != contract.StateFailed || !strings.Contains(act.Error, "smaller than image") {
 		t.Fatalf("server shows %+v", act)
 	}
 	if got := b.Device(t, mac); !got.Netboot {
@@ -255,7 +255,7 @@ func TestAgentRefusesSDCardTarget(t *testing.T) {
 				}
 				return
 			}
-			if !errors.Is(err, agent.ErrSDCard) || act.State != wire.StateFailed || !strings.Contains(act.Error, "cm4bench.target=") ||
+			if !errors.Is(err, agent.ErrSDCard) || act.State != contract.StateFailed || !strings.Contains(act.Error, "cm4bench.target=") ||
 				!strings.Contains(act.Error, "035344534333") {
 				t.Fatalf("err %v, action %+v\n%s", err, act, out)
 			}
@@ -271,7 +271,7 @@ func TestAgentRefusesRegularFileInBlockMode(t *testing.T) {
 	b.AddImage(t, "g.img", bytes.NewReader(image(1<<20, 0, 14)))
 	target := disk(t, 4<<20)
 	act, err, out := deployOnce(t, b, b.URL, "dc:a6:32:00:04:01", target, "g.img", func(a *agent.Agent) { a.AllowFile = false })
-	if err == nil || act.State != wire.StateFailed || !strings.Contains(act.Error, "not a block device") {
+	if err == nil || act.State != contract.StateFailed || !strings.Contains(act.Error, "not a block device") {
 		t.Fatalf("err %v, action %+v\n%s", err, act, out)
 	}
 }
@@ -286,10 +286,10 @@ func TestAgentBackupThroughServer(t *testing.T) {
 	if err != nil {
 		t.Fatalf("agent: %v\n%s", err, out)
 	}
-	if act.State != wire.StateDone || act.SHA256 != hexsum(content) || act.Bytes != int64(len(content)) {
+	if act.State != contract.StateDone || act.SHA256 != hexsum(content) || act.Bytes != int64(len(content)) {
 		t.Fatalf("server shows %+v", act)
 	}
-	var found *wire.Backup
+	var found *contract.Backup
 	for _, bk := range b.Backups(t) {
 		if bk.MAC == mac {
 			found = &bk
@@ -333,12 +333,12 @@ func TestAgentKeepsPolling(t *testing.T) {
 	}()
 	b.WaitRegistered(t, mac, 30*time.Second)
 
-	act := b.SetAction(t, mac, wire.ActionDeploy, "big.img")
-	if got := b.WaitAction(t, mac, act.ID, 30*time.Second); got.State != wire.StateFailed {
+	act := b.SetAction(t, mac, contract.ActionDeploy, "big.img")
+	if got := b.WaitAction(t, mac, act.ID, 30*time.Second); got.State != contract.StateFailed {
 		t.Fatalf("too-big deploy: %+v", got)
 	}
-	act = b.SetAction(t, mac, wire.ActionDeploy, "small.img")
-	if got := b.WaitAction(t, mac, act.ID, 30*time.Second); got.State != wire.StateDone {
+	act = b.SetAction(t, mac, contract.ActionDeploy, "small.img")
+	if got := b.WaitAction(t, mac, act.ID, 30*time.Second); got.State != contract.StateDone {
 		t.Fatalf("deploy after a failure: %+v\n%s", got, con.String())
 	}
 	select {
@@ -346,10 +346,10 @@ func TestAgentKeepsPolling(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("no reboot after a verified deploy")
 	}
-	act = b.SetAction(t, mac, wire.ActionBackup, "")
+	act = b.SetAction(t, mac, contract.ActionBackup, "")
 	got := b.WaitAction(t, mac, act.ID, 30*time.Second)
 	content, _ := os.ReadFile(target)
-	if got.State != wire.StateDone || got.SHA256 != hexsum(content) {
+	if got.State != contract.StateDone || got.SHA256 != hexsum(content) {
 		t.Fatalf("backup after a deploy: %+v", got)
 	}
 	if len(reboots) != 0 {
@@ -371,7 +371,7 @@ func TestAgentResumeZstdLive(t *testing.T) {
 	if err != nil {
 		t.Fatalf("agent: %v\n%s", err, out)
 	}
-	if p.Cuts() != 0 || act.State != wire.StateDone || act.SHA256 != hexsum(raw) {
+	if p.Cuts() != 0 || act.State != contract.StateDone || act.SHA256 != hexsum(raw) {
 		t.Fatalf("cuts left %d, action %+v\n%s", p.Cuts(), act, out)
 	}
 	if !strings.Contains(out, "resumed 1 time(s)") {

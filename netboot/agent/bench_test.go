@@ -19,7 +19,7 @@ import (
 
 	"github.com/klauspost/compress/zstd"
 
-	"github.com/cm4bench/cm4bench/api/wire"
+	"github.com/cm4bench/cm4bench/internal/contract"
 	"github.com/cm4bench/cm4bench/netboot/agent"
 	"github.com/cm4bench/cm4bench/netboot/agent/agenttest"
 	"github.com/cm4bench/cm4bench/netboot/agent/blockdev"
@@ -77,21 +77,21 @@ func imageFile(tb testing.TB, path string, size int64, zeroPct int, seed uint64)
 
 // device plays the device side of the API by hand: register, and poll for
 // the URL of the action just set.
-func poll(tb testing.TB, b *agenttest.Bench, action, image string) wire.PollResponse {
+func poll(tb testing.TB, b *agenttest.Bench, action, image string) contract.PollResponse {
 	tb.Helper()
-	body, _ := json.Marshal(wire.RegisterRequest{MAC: benchMAC, IP: "127.0.0.1"})
-	resp, err := http.Post(b.URL+wire.PathRegister, "application/json", bytes.NewReader(body))
+	body, _ := json.Marshal(contract.RegisterRequest{MAC: benchMAC, IP: "127.0.0.1"})
+	resp, err := http.Post(b.URL+contract.PathRegister, "application/json", bytes.NewReader(body))
 	if err != nil {
 		tb.Fatal(err)
 	}
 	resp.Body.Close()
 	b.SetAction(tb, benchMAC, action, image)
-	resp, err = http.Get(b.URL + wire.PathPoll + "?mac=" + benchMAC)
+	resp, err = http.Get(b.URL + contract.PathPoll + "?mac=" + benchMAC)
 	if err != nil {
 		tb.Fatal(err)
 	}
 	defer resp.Body.Close()
-	var pr wire.PollResponse
+	var pr contract.PollResponse
 	if err := json.NewDecoder(resp.Body).Decode(&pr); err != nil || pr.Action != action {
 		tb.Fatalf("poll: %+v, %v", pr, err)
 	}
@@ -157,7 +157,7 @@ func BenchmarkDeployVsCurlDD(b *testing.B) {
 	} {
 		r := row{name: tc.name, agentS: 1e9, peerS: 1e9, fsyncS: 1e9}
 		peer := func(fsync bool) float64 {
-			pr := poll(b, bench, wire.ActionDeploy, tc.image)
+			pr := poll(b, bench, contract.ActionDeploy, tc.image)
 			disk := sparseFile(b, work, size)
 			defer os.Remove(disk)
 			conv := ""
@@ -180,7 +180,7 @@ func BenchmarkDeployVsCurlDD(b *testing.B) {
 		b.Run(tc.sub, func(b *testing.B) {
 			for b.Loop() {
 				for range reps {
-					pr := poll(b, bench, wire.ActionDeploy, tc.image)
+					pr := poll(b, bench, contract.ActionDeploy, tc.image)
 					disk := sparseFile(b, work, size)
 					dev, err := blockdev.Open(disk, true, true)
 					if err != nil {
@@ -241,7 +241,7 @@ func BenchmarkBackupVsDDCurl(b *testing.B) {
 
 func backupOnce(b *testing.B, bench *agenttest.Bench, disk string, bestAgent, bestPeer float64) (agentS, peerS float64, sent int64) {
 	{
-		pr := poll(b, bench, wire.ActionBackup, "")
+		pr := poll(b, bench, contract.ActionBackup, "")
 		dev, err := blockdev.Open(disk, false, true)
 		if err != nil {
 			b.Fatal(err)
@@ -268,7 +268,7 @@ func backupOnce(b *testing.B, bench *agenttest.Bench, disk string, bestAgent, be
 		}
 		sent = res.CompressedBytes
 
-		pr = poll(b, bench, wire.ActionBackup, "")
+		pr = poll(b, bench, contract.ActionBackup, "")
 		cmd := exec.Command("sh", "-c", `dd if="$2" bs=4M status=none | curl -sS --fail -T - "$1" >/dev/null`, "sh", pr.UploadURL, disk)
 		start = time.Now()
 		if out, err := cmd.CombinedOutput(); err != nil {
@@ -307,13 +307,13 @@ func BenchmarkAgentPeakRSS(b *testing.B) {
 			b.Fatal(err)
 		}
 		bench.WaitRegistered(b, benchMAC, 30*time.Second)
-		act := bench.SetAction(b, benchMAC, wire.ActionDeploy, "big.img.zst")
+		act := bench.SetAction(b, benchMAC, contract.ActionDeploy, "big.img.zst")
 		start := time.Now()
 		if err := cmd.Wait(); err != nil {
 			b.Fatalf("cm4agent: %v\n%s", err, out.String())
 		}
 		secs = time.Since(start).Seconds()
-		if a := bench.WaitAction(b, benchMAC, act.ID, time.Minute); a.State != wire.StateDone {
+		if a := bench.WaitAction(b, benchMAC, act.ID, time.Minute); a.State != contract.StateDone {
 			b.Fatalf("action %+v", a)
 		}
 		m := regexp.MustCompile(`VmHWM\) (\d+) kB`).FindStringSubmatch(out.String())

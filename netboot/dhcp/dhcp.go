@@ -12,7 +12,7 @@
 //		LeaseFile: filepath.Join(data, "leases.json"),
 //		Policy:    store,                  // NetbootEnabled(mac) per packet
 //		Logger:    logger,                 // nil = silent
-//		Events:    func(e wire.Event) {},  // dhcp.offer, dhcp.ack, dhcp.rival, ...
+//		Events:    func(e contract.Event) {},  // dhcp.offer, dhcp.ack, dhcp.rival, ...
 //	}
 //	if rival, err := dhcp.DetectRival(ctx, "eth1", 3*time.Second); err != nil { ... }
 //	err := srv.Serve(ctx) // refuses to start when another DHCP server answers
@@ -34,7 +34,7 @@
 // addresses come from the network's own DHCP server and REQUESTs are left
 // to it. Rival detection is off in proxy mode.
 //
-// Events (wire.Event.Kind): "dhcp.offer", "dhcp.ack", "dhcp.nak",
+// Events (contract.Event.Kind): "dhcp.offer", "dhcp.ack", "dhcp.nak",
 // "dhcp.release", "dhcp.decline", "dhcp.rival" (level warn), "dhcp.error".
 // Fields: ip, xid, pi (recognition reason or ""), netboot (menu sent),
 // serial (from option 97), server_id/rival_mac for rivals.
@@ -53,7 +53,7 @@ import (
 	"github.com/insomniacslk/dhcp/dhcpv4"
 	"github.com/insomniacslk/dhcp/dhcpv4/server4"
 
-	"github.com/cm4bench/cm4bench/api/wire"
+	"github.com/cm4bench/cm4bench/internal/contract"
 )
 
 // Policy answers whether a MAC may netboot now (the global switch AND the
@@ -125,7 +125,7 @@ type Server struct {
 	Logger *slog.Logger
 	// Events receives one event per decision; nil drops them. It is called
 	// synchronously from the packet path, so it must not block.
-	Events func(wire.Event)
+	Events func(contract.Event)
 	// Now is the clock (default time.Now).
 	Now func() time.Time
 	// Ready, if set, is called once Serve listens (after the rival probe).
@@ -185,7 +185,7 @@ func (s *Server) emit(kind, level, mac, serial, msg string, fields map[string]an
 	if s.Events == nil {
 		return
 	}
-	s.Events(wire.Event{Time: s.now(), Kind: kind, Level: level, MAC: mac, Serial: serial, Message: msg, Fields: fields})
+	s.Events(contract.Event{Time: s.now(), Kind: kind, Level: level, MAC: mac, Serial: serial, Message: msg, Fields: fields})
 }
 
 // setup resolves defaults and loads the lease file. Called by Serve, and
@@ -412,7 +412,7 @@ func (s *Server) handle(conn net.PacketConn, peer net.Addr, b []byte) {
 	resp, err := s.ReplyFrom(req, from)
 	if err != nil {
 		s.log().Warn("dhcp: request dropped", "mac", req.ClientHWAddr.String(), "type", req.MessageType(), "err", err)
-		s.emit("dhcp.error", "warn", req.ClientHWAddr.String(), "", err.Error(), nil)
+		s.emit(contract.EventDHCPError, contract.LevelWarn, req.ClientHWAddr.String(), "", err.Error(), nil)
 		return
 	}
 	if resp == nil {
@@ -421,7 +421,7 @@ func (s *Server) handle(conn net.PacketConn, peer net.Addr, b []byte) {
 	dst := replyAddr(req, resp, peer)
 	if _, err := conn.WriteTo(resp.ToBytes(), dst); err != nil {
 		s.log().Error("dhcp: send reply", "mac", req.ClientHWAddr.String(), "to", dst, "err", err)
-		s.emit("dhcp.error", "error", req.ClientHWAddr.String(), "", fmt.Sprintf("send %s: %v", resp.MessageType(), err), nil)
+		s.emit(contract.EventDHCPError, contract.LevelError, req.ClientHWAddr.String(), "", fmt.Sprintf("send %s: %v", resp.MessageType(), err), nil)
 	}
 }
 
@@ -453,7 +453,7 @@ func (s *Server) saver(ctx context.Context) {
 		}
 		if err := s.SaveLeases(); err != nil {
 			s.log().Error("dhcp: save leases", "err", err)
-			s.emit("dhcp.error", "error", "", "", err.Error(), nil)
+			s.emit(contract.EventDHCPError, contract.LevelError, "", "", err.Error(), nil)
 		}
 	}
 }

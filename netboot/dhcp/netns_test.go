@@ -17,7 +17,7 @@ import (
 	"github.com/insomniacslk/dhcp/dhcpv4/nclient4"
 	"github.com/insomniacslk/dhcp/iana"
 
-	"github.com/cm4bench/cm4bench/api/wire"
+	"github.com/cm4bench/cm4bench/internal/contract"
 	"github.com/cm4bench/cm4bench/netboot/dhcp"
 	"github.com/cm4bench/cm4bench/netboot/nettest"
 )
@@ -52,14 +52,14 @@ func (p *switchPolicy) disable(mac net.HardwareAddr) {
 // eventLog records events for assertions.
 type eventLog struct {
 	mu  sync.Mutex
-	evs []wire.Event
+	evs []contract.Event
 }
 
-func (l *eventLog) add(e wire.Event) { l.mu.Lock(); l.evs = append(l.evs, e); l.mu.Unlock() }
-func (l *eventLog) kinds(kind string) []wire.Event {
+func (l *eventLog) add(e contract.Event) { l.mu.Lock(); l.evs = append(l.evs, e); l.mu.Unlock() }
+func (l *eventLog) kinds(kind string) []contract.Event {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	var out []wire.Event
+	var out []contract.Event
 	for _, e := range l.evs {
 		if e.Kind == kind {
 			out = append(out, e)

@@ -10,6 +10,7 @@ import (
 
 	"github.com/insomniacslk/dhcp/dhcpv4"
 
+	"github.com/cm4bench/cm4bench/internal/contract"
 	"github.com/cm4bench/cm4bench/internal/tokenbucket"
 )
 
@@ -69,7 +70,7 @@ func (s *Server) ReplyFrom(req *dhcpv4.DHCPv4, from netip.Addr) (*dhcpv4.DHCPv4,
 		}
 		s.pool.release(mac, s.now())
 		s.leasesChanged()
-		s.emit("dhcp.release", "info", mac.String(), "", "released "+req.ClientIPAddr.String(), map[string]any{"ip": req.ClientIPAddr.String()})
+		s.emit(contract.EventDHCPRelease, "info", mac.String(), "", "released "+req.ClientIPAddr.String(), map[string]any{"ip": req.ClientIPAddr.String()})
 		return nil, nil
 	case dhcpv4.MessageTypeDecline:
 		if sid := req.ServerIdentifier(); sid != nil && !sid.Equal(s.Addr.Addr().AsSlice()) {
@@ -82,7 +83,7 @@ func (s *Server) ReplyFrom(req *dhcpv4.DHCPv4, from netip.Addr) (*dhcpv4.DHCPv4,
 		if ok {
 			s.pool.decline(mac, ip, s.now())
 			s.leasesChanged()
-			s.emit("dhcp.decline", "warn", mac.String(), "", "client says "+ip.String()+" is in use by another host", map[string]any{"ip": ip.String()})
+			s.emit(contract.EventDHCPDecline, "warn", mac.String(), "", "client says "+ip.String()+" is in use by another host", map[string]any{"ip": ip.String()})
 		}
 		return nil, nil
 	case dhcpv4.MessageTypeInform:
@@ -112,7 +113,7 @@ func (s *Server) replyDiscover(req *dhcpv4.DHCPv4, reason string) (*dhcpv4.DHCPv
 	want, _ := netip.AddrFromSlice(req.RequestedIPAddress().To4())
 	l, err := s.pool.offer(mac, want, s.now(), offerHold)
 	if err != nil {
-		s.emit("dhcp.error", "error", mac.String(), "", err.Error(), nil)
+		s.emit(contract.EventDHCPError, "error", mac.String(), "", err.Error(), nil)
 		return nil, err
 	}
 	if reason != ReasonNone {
@@ -129,7 +130,7 @@ func (s *Server) replyDiscover(req *dhcpv4.DHCPv4, reason string) (*dhcpv4.DHCPv
 	s.count(func(st *Stats) { st.Offers++ })
 	serial := SerialFromGUID(req)
 	s.log().Debug("dhcp: offer", "mac", mac.String(), "ip", l.IP, "pi", reason, "netboot", menu)
-	s.emit("dhcp.offer", "info", mac.String(), serial, fmt.Sprintf("offered %s", l.IP), map[string]any{
+	s.emit(contract.EventDHCPOffer, "info", mac.String(), serial, fmt.Sprintf("offered %s", l.IP), map[string]any{
 		"ip": l.IP.String(), "xid": req.TransactionID.String(), "pi": reason, "netboot": menu,
 	})
 	return resp, nil
@@ -173,7 +174,7 @@ func (s *Server) replyRequest(req *dhcpv4.DHCPv4, reason string) (*dhcpv4.DHCPv4
 	}
 	s.count(func(st *Stats) { st.Acks++ })
 	s.log().Info("dhcp: ack", "mac", mac.String(), "ip", l.IP, "pi", reason, "netboot", menu)
-	s.emit("dhcp.ack", "info", mac.String(), serial, fmt.Sprintf("leased %s", l.IP), map[string]any{
+	s.emit(contract.EventDHCPAck, "info", mac.String(), serial, fmt.Sprintf("leased %s", l.IP), map[string]any{
 		"ip": l.IP.String(), "xid": req.TransactionID.String(), "pi": reason, "netboot": menu,
 	})
 	return resp, nil
@@ -190,7 +191,7 @@ func (s *Server) nak(req *dhcpv4.DHCPv4, why string) (*dhcpv4.DHCPv4, error) {
 	}
 	s.count(func(st *Stats) { st.Naks++ })
 	s.log().Info("dhcp: nak", "mac", req.ClientHWAddr.String(), "why", why)
-	s.emit("dhcp.nak", "warn", req.ClientHWAddr.String(), "", why, map[string]any{"xid": req.TransactionID.String()})
+	s.emit(contract.EventDHCPNak, "warn", req.ClientHWAddr.String(), "", why, map[string]any{"xid": req.TransactionID.String()})
 	return resp, nil
 }
 
@@ -254,7 +255,7 @@ func (s *Server) replyProxy(req *dhcpv4.DHCPv4, reason string) (*dhcpv4.DHCPv4, 
 	resp.YourIPAddr = net.IPv4zero
 	s.addPXE(req, resp)
 	s.count(func(st *Stats) { st.Offers++ })
-	s.emit("dhcp.offer", "info", mac.String(), SerialFromGUID(req), "proxy offer (boot menu only)", map[string]any{
+	s.emit(contract.EventDHCPOffer, "info", mac.String(), SerialFromGUID(req), "proxy offer (boot menu only)", map[string]any{
 		"xid": req.TransactionID.String(), "pi": reason, "netboot": true, "proxy": true,
 	})
 	return resp, nil

@@ -14,6 +14,8 @@ import (
 	"github.com/mdlayher/packet"
 	"golang.org/x/net/bpf"
 	"golang.org/x/sys/unix"
+
+	"github.com/cm4bench/cm4bench/internal/contract"
 )
 
 // Rival is another DHCP server seen answering on the bench link.
@@ -243,7 +245,7 @@ func (s *Server) watchRivals(ctx context.Context, w *watcher) {
 func (s *Server) reportRival(r Rival) {
 	s.count(func(st *Stats) { st.Rivals++ })
 	s.log().Warn("dhcp: another DHCP server answers on this link", "iface", s.Iface, "server_id", r.ServerID, "mac", r.MAC, "offered", r.Offered)
-	s.emit("dhcp.rival", "warn", "", "", "another DHCP server answers on the bench link: "+r.String(), map[string]any{
+	s.emit(contract.EventDHCPRival, "warn", "", "", "another DHCP server answers on the bench link: "+r.String(), map[string]any{
 		"server_id": r.ServerID.String(), "rival_mac": r.MAC.String(), "iface": s.Iface,
 	})
 }

@@ -26,7 +26,7 @@ import (
 	"github.com/ulikunitz/xz"
 
 	"github.com/cm4bench/cm4bench/internal/atomicfile"
-	"github.com/cm4bench/cm4bench/netboot/agent/pid1"
+	"github.com/cm4bench/cm4bench/internal/contract"
 )
 
 // Module is one kernel module to pack, in load order.
@@ -41,7 +41,7 @@ type Options struct {
 	Agent []byte
 	// Config goes to /etc/cm4agent.json; Modules is filled from Modules
 	// below.
-	Config pid1.Config
+	Config contract.AgentConfig
 	// Modules are packed under /lib/modules and loaded in this order.
 	Modules []Module
 }
@@ -104,10 +104,10 @@ func Records(o Options) ([]cpio.Record, error) {
 		add(d, modeDir|perm, nil, 0, 0)
 	}
 	add("dev/console", modeChr|0o600, nil, 5, 1)
-	add("etc/cm4agent.json", modeFile|0o644, js, 0, 0)
+	add(strings.TrimPrefix(contract.AgentConfigPath, "/"), modeFile|0o644, js, 0, 0)
 	add("init", modeFile|0o755, o.Agent, 0, 0)
 	for _, m := range o.Modules {
-		add("lib/modules/"+m.Name, modeFile|0o644, m.Data, 0, 0)
+		add(strings.TrimPrefix(contract.AgentModulesDir, "/")+"/"+m.Name, modeFile|0o644, m.Data, 0, 0)
 	}
 	return recs, nil
 }

@@ -14,7 +14,7 @@ import (
 
 	"github.com/u-root/u-root/pkg/cpio"
 
-	"github.com/cm4bench/cm4bench/netboot/agent/pid1"
+	"github.com/cm4bench/cm4bench/internal/contract"
 )
 
 // self is a real ELF executable to stand in for the agent.
@@ -74,7 +74,7 @@ func TestBuildContentsAndReproducible(t *testing.T) {
 	agent := self(t)
 	o := Options{
 		Agent:   agent,
-		Config:  pid1.Config{Server: "http://10.0.0.1:5000", Target: "/dev/mmcblk0"},
+		Config:  contract.AgentConfig{Server: "http://10.0.0.1:5000", Target: "/dev/mmcblk0"},
 		Modules: []Module{{Name: "a.ko", Data: []byte("AAAA")}, {Name: "b.ko", Data: []byte("BB")}},
 	}
 	one, err := Build(o)
@@ -117,7 +117,7 @@ func TestBuildContentsAndReproducible(t *testing.T) {
 	if e := got["tmp"]; e.mode != 0o041777 {
 		t.Errorf("/tmp mode %o", e.mode)
 	}
-	var cfg pid1.Config
+	var cfg contract.AgentConfig
 	if err := json.Unmarshal(got["etc/cm4agent.json"].data, &cfg); err != nil {
 		t.Fatal(err)
 	}

@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cm4bench/cm4bench/api/wire"
+	"github.com/cm4bench/cm4bench/internal/contract"
 	"github.com/cm4bench/cm4bench/netboot/nettest"
 	"github.com/cm4bench/cm4bench/netboot/pisim"
 	"github.com/cm4bench/cm4bench/netboot/serve"
@@ -76,7 +76,7 @@ func TestCaptureReadByTsharkAndReplayed(t *testing.T) {
 	if strings.TrimSpace(code) != "403" {
 		t.Errorf("/metrics on the bench address = %s, want 403", code) // security item 13
 	}
-	code = topo.Clients[0].Run(t, curl, "-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST", "-d", `{"mac":"`+piMAC+`"}`, "http://10.42.0.1:5000"+wire.PathRegister)
+	code = topo.Clients[0].Run(t, curl, "-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST", "-d", `{"mac":"`+piMAC+`"}`, "http://10.42.0.1:5000"+contract.PathRegister)
 	if strings.TrimSpace(code) != "200" {
 		t.Errorf("device API on the bench address = %s, want 200", code)
 	}

@@ -4,7 +4,7 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/cm4bench/cm4bench/api/wire"
+	"github.com/cm4bench/cm4bench/internal/contract"
 )
 
 // coalescer drops DHCP and TFTP events that repeat one already recorded
@@ -24,13 +24,13 @@ const maxCoalesceKeys = 4096
 // row each: they show what a board is doing.
 func coalesced(kind string) bool {
 	switch kind {
-	case "tftp.probe", "tftp.notfound", "tftp.error", "dhcp.offer", "dhcp.nak", "dhcp.decline", "dhcp.release", "dhcp.error":
+	case contract.EventTFTPProbe, contract.EventTFTPNotFound, contract.EventTFTPError, contract.EventDHCPOffer, contract.EventDHCPNak, contract.EventDHCPDecline, contract.EventDHCPRelease, contract.EventDHCPError:
 		return true
 	}
 	return false
 }
 
-func (c *coalescer) admit(ev wire.Event, now time.Time) (wire.Event, bool) {
+func (c *coalescer) admit(ev contract.Event, now time.Time) (contract.Event, bool) {
 	if !coalesced(ev.Kind) || ev.Level == "error" {
 		return ev, true
 	}

@@ -18,10 +18,9 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/cm4bench/cm4bench/api/wire"
 	"github.com/cm4bench/cm4bench/firmware"
 	"github.com/cm4bench/cm4bench/internal/atomicfile"
-	"github.com/cm4bench/cm4bench/netboot/agent/pid1"
+	"github.com/cm4bench/cm4bench/internal/contract"
 	"github.com/cm4bench/cm4bench/netboot/initramfs"
 )
 
@@ -40,10 +39,6 @@ const (
 
 // FirmwareSet is the catalogue set whose files PrepareAll places.
 const FirmwareSet = "netboot"
-
-// EventTFTPPrepared is the store event recorded when the bench prepared its
-// TFTP root. Fields: root, server_url, mode, changed (file names).
-const EventTFTPPrepared = "tftp.prepared"
 
 // Errors wrapped by PrepareTFTPRoot, so callers can add their own hints.
 var (
@@ -279,7 +274,7 @@ func buildInitramfs(o PrepareOptions) ([]byte, error) {
 	}
 	img, err := initramfs.Build(initramfs.Options{
 		Agent:   o.Agent,
-		Config:  pid1.Config{Server: strings.TrimRight(o.ServerURL, "/"), Target: o.Target},
+		Config:  contract.AgentConfig{Server: strings.TrimRight(o.ServerURL, "/"), Target: o.Target},
 		Modules: o.Modules,
 	})
 	if err != nil {
@@ -443,12 +438,12 @@ func readIfExists(p string) ([]byte, error) {
 }
 
 // DeviceURL is the URL the boards reach the API at: the bench address with
-// the HTTP port (wire.DefaultPort unless Config.HTTPAddr says otherwise),
+// the HTTP port (contract.DefaultPort unless Config.HTTPAddr says otherwise),
 // or Config.HTTPAddr's host when it is a specific, non-loopback address.
 // It is an error when boards could not reach any listener: no bench
 // address, HTTP on loopback only, or port 0.
 func (b *Bench) DeviceURL() (string, error) {
-	host, port := "", wire.DefaultPort
+	host, port := "", contract.DefaultPort
 	if b.cfg.HTTPAddr != "" {
 		h, p, err := net.SplitHostPort(b.cfg.HTTPAddr)
 		if err != nil {
@@ -481,7 +476,7 @@ func (b *Bench) DeviceURL() (string, error) {
 
 // PrepareTFTPRoot is PrepareTFTPRoot for this bench: Root defaults to
 // Config.TFTPRoot, ServerURL to DeviceURL, Logger to Config.Logger. What
-// it did is recorded as an EventTFTPPrepared event when a file changed.
+// it did is recorded as a contract.EventTFTPPrepared event when a file changed.
 func (b *Bench) PrepareTFTPRoot(ctx context.Context, o PrepareOptions) (Report, error) {
 	if o.Root == "" {
 		o.Root = b.cfg.TFTPRoot
@@ -501,8 +496,8 @@ func (b *Bench) PrepareTFTPRoot(ctx context.Context, o PrepareOptions) (Report, 
 		return rep, err
 	}
 	if changed := rep.Changed(); len(changed) > 0 || len(rep.Warnings) > 0 {
-		ev := wire.Event{
-			Kind:    EventTFTPPrepared,
+		ev := contract.Event{
+			Kind:    contract.EventTFTPPrepared,
 			Message: fmt.Sprintf("TFTP root prepared for %s: %s", rep.ServerURL, changedText(changed)),
 			Fields:  map[string]any{"root": rep.Root, "server_url": rep.ServerURL, "mode": string(rep.Mode), "changed": changed},
 		}

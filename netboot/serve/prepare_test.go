@@ -19,6 +19,7 @@ import (
 	"github.com/u-root/u-root/pkg/cpio"
 
 	"github.com/cm4bench/cm4bench/firmware"
+	"github.com/cm4bench/cm4bench/internal/contract"
 	"github.com/cm4bench/cm4bench/netboot/initramfs"
 	"github.com/cm4bench/cm4bench/netboot/serve"
 )
@@ -436,7 +437,7 @@ func TestBenchPrepare(t *testing.T) {
 			}
 			var prepared []string
 			for _, ev := range evs {
-				if ev.Kind == serve.EventTFTPPrepared {
+				if ev.Kind == contract.EventTFTPPrepared {
 					prepared = append(prepared, ev.Message)
 				}
 			}

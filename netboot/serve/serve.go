@@ -40,8 +40,8 @@ import (
 	"github.com/cm4bench/cm4bench/api"
 	"github.com/cm4bench/cm4bench/api/images"
 	"github.com/cm4bench/cm4bench/api/store"
-	"github.com/cm4bench/cm4bench/api/wire"
 	"github.com/cm4bench/cm4bench/internal/atomicfile"
+	"github.com/cm4bench/cm4bench/internal/contract"
 	"github.com/cm4bench/cm4bench/netboot/capture"
 	"github.com/cm4bench/cm4bench/netboot/dhcp"
 	"github.com/cm4bench/cm4bench/netboot/tftp"
@@ -50,7 +50,7 @@ import (
 )
 
 // DefaultHTTPAddr is where the API and dashboard listen by default (plus
-// the bench address, port wire.DefaultPort).
+// the bench address, port contract.DefaultPort).
 const DefaultHTTPAddr = "127.0.0.1:5000"
 
 // Config is everything `cm4bench netboot serve` takes. Zero values are
@@ -134,7 +134,7 @@ type Bench struct {
 	created bool
 	bench   netip.Prefix // bench address (invalid when no iface)
 
-	events  chan wire.Event
+	events  chan contract.Event
 	dropped int64
 
 	mu     sync.Mutex
@@ -178,7 +178,7 @@ func New(ctx context.Context, cfg Config) (*Bench, error) {
 			return nil, fmt.Errorf("serve: restrict data dir %s: %w", cfg.DataDir, err)
 		}
 	}
-	b := &Bench{cfg: cfg, events: make(chan wire.Event, 4096), ready: make(chan struct{})}
+	b := &Bench{cfg: cfg, events: make(chan contract.Event, 4096), ready: make(chan struct{})}
 	if cfg.Iface != "" {
 		p, err := benchAddr(cfg.Iface, cfg.Addr)
 		if err != nil {
@@ -301,8 +301,8 @@ func (b *Bench) log() *slog.Logger {
 
 // queue is the Events hook of DHCP and TFTP: it never blocks their packet
 // paths; when the queue is full the event is dropped and counted.
-func (b *Bench) queue(ev wire.Event) {
-	if ev.Kind == wire.EventDHCPRival {
+func (b *Bench) queue(ev contract.Event) {
+	if ev.Kind == contract.EventDHCPRival {
 		b.mu.Lock()
 		if len(b.rivals) < 16 {
 			b.rivals = append(b.rivals, ev.Message)
@@ -348,7 +348,7 @@ func (b *Bench) httpAddrs() []string {
 	} else {
 		out = []string{DefaultHTTPAddr}
 		if b.bench.IsValid() {
-			out = append(out, net.JoinHostPort(b.bench.Addr().String(), strconv.Itoa(wire.DefaultPort)))
+			out = append(out, net.JoinHostPort(b.bench.Addr().String(), strconv.Itoa(contract.DefaultPort)))
 		}
 	}
 	for _, a := range b.cfg.AdminListen {
@@ -397,9 +397,9 @@ func (b *Bench) Serve(ctx context.Context) error {
 		b.mu.Unlock()
 		b.srv.AddAddress(u)
 	}
-	info := wire.ServerInfo{URL: b.URLs()[0], PID: os.Getpid(), Started: time.Now().UTC()}
+	info := contract.ServerInfo{URL: b.URLs()[0], PID: os.Getpid(), Started: time.Now().UTC()}
 	infoJSON, _ := json.MarshalIndent(info, "", "  ")
-	infoPath := filepath.Join(b.cfg.DataDir, wire.FileServerInfo)
+	infoPath := filepath.Join(b.cfg.DataDir, contract.FileServerInfo)
 	if err := atomicfile.WriteFile(infoPath, append(infoJSON, '\n'), 0o644); err != nil {
 		for _, l := range lns {
 			l.Close()
@@ -494,12 +494,12 @@ func (b *Bench) Serve(ctx context.Context) error {
 }
 
 // removeIfOurs deletes server.json unless another server replaced it.
-func removeIfOurs(p string, info wire.ServerInfo) {
+func removeIfOurs(p string, info contract.ServerInfo) {
 	b, err := os.ReadFile(p)
 	if err != nil {
 		return
 	}
-	var cur wire.ServerInfo
+	var cur contract.ServerInfo
 	if json.Unmarshal(b, &cur) == nil && cur.PID == info.PID && cur.URL == info.URL {
 		os.Remove(p)
 	}
@@ -544,7 +544,7 @@ func Run(ctx context.Context, cfg Config, out io.Writer) error {
 	}
 	defer b.Close()
 	if b.TokenCreated() && out != nil {
-		fmt.Fprintf(out, "admin token (shown once; also in %s): %s\n", filepath.Join(cfg.DataDir, wire.FileAdminToken), b.Token())
+		fmt.Fprintf(out, "admin token (shown once; also in %s): %s\n", filepath.Join(cfg.DataDir, contract.FileAdminToken), b.Token())
 	}
 	return b.Serve(ctx)
 }

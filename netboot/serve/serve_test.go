@@ -16,7 +16,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cm4bench/cm4bench/api/wire"
+	"github.com/cm4bench/cm4bench/internal/contract"
 	"github.com/cm4bench/cm4bench/netboot/nettest"
 	"github.com/cm4bench/cm4bench/netboot/serve"
 )
@@ -153,7 +153,7 @@ func TestBenchInNamespace(t *testing.T) {
 	if rec.Code != http.StatusOK {
 		t.Fatalf("set action = %d %s", rec.Code, rec.Body)
 	}
-	var a wire.Action
+	var a contract.Action
 	json.Unmarshal(rec.Body.Bytes(), &a)
 	waitErr := make(chan error, 1)
 	go func() { waitErr <- cmd.Wait() }()
@@ -170,7 +170,7 @@ func TestBenchInNamespace(t *testing.T) {
 		t.Fatalf("disk: %d bytes, want the %d-byte image\n%s", len(got), len(golden), out.String())
 	}
 	done, err := st.ActionByID(ctx, a.ID)
-	if err != nil || done.State != wire.StateDone {
+	if err != nil || done.State != contract.StateDone {
 		t.Fatalf("action = %+v, %v", done, err)
 	}
 	if st.NetbootEnabled(mac) {
@@ -189,7 +189,7 @@ func TestBenchInNamespace(t *testing.T) {
 	for _, e := range evs {
 		kinds[e.Kind]++
 	}
-	if kinds["dhcp.ack"] < 2 || kinds[wire.EventActionDone] != 1 {
+	if kinds["dhcp.ack"] < 2 || kinds[contract.EventActionDone] != 1 {
 		t.Errorf("event kinds = %v", kinds)
 	}
 }
@@ -228,7 +228,7 @@ func TestFirstErrorStopsAll(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Fatal("Serve kept running after TFTP failed")
 	}
-	if _, err := os.Stat(filepath.Join(dir, "data", wire.FileServerInfo)); !os.IsNotExist(err) {
+	if _, err := os.Stat(filepath.Join(dir, "data", contract.FileServerInfo)); !os.IsNotExist(err) {
 		t.Errorf("server.json left behind: %v", err)
 	}
 }

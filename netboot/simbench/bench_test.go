@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cm4bench/cm4bench/api/wire"
+	"github.com/cm4bench/cm4bench/internal/contract"
 	"github.com/cm4bench/cm4bench/netboot/dhcp"
 	"github.com/cm4bench/cm4bench/netboot/pisim"
 	"github.com/cm4bench/cm4bench/netboot/simbench"
@@ -189,8 +189,8 @@ func TestPisimAgainstCm4benchServers(t *testing.T) {
 	}
 	pol := &mapPolicy{off: map[string]bool{}}
 	var evMu sync.Mutex
-	var events []wire.Event
-	record := func(e wire.Event) { evMu.Lock(); events = append(events, e); evMu.Unlock() }
+	var events []contract.Event
+	record := func(e contract.Event) { evMu.Lock(); events = append(events, e); evMu.Unlock() }
 	ds := &dhcp.Server{Policy: pol, Events: record}
 	ts := &tftp.Server{Root: root, Policy: pol, Events: record}
 	startServers(t, ctx, b, ds, ts)

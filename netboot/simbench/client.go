@@ -12,7 +12,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/cm4bench/cm4bench/api/wire"
+	"github.com/cm4bench/cm4bench/internal/contract"
 )
 
 // Client is the technician's side of the server's JSON API (the calls the
@@ -64,7 +64,7 @@ func (c *Client) Do(ctx context.Context, method, path string, in, out any) error
 		return fmt.Errorf("%s %s: read answer: %w", method, path, err)
 	}
 	if resp.StatusCode/100 != 2 {
-		var ae wire.APIError
+		var ae contract.APIError
 		if json.Unmarshal(b, &ae) == nil && ae.Error != "" {
 			return &HTTPError{Status: resp.StatusCode, Msg: ae.Error}
 		}
@@ -87,20 +87,20 @@ type HTTPError struct {
 func (e *HTTPError) Error() string { return fmt.Sprintf("HTTP %d: %s", e.Status, e.Msg) }
 
 // Devices lists the registered devices.
-func (c *Client) Devices(ctx context.Context) ([]wire.Device, error) {
-	var d []wire.Device
+func (c *Client) Devices(ctx context.Context) ([]contract.Device, error) {
+	var d []contract.Device
 	return d, c.Do(ctx, http.MethodGet, "/api/v1/devices", nil, &d)
 }
 
 // Device returns one device with its recent actions.
-func (c *Client) Device(ctx context.Context, mac string) (wire.Device, error) {
-	var d wire.Device
+func (c *Client) Device(ctx context.Context, mac string) (contract.Device, error) {
+	var d contract.Device
 	return d, c.Do(ctx, http.MethodGet, "/api/v1/devices/"+url.PathEscape(mac), nil, &d)
 }
 
 // SetAction asks for a deploy, a backup or none (cancel) on one device.
-func (c *Client) SetAction(ctx context.Context, mac, action, image string) (wire.Action, error) {
-	var a wire.Action
+func (c *Client) SetAction(ctx context.Context, mac, action, image string) (contract.Action, error) {
+	var a contract.Action
 	in := map[string]string{"action": action}
 	if image != "" {
 		in["image"] = image
@@ -114,7 +114,7 @@ func (c *Client) SetNetboot(ctx context.Context, mac string, on bool) error {
 }
 
 // Actions returns the action history (newest first), for one MAC or all.
-func (c *Client) Actions(ctx context.Context, mac string, limit int) ([]wire.Action, error) {
+func (c *Client) Actions(ctx context.Context, mac string, limit int) ([]contract.Action, error) {
 	q := url.Values{}
 	if mac != "" {
 		q.Set("mac", mac)
@@ -122,19 +122,19 @@ func (c *Client) Actions(ctx context.Context, mac string, limit int) ([]wire.Act
 	if limit > 0 {
 		q.Set("limit", fmt.Sprint(limit))
 	}
-	var a []wire.Action
+	var a []contract.Action
 	return a, c.Do(ctx, http.MethodGet, "/api/v1/actions?"+q.Encode(), nil, &a)
 }
 
 // Events returns events after since.
-func (c *Client) Events(ctx context.Context, since int64, limit int) ([]wire.Event, error) {
-	var e []wire.Event
+func (c *Client) Events(ctx context.Context, since int64, limit int) ([]contract.Event, error) {
+	var e []contract.Event
 	return e, c.Do(ctx, http.MethodGet, fmt.Sprintf("/api/v1/events?since=%d&limit=%d", since, limit), nil, &e)
 }
 
 // Backups lists stored backups.
-func (c *Client) Backups(ctx context.Context) ([]wire.Backup, error) {
-	var b []wire.Backup
+func (c *Client) Backups(ctx context.Context) ([]contract.Backup, error) {
+	var b []contract.Backup
 	return b, c.Do(ctx, http.MethodGet, "/api/v1/backups", nil, &b)
 }
 

@@ -16,7 +16,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cm4bench/cm4bench/api/wire"
+	"github.com/cm4bench/cm4bench/internal/contract"
 	"github.com/cm4bench/cm4bench/netboot/simbench"
 )
 
@@ -34,9 +34,9 @@ func faultReport(t *testing.T, title string, rows [][2]string) {
 
 // waitProgress waits until the device's current action has moved at least
 // frac of its total.
-func waitProgress(t *testing.T, c *simbench.Client, mac, id string, frac float64, timeout time.Duration) wire.Action {
+func waitProgress(t *testing.T, c *simbench.Client, mac, id string, frac float64, timeout time.Duration) contract.Action {
 	t.Helper()
-	var got wire.Action
+	var got contract.Action
 	waitFor(t, timeout, fmt.Sprintf("action %s at %.0f%%", id, frac*100), func() (bool, string) {
 		acts, err := c.Actions(context.Background(), mac, 5)
 		if err != nil {
@@ -45,7 +45,7 @@ func waitProgress(t *testing.T, c *simbench.Client, mac, id string, frac float64
 		for _, a := range acts {
 			if a.ID == id {
 				got = a
-				if a.State != wire.StatePending && a.State != wire.StateRunning {
+				if a.State != contract.StatePending && a.State != contract.StateRunning {
 					return true, a.State
 				}
 				return a.Total > 0 && float64(a.Done) >= frac*float64(a.Total), fmt.Sprintf("%s %s %d/%d", a.State, a.Phase, a.Done, a.Total)
@@ -53,7 +53,7 @@ func waitProgress(t *testing.T, c *simbench.Client, mac, id string, frac float64
 		}
 		return false, "not found"
 	})
-	if got.State != wire.StateRunning {
+	if got.State != contract.StateRunning {
 		t.Fatalf("action finished before the fault could be injected: %+v (slow the link down)", got)
 	}
 	return got
@@ -75,7 +75,7 @@ func TestFaultServerKilledMidDeploy(t *testing.T) {
 		t.Fatal(err)
 	}
 	c := r.Client()
-	a, err := c.SetAction(ctx, mac, wire.ActionDeploy, "")
+	a, err := c.SetAction(ctx, mac, contract.ActionDeploy, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -89,7 +89,7 @@ func TestFaultServerKilledMidDeploy(t *testing.T) {
 	}
 	downtime := time.Since(killedAt)
 	got := waitAction(t, r, mac, a.ID, 2*time.Minute)
-	if got.State != wire.StateDone {
+	if got.State != contract.StateDone {
 		t.Fatalf("deploy after server restart: %+v", got)
 	}
 	if sha := fileSHA(t, d.EMMC(), 32<<20); sha != r.ImageSHA {
@@ -107,7 +107,7 @@ func TestFaultServerKilledMidDeploy(t *testing.T) {
 	var before, during, after int
 	var lastBefore, firstAfter time.Time
 	for _, e := range events {
-		if e.Kind != wire.EventActionProgress || fmt.Sprint(e.Fields["action_id"]) != a.ID {
+		if e.Kind != contract.EventActionProgress || fmt.Sprint(e.Fields["action_id"]) != a.ID {
 			continue
 		}
 		switch {
@@ -183,7 +183,7 @@ func TestFaultLinkCutMidBackup(t *testing.T) {
 		t.Fatal(err)
 	}
 	c := r.Client()
-	a, err := c.SetAction(ctx, mac, wire.ActionBackup, "")
+	a, err := c.SetAction(ctx, mac, contract.ActionBackup, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -195,7 +195,7 @@ func TestFaultLinkCutMidBackup(t *testing.T) {
 	// Well past the 30 s idle timeout, far short of TCP's own give-up.
 	got := waitAction(t, r, mac, a.ID, 90*time.Second)
 	failedAfter := time.Since(cut)
-	if got.State != wire.StateFailed {
+	if got.State != contract.StateFailed {
 		t.Errorf("backup with the cable pulled: %+v", got)
 	}
 	bks, err := c.Backups(ctx)
@@ -256,11 +256,11 @@ func TestFaultBackupDiskFull(t *testing.T) {
 	ctx := context.Background()
 	c := r.Client()
 	first, second := r.Bench.Devices[0], r.Bench.Devices[1]
-	a1, err := c.SetAction(ctx, first.Board.MAC.String(), wire.ActionBackup, "")
+	a1, err := c.SetAction(ctx, first.Board.MAC.String(), contract.ActionBackup, "")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := waitAction(t, r, first.Board.MAC.String(), a1.ID, 2*time.Minute); got.State != wire.StateDone {
+	if got := waitAction(t, r, first.Board.MAC.String(), a1.ID, 2*time.Minute); got.State != contract.StateDone {
 		t.Fatalf("first backup: %+v", got)
 	}
 	events, _ := c.Events(ctx, 0, 1000)
@@ -268,12 +268,12 @@ func TestFaultBackupDiskFull(t *testing.T) {
 	if len(events) > 0 {
 		since = events[len(events)-1].ID
 	}
-	a2, err := c.SetAction(ctx, second.Board.MAC.String(), wire.ActionBackup, "")
+	a2, err := c.SetAction(ctx, second.Board.MAC.String(), contract.ActionBackup, "")
 	if err != nil {
 		t.Fatal(err)
 	}
 	got := waitAction(t, r, second.Board.MAC.String(), a2.ID, 2*time.Minute)
-	if got.State != wire.StateFailed {
+	if got.State != contract.StateFailed {
 		t.Fatalf("backup onto a full disk: %+v", got)
 	}
 	if !strings.Contains(strings.ToLower(got.Error), "space") {
@@ -283,7 +283,7 @@ func TestFaultBackupDiskFull(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var failEv *wire.Event
+	var failEv *contract.Event
 	for i, e := range events {
 		if e.Kind == "action.failed" && e.MAC == second.Board.MAC.String() {
 			failEv = &events[i]
@@ -367,7 +367,7 @@ func TestFaultCorruptImageStream(t *testing.T) {
 		req.Header.Del("Accept-Encoding")
 	}
 	rp.ModifyResponse = func(resp *http.Response) error {
-		if strings.HasPrefix(resp.Request.URL.Path, wire.PathImage) {
+		if strings.HasPrefix(resp.Request.URL.Path, contract.PathImage) {
 			resp.Body = &flipReader{r: resp.Body, at: 5 << 20, p: p}
 		}
 		return nil
@@ -385,7 +385,7 @@ func TestFaultCorruptImageStream(t *testing.T) {
 	mac := d.Board.MAC.String()
 	ctx := context.Background()
 	c := r.Client()
-	a, err := c.SetAction(ctx, mac, wire.ActionDeploy, "")
+	a, err := c.SetAction(ctx, mac, contract.ActionDeploy, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -393,10 +393,10 @@ func TestFaultCorruptImageStream(t *testing.T) {
 	if p.flipped.Load() == 0 {
 		t.Fatal("the proxy corrupted nothing: the image did not pass through it")
 	}
-	if got.State == wire.StateDone {
+	if got.State == contract.StateDone {
 		t.Fatalf("corrupted deploy marked done: %+v", got)
 	}
-	if got.State != wire.StateFailed || !strings.Contains(strings.ToLower(got.Error), "sha256") && !strings.Contains(strings.ToLower(got.Error), "verif") {
+	if got.State != contract.StateFailed || !strings.Contains(strings.ToLower(got.Error), "sha256") && !strings.Contains(strings.ToLower(got.Error), "verif") {
 		t.Errorf("corrupted deploy: state %s, error %q: want failed verification", got.State, got.Error)
 	}
 	dev, err := c.Device(ctx, mac)

@@ -17,7 +17,7 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/cm4bench/cm4bench/api/wire"
+	"github.com/cm4bench/cm4bench/internal/contract"
 	"github.com/cm4bench/cm4bench/netboot/simbench"
 )
 
@@ -87,7 +87,7 @@ func mean(ds []time.Duration) time.Duration {
 
 // metric reads one counter from the server's Prometheus text.
 func metric(ctx context.Context, c *simbench.Client, name string) float64 {
-	req, _ := http.NewRequestWithContext(ctx, "GET", c.Base+wire.PathMetrics, nil)
+	req, _ := http.NewRequestWithContext(ctx, "GET", c.Base+contract.PathMetrics, nil)
 	req.Header.Set("Authorization", "Bearer "+c.Token)
 	resp, err := c.HTTP.Do(req)
 	if err != nil {
@@ -112,7 +112,7 @@ func metric(ctx context.Context, c *simbench.Client, name string) float64 {
 // load the server.
 func pollProbe(ctx context.Context, c *simbench.Client, mac string, every time.Duration, out *[]time.Duration, mu *sync.Mutex, fails *int) {
 	body := strings.NewReader(fmt.Sprintf(`{"mac":%q,"ip":"10.61.0.250"}`, mac))
-	req, _ := http.NewRequestWithContext(ctx, "POST", c.Base+wire.PathRegister, body)
+	req, _ := http.NewRequestWithContext(ctx, "POST", c.Base+contract.PathRegister, body)
 	req.Header.Set("Content-Type", "application/json")
 	if resp, err := c.HTTP.Do(req); err == nil {
 		io.Copy(io.Discard, resp.Body)
@@ -127,16 +127,16 @@ func pollProbe(ctx context.Context, c *simbench.Client, mac string, every time.D
 		case <-tk.C:
 		}
 		start := time.Now()
-		req, _ := http.NewRequestWithContext(ctx, "GET", c.Base+wire.PathPoll+"?mac="+mac, nil)
+		req, _ := http.NewRequestWithContext(ctx, "GET", c.Base+contract.PathPoll+"?mac="+mac, nil)
 		resp, err := c.HTTP.Do(req)
-		var pr wire.PollResponse
+		var pr contract.PollResponse
 		if err == nil {
 			err = json.NewDecoder(resp.Body).Decode(&pr)
 			resp.Body.Close()
 		}
 		d := time.Since(start)
 		mu.Lock()
-		if err != nil || pr.Action != wire.ActionNone {
+		if err != nil || pr.Action != contract.ActionNone {
 			if ctx.Err() == nil {
 				*fails++
 			}
@@ -156,14 +156,14 @@ type runStats struct {
 	deployBytes, backed int64
 }
 
-func (r *runStats) add(a wire.Action) {
+func (r *runStats) add(a contract.Action) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if a.State != wire.StateDone {
+	if a.State != contract.StateDone {
 		r.failed = append(r.failed, fmt.Sprintf("%s %s %s: %s", a.Type, a.MAC, a.State, a.Error))
 		return
 	}
-	if a.Type == wire.ActionDeploy {
+	if a.Type == contract.ActionDeploy {
 		r.deploys++
 		r.deployBytes += a.Bytes
 	} else {
@@ -249,7 +249,7 @@ func TestLoad(t *testing.T) {
 			}
 			got := waitActionQuiet(ctx, c, mac, a.ID, 5*time.Minute)
 			st.add(got)
-			if got.State == wire.StateDone && kind == wire.ActionDeploy {
+			if got.State == contract.StateDone && kind == contract.ActionDeploy {
 				if sha := fileSHANoT(d.EMMC(), 16<<20); sha == r.ImageSHA {
 					st.mu.Lock()
 					st.verified++
@@ -265,7 +265,7 @@ func TestLoad(t *testing.T) {
 				c.SetNetboot(ctx, mac, true)
 				d.PowerCycle()
 				waitState(ctx, d, simbench.StateNetboot, 30*time.Second)
-			} else if got.State == wire.StateDone {
+			} else if got.State == contract.StateDone {
 				c.SetNetboot(ctx, mac, true) // a successful backup switched it off
 			}
 			release(d)
@@ -273,11 +273,11 @@ func TestLoad(t *testing.T) {
 	}
 	for i := 0; i < deploySlots; i++ {
 		wg.Add(1)
-		go worker(wire.ActionDeploy)
+		go worker(contract.ActionDeploy)
 	}
 	for i := 0; i < backupSlots; i++ {
 		wg.Add(1)
-		go worker(wire.ActionBackup)
+		go worker(contract.ActionBackup)
 	}
 	wg.Wait()
 	elapsed := time.Since(runStart)
@@ -341,16 +341,16 @@ func countPrefix(ss []string, p string) int {
 
 // waitActionQuiet is waitAction without failing the test: it returns the
 // last state seen (a still-running action after timeout counts as failed).
-func waitActionQuiet(ctx context.Context, c *simbench.Client, mac, id string, timeout time.Duration) wire.Action {
+func waitActionQuiet(ctx context.Context, c *simbench.Client, mac, id string, timeout time.Duration) contract.Action {
 	deadline := time.Now().Add(timeout)
-	last := wire.Action{ID: id, MAC: mac, State: "timeout"}
+	last := contract.Action{ID: id, MAC: mac, State: "timeout"}
 	for time.Now().Before(deadline) {
 		acts, err := c.Actions(ctx, mac, 10)
 		if err == nil {
 			for _, a := range acts {
 				if a.ID == id {
 					last = a
-					if a.State == wire.StateDone || a.State == wire.StateFailed || a.State == wire.StateCancelled {
+					if a.State == contract.StateDone || a.State == contract.StateFailed || a.State == contract.StateCancelled {
 						return a
 					}
 				}
@@ -359,7 +359,7 @@ func waitActionQuiet(ctx context.Context, c *simbench.Client, mac, id string, ti
 		time.Sleep(500 * time.Millisecond)
 	}
 	last.Error = "still " + last.State + " after " + timeout.String()
-	last.State = wire.StateFailed
+	last.State = contract.StateFailed
 	return last
 }
 

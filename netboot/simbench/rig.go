@@ -15,8 +15,8 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/cm4bench/cm4bench/api/wire"
 	"github.com/cm4bench/cm4bench/internal/atomicfile"
+	"github.com/cm4bench/cm4bench/internal/contract"
 	"github.com/cm4bench/cm4bench/netboot/pisim"
 )
 
@@ -249,8 +249,8 @@ func (r *Rig) advertiseHost() error {
 	if r.HostURL == "" {
 		return nil
 	}
-	p := filepath.Join(r.DataDir, wire.FileServerInfo)
-	var si wire.ServerInfo
+	p := filepath.Join(r.DataDir, contract.FileServerInfo)
+	var si contract.ServerInfo
 	if b, err := os.ReadFile(p); err == nil {
 		json.Unmarshal(b, &si)
 	}
@@ -308,9 +308,9 @@ func (r *Rig) Close() error {
 	r.StopServer()
 	if r.HostURL != "" {
 		// serve removes server.json only when it still holds its own URL.
-		p := filepath.Join(r.DataDir, wire.FileServerInfo)
+		p := filepath.Join(r.DataDir, contract.FileServerInfo)
 		if b, err := os.ReadFile(p); err == nil {
-			var si wire.ServerInfo
+			var si contract.ServerInfo
 			if json.Unmarshal(b, &si) == nil && si.URL == r.HostURL {
 				os.Remove(p)
 			}

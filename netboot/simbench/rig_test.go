@@ -15,7 +15,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cm4bench/cm4bench/api/wire"
+	"github.com/cm4bench/cm4bench/internal/contract"
 	"github.com/cm4bench/cm4bench/internal/repotest"
 	"github.com/cm4bench/cm4bench/netboot/pisim"
 	"github.com/cm4bench/cm4bench/netboot/simbench"
@@ -194,10 +194,10 @@ func waitRegistered(t *testing.T, r *simbench.Rig, timeout time.Duration) {
 }
 
 // waitAction waits until the action with id is in a final state.
-func waitAction(t *testing.T, r *simbench.Rig, mac, id string, timeout time.Duration) wire.Action {
+func waitAction(t *testing.T, r *simbench.Rig, mac, id string, timeout time.Duration) contract.Action {
 	t.Helper()
 	c := r.Client()
-	var got wire.Action
+	var got contract.Action
 	waitFor(t, timeout, "action "+id, func() (bool, string) {
 		acts, err := c.Actions(context.Background(), mac, 20)
 		if err != nil {
@@ -206,7 +206,7 @@ func waitAction(t *testing.T, r *simbench.Rig, mac, id string, timeout time.Dura
 		for _, a := range acts {
 			if a.ID == id {
 				got = a
-				return a.State == wire.StateDone || a.State == wire.StateFailed || a.State == wire.StateCancelled,
+				return a.State == contract.StateDone || a.State == contract.StateFailed || a.State == contract.StateCancelled,
 					fmt.Sprintf("%s %s %d/%d", a.State, a.Phase, a.Done, a.Total)
 			}
 		}
@@ -240,21 +240,21 @@ func TestRigDeployBackupReboot(t *testing.T) {
 	ctx := context.Background()
 	c := r.Client()
 	dep, back := r.Bench.Devices[0], r.Bench.Devices[1]
-	da, err := c.SetAction(ctx, dep.Board.MAC.String(), wire.ActionDeploy, "")
+	da, err := c.SetAction(ctx, dep.Board.MAC.String(), contract.ActionDeploy, "")
 	if err != nil {
 		t.Fatal(err)
 	}
-	ba, err := c.SetAction(ctx, back.Board.MAC.String(), wire.ActionBackup, "")
+	ba, err := c.SetAction(ctx, back.Board.MAC.String(), contract.ActionBackup, "")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := waitAction(t, r, dep.Board.MAC.String(), da.ID, 2*time.Minute); got.State != wire.StateDone {
+	if got := waitAction(t, r, dep.Board.MAC.String(), da.ID, 2*time.Minute); got.State != contract.StateDone {
 		t.Fatalf("deploy: %+v", got)
 	}
 	if got := fileSHA(t, dep.EMMC(), 16<<20); got != r.ImageSHA {
 		t.Errorf("eMMC after deploy: sha256 %s, image %s", got, r.ImageSHA)
 	}
-	if got := waitAction(t, r, back.Board.MAC.String(), ba.ID, 2*time.Minute); got.State != wire.StateDone {
+	if got := waitAction(t, r, back.Board.MAC.String(), ba.ID, 2*time.Minute); got.State != contract.StateDone {
 		t.Fatalf("backup: %+v", got)
 	}
 	bks, err := c.Backups(ctx)

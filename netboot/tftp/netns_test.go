@@ -13,7 +13,7 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/cm4bench/cm4bench/api/wire"
+	"github.com/cm4bench/cm4bench/internal/contract"
 	"github.com/cm4bench/cm4bench/netboot/nettest"
 	"github.com/cm4bench/cm4bench/netboot/tftp"
 )
@@ -72,10 +72,10 @@ func randomBytes(t testing.TB, n int) []byte {
 
 type evLog struct {
 	mu  sync.Mutex
-	evs []wire.Event
+	evs []contract.Event
 }
 
-func (l *evLog) add(e wire.Event) { l.mu.Lock(); l.evs = append(l.evs, e); l.mu.Unlock() }
+func (l *evLog) add(e contract.Event) { l.mu.Lock(); l.evs = append(l.evs, e); l.mu.Unlock() }
 
 // TestAtftpPiRequests fetches files over a veth link with atftp sending the
 // Pi's exact RRQ ("octet tsize 0 blksize 1024"), and at blksize 1468, and

@@ -9,7 +9,7 @@
 //		Policy:   store,                  // disabled MAC -> start*.elf "file not found"
 //		MACForIP: dhcpServer.MACForIP,    // who is asking (from the DHCP leases)
 //		Logger:   logger,                 // nil = silent
-//		Events:   func(e wire.Event) {},  // tftp.transfer, tftp.probe, tftp.notfound, tftp.error
+//		Events:   func(e contract.Event) {},  // tftp.transfer, tftp.probe, tftp.notfound, tftp.error
 //	}
 //	err := srv.Serve(ctx) // returns nil once ctx is done and transfers have ended
 //
@@ -54,7 +54,7 @@ import (
 
 	pintftp "github.com/pin/tftp/v3"
 
-	"github.com/cm4bench/cm4bench/api/wire"
+	"github.com/cm4bench/cm4bench/internal/contract"
 )
 
 // Policy answers whether a MAC may netboot now. Same shape as dhcp.Policy
@@ -104,7 +104,7 @@ type Server struct {
 	Logger *slog.Logger
 	// Events receives one event per transfer; nil drops them. Called from
 	// transfer goroutines; must not block.
-	Events func(wire.Event)
+	Events func(contract.Event)
 	// MaxTransfers bounds transfers in flight for clients with a DHCP lease
 	// (MACForIP knows them), MaxUnleased those from any other address, and
 	// MaxPerClient those from one address (defaults DefaultMaxTransfers,
@@ -152,7 +152,7 @@ func (s *Server) log() *slog.Logger {
 	return s.Logger
 }
 
-func (s *Server) emit(e wire.Event) {
+func (s *Server) emit(e contract.Event) {
 	if s.Events != nil {
 		e.Time = time.Now()
 		s.Events(e)
@@ -297,7 +297,7 @@ func (s *Server) read(name string, rf io.ReaderFrom) error {
 	}
 	if !s.acquire(remote, leased) {
 		s.count(func(st *Stats) { st.Busy++ })
-		s.emit(wire.Event{Kind: "tftp.error", Level: "warn", Message: name + ": " + errBusy,
+		s.emit(contract.Event{Kind: contract.EventTFTPError, Level: contract.LevelWarn, Message: name + ": " + errBusy,
 			Fields: map[string]any{"file": name, "ip": remote.String(), "reason": "busy"}})
 		return errors.New(errBusy)
 	}
@@ -322,10 +322,10 @@ func (s *Server) read(name string, rf io.ReaderFrom) error {
 	}
 	if err != nil {
 		msg := errNotFound
-		kind, level := "tftp.notfound", "info"
+		kind, level := contract.EventTFTPNotFound, contract.LevelInfo
 		switch {
 		case errors.Is(err, errJail):
-			msg, kind, level = errDenied, "tftp.error", "warn"
+			msg, kind, level = errDenied, contract.EventTFTPError, contract.LevelWarn
 			s.count(func(st *Stats) { st.Denied++ })
 			s.log().Warn("tftp: refused name", "file", name, "ip", remote, "mac", macStr, "err", err)
 		case errors.Is(err, errPolicy):
@@ -336,7 +336,7 @@ func (s *Server) read(name string, rf io.ReaderFrom) error {
 			s.count(func(st *Stats) { st.NotFound++ })
 			s.log().Debug("tftp: not found", "file", name, "ip", remote, "err", err)
 		}
-		s.emit(wire.Event{Kind: kind, Level: level, MAC: macStr, Serial: serial, Message: name + ": " + msg, Fields: fields})
+		s.emit(contract.Event{Kind: kind, Level: level, MAC: macStr, Serial: serial, Message: name + ": " + msg, Fields: fields})
 		return errors.New(msg) // becomes the ERROR packet text: no server paths
 	}
 	defer f.Close()
@@ -364,13 +364,13 @@ func (s *Server) read(name string, rf io.ReaderFrom) error {
 		if isProbe(err, n) {
 			s.count(func(st *Stats) { st.Probes++ })
 			s.log().Debug("tftp: probe", "file", served, "mac", macStr)
-			s.emit(wire.Event{Kind: "tftp.probe", Level: "info", MAC: macStr, Serial: serial, Message: served + ": size probe (early terminate)", Fields: fields})
+			s.emit(contract.Event{Kind: contract.EventTFTPProbe, Level: contract.LevelInfo, MAC: macStr, Serial: serial, Message: served + ": size probe (early terminate)", Fields: fields})
 			return nil
 		}
 		s.count(func(st *Stats) { st.Failures++ })
 		fields["error"] = err.Error()
 		s.log().Warn("tftp: transfer failed", "file", served, "ip", remote, "mac", macStr, "bytes", n, "err", err)
-		s.emit(wire.Event{Kind: "tftp.error", Level: "warn", MAC: macStr, Serial: serial, Message: fmt.Sprintf("%s: failed after %d bytes: %v", served, n, err), Fields: fields})
+		s.emit(contract.Event{Kind: contract.EventTFTPError, Level: contract.LevelWarn, MAC: macStr, Serial: serial, Message: fmt.Sprintf("%s: failed after %d bytes: %v", served, n, err), Fields: fields})
 		return nil // pin/tftp already told the client
 	}
 	rate := 0.0
@@ -380,7 +380,7 @@ func (s *Server) read(name string, rf io.ReaderFrom) error {
 	fields["rate_bps"] = rate
 	s.count(func(st *Stats) { st.Transfers++; st.Bytes += n })
 	s.log().Info("tftp: sent", "file", served, "ip", remote, "mac", macStr, "bytes", n, "duration", elapsed, "rate_mbps", rate/1e6)
-	s.emit(wire.Event{Kind: "tftp.transfer", Level: "info", MAC: macStr, Serial: serial, Message: fmt.Sprintf("%s: %d bytes in %s (%.1f MB/s)", served, n, elapsed.Round(time.Millisecond), rate/1e6), Fields: fields})
+	s.emit(contract.Event{Kind: contract.EventTFTPTransfer, Level: contract.LevelInfo, MAC: macStr, Serial: serial, Message: fmt.Sprintf("%s: %d bytes in %s (%.1f MB/s)", served, n, elapsed.Round(time.Millisecond), rate/1e6), Fields: fields})
 	return nil
 }
 

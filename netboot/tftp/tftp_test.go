@@ -20,7 +20,7 @@ import (
 
 	pintftp "github.com/pin/tftp/v3"
 
-	"github.com/cm4bench/cm4bench/api/wire"
+	"github.com/cm4bench/cm4bench/internal/contract"
 )
 
 var testMAC = net.HardwareAddr{0xdc, 0xa6, 0x32, 0x01, 0x36, 0xc2}
@@ -171,20 +171,20 @@ func (p staticPolicy) NetbootEnabled(mac net.HardwareAddr) bool { return p[mac.S
 // events collects events and lets a test wait for one kind.
 type events struct {
 	mu  sync.Mutex
-	all []wire.Event
-	ch  chan wire.Event
+	all []contract.Event
+	ch  chan contract.Event
 }
 
-func newEvents() *events { return &events{ch: make(chan wire.Event, 1000)} }
+func newEvents() *events { return &events{ch: make(chan contract.Event, 1000)} }
 
-func (e *events) add(ev wire.Event) {
+func (e *events) add(ev contract.Event) {
 	e.mu.Lock()
 	e.all = append(e.all, ev)
 	e.mu.Unlock()
 	e.ch <- ev
 }
 
-func (e *events) wait(t testing.TB, kind string) wire.Event {
+func (e *events) wait(t testing.TB, kind string) contract.Event {
 	t.Helper()
 	timeout := time.After(10 * time.Second)
 	for {

@@ -8,17 +8,11 @@
   const $ = (sel, root = document) => root.querySelector(sel);
 
   // Event kinds the stream may carry. EventSource delivers a named event only
-  // to a listener for that exact name, so every kind we know is listed; a
-  // gap in event ids (an unknown kind) is filled from the history endpoint.
-  const KINDS = [
-    "message", "device.register", "device.poll", "device.update", "device.offline", "device.log",
-    "action.set", "action.start", "action.progress", "action.done", "action.failed", "action.cancelled",
-    "netboot.set", "backup.stored", "backup.deleted", "backup.failed", "image.added", "image.deleted",
-    "image.default", "image.assign", "image.removed", "device.image", "backup.removed", "dhcp.rival", "dhcp.discover", "dhcp.offer", "dhcp.request",
-    "dhcp.ack", "dhcp.nak", "dhcp.decline", "dhcp.release", "dhcp.ignore", "dhcp.error", "tftp.transfer",
-    "tftp.probe", "tftp.error", "tftp.denied", "tftp.notfound", "tftp.prepared", "server.start", "server.stop", "server.recovered", "auth.login", "auth.failed",
-  ];
-  const QUIET_KINDS = new Set(["action.progress", "device.poll"]); // not written to the event log
+  // to a listener for that exact name; the server sends the list it can emit
+  // as ui/kinds.js (from package contract). A gap in event ids is filled from
+  // the history endpoint.
+  const KINDS = ["message", ...(window.CM4BENCH_KINDS || [])];
+  const QUIET_KINDS = new Set(["action.progress"]); // not written to the event log
   const LOG_MAX = 300;
   const REFRESH_MS = 15000;
 
@@ -919,11 +913,6 @@
     if (kind === "action.progress") {
       applyProgress(mac, f);
     } else if (kind.startsWith("device.") || kind.startsWith("action.")) {
-      if (kind === "device.poll" && S.devices.has(mac)) {
-        const d = S.devices.get(mac);
-        d.last_seen = e.time;
-        return;
-      }
       refreshDevice(mac);
       if (kind === "action.done" || kind === "action.failed") setTimeout(loadBackups, 300);
     } else if (kind === "netboot.set") {

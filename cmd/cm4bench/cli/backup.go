@@ -15,8 +15,8 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
 
-	"github.com/cm4bench/cm4bench/api/wire"
 	"github.com/cm4bench/cm4bench/internal/atomicfile"
+	"github.com/cm4bench/cm4bench/internal/contract"
 )
 
 func newBackupCmd() *cobra.Command {
@@ -104,7 +104,7 @@ func (o *backupGetOpts) run(ctx context.Context, id string, asJSON bool, stdout,
 	if err != nil {
 		return fmt.Errorf("backup get: %w", err)
 	}
-	var b *wire.Backup
+	var b *contract.Backup
 	for i := range bs {
 		if bs[i].ID == id {
 			b = &bs[i]

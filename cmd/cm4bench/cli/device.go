@@ -16,8 +16,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/cm4bench/cm4bench/api/client"
-	"github.com/cm4bench/cm4bench/api/store"
-	"github.com/cm4bench/cm4bench/api/wire"
+	"github.com/cm4bench/cm4bench/internal/contract"
 )
 
 // defaultDataDir is where `netboot serve` keeps its data unless told.
@@ -56,9 +55,9 @@ func (o *apiOpts) client() (*client.Client, error) {
 	if o.server != "" {
 		tok := o.token
 		if tok == "" {
-			b, err := os.ReadFile(filepath.Join(o.data, wire.FileAdminToken))
+			b, err := os.ReadFile(filepath.Join(o.data, contract.FileAdminToken))
 			if err != nil {
-				return nil, fmt.Errorf("--server needs --token (or a readable %s/%s): %w", o.data, wire.FileAdminToken, err)
+				return nil, fmt.Errorf("--server needs --token (or a readable %s/%s): %w", o.data, contract.FileAdminToken, err)
 			}
 			tok = strings.TrimSpace(string(b))
 		}
@@ -78,7 +77,7 @@ func (o *apiOpts) client() (*client.Client, error) {
 func checkMACs(args []string) ([]string, error) {
 	out := make([]string, len(args))
 	for i, a := range args {
-		m, err := store.NormalizeMAC(a)
+		m, err := contract.NormalizeMAC(a)
 		if err != nil {
 			return nil, &ExitError{Code: 2, Err: err}
 		}
@@ -114,8 +113,8 @@ Exit status: 0 ok, 1 error, 2 bad arguments, 3 an action failed (with --wait).`,
   cm4bench device list --json --server http://10.42.0.1:5000 --token "$(cat token)"`,
 	}
 	o.bind(cmd)
-	cmd.AddCommand(newDeviceListCmd(o), newDeviceShowCmd(o), newDeviceActionCmd(o, wire.ActionDeploy),
-		newDeviceActionCmd(o, wire.ActionBackup), newDeviceCancelCmd(o), newDeviceImageCmd(o))
+	cmd.AddCommand(newDeviceListCmd(o), newDeviceShowCmd(o), newDeviceActionCmd(o, contract.ActionDeploy),
+		newDeviceActionCmd(o, contract.ActionBackup), newDeviceCancelCmd(o), newDeviceImageCmd(o))
 	return cmd
 }
 
@@ -179,9 +178,9 @@ func ago(t time.Time) string {
 	return time.Since(t).Round(time.Second).String() + " ago"
 }
 
-func progressText(a wire.Action) string {
+func progressText(a contract.Action) string {
 	switch {
-	case a.State == wire.StateFailed:
+	case a.State == contract.StateFailed:
 		return "failed: " + a.Error
 	case a.Total > 0:
 		s := fmt.Sprintf("%s %.0f%%", dash(a.Phase), 100*float64(a.Done)/float64(a.Total))
@@ -271,7 +270,7 @@ func newDeviceActionCmd(a *apiOpts, action string) *cobra.Command {
 			return o.run(cmd.Context(), args, wantJSON(cmd), cmd.OutOrStdout(), cmd.ErrOrStderr())
 		},
 	}
-	if action == wire.ActionDeploy {
+	if action == contract.ActionDeploy {
 		cmd.Short = "Write an image to the eMMC of one or more boards"
 		cmd.Flags().StringVar(&o.image, "image", "", "image name (default: each board's assigned image, else the server's --image)")
 	} else {
@@ -322,7 +321,7 @@ func (o *deviceActionOpts) run(ctx context.Context, args []string, asJSON bool, 
 		}
 	}
 	for _, a := range final {
-		if a.State != wire.StateDone {
+		if a.State != contract.StateDone {
 			return &ExitError{Code: 3, Err: fmt.Errorf("device %s: %s on %s: %s", o.action, a.State, a.MAC, a.Error)}
 		}
 	}
@@ -331,7 +330,7 @@ func (o *deviceActionOpts) run(ctx context.Context, args []string, asJSON bool, 
 
 // waitActions polls until every action has ended, drawing one progress bar
 // over their summed bytes on errOut when it is a terminal.
-func waitActions(ctx context.Context, c *client.Client, acts []wire.Action, timeout time.Duration, bar bool, errOut io.Writer) ([]wire.Action, error) {
+func waitActions(ctx context.Context, c *client.Client, acts []contract.Action, timeout time.Duration, bar bool, errOut io.Writer) ([]contract.Action, error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	var pb *progressbar.ProgressBar
@@ -347,7 +346,7 @@ func waitActions(ctx context.Context, c *client.Client, acts []wire.Action, time
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	for {
-		var final []wire.Action
+		var final []contract.Action
 		var done, total int64
 		open := 0
 		for _, a := range acts {
@@ -364,7 +363,7 @@ func waitActions(ctx context.Context, c *client.Client, acts []wire.Action, time
 			final = append(final, cur)
 			done += cur.Done
 			total += cur.Total
-			if cur.State == wire.StatePending || cur.State == wire.StateRunning {
+			if cur.State == contract.StatePending || cur.State == contract.StateRunning {
 				open++
 			}
 		}
@@ -406,8 +405,10 @@ func (o *deviceCancelOpts) run(ctx context.Context, args []string, asJSON bool, 
 		return err
 	}
 	return eachMAC(macs, asJSON, out, "device cancel",
-		func(m string) (wire.Action, error) { return c.SetAction(ctx, m, wire.ActionNone, "") },
-		func(a wire.Action) string { return fmt.Sprintf("%s: %s (action %s) cancelled", a.MAC, a.Type, a.ID) })
+		func(m string) (contract.Action, error) { return c.SetAction(ctx, m, contract.ActionNone, "") },
+		func(a contract.Action) string {
+			return fmt.Sprintf("%s: %s (action %s) cancelled", a.MAC, a.Type, a.ID)
+		})
 }
 
 type deviceImageOpts struct{ api *apiOpts }

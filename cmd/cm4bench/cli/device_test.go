@@ -16,7 +16,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cm4bench/cm4bench/api/wire"
+	"github.com/cm4bench/cm4bench/internal/contract"
 )
 
 // TestNetbootServeAndClients runs `netboot serve` (HTTP only) in-process and
@@ -37,10 +37,10 @@ func TestNetbootServeAndClients(t *testing.T) {
 		done <- Context{Stdout: &serveOut, Stderr: io.Discard, Args: []string{"netboot", "serve", "--no-dhcp", "--no-tftp",
 			"--http", "127.0.0.1:0", "--data", data, "--image", img, "--poll-interval", "100ms"}}.Execute(ctx)
 	}()
-	var info wire.ServerInfo
+	var info contract.ServerInfo
 	deadline := time.Now().Add(20 * time.Second)
 	for {
-		b, err := os.ReadFile(filepath.Join(data, wire.FileServerInfo))
+		b, err := os.ReadFile(filepath.Join(data, contract.FileServerInfo))
 		if err == nil && json.Unmarshal(b, &info) == nil && info.URL != "" {
 			break
 		}
@@ -50,7 +50,7 @@ func TestNetbootServeAndClients(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	tok, _ := os.ReadFile(filepath.Join(data, wire.FileAdminToken))
+	tok, _ := os.ReadFile(filepath.Join(data, contract.FileAdminToken))
 	if !strings.Contains(serveOut.String(), strings.TrimSpace(string(tok))) {
 		t.Errorf("the new admin token was not printed: %q", serveOut.String())
 	}
@@ -74,7 +74,7 @@ func TestNetbootServeAndClients(t *testing.T) {
 		}
 		return b
 	}
-	post(wire.PathRegister, `{"mac":"`+mac+`","ip":"127.0.0.1","facts":{"serial":"10000abc"}}`)
+	post(contract.PathRegister, `{"mac":"`+mac+`","ip":"127.0.0.1","facts":{"serial":"10000abc"}}`)
 
 	out, err := cli("device", "list")
 	if err != nil || !strings.Contains(out, mac) || !strings.Contains(out, "10000abc") || !strings.Contains(out, "idle") {
@@ -97,9 +97,9 @@ func TestNetbootServeAndClients(t *testing.T) {
 		out, _, err := runCLI(t, "device", "deploy", mac, "--wait", "--json", "--data", data)
 		waited <- result{out, err}
 	}()
-	var p wire.PollResponse
-	for p.Action != wire.ActionDeploy {
-		resp, err := http.Get(info.URL + wire.PathPoll + "?mac=" + mac)
+	var p contract.PollResponse
+	for p.Action != contract.ActionDeploy {
+		resp, err := http.Get(info.URL + contract.PathPoll + "?mac=" + mac)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -116,10 +116,10 @@ func TestNetbootServeAndClients(t *testing.T) {
 	if !bytes.Equal(got, golden) {
 		t.Fatalf("image stream: %d bytes", len(got))
 	}
-	post(wire.PathActionDone, `{"mac":"`+mac+`"}`)
+	post(contract.PathActionDone, `{"mac":"`+mac+`"}`)
 	r := <-waited
-	var final []wire.Action
-	if r.err != nil || json.Unmarshal([]byte(r.out), &final) != nil || len(final) != 1 || final[0].State != wire.StateDone {
+	var final []contract.Action
+	if r.err != nil || json.Unmarshal([]byte(r.out), &final) != nil || len(final) != 1 || final[0].State != contract.StateDone {
 		t.Fatalf("deploy --wait = %q, %v", r.out, r.err)
 	}
 
@@ -149,7 +149,7 @@ func TestNetbootServeAndClients(t *testing.T) {
 		t.Fatalf("device cancel = %q, %v", out, err)
 	}
 	cli("device", "backup", mac)
-	resp, _ = http.Get(info.URL + wire.PathPoll + "?mac=" + mac)
+	resp, _ = http.Get(info.URL + contract.PathPoll + "?mac=" + mac)
 	json.NewDecoder(resp.Body).Decode(&p)
 	resp.Body.Close()
 	content := bytes.Repeat([]byte("eMMC"), 300000)
@@ -159,10 +159,10 @@ func TestNetbootServeAndClients(t *testing.T) {
 		t.Fatalf("upload: %v %v", resp.StatusCode, err)
 	}
 	resp.Body.Close()
-	post(wire.PathActionDone, `{"mac":"`+mac+`"}`)
+	post(contract.PathActionDone, `{"mac":"`+mac+`"}`)
 
 	out, err = cli("backup", "list", "--json")
-	var bs []wire.Backup
+	var bs []contract.Backup
 	if err != nil || json.Unmarshal([]byte(out), &bs) != nil || len(bs) != 1 {
 		t.Fatalf("backup list = %q, %v", out, err)
 	}
@@ -207,7 +207,7 @@ func TestNetbootServeAndClients(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Errorf("serve after Ctrl-C: %v", err)
 	}
-	if _, err := os.Stat(filepath.Join(data, wire.FileServerInfo)); !errors.Is(err, os.ErrNotExist) {
+	if _, err := os.Stat(filepath.Join(data, contract.FileServerInfo)); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("server.json left behind after a clean stop")
 	}
 	if _, err := cli("device", "list"); err == nil || !strings.Contains(err.Error(), "is `cm4bench netboot serve") {

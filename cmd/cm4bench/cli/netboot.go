@@ -13,7 +13,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/cm4bench/cm4bench/api/wire"
+	"github.com/cm4bench/cm4bench/internal/contract"
 	"github.com/cm4bench/cm4bench/netboot/serve"
 )
 
@@ -221,7 +221,7 @@ func (o *netbootServeOpts) run(ctx context.Context, logger *slog.Logger, out io.
 	}
 	defer b.Close()
 	if b.TokenCreated() {
-		fmt.Fprintf(out, "admin token (shown once; also in %s): %s\n", filepath.Join(cfg.DataDir, wire.FileAdminToken), b.Token())
+		fmt.Fprintf(out, "admin token (shown once; also in %s): %s\n", filepath.Join(cfg.DataDir, contract.FileAdminToken), b.Token())
 	}
 	if err := o.prep.prepare(ctx, b, popts, out); err != nil {
 		return err
@@ -269,14 +269,14 @@ func (o *netbootSwitchOpts) run(ctx context.Context, args []string, asJSON bool,
 			return fmt.Errorf("netboot: %w", err)
 		}
 		if asJSON {
-			return writeJSON(out, wire.NetbootSwitch{Enabled: o.on})
+			return writeJSON(out, contract.NetbootSwitch{Enabled: o.on})
 		}
 		_, err := fmt.Fprintf(out, "global netboot %s\n", onOffText(o.on))
 		return err
 	}
 	return eachMAC(macs, asJSON, out, "netboot",
-		func(m string) (wire.NetbootSwitch, error) { return c.SetDeviceNetboot(ctx, m, o.on) },
-		func(sw wire.NetbootSwitch) string {
+		func(m string) (contract.NetbootSwitch, error) { return c.SetDeviceNetboot(ctx, m, o.on) },
+		func(sw contract.NetbootSwitch) string {
 			return fmt.Sprintf("%s: netboot %s", sw.MAC, onOffText(sw.Enabled))
 		})
 }
@@ -285,9 +285,9 @@ type netbootStatusOpts struct{ api *apiOpts }
 
 // netbootStatus is the --json answer of `netboot status`.
 type netbootStatus struct {
-	Global  bool                 `json:"global"`
-	Devices []wire.NetbootSwitch `json:"devices"`
-	Rivals  []string             `json:"rival_dhcp,omitempty"`
+	Global  bool                     `json:"global"`
+	Devices []contract.NetbootSwitch `json:"devices"`
+	Rivals  []string                 `json:"rival_dhcp,omitempty"`
 }
 
 func newNetbootStatusCmd() *cobra.Command {
@@ -315,7 +315,7 @@ func (o *netbootStatusOpts) run(ctx context.Context, args []string, asJSON bool,
 	if err != nil {
 		return fmt.Errorf("netboot status: %w", err)
 	}
-	res := netbootStatus{Global: st.Netboot, Devices: []wire.NetbootSwitch{}, Rivals: st.RivalDHCP}
+	res := netbootStatus{Global: st.Netboot, Devices: []contract.NetbootSwitch{}, Rivals: st.RivalDHCP}
 	if len(macs) > 0 {
 		for _, m := range macs {
 			sw, err := c.DeviceNetboot(ctx, m)
@@ -330,7 +330,7 @@ func (o *netbootStatusOpts) run(ctx context.Context, args []string, asJSON bool,
 			return fmt.Errorf("netboot status: %w", err)
 		}
 		for _, d := range devs {
-			res.Devices = append(res.Devices, wire.NetbootSwitch{MAC: d.MAC, Enabled: d.Netboot})
+			res.Devices = append(res.Devices, contract.NetbootSwitch{MAC: d.MAC, Enabled: d.Netboot})
 		}
 	}
 	if asJSON {

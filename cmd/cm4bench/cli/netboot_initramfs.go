@@ -13,7 +13,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/cm4bench/cm4bench/internal/atomicfile"
-	"github.com/cm4bench/cm4bench/netboot/agent/pid1"
+	"github.com/cm4bench/cm4bench/internal/contract"
 	"github.com/cm4bench/cm4bench/netboot/initramfs"
 	"github.com/cm4bench/cm4bench/netboot/initramfs/agentbin"
 )
@@ -145,7 +145,7 @@ func (o *netbootInitramfsOptions) run(_ context.Context, asJSON bool, stdout io.
 	}
 	img, err := initramfs.Build(initramfs.Options{
 		Agent: agent,
-		Config: pid1.Config{
+		Config: contract.AgentConfig{
 			Server: strings.TrimRight(o.server, "/"), Target: o.target, Interface: o.iface,
 			NoReboot: o.noReboot, AcceptZstd: o.acceptZstd,
 		},

@@ -17,9 +17,9 @@ import (
 
 	"github.com/u-root/u-root/pkg/cpio"
 
-	"github.com/cm4bench/cm4bench/api/wire"
 	"github.com/cm4bench/cm4bench/cmd/cm4bench/cli"
 	"github.com/cm4bench/cm4bench/firmware"
+	"github.com/cm4bench/cm4bench/internal/contract"
 	"github.com/cm4bench/cm4bench/netboot/initramfs"
 	"github.com/cm4bench/cm4bench/netboot/initramfs/agentbin"
 )
@@ -96,7 +96,7 @@ func TestNetbootServePrepareTFTPRoot(t *testing.T) {
 
 	serveOnce := func() string {
 		t.Helper()
-		os.Remove(filepath.Join(data, wire.FileServerInfo))
+		os.Remove(filepath.Join(data, contract.FileServerInfo))
 		ctx, cancel := context.WithCancel(context.Background())
 		defer cancel()
 		var out bytes.Buffer
@@ -104,8 +104,8 @@ func TestNetbootServePrepareTFTPRoot(t *testing.T) {
 		go func() { done <- cli.Context{Stdout: &out, Stderr: io.Discard, Args: args}.Execute(ctx) }()
 		deadline := time.Now().Add(20 * time.Second)
 		for {
-			var info wire.ServerInfo
-			b, err := os.ReadFile(filepath.Join(data, wire.FileServerInfo))
+			var info contract.ServerInfo
+			b, err := os.ReadFile(filepath.Join(data, contract.FileServerInfo))
 			if err == nil && json.Unmarshal(b, &info) == nil && info.URL != "" {
 				break
 			}

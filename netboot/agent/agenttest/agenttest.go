@@ -21,7 +21,7 @@ import (
 	"github.com/cm4bench/cm4bench/api"
 	"github.com/cm4bench/cm4bench/api/images"
 	"github.com/cm4bench/cm4bench/api/store"
-	"github.com/cm4bench/cm4bench/api/wire"
+	"github.com/cm4bench/cm4bench/internal/contract"
 )
 
 // Tech drives a running server through the technician API, as the
@@ -89,35 +89,35 @@ func (b *Bench) AddAddress(u string) { b.Server.AddAddress(u) }
 
 // AddImage uploads an image through the technician API (POST
 // /api/v1/images?name=NAME) and returns what the server computed.
-func (b *Tech) AddImage(tb testing.TB, name string, data io.Reader) wire.Image {
+func (b *Tech) AddImage(tb testing.TB, name string, data io.Reader) contract.Image {
 	tb.Helper()
-	var img wire.Image
+	var img contract.Image
 	b.Do(tb, http.MethodPost, "/api/v1/images?name="+name, data, &img)
 	return img
 }
 
 // SetAction asks for a deploy (of image) or backup of mac, as the
 // dashboard's buttons do.
-func (b *Tech) SetAction(tb testing.TB, mac, action, image string) wire.Action {
+func (b *Tech) SetAction(tb testing.TB, mac, action, image string) contract.Action {
 	tb.Helper()
 	body, _ := json.Marshal(map[string]string{"action": action, "image": image})
-	var a wire.Action
+	var a contract.Action
 	b.Do(tb, http.MethodPost, "/api/v1/devices/"+mac+"/action", bytes.NewReader(body), &a)
 	return a
 }
 
 // Device returns the device with its recent actions.
-func (b *Tech) Device(tb testing.TB, mac string) wire.Device {
+func (b *Tech) Device(tb testing.TB, mac string) contract.Device {
 	tb.Helper()
-	var d wire.Device
+	var d contract.Device
 	b.Do(tb, http.MethodGet, "/api/v1/devices/"+mac, nil, &d)
 	return d
 }
 
 // Backups lists the stored backups.
-func (b *Tech) Backups(tb testing.TB) []wire.Backup {
+func (b *Tech) Backups(tb testing.TB) []contract.Backup {
 	tb.Helper()
-	var bs []wire.Backup
+	var bs []contract.Backup
 	b.Do(tb, http.MethodGet, "/api/v1/backups", nil, &bs)
 	return bs
 }
@@ -140,7 +140,7 @@ func (b *Tech) DownloadBackup(tb testing.TB, id string) []byte {
 }
 
 // WaitRegistered waits until mac has registered.
-func (b *Tech) WaitRegistered(tb testing.TB, mac string, timeout time.Duration) wire.Device {
+func (b *Tech) WaitRegistered(tb testing.TB, mac string, timeout time.Duration) contract.Device {
 	tb.Helper()
 	deadline := time.Now().Add(timeout)
 	for {
@@ -148,7 +148,7 @@ func (b *Tech) WaitRegistered(tb testing.TB, mac string, timeout time.Duration) 
 		req.Header.Set("Authorization", "Bearer "+b.Token)
 		resp, err := http.DefaultClient.Do(req)
 		if err == nil {
-			var d wire.Device
+			var d contract.Device
 			ok := resp.StatusCode == http.StatusOK && json.NewDecoder(resp.Body).Decode(&d) == nil
 			resp.Body.Close()
 			if ok {
@@ -164,13 +164,13 @@ func (b *Tech) WaitRegistered(tb testing.TB, mac string, timeout time.Duration) 
 
 // WaitAction waits until the action id of mac is finished (done, failed or
 // cancelled) and returns it.
-func (b *Tech) WaitAction(tb testing.TB, mac, id string, timeout time.Duration) wire.Action {
+func (b *Tech) WaitAction(tb testing.TB, mac, id string, timeout time.Duration) contract.Action {
 	tb.Helper()
 	deadline := time.Now().Add(timeout)
 	for {
 		d := b.Device(tb, mac)
 		for _, a := range append(d.Actions, deref(d.Action)...) {
-			if a.ID == id && a.State != wire.StatePending && a.State != wire.StateRunning {
+			if a.ID == id && a.State != contract.StatePending && a.State != contract.StateRunning {
 				return a
 			}
 		}
@@ -181,11 +181,11 @@ func (b *Tech) WaitAction(tb testing.TB, mac, id string, timeout time.Duration) 
 	}
 }
 
-func deref(a *wire.Action) []wire.Action {
+func deref(a *contract.Action) []contract.Action {
 	if a == nil {
 		return nil
 	}
-	return []wire.Action{*a}
+	return []contract.Action{*a}
 }
 
 // Do makes a technician request and decodes a JSON answer into out.

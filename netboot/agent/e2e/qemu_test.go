@@ -28,7 +28,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cm4bench/cm4bench/api/wire"
+	"github.com/cm4bench/cm4bench/internal/contract"
 	"github.com/cm4bench/cm4bench/internal/repotest"
 	"github.com/cm4bench/cm4bench/internal/syncbuf"
 	"github.com/cm4bench/cm4bench/netboot/agent/agenttest"
@@ -213,9 +213,9 @@ func TestQEMUDeployAndBackup(t *testing.T) {
 	})
 	var token []byte
 	for deadline := time.Now().Add(60 * time.Second); ; {
-		token, _ = os.ReadFile(filepath.Join(data, wire.FileAdminToken))
+		token, _ = os.ReadFile(filepath.Join(data, contract.FileAdminToken))
 		if len(token) > 0 {
-			if resp, err := http.Get("http://127.0.0.1:" + strconv.Itoa(port) + wire.PathOpenAPI); err == nil {
+			if resp, err := http.Get("http://127.0.0.1:" + strconv.Itoa(port) + contract.PathOpenAPI); err == nil {
 				resp.Body.Close()
 				break
 			}
@@ -236,7 +236,7 @@ func TestQEMUDeployAndBackup(t *testing.T) {
 	if d.Facts == nil || d.Facts.EMMCBytes != diskSize || len(d.Facts.MACs) == 0 || d.Facts.MACs[0] != guestMAC {
 		t.Errorf("facts from the guest: %+v", d.Facts)
 	}
-	act := tech.SetAction(t, guestMAC, wire.ActionDeploy, filepath.Base(golden))
+	act := tech.SetAction(t, guestMAC, contract.ActionDeploy, filepath.Base(golden))
 	select {
 	case <-g.done:
 	case <-time.After(4 * time.Minute):
@@ -244,7 +244,7 @@ func TestQEMUDeployAndBackup(t *testing.T) {
 	}
 	done := tech.WaitAction(t, guestMAC, act.ID, 10*time.Second)
 	t.Logf("deploy: %s after %s, %+v", done.State, time.Since(start).Round(time.Second), done)
-	if done.State != wire.StateDone || done.SHA256 != hexsum(img) {
+	if done.State != contract.StateDone || done.SHA256 != hexsum(img) {
 		t.Fatalf("deploy action %+v\nconsole:\n%s", done, tail(g.log.String(), 40))
 	}
 	if !strings.Contains(g.log.String(), "verified on read-back (O_DIRECT)") {
@@ -264,15 +264,15 @@ func TestQEMUDeployAndBackup(t *testing.T) {
 	}
 
 	// Boot 2: backup of the whole disk.
-	act = tech.SetAction(t, guestMAC, wire.ActionBackup, "")
+	act = tech.SetAction(t, guestMAC, contract.ActionBackup, "")
 	start = time.Now()
 	g = boot(t, qemu, kdir, initrd, disk, port)
 	done = tech.WaitAction(t, guestMAC, act.ID, 4*time.Minute)
 	t.Logf("backup: %s after %s, %+v", done.State, time.Since(start).Round(time.Second), done)
-	if done.State != wire.StateDone || done.SHA256 != hexsum(got) || done.Bytes != diskSize {
+	if done.State != contract.StateDone || done.SHA256 != hexsum(got) || done.Bytes != diskSize {
 		t.Fatalf("backup action %+v", done)
 	}
-	var bk *wire.Backup
+	var bk *contract.Backup
 	for _, b := range tech.Backups(t) {
 		if b.ActionID == act.ID {
 			bk = &b

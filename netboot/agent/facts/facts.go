@@ -17,7 +17,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/cm4bench/cm4bench/api/wire"
+	"github.com/cm4bench/cm4bench/internal/contract"
 )
 
 // Reader gathers facts from a proc and a sys tree.
@@ -46,8 +46,8 @@ func (r Reader) sys(p ...string) string {
 }
 
 // Read gathers every fact it can; missing sources leave fields empty.
-func (r Reader) Read() *wire.Facts {
-	f := &wire.Facts{}
+func (r Reader) Read() *contract.Facts {
+	f := &contract.Facts{}
 	cpu := ParseCPUInfo(readString(r.proc("cpuinfo")))
 	f.Serial = NormalizeSerial(cpu["Serial"])
 	f.Revision = strings.ToLower(cpu["Revision"])

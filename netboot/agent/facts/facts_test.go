@@ -6,7 +6,7 @@ import (
 	"reflect"
 	"testing"
 
-	"github.com/cm4bench/cm4bench/api/wire"
+	"github.com/cm4bench/cm4bench/internal/contract"
 )
 
 func write(t *testing.T, root, p string, data []byte) {
@@ -41,7 +41,7 @@ func TestReadFakeCM4(t *testing.T) {
 	write(t, sys, "class/thermal/thermal_zone0/temp", []byte("47236\n"))
 
 	got := Reader{Proc: proc, Sys: sys}.Read()
-	want := &wire.Facts{
+	want := &contract.Facts{
 		Serial: "abcdef12", Revision: "c03141", Model: "Raspberry Pi Compute Module 4 Rev 1.1",
 		MACs: []string{"dc:a6:32:01:02:03", "dc:a6:32:01:02:04"}, EMMCBytes: 61071360 * 512,
 		EMMCCID: "150100424a54443452000e1a2e04a500", EMMCCSD: "d0270132070f5903ff2f7f8b92400001",

@@ -25,45 +25,13 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
-	"github.com/cm4bench/cm4bench/api/wire"
+	"github.com/cm4bench/cm4bench/internal/contract"
 )
 
-// ConfigPath is where the initramfs carries the agent's configuration.
-const ConfigPath = "/etc/cm4agent.json"
-
-// ModulesDir is where the initramfs carries kernel modules.
-const ModulesDir = "/lib/modules"
-
-// Config is the agent configuration packed into the initramfs as JSON. The
-// kernel command line can override Server (cm4bench.server=URL), Target
-// (cm4bench.target=DEV) and Reboot (cm4bench.reboot=0).
-type Config struct {
-	// Server is the base URL of the cm4bench API; "" = from DHCP (option 66
-	// or siaddr) and wire.DefaultPort.
-	Server string `json:"server,omitempty"`
-	// Target is the eMMC block device; "" = /dev/mmcblk0.
-	Target string `json:"target,omitempty"`
-	// Modules are module file names under ModulesDir, in load order.
-	Modules []string `json:"modules,omitempty"`
-	// Interface is the link to configure; "" = the first Ethernet link that
-	// gets a lease.
-	Interface string `json:"interface,omitempty"`
-	// NoReboot keeps the agent polling after a deploy instead of rebooting.
-	NoReboot bool `json:"no_reboot,omitempty"`
-	// AcceptZstd asks for the zstd image stream.
-	AcceptZstd bool `json:"accept_zstd,omitempty"`
-	// PollSeconds overrides the server's poll interval.
-	PollSeconds float64 `json:"poll_seconds,omitempty"`
-	// TargetExplicit is set by LoadConfig when Target came from the file or
-	// the command line rather than the default (the agent then writes it
-	// even if it is an SD card).
-	TargetExplicit bool `json:"-"`
-}
-
-// LoadConfig reads the config file (missing = zero Config) and applies the
+// LoadConfig reads the config file (missing = zero config) and applies the
 // kernel command line.
-func LoadConfig(path, cmdline string) (Config, error) {
-	var c Config
+func LoadConfig(path, cmdline string) (contract.AgentConfig, error) {
+	var c contract.AgentConfig
 	b, err := os.ReadFile(path)
 	switch {
 	case err == nil:
@@ -74,13 +42,13 @@ func LoadConfig(path, cmdline string) (Config, error) {
 		return c, fmt.Errorf("pid1: config: %w", err)
 	}
 	args := ParseCmdline(cmdline)
-	if v := args[wire.KernelArgURL]; v != "" {
+	if v := args[contract.KernelArgURL]; v != "" {
 		c.Server = v
 	}
-	if v := args["cm4bench.target"]; v != "" {
+	if v := args[contract.KernelArgTarget]; v != "" {
 		c.Target = v
 	}
-	if v, ok := args["cm4bench.reboot"]; ok && (v == "0" || v == "no" || v == "false") {
+	if v, ok := args[contract.KernelArgReboot]; ok && (v == "0" || v == "no" || v == "false") {
 		c.NoReboot = true
 	}
 	c.TargetExplicit = c.Target != ""
@@ -261,7 +229,7 @@ func dhcp(ctx context.Context, l netlink.Link, log *slog.Logger) (*Lease, error)
 
 // ServerFromDHCP derives the API base URL from a DHCP answer: option 66
 // (TFTP server name; an address or a URL) if present, else siaddr, with
-// wire.DefaultPort. It returns "" if the answer names no server.
+// contract.DefaultPort. It returns "" if the answer names no server.
 func ServerFromDHCP(m *dhcpv4.DHCPv4) string {
 	host := strings.TrimSpace(m.TFTPServerName())
 	if strings.HasPrefix(host, "http://") || strings.HasPrefix(host, "https://") {
@@ -275,7 +243,7 @@ func ServerFromDHCP(m *dhcpv4.DHCPv4) string {
 	if host == "" {
 		return ""
 	}
-	return "http://" + net.JoinHostPort(host, strconv.Itoa(wire.DefaultPort))
+	return "http://" + net.JoinHostPort(host, strconv.Itoa(contract.DefaultPort))
 }
 
 // Reboot syncs and restarts the machine (PID 1 only).

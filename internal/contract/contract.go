@@ -1,12 +1,15 @@
-// Package wire holds the JSON types exchanged between the cm4bench server,
-// its CLI client and the cm4agent device agent. It is types and constants
-// only: it imports nothing beyond the standard library, so the agent can use
-// it without pulling in the server.
+// Package contract is what the parts of cm4bench agree on: the JSON types of
+// the device and technician APIs, the event type with every event kind the
+// bench emits, the configuration the initramfs hands to cm4agent, and MAC
+// normalisation. The servers (api, netboot/dhcp, netboot/tftp), the device
+// agent and the CLI import it; it imports nothing of ours and nothing
+// beyond the standard library, so each side can use it without pulling in
+// the other.
 //
 // The first group of endpoints is compatible with the original
 // provisioning-client.sh (curl and dd); the agent uses richer fields and
 // endpoints alongside them.
-package wire
+package contract
 
 import "time"
 
@@ -125,21 +128,6 @@ type ActionDone struct {
 	Seconds          float64 `json:"seconds,omitempty" form:"seconds"`
 }
 
-// Event is one entry of the bench's single event stream: DHCP leases, TFTP
-// transfers, agent progress and technician clicks. Kind is dotted, for
-// example "dhcp.ack", "tftp.transfer", "tftp.probe", "device.register",
-// "action.progress", "action.done", "netboot.set".
-type Event struct {
-	ID      int64          `json:"id,omitempty"`
-	Time    time.Time      `json:"time"`
-	Kind    string         `json:"kind"`
-	Level   string         `json:"level,omitempty"` // info, warn, error
-	MAC     string         `json:"mac,omitempty"`
-	Serial  string         `json:"serial,omitempty"`
-	Message string         `json:"message"`
-	Fields  map[string]any `json:"fields,omitempty"`
-}
-
 // APIError is the body of every 4xx/5xx answer.
 type APIError struct {
 	Error string `json:"error"`
@@ -195,27 +183,6 @@ const (
 	StateDone      = "done"
 	StateFailed    = "failed"
 	StateCancelled = "cancelled"
-)
-
-// Event kinds emitted by the API server (DHCP and TFTP add "dhcp.*" and
-// "tftp.*").
-const (
-	EventDeviceRegister  = "device.register"
-	EventDevicePoll      = "device.poll"
-	EventDeviceLog       = "device.log"
-	EventActionSet       = "action.set"
-	EventActionProgress  = "action.progress" // Fields: action_id, phase, done, total, rate
-	EventActionDone      = "action.done"
-	EventActionFailed    = "action.failed"
-	EventNetbootSet      = "netboot.set" // Fields: enabled (bool); MAC empty = global switch
-	EventBackupStored    = "backup.stored"
-	EventImageAdded      = "image.added"
-	EventImageRemoved    = "image.removed"
-	EventServerRecovered = "server.recovered" // Fields: temp_files_removed, backups_failed
-	EventAuthLogin       = "auth.login"       // Fields: ip
-	EventAuthFailed      = "auth.failed"      // Fields: ip
-	EventAuthRotated     = "auth.rotated"
-	EventDHCPRival       = "dhcp.rival"
 )
 
 // Device is one board the bench has seen, as the technician API shows it.
