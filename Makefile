@@ -32,7 +32,7 @@ arm64-kernel:
 
 # The QEMU end-to-end test alone, verbose (it also runs in `make test`).
 e2e: deps arm64-kernel
-	$(GO) test -count=1 -v -timeout 15m ./netboot/agent/e2e/
+	$(GO) test -count=1 -v -timeout 15m ./netboot/device/e2e/
 
 run: build
 	$(BUILD)/cm4bench --help
@@ -52,15 +52,15 @@ run: build
 # and 4 backups going for 10 minutes (make test runs the same for 1 minute).
 SOAK ?= 10m
 soak: deps
-	CM4BENCH_SOAK=$(SOAK) $(GO) test -count=1 -v -timeout 90m -run '^(TestLoad|TestFault)' ./netboot/simbench/
+	CM4BENCH_SOAK=$(SOAK) $(GO) test -count=1 -v -timeout 90m -run '^(TestLoad|TestFault)' ./netboot/sim/simbench/
 
 # The QEMU end-to-end test runs on its own after the rest: an emulated arm64
 # guest starved of CPU by the other suites (2 cores) can stall in its
 # virtio driver for minutes.
-E2E_PKG := ./netboot/agent/e2e
+E2E_PKG := ./netboot/device/e2e
 test: deps libusbfake arm64-kernel
 	CGO_ENABLED=0 $(GO) vet $(NOCGO_PKGS)
-	LIBUSBFAKE_SO=$(abspath $(LIBUSBFAKE)) $(GO) test -count=1 -timeout 40m $$($(GO) list ./... | grep -v '/netboot/agent/e2e$$')
+	LIBUSBFAKE_SO=$(abspath $(LIBUSBFAKE)) $(GO) test -count=1 -timeout 40m $$($(GO) list ./... | grep -v '/netboot/device/e2e$$')
 	$(GO) test -count=1 -timeout 15m $(E2E_PKG)
 
 bench: build

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Fetches Debian's arm64 kernel package (linux-image-*-arm64 of the arm64
 # architecture) and unpacks it into a cache directory, for the QEMU
-# end-to-end test of cm4agent (netboot/agent/e2e). Prints the cache
+# end-to-end test of cm4agent (netboot/device/e2e). Prints the cache
 # directory. Idempotent: a populated cache is reused.
 #
 #   scripts/arm64-kernel.sh [CACHE_DIR]   (default /var/cache/cm4bench-test/arm64-kernel)

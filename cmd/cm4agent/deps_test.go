@@ -45,7 +45,7 @@ func TestAgentDependencies(t *testing.T) {
 			}
 		}
 		// The check can fail: the packages the agent is made of are there.
-		for _, want := range []string{"github.com/cm4bench/cm4bench/netboot/agent", "github.com/cm4bench/cm4bench/internal/contract", "github.com/insomniacslk/dhcp/dhcpv4/nclient4"} {
+		for _, want := range []string{"github.com/cm4bench/cm4bench/netboot/device/agent", "github.com/cm4bench/cm4bench/internal/contract", "github.com/insomniacslk/dhcp/dhcpv4/nclient4"} {
 			if !found[want] {
 				t.Errorf("%s: expected dependency %s missing; is go list working?", arch, want)
 			}

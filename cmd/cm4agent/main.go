@@ -25,9 +25,9 @@ import (
 	"time"
 
 	"github.com/cm4bench/cm4bench/internal/contract"
-	"github.com/cm4bench/cm4bench/netboot/agent"
-	"github.com/cm4bench/cm4bench/netboot/agent/facts"
-	"github.com/cm4bench/cm4bench/netboot/agent/pid1"
+	"github.com/cm4bench/cm4bench/netboot/device/agent"
+	"github.com/cm4bench/cm4bench/netboot/device/facts"
+	"github.com/cm4bench/cm4bench/netboot/device/pid1"
 )
 
 // version is set with -ldflags "-X main.version=...".

@@ -12,7 +12,7 @@ import (
 
 	"github.com/cm4bench/cm4bench/firmware"
 	"github.com/cm4bench/cm4bench/internal/doctor"
-	"github.com/cm4bench/cm4bench/netboot/nettest"
+	"github.com/cm4bench/cm4bench/netboot/sim/nettest"
 	"github.com/cm4bench/cm4bench/usbboot"
 	"github.com/cm4bench/cm4bench/usbboot/usbboottest"
 )

@@ -16,7 +16,7 @@ import (
 	"github.com/insomniacslk/dhcp/dhcpv4/nclient4"
 
 	"github.com/cm4bench/cm4bench/netboot/dhcp"
-	"github.com/cm4bench/cm4bench/netboot/nettest"
+	"github.com/cm4bench/cm4bench/netboot/sim/nettest"
 )
 
 const (

@@ -19,7 +19,7 @@ import (
 
 	"github.com/cm4bench/cm4bench/internal/contract"
 	"github.com/cm4bench/cm4bench/netboot/dhcp"
-	"github.com/cm4bench/cm4bench/netboot/nettest"
+	"github.com/cm4bench/cm4bench/netboot/sim/nettest"
 )
 
 const (

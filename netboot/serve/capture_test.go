@@ -14,9 +14,9 @@ import (
 	"time"
 
 	"github.com/cm4bench/cm4bench/internal/contract"
-	"github.com/cm4bench/cm4bench/netboot/nettest"
-	"github.com/cm4bench/cm4bench/netboot/pisim"
 	"github.com/cm4bench/cm4bench/netboot/serve"
+	"github.com/cm4bench/cm4bench/netboot/sim/nettest"
+	"github.com/cm4bench/cm4bench/netboot/sim/pisim"
 )
 
 // TestCaptureReadByTsharkAndReplayed: serve --capture records a Pi-like

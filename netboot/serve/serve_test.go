@@ -17,8 +17,8 @@ import (
 	"time"
 
 	"github.com/cm4bench/cm4bench/internal/contract"
-	"github.com/cm4bench/cm4bench/netboot/nettest"
 	"github.com/cm4bench/cm4bench/netboot/serve"
+	"github.com/cm4bench/cm4bench/netboot/sim/nettest"
 )
 
 // The Pi 4 bootloader's DHCP identity (netboot.md §6.2), for busybox udhcpc.

@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cm4bench/cm4bench/netboot/nettest"
+	"github.com/cm4bench/cm4bench/netboot/sim/nettest"
 	"github.com/cm4bench/cm4bench/netboot/tftp"
 )
 

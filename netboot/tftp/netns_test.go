@@ -14,7 +14,7 @@ import (
 	"testing"
 
 	"github.com/cm4bench/cm4bench/internal/contract"
-	"github.com/cm4bench/cm4bench/netboot/nettest"
+	"github.com/cm4bench/cm4bench/netboot/sim/nettest"
 	"github.com/cm4bench/cm4bench/netboot/tftp"
 )
 

@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/cm4bench/cm4bench/netboot/dhcp"
-	"github.com/cm4bench/cm4bench/netboot/nettest"
+	"github.com/cm4bench/cm4bench/netboot/sim/nettest"
 	"github.com/cm4bench/cm4bench/netboot/tftp"
 )
 

@@ -23,8 +23,8 @@ import (
 
 	"github.com/cm4bench/cm4bench/eeprom"
 	"github.com/cm4bench/cm4bench/netboot/initramfs/agentbin"
-	"github.com/cm4bench/cm4bench/netboot/pisim"
-	"github.com/cm4bench/cm4bench/netboot/simbench"
+	"github.com/cm4bench/cm4bench/netboot/sim/pisim"
+	"github.com/cm4bench/cm4bench/netboot/sim/simbench"
 )
 
 // simOptions are the flags of `cm4bench sim` (and what `netboot serve
