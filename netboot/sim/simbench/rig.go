@@ -18,8 +18,8 @@ import (
 	"github.com/cm4bench/cm4bench/api/client"
 	"github.com/cm4bench/cm4bench/internal/atomicfile"
 	"github.com/cm4bench/cm4bench/internal/contract"
-	"github.com/cm4bench/cm4bench/netboot/sim/pisim"
 	"github.com/cm4bench/cm4bench/internal/syncbuf"
+	"github.com/cm4bench/cm4bench/netboot/sim/pisim"
 )
 
 // RigConfig describes a complete simulated bench: namespaces, the real
