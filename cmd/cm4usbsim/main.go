@@ -82,7 +82,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if *verbose {
 		log = slog.New(slog.NewTextHandler(stderr, nil))
 	}
-	srv := &libusbfake.Server{Path: *socket, Devices: sim.devices(), Log: log}
+	srv := &libusbfake.Server{Path: *socket, Devices: sim.devices(), Logger: log}
 	if *format != "jsonl" && *format != "text" {
 		return fmt.Errorf("--transcript-format %q: want jsonl or text", *format)
 	}

@@ -181,7 +181,7 @@ type Server struct {
 	// order, from several goroutines but never at once).
 	OnRecord func(Record)
 	// Log receives diagnostics; nil is silent.
-	Log *slog.Logger
+	Logger *slog.Logger
 	// Ready, when non-nil, is closed once the socket accepts connections.
 	Ready chan<- struct{}
 
@@ -211,10 +211,10 @@ type handle struct {
 }
 
 func (s *Server) log() *slog.Logger {
-	if s.Log == nil {
+	if s.Logger == nil {
 		return slog.New(slog.DiscardHandler)
 	}
-	return s.Log
+	return s.Logger
 }
 
 // Serve listens on Path and answers requests until ctx ends.

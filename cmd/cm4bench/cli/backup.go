@@ -5,22 +5,19 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"path/filepath"
 	"strings"
 	"text/tabwriter"
 	"time"
 
-	"github.com/schollz/progressbar/v3"
-	"github.com/spf13/cobra"
-	"golang.org/x/term"
-
 	"github.com/cm4bench/cm4bench/internal/atomicfile"
 	"github.com/cm4bench/cm4bench/internal/contract"
+	"github.com/schollz/progressbar/v3"
+	"github.com/spf13/cobra"
 )
 
 func newBackupCmd() *cobra.Command {
-	o := &apiOpts{}
+	o := &apiOptions{}
 	cmd := &cobra.Command{
 		Use:   "backup",
 		Short: "List, fetch and delete eMMC backups stored by the server",
@@ -42,10 +39,10 @@ The server and admin token are found from --data DIR or given with --server URL 
 	return cmd
 }
 
-type backupListOpts struct{ api *apiOpts }
+type backupListOptions struct{ api *apiOptions }
 
-func newBackupListCmd(a *apiOpts) *cobra.Command {
-	o := &backupListOpts{api: a}
+func newBackupListCmd(a *apiOptions) *cobra.Command {
+	o := &backupListOptions{api: a}
 	return &cobra.Command{
 		Use:   "list",
 		Short: "List stored backups, newest first",
@@ -56,7 +53,7 @@ func newBackupListCmd(a *apiOpts) *cobra.Command {
 	}
 }
 
-func (o *backupListOpts) run(ctx context.Context, asJSON bool, out io.Writer) error {
+func (o *backupListOptions) run(ctx context.Context, asJSON bool, out io.Writer) error {
 	c, err := o.api.client()
 	if err != nil {
 		return err
@@ -71,18 +68,18 @@ func (o *backupListOpts) run(ctx context.Context, asJSON bool, out io.Writer) er
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "ID\tMAC\tSERIAL\tCREATED\tSIZE\tSTORED\tSHA256\tNAME")
 	for _, b := range bs {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%s\t%s\n", b.ID, b.MAC, dash(b.Serial), b.Created.Local().Format(time.DateTime), b.Size, b.StoredSize, b.SHA256, b.Name)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%s\t%s\n", b.ID, b.MAC, or(b.Serial, "-"), b.Created.Local().Format(time.DateTime), b.Size, b.StoredSize, b.SHA256, b.Name)
 	}
 	return tw.Flush()
 }
 
-type backupGetOpts struct {
-	api *apiOpts
+type backupGetOptions struct {
+	api *apiOptions
 	out string
 }
 
-func newBackupGetCmd(a *apiOpts) *cobra.Command {
-	o := &backupGetOpts{api: a}
+func newBackupGetCmd(a *apiOptions) *cobra.Command {
+	o := &backupGetOptions{api: a}
 	cmd := &cobra.Command{
 		Use:   "get ID",
 		Short: "Download a backup as stored (atomically: a cut download leaves no file)",
@@ -95,7 +92,7 @@ func newBackupGetCmd(a *apiOpts) *cobra.Command {
 	return cmd
 }
 
-func (o *backupGetOpts) run(ctx context.Context, id string, asJSON bool, stdout, errOut io.Writer) error {
+func (o *backupGetOptions) run(ctx context.Context, id string, asJSON bool, stdout, errOut io.Writer) error {
 	c, err := o.api.client()
 	if err != nil {
 		return err
@@ -127,9 +124,8 @@ func (o *backupGetOpts) run(ctx context.Context, id string, asJSON bool, stdout,
 	}
 	defer f.Abort()
 	var w io.Writer = f
-	if tf, ok := errOut.(*os.File); ok && !asJSON && term.IsTerminal(int(tf.Fd())) {
-		pb := progressbar.NewOptions64(b.StoredSize, progressbar.OptionSetWriter(errOut), progressbar.OptionShowBytes(true),
-			progressbar.OptionSetDescription("backup "+id), progressbar.OptionClearOnFinish())
+	if !asJSON && isTerminal(errOut) {
+		pb := byteBar(errOut, b.StoredSize, "backup "+id, progressbar.OptionClearOnFinish())
 		defer pb.Finish()
 		w = io.MultiWriter(f, pb)
 	}
@@ -154,10 +150,10 @@ func (o *backupGetOpts) run(ctx context.Context, id string, asJSON bool, stdout,
 	return err
 }
 
-type backupRmOpts struct{ api *apiOpts }
+type backupRmOptions struct{ api *apiOptions }
 
-func newBackupRmCmd(a *apiOpts) *cobra.Command {
-	o := &backupRmOpts{api: a}
+func newBackupRmCmd(a *apiOptions) *cobra.Command {
+	o := &backupRmOptions{api: a}
 	return &cobra.Command{
 		Use:   "rm ID...",
 		Short: "Delete backups (file and record)",
@@ -168,7 +164,7 @@ func newBackupRmCmd(a *apiOpts) *cobra.Command {
 	}
 }
 
-func (o *backupRmOpts) run(ctx context.Context, ids []string, asJSON bool, out io.Writer) error {
+func (o *backupRmOptions) run(ctx context.Context, ids []string, asJSON bool, out io.Writer) error {
 	c, err := o.api.client()
 	if err != nil {
 		return err

@@ -11,26 +11,24 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/schollz/progressbar/v3"
-	"github.com/spf13/cobra"
-	"golang.org/x/term"
-
 	"github.com/cm4bench/cm4bench/api/client"
 	"github.com/cm4bench/cm4bench/internal/contract"
+	"github.com/schollz/progressbar/v3"
+	"github.com/spf13/cobra"
 )
 
 // defaultDataDir is where `netboot serve` keeps its data unless told.
 const defaultDataDir = "/var/lib/cm4bench"
 
-// apiOpts find the running server: from --server and --token, or from the
+// apiOptions find the running server: from --server and --token, or from the
 // data dir the server records itself in.
-type apiOpts struct {
+type apiOptions struct {
 	data   string
 	server string
 	token  string
 }
 
-func (o *apiOpts) bind(cmd *cobra.Command) {
+func (o *apiOptions) bind(cmd *cobra.Command) {
 	f := cmd.PersistentFlags()
 	f.StringVar(&o.data, "data", defaultDataDir, "data dir of the running `netboot serve` (its server.json and admin-token)")
 	f.StringVar(&o.server, "server", "", "server URL, e.g. http://127.0.0.1:5000 (instead of --data)")
@@ -39,7 +37,7 @@ func (o *apiOpts) bind(cmd *cobra.Command) {
 
 // clientFor checks the MAC arguments (a usage error, exit 2, before any
 // server is contacted), then returns them normalised with the API client.
-func (o *apiOpts) clientFor(args []string) ([]string, *client.Client, error) {
+func (o *apiOptions) clientFor(args []string) ([]string, *client.Client, error) {
 	macs, err := checkMACs(args)
 	if err != nil {
 		return nil, nil, err
@@ -51,7 +49,7 @@ func (o *apiOpts) clientFor(args []string) ([]string, *client.Client, error) {
 	return macs, c, nil
 }
 
-func (o *apiOpts) client() (*client.Client, error) {
+func (o *apiOptions) client() (*client.Client, error) {
 	if o.server != "" {
 		tok := o.token
 		if tok == "" {
@@ -87,7 +85,7 @@ func checkMACs(args []string) ([]string, error) {
 }
 
 func newDeviceCmd() *cobra.Command {
-	o := &apiOpts{}
+	o := &apiOptions{}
 	cmd := &cobra.Command{
 		Use:   "device",
 		Short: "List netbooted boards and tell them to deploy, back up or stand by",
@@ -118,10 +116,10 @@ Exit status: 0 ok, 1 error, 2 bad arguments, 3 an action failed (with --wait).`,
 	return cmd
 }
 
-type deviceListOpts struct{ api *apiOpts }
+type deviceListOptions struct{ api *apiOptions }
 
-func newDeviceListCmd(a *apiOpts) *cobra.Command {
-	o := &deviceListOpts{api: a}
+func newDeviceListCmd(a *apiOptions) *cobra.Command {
+	o := &deviceListOptions{api: a}
 	return &cobra.Command{
 		Use:   "list",
 		Short: "List every board the server has seen, with its state and progress",
@@ -132,7 +130,7 @@ func newDeviceListCmd(a *apiOpts) *cobra.Command {
 	}
 }
 
-func (o *deviceListOpts) run(ctx context.Context, asJSON bool, out io.Writer) error {
+func (o *deviceListOptions) run(ctx context.Context, asJSON bool, out io.Writer) error {
 	c, err := o.api.client()
 	if err != nil {
 		return err
@@ -152,30 +150,9 @@ func (o *deviceListOpts) run(ctx context.Context, asJSON bool, out io.Writer) er
 			act = a.Type + " " + a.State
 			prog = progressText(*a)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", d.MAC, dash(d.Serial), dash(d.IP), d.State, act, prog, onOffText(d.Netboot), ago(d.LastSeen))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", d.MAC, or(d.Serial, "-"), or(d.IP, "-"), d.State, act, prog, onOffText(d.Netboot), ago(d.LastSeen))
 	}
 	return tw.Flush()
-}
-
-func dash(s string) string {
-	if s == "" {
-		return "-"
-	}
-	return s
-}
-
-func onOffText(b bool) string {
-	if b {
-		return "on"
-	}
-	return "off"
-}
-
-func ago(t time.Time) string {
-	if t.IsZero() {
-		return "never"
-	}
-	return time.Since(t).Round(time.Second).String() + " ago"
 }
 
 func progressText(a contract.Action) string {
@@ -183,7 +160,7 @@ func progressText(a contract.Action) string {
 	case a.State == contract.StateFailed:
 		return "failed: " + a.Error
 	case a.Total > 0:
-		s := fmt.Sprintf("%s %.0f%%", dash(a.Phase), 100*float64(a.Done)/float64(a.Total))
+		s := fmt.Sprintf("%s %.0f%%", or(a.Phase, "-"), 100*float64(a.Done)/float64(a.Total))
 		if a.Rate > 0 {
 			s += fmt.Sprintf(" %.1f MB/s", a.Rate/1e6)
 		}
@@ -194,10 +171,10 @@ func progressText(a contract.Action) string {
 	return "-"
 }
 
-type deviceShowOpts struct{ api *apiOpts }
+type deviceShowOptions struct{ api *apiOptions }
 
-func newDeviceShowCmd(a *apiOpts) *cobra.Command {
-	o := &deviceShowOpts{api: a}
+func newDeviceShowCmd(a *apiOptions) *cobra.Command {
+	o := &deviceShowOptions{api: a}
 	return &cobra.Command{
 		Use:   "show MAC",
 		Short: "Show one board: facts, switches and its recent actions",
@@ -208,7 +185,7 @@ func newDeviceShowCmd(a *apiOpts) *cobra.Command {
 	}
 }
 
-func (o *deviceShowOpts) run(ctx context.Context, mac string, asJSON bool, out io.Writer) error {
+func (o *deviceShowOptions) run(ctx context.Context, mac string, asJSON bool, out io.Writer) error {
 	macs, c, err := o.api.clientFor([]string{mac})
 	if err != nil {
 		return err
@@ -222,10 +199,10 @@ func (o *deviceShowOpts) run(ctx context.Context, mac string, asJSON bool, out i
 	}
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 	fmt.Fprintf(tw, "MAC:\t%s\nState:\t%s\nSerial:\t%s\nIP:\t%s\nNetboot:\t%s\nImage:\t%s\nFirst seen:\t%s\nLast seen:\t%s\n",
-		d.MAC, d.State, dash(d.Serial), dash(d.IP), onOffText(d.Netboot), orDefaultText(d.Image), d.FirstSeen.Format(time.RFC3339), ago(d.LastSeen))
+		d.MAC, d.State, or(d.Serial, "-"), or(d.IP, "-"), onOffText(d.Netboot), or(d.Image, "(server default)"), d.FirstSeen.Format(time.RFC3339), ago(d.LastSeen))
 	if f := d.Facts; f != nil {
 		fmt.Fprintf(tw, "Model:\t%s\nRevision:\t%s\neMMC:\t%d bytes, CID %s\nBootloader:\t%s\nTemperature:\t%.1f °C\nAgent:\t%s\n",
-			dash(f.Model), dash(f.Revision), f.EMMCBytes, dash(f.EMMCCID), dash(f.Bootloader), float64(f.TempMilliC)/1000, dash(f.Agent))
+			or(f.Model, "-"), or(f.Revision, "-"), f.EMMCBytes, or(f.EMMCCID, "-"), or(f.Bootloader, "-"), float64(f.TempMilliC)/1000, or(f.Agent, "-"))
 	}
 	tw.Flush()
 	if len(d.Actions) > 0 {
@@ -233,7 +210,7 @@ func (o *deviceShowOpts) run(ctx context.Context, mac string, asJSON bool, out i
 		tw = tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "ID\tTYPE\tIMAGE\tSTATE\tCREATED\tPROGRESS\tSHA256")
 		for _, a := range d.Actions {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", a.ID, a.Type, dash(a.Image), a.State, a.Created.Format(time.RFC3339), progressText(a), dash(a.SHA256))
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", a.ID, a.Type, or(a.Image, "-"), a.State, a.Created.Format(time.RFC3339), progressText(a), or(a.SHA256, "-"))
 		}
 		tw.Flush()
 	}
@@ -246,23 +223,16 @@ func (o *deviceShowOpts) run(ctx context.Context, mac string, asJSON bool, out i
 	return nil
 }
 
-func orDefaultText(s string) string {
-	if s == "" {
-		return "(server default)"
-	}
-	return s
-}
-
-type deviceActionOpts struct {
-	api     *apiOpts
+type deviceActionOptions struct {
+	api     *apiOptions
 	action  string
 	image   string
 	wait    bool
 	timeout time.Duration
 }
 
-func newDeviceActionCmd(a *apiOpts, action string) *cobra.Command {
-	o := &deviceActionOpts{api: a, action: action}
+func newDeviceActionCmd(a *apiOptions, action string) *cobra.Command {
+	o := &deviceActionOptions{api: a, action: action}
 	cmd := &cobra.Command{
 		Use:  action + " MAC...",
 		Args: cobra.MinimumNArgs(1),
@@ -281,7 +251,7 @@ func newDeviceActionCmd(a *apiOpts, action string) *cobra.Command {
 	return cmd
 }
 
-func (o *deviceActionOpts) run(ctx context.Context, args []string, asJSON bool, out, errOut io.Writer) error {
+func (o *deviceActionOptions) run(ctx context.Context, args []string, asJSON bool, out, errOut io.Writer) error {
 	macs, c, err := o.api.clientFor(args)
 	if err != nil {
 		return err
@@ -334,9 +304,8 @@ func waitActions(ctx context.Context, c *client.Client, acts []contract.Action, 
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	var pb *progressbar.ProgressBar
-	if f, ok := errOut.(*os.File); bar && ok && term.IsTerminal(int(f.Fd())) {
-		pb = progressbar.NewOptions64(-1, progressbar.OptionSetWriter(errOut), progressbar.OptionShowBytes(true),
-			progressbar.OptionSetDescription(fmt.Sprintf("%d board(s)", len(acts))), progressbar.OptionClearOnFinish())
+	if bar && isTerminal(errOut) {
+		pb = byteBar(errOut, -1, fmt.Sprintf("%d board(s)", len(acts)), progressbar.OptionClearOnFinish())
 		defer pb.Finish()
 	}
 	want := map[string]string{} // mac -> action id
@@ -385,10 +354,10 @@ func waitActions(ctx context.Context, c *client.Client, acts []contract.Action, 
 	}
 }
 
-type deviceCancelOpts struct{ api *apiOpts }
+type deviceCancelOptions struct{ api *apiOptions }
 
-func newDeviceCancelCmd(a *apiOpts) *cobra.Command {
-	o := &deviceCancelOpts{api: a}
+func newDeviceCancelCmd(a *apiOptions) *cobra.Command {
+	o := &deviceCancelOptions{api: a}
 	return &cobra.Command{
 		Use:   "cancel MAC...",
 		Short: "Cancel the pending or running action of one or more boards",
@@ -399,7 +368,7 @@ func newDeviceCancelCmd(a *apiOpts) *cobra.Command {
 	}
 }
 
-func (o *deviceCancelOpts) run(ctx context.Context, args []string, asJSON bool, out io.Writer) error {
+func (o *deviceCancelOptions) run(ctx context.Context, args []string, asJSON bool, out io.Writer) error {
 	macs, c, err := o.api.clientFor(args)
 	if err != nil {
 		return err
@@ -411,10 +380,10 @@ func (o *deviceCancelOpts) run(ctx context.Context, args []string, asJSON bool, 
 		})
 }
 
-type deviceImageOpts struct{ api *apiOpts }
+type deviceImageOptions struct{ api *apiOptions }
 
-func newDeviceImageCmd(a *apiOpts) *cobra.Command {
-	o := &deviceImageOpts{api: a}
+func newDeviceImageCmd(a *apiOptions) *cobra.Command {
+	o := &deviceImageOptions{api: a}
 	return &cobra.Command{
 		Use:   "image MAC [NAME]",
 		Short: "Assign an image to a board (no NAME: back to the server default)",
@@ -425,7 +394,7 @@ func newDeviceImageCmd(a *apiOpts) *cobra.Command {
 	}
 }
 
-func (o *deviceImageOpts) run(ctx context.Context, args []string, asJSON bool, out io.Writer) error {
+func (o *deviceImageOptions) run(ctx context.Context, args []string, asJSON bool, out io.Writer) error {
 	macs, c, err := o.api.clientFor(args[:1])
 	if err != nil {
 		return err
@@ -441,6 +410,6 @@ func (o *deviceImageOpts) run(ctx context.Context, args []string, asJSON bool, o
 	if asJSON {
 		return writeJSON(out, d)
 	}
-	_, err = fmt.Fprintf(out, "%s: image %s\n", d.MAC, orDefaultText(d.Image))
+	_, err = fmt.Fprintf(out, "%s: image %s\n", d.MAC, or(d.Image, "(server default)"))
 	return err
 }

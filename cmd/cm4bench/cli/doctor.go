@@ -23,10 +23,11 @@ type doctorOptions struct {
 	iface, tftpRoot, data, cache, http string
 	dhcpWait                           time.Duration
 	noUSB                              bool
+	usb                                usbAccess
 }
 
-func newDoctorCmd() *cobra.Command {
-	o := &doctorOptions{}
+func newDoctorCmd(usb usbAccess) *cobra.Command {
+	o := &doctorOptions{usb: usb}
 	cmd := &cobra.Command{
 		Use:   "doctor [--iface IF] [--tftp-root DIR] [--data DIR]",
 		Short: "Check this workstation before the first board: USB, udev, network, ports, firmware, disk",
@@ -79,7 +80,7 @@ func (o *doctorOptions) run(ctx context.Context, asJSON bool, stdout io.Writer) 
 	}
 	if !o.noUSB {
 		d.ListUSB = func(ctx context.Context) ([]usbboot.Desc, error) {
-			bus, _, closeBus, err := openUSB(ctx)
+			bus, _, closeBus, err := o.usb.open()
 			if err != nil {
 				return nil, err
 			}

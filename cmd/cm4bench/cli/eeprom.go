@@ -18,7 +18,7 @@ import (
 	"github.com/spf13/cobra"
 )
 
-func newEEPROMCmd() *cobra.Command {
+func newEEPROMCmd(usb usbAccess) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "eeprom",
 		Short: "Read and edit Raspberry Pi bootloader EEPROM images, byte-exact with rpi-eeprom-config",
@@ -42,7 +42,7 @@ empty or partial file behind.`,
 		newEEPROMConfigCmd(),
 		newEEPROMSetCmd(),
 		newEEPROMDigestCmd(),
-		newEEPROMSetBootOrderCmd(),
+		newEEPROMSetBootOrderCmd(usb),
 	)
 	return cmd
 }
@@ -210,7 +210,7 @@ func (o *eepromInfoOptions) run(_ context.Context, image string, asJSON bool, st
 	fmt.Fprintf(tw, "size:\t%d bytes (BCM%d)\n", info.Size, info.SoC)
 	fmt.Fprintf(tw, "sha256:\t%s\n", info.SHA256)
 	if b := info.Build; b.Timestamp != 0 || b.Version != "" {
-		fmt.Fprintf(tw, "build:\t%s version %s, BUILD_TIMESTAMP=%d\n", orDash(b.Date), orDash(b.Version), b.Timestamp)
+		fmt.Fprintf(tw, "build:\t%s version %s, BUILD_TIMESTAMP=%d\n", or(b.Date, "-"), or(b.Version, "-"), b.Timestamp)
 	}
 	if s := info.BootConf; s != nil {
 		fmt.Fprintf(tw, "bootconf.txt:\t%d bytes at 0x%x, max %d (limit 0x%x), free %d\n", s.Size, s.Offset, s.Max, s.Limit, s.Free)
@@ -238,13 +238,6 @@ func (o *eepromInfoOptions) run(_ context.Context, image string, asJSON bool, st
 		fmt.Fprintf(tw, "  0x%06x\t%s\t%s\t%7d\t%s\n", s.Offset, s.Magic, s.Kind, s.Length, s.Name)
 	}
 	return tw.Flush()
-}
-
-func orDash(s string) string {
-	if s == "" {
-		return "-"
-	}
-	return s
 }
 
 // ---- config ----

@@ -31,7 +31,7 @@ type setBootOrderOptions struct {
 	usbServeFlags // flashing: --loop, --port, --serial, --timeout, --metadata-dir, --strict, --trace
 }
 
-func newEEPROMSetBootOrderCmd() *cobra.Command {
+func newEEPROMSetBootOrderCmd(usb usbAccess) *cobra.Command {
 	opts := &setBootOrderOptions{}
 	cmd := &cobra.Command{
 		Use:   "set-boot-order [ORDER] --image IMAGE [--out-dir DIR --no-flash]",
@@ -92,6 +92,7 @@ LED then flashes rapidly.
 	f.BoolVar(&opts.UART, "uart", false, "have recovery.bin log on the UART (GPIO14/15, 115200 baud)")
 	f.StringVar(&opts.Cache, "cache", "", "firmware cache `DIR` for the default image, recovery.bin and bootfiles.bin")
 	opts.usbServeFlags.bind(cmd)
+	opts.usb = usb
 	opts.usbServeFlags.bindFlash(cmd)
 	return cmd
 }

@@ -13,7 +13,6 @@ import (
 	"github.com/cm4bench/cm4bench/firmware"
 	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
-	"golang.org/x/term"
 )
 
 // defaultFetchSets are the sets "firmware fetch" gets when none is named:
@@ -41,10 +40,7 @@ func (o *firmwareOptions) newCache(cmd *cobra.Command) (*firmware.Cache, error) 
 	if showProgress(cmd) {
 		stderr := cmd.ErrOrStderr()
 		c.Progress = func(f firmware.File, size int64) io.Writer {
-			return progressbar.NewOptions64(size,
-				progressbar.OptionSetWriter(stderr),
-				progressbar.OptionSetDescription(path.Base(f.ID)),
-				progressbar.OptionShowBytes(true),
+			return byteBar(stderr, size, path.Base(f.ID),
 				progressbar.OptionSetWidth(30),
 				progressbar.OptionThrottle(100*time.Millisecond),
 				progressbar.OptionOnCompletion(func() { fmt.Fprintln(stderr) }),
@@ -52,16 +48,6 @@ func (o *firmwareOptions) newCache(cmd *cobra.Command) (*firmware.Cache, error) 
 		}
 	}
 	return c, nil
-}
-
-// showProgress: progress bars go to stderr, only when it is a terminal and
-// --json is off.
-func showProgress(cmd *cobra.Command) bool {
-	if wantJSON(cmd) {
-		return false
-	}
-	f, ok := cmd.ErrOrStderr().(*os.File)
-	return ok && term.IsTerminal(int(f.Fd()))
 }
 
 func newFirmwareCmd() *cobra.Command {

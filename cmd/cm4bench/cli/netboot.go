@@ -39,9 +39,9 @@ Backup. When that succeeds, netboot is switched off for its MAC, so it boots fro
 	return cmd
 }
 
-// netbootServeOpts are the flags of `netboot serve`. Extra modes (such as
+// netbootServeOptions are the flags of `netboot serve`. Extra modes (such as
 // the demo bench) add their flags here and branch in run.
-type netbootServeOpts struct {
+type netbootServeOptions struct {
 	iface            string
 	addr             string
 	rangeFlag        string
@@ -65,11 +65,11 @@ type netbootServeOpts struct {
 	compressBackups  bool
 	pollInterval     time.Duration
 	demo             bool
-	prep             netbootPrepareOpts
+	prep             netbootPrepareOptions
 }
 
 func newNetbootServeCmd() *cobra.Command {
-	o := &netbootServeOpts{}
+	o := &netbootServeOptions{}
 	cmd := &cobra.Command{
 		Use:   "serve",
 		Short: "Run DHCP, TFTP and the HTTP API + dashboard for a netboot bench",
@@ -175,7 +175,7 @@ settings is reported as a warning.`,
 }
 
 // config turns the flags into a serve.Config.
-func (o *netbootServeOpts) config(logger *slog.Logger) (serve.Config, error) {
+func (o *netbootServeOptions) config(logger *slog.Logger) (serve.Config, error) {
 	cfg := serve.Config{
 		Iface: o.iface, Proxy: o.proxy, AllowOtherDHCP: o.allowOtherDHCP, FastFallthrough: o.fastFallthrough, Capture: o.capture, AllowUnleased: o.allowUnleased, TFTPRoot: o.tftpRoot,
 		DataDir: o.data, HTTPAddr: o.http, AdminListen: o.adminListen, BackupReserve: reserveBytes(o.backupReserveMiB), EventMaxAge: o.eventsMaxAge, EventMaxCount: o.eventsMaxCount, PiOnly: o.piOnly, AllowedHosts: o.allowedHosts, Image: o.image, NoDHCP: o.noDHCP, NoTFTP: o.noTFTP,
@@ -200,7 +200,7 @@ func (o *netbootServeOpts) config(logger *slog.Logger) (serve.Config, error) {
 	return cfg, nil
 }
 
-func (o *netbootServeOpts) run(ctx context.Context, logger *slog.Logger, out io.Writer) error {
+func (o *netbootServeOptions) run(ctx context.Context, logger *slog.Logger, out io.Writer) error {
 	cfg, err := o.config(logger)
 	if err != nil {
 		return err
@@ -232,13 +232,13 @@ func (o *netbootServeOpts) run(ctx context.Context, logger *slog.Logger, out io.
 	return nil
 }
 
-type netbootSwitchOpts struct {
-	api *apiOpts
+type netbootSwitchOptions struct {
+	api *apiOptions
 	on  bool
 }
 
 func newNetbootSwitchCmd(on bool) *cobra.Command {
-	o := &netbootSwitchOpts{api: &apiOpts{}, on: on}
+	o := &netbootSwitchOptions{api: &apiOptions{}, on: on}
 	verb := "disable"
 	if on {
 		verb = "enable"
@@ -259,7 +259,7 @@ effective at the next DHCP packet and survives a restart.`,
 	return cmd
 }
 
-func (o *netbootSwitchOpts) run(ctx context.Context, args []string, asJSON bool, out io.Writer) error {
+func (o *netbootSwitchOptions) run(ctx context.Context, args []string, asJSON bool, out io.Writer) error {
 	macs, c, err := o.api.clientFor(args)
 	if err != nil {
 		return err
@@ -281,7 +281,7 @@ func (o *netbootSwitchOpts) run(ctx context.Context, args []string, asJSON bool,
 		})
 }
 
-type netbootStatusOpts struct{ api *apiOpts }
+type netbootStatusOptions struct{ api *apiOptions }
 
 // netbootStatus is the --json answer of `netboot status`.
 type netbootStatus struct {
@@ -291,7 +291,7 @@ type netbootStatus struct {
 }
 
 func newNetbootStatusCmd() *cobra.Command {
-	o := &netbootStatusOpts{api: &apiOpts{}}
+	o := &netbootStatusOptions{api: &apiOptions{}}
 	cmd := &cobra.Command{
 		Use:   "status [MAC...]",
 		Short: "Show the global netboot switch and the per-board switches",
@@ -306,7 +306,7 @@ PXE menu now (both on). With MACs it shows only those boards.`,
 	return cmd
 }
 
-func (o *netbootStatusOpts) run(ctx context.Context, args []string, asJSON bool, out io.Writer) error {
+func (o *netbootStatusOptions) run(ctx context.Context, args []string, asJSON bool, out io.Writer) error {
 	macs, c, err := o.api.clientFor(args)
 	if err != nil {
 		return err
@@ -349,13 +349,6 @@ func (o *netbootStatusOpts) run(ctx context.Context, args []string, asJSON bool,
 		fmt.Fprintf(tw, "%s\t%s\t%s\n", d.MAC, onOffText(d.Enabled), yesNo(d.Enabled && res.Global))
 	}
 	return tw.Flush()
-}
-
-func yesNo(b bool) string {
-	if b {
-		return "yes"
-	}
-	return "no"
 }
 
 // reserveBytes turns --backup-reserve MiB into serve.Config.BackupReserve

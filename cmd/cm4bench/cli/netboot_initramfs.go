@@ -168,16 +168,9 @@ func (o *netbootInitramfsOptions) run(_ context.Context, asJSON bool, stdout io.
 	}
 	fmt.Fprintf(stdout, "wrote %s: %d bytes, sha256 %s\n", rep.Output, rep.Size, rep.SHA256)
 	fmt.Fprintf(stdout, "  /init: cm4agent for %s (%s)\n", rep.Arch, rep.Agent)
-	fmt.Fprintf(stdout, "  target %s, server %s\n", rep.Target, initramfsOr(rep.Server, "from cmdline.txt or DHCP"))
+	fmt.Fprintf(stdout, "  target %s, server %s\n", rep.Target, or(rep.Server, "from cmdline.txt or DHCP"))
 	if len(rep.Modules) > 0 {
 		fmt.Fprintf(stdout, "  modules (load order): %s\n", strings.Join(rep.Modules, " "))
 	}
 	return nil
-}
-
-func initramfsOr(s, d string) string {
-	if s == "" {
-		return d
-	}
-	return s
 }

@@ -17,9 +17,9 @@ import (
 	"github.com/cm4bench/cm4bench/netboot/serve"
 )
 
-// netbootPrepareOpts are the `netboot serve` flags that prepare the TFTP
+// netbootPrepareOptions are the `netboot serve` flags that prepare the TFTP
 // root before the servers start (serve.PrepareTFTPRoot).
-type netbootPrepareOpts struct {
+type netbootPrepareOptions struct {
 	mode            string // "" = off, else a serve.PrepareMode
 	agentFile       string
 	arch            string
@@ -30,7 +30,7 @@ type netbootPrepareOpts struct {
 	advertiseURL    string
 }
 
-func (p *netbootPrepareOpts) bind(cmd *cobra.Command) {
+func (p *netbootPrepareOptions) bind(cmd *cobra.Command) {
 	f := cmd.Flags()
 	f.StringVar(&p.mode, "prepare-tftp-root", "", "before serving, install the netboot firmware from the firmware cache and the initramfs into --tftp-root (=initramfs-only: leave the firmware files alone)")
 	f.Lookup("prepare-tftp-root").NoOptDefVal = string(serve.PrepareAll)
@@ -45,7 +45,7 @@ func (p *netbootPrepareOpts) bind(cmd *cobra.Command) {
 
 // options checks the flags and gathers the agent, modules and firmware
 // cache, before anything is opened or written.
-func (p *netbootPrepareOpts) options(tftpRoot string, logger *slog.Logger) (serve.PrepareOptions, error) {
+func (p *netbootPrepareOptions) options(tftpRoot string, logger *slog.Logger) (serve.PrepareOptions, error) {
 	usage := func(err error) (serve.PrepareOptions, error) {
 		return serve.PrepareOptions{}, &ExitError{Code: 2, Err: fmt.Errorf("netboot serve: %w", err)}
 	}
@@ -101,7 +101,7 @@ func (p *netbootPrepareOpts) options(tftpRoot string, logger *slog.Logger) (serv
 }
 
 // prepare runs the preparation for bench b and prints what it did.
-func (p *netbootPrepareOpts) prepare(ctx context.Context, b *serve.Bench, o serve.PrepareOptions, out io.Writer) error {
+func (p *netbootPrepareOptions) prepare(ctx context.Context, b *serve.Bench, o serve.PrepareOptions, out io.Writer) error {
 	rep, err := b.PrepareTFTPRoot(ctx, o)
 	if errors.Is(err, serve.ErrFirmwareMissing) {
 		err = fmt.Errorf("%w (looked in the firmware cache %s; another one: --firmware-cache DIR)", err, p.firmwareCache)

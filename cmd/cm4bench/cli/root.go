@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 	"runtime/debug"
 
@@ -24,11 +23,14 @@ type Context struct {
 	Stdin          io.Reader
 	Stdout, Stderr io.Writer
 	Args           []string
+	// USB replaces libusb for the usbboot, eeprom and doctor commands
+	// (tests and simulations); nil = libusb.
+	USB *USBEnv
 }
 
 // Execute builds a fresh command tree and runs it.
 func (c Context) Execute(ctx context.Context) error {
-	root := RootCmd()
+	root := c.rootCmd()
 	if c.Stdin != nil {
 		root.SetIn(c.Stdin)
 	}
@@ -63,29 +65,12 @@ func ExitCode(err error) int {
 	return 1
 }
 
-// wantJSON reports whether the persistent --json flag was given.
-func wantJSON(cmd *cobra.Command) bool {
-	v, _ := cmd.Flags().GetBool("json")
-	return v
-}
+// RootCmd builds the whole command tree as the cm4bench binary runs it
+// (with libusb).
+func RootCmd() *cobra.Command { return Context{}.rootCmd() }
 
-// newLogger builds the one slog handler of the process, writing to stderr.
-// Servers log JSON when --json is set and text otherwise.
-func newLogger(cmd *cobra.Command) *slog.Logger {
-	var lvl slog.Level
-	name, _ := cmd.Flags().GetString("log-level")
-	if err := lvl.UnmarshalText([]byte(name)); err != nil {
-		lvl = slog.LevelInfo
-	}
-	hopts := &slog.HandlerOptions{Level: lvl}
-	if wantJSON(cmd) {
-		return slog.New(slog.NewJSONHandler(cmd.ErrOrStderr(), hopts))
-	}
-	return slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), hopts))
-}
-
-// RootCmd builds the whole command tree.
-func RootCmd() *cobra.Command {
+func (c Context) rootCmd() *cobra.Command {
+	usb := usbAccess{env: c.USB}
 	root := &cobra.Command{
 		Use:   "cm4bench",
 		Short: "Provision Raspberry Pi Compute Module 4 boards at a production bench",
@@ -119,14 +104,14 @@ as the Seeed reTerminal) from one workstation with a USB cable and an Ethernet s
 		group string
 		cmd   *cobra.Command
 	}{
-		{"usb", newUSBBootCmd()},
+		{"usb", newUSBBootCmd(usb)},
 		{"usb", newFirmwareCmd()},
-		{"eeprom", newEEPROMCmd()},
+		{"eeprom", newEEPROMCmd(usb)},
 		{"net", newNetbootCmd()},
 		{"net", newDeviceCmd()},
 		{"net", newBackupCmd()},
 		{"net", newSimCmd()},
-		{"bench", newDoctorCmd()},
+		{"bench", newDoctorCmd(usb)},
 		{"net", newTokenCmd()},
 	} {
 		c.cmd.GroupID = c.group

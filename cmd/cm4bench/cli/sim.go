@@ -287,7 +287,7 @@ Log in with the token, then click Deploy or Backup on a board. Ctrl-C stops ever
 A deployed board reboots into its eMMC; to provision it again, click "Enable netboot" and
 type "cycle N" + Enter here to power-cycle board N ("cycle all" for every board).
 
-`, o.devices, rig.Bench.Server.Name, orNone(rig.HostURL), rig.Token, rig.URL, rig.Image, rig.TFTPRoot)
+`, o.devices, rig.Bench.Server.Name, or(rig.HostURL, "(not forwarded: --http \"\")"), rig.Token, rig.URL, rig.Image, rig.TFTPRoot)
 		outMu.Unlock()
 	}
 	go powerCycles(ctx, cmd.InOrStdin(), rig, cmd.ErrOrStderr())
@@ -350,13 +350,6 @@ func serverLogLevel(cmd *cobra.Command) string {
 	return "warn"
 }
 
-func orNone(s string) string {
-	if s == "" {
-		return "(not forwarded: --http \"\")"
-	}
-	return s
-}
-
 func stateDetail(s simbench.Status) string {
 	var parts []string
 	if s.IP != "" {
@@ -387,36 +380,4 @@ func writeSimTable(out io.Writer, rig *simbench.Rig) {
 		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%d\t%d\t%d\t%d\t%s\n", s.Index, s.MAC, s.Serial, s.State, s.IP, s.Boots, s.Netboots, s.EMMCBoots, s.AgentRuns, s.AgentExit)
 	}
 	tw.Flush()
-}
-
-// prefixWriter prefixes every line written to w.
-func prefixWriter(w io.Writer, prefix string) io.Writer {
-	return &linePrefixer{w: w, prefix: prefix, bol: true}
-}
-
-type linePrefixer struct {
-	mu     sync.Mutex
-	w      io.Writer
-	prefix string
-	bol    bool
-}
-
-func (l *linePrefixer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	var b []byte
-	for _, c := range p {
-		if l.bol {
-			b = append(b, l.prefix...)
-			l.bol = false
-		}
-		b = append(b, c)
-		if c == '\n' {
-			l.bol = true
-		}
-	}
-	if _, err := l.w.Write(b); err != nil {
-		return 0, err
-	}
-	return len(p), nil
 }

@@ -7,7 +7,7 @@ import (
 )
 
 func newTokenCmd() *cobra.Command {
-	opts := &apiOpts{}
+	opts := &apiOptions{}
 	cmd := &cobra.Command{
 		Use:   "token",
 		Short: "Manage the admin token of a running server",

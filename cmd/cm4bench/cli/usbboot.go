@@ -15,14 +15,12 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/schollz/progressbar/v3"
-	"github.com/spf13/cobra"
-	"golang.org/x/term"
-
 	"github.com/cm4bench/cm4bench/firmware"
 	"github.com/cm4bench/cm4bench/internal/atomicfile"
 	"github.com/cm4bench/cm4bench/usbboot"
 	"github.com/cm4bench/cm4bench/usbboot/gousbdev"
+	"github.com/schollz/progressbar/v3"
+	"github.com/spf13/cobra"
 )
 
 // Exit statuses of the usbboot commands (and of eeprom set-boot-order when
@@ -34,25 +32,22 @@ const (
 	exitUSBTimeout  = 6 // a board passed its deadline
 )
 
-// USBEnv replaces libusb for the usbboot commands: tests and simulations
-// put a simulated bus (usbboot/usbboottest) and a fake clock here.
+// USBEnv replaces libusb for the usbboot, eeprom and doctor commands: tests
+// and simulations set Context.USB to a simulated bus (usbboot/usbboottest)
+// and a fake clock.
 type USBEnv struct {
 	Bus   usbboot.Bus
 	Clock usbboot.Clock // nil: real time
 }
 
-type usbEnvKey struct{}
+// usbAccess is how a command reaches the USB bus: Context.USB when set,
+// else libusb.
+type usbAccess struct{ env *USBEnv }
 
-// WithUSB returns a context whose usbboot and eeprom commands use env
-// instead of opening libusb.
-func WithUSB(ctx context.Context, env USBEnv) context.Context {
-	return context.WithValue(ctx, usbEnvKey{}, env)
-}
-
-// openUSB is the default bus opener: the injected one, else libusb.
-func openUSB(ctx context.Context) (usbboot.Bus, usbboot.Clock, func() error, error) {
-	if env, ok := ctx.Value(usbEnvKey{}).(USBEnv); ok && env.Bus != nil {
-		return env.Bus, env.Clock, func() error { return nil }, nil
+// open returns the bus, its clock (nil: real time) and its closer.
+func (u usbAccess) open() (usbboot.Bus, usbboot.Clock, func() error, error) {
+	if u.env != nil && u.env.Bus != nil {
+		return u.env.Bus, u.env.Clock, func() error { return nil }, nil
 	}
 	bus, err := gousbdev.Open()
 	if err != nil {
@@ -61,9 +56,9 @@ func openUSB(ctx context.Context) (usbboot.Bus, usbboot.Clock, func() error, err
 	return bus, nil, bus.Close, nil
 }
 
-// noUSBHint explains an empty bus on a machine without a USB subsystem.
-func noUSBHint(ctx context.Context) string {
-	if _, injected := ctx.Value(usbEnvKey{}).(USBEnv); injected || gousbdev.SubsystemPresent() {
+// hint explains an empty bus on a machine without a USB subsystem.
+func (u usbAccess) hint() string {
+	if u.env != nil || gousbdev.SubsystemPresent() {
 		return ""
 	}
 	return "/sys/bus/usb and /dev/bus/usb are missing (a container or VM needs USB passthrough)"
@@ -79,7 +74,7 @@ type usbServeFlags struct {
 	MetadataDir string
 	Strict      bool   // --strict: a recovery.bin session must end with Done
 	Trace       string // --trace FILE: every USB transfer, in the golden-transcript format
-	openBus     func(ctx context.Context) (usbboot.Bus, usbboot.Clock, func() error, error)
+	usb         usbAccess
 	asJSON      bool         // --json, captured before RunE
 	logger      *slog.Logger // from --log-level/--json, captured before RunE
 }
@@ -92,7 +87,6 @@ func (f *usbServeFlags) bind(cmd *cobra.Command) {
 	fl.DurationVar(&f.Timeout, "timeout", 2*time.Minute, "per-board deadline from first sight to Done; without --loop also the wait for the first board")
 	fl.StringVar(&f.MetadataDir, "metadata-dir", "", "write each board's metadata to `DIR`/<serial>.json (like rpiboot -j)")
 	fl.StringVar(&f.Trace, "trace", "", "record every USB setup packet, bulk transfer and file request to `FILE` (for bug reports and replay)")
-	f.openBus = openUSB
 	prev := cmd.PreRunE
 	cmd.PreRunE = func(cmd *cobra.Command, args []string) error {
 		f.asJSON, f.logger = wantJSON(cmd), newLogger(cmd)
@@ -111,7 +105,7 @@ func (f *usbServeFlags) bindFlash(cmd *cobra.Command) {
 // preflight fails at once, before anything is written, on a machine with
 // no USB subsystem and nothing on the bus (rather than waiting --timeout).
 func (f *usbServeFlags) preflight(ctx context.Context) error {
-	bus, _, closeBus, err := f.openBus(ctx)
+	bus, _, closeBus, err := f.usb.open()
 	if err != nil {
 		return err
 	}
@@ -120,7 +114,7 @@ func (f *usbServeFlags) preflight(ctx context.Context) error {
 	if err != nil {
 		return &ExitError{Code: exitUSBNoDevice, Err: fmt.Errorf("usbboot: list devices: %w", err)}
 	}
-	if hint := noUSBHint(ctx); len(list) == 0 && hint != "" {
+	if hint := f.usb.hint(); len(list) == 0 && hint != "" {
 		return &ExitError{Code: exitUSBNoDevice, Err: fmt.Errorf("usbboot: %w: %w: %s", usbboot.ErrNoDevice, usbboot.ErrNoUSB, hint)}
 	}
 	return nil
@@ -160,14 +154,14 @@ func (f *usbServeFlags) serve(ctx context.Context, files usbboot.FileSource, che
 	if err := f.preflight(ctx); err != nil {
 		return nil, err
 	}
-	bus, clock, closeBus, err := f.openBus(ctx)
+	bus, clock, closeBus, err := f.usb.open()
 	if err != nil {
 		return nil, err
 	}
 	defer closeBus()
 	asJSON := f.asJSON
 	out := &usbReporter{json: asJSON, stdout: stdout, stderr: stderr}
-	if tf, ok := stderr.(*os.File); ok && !asJSON && term.IsTerminal(int(tf.Fd())) {
+	if !asJSON && isTerminal(stderr) {
 		out.bars, out.throttle = true, 100*time.Millisecond
 	}
 	srv := &usbboot.Server{
@@ -207,7 +201,7 @@ func (f *usbServeFlags) serve(ctx context.Context, files usbboot.FileSource, che
 		code := 1
 		if errors.Is(err, usbboot.ErrNoDevice) {
 			code = exitUSBNoDevice
-			if hint := noUSBHint(ctx); hint != "" {
+			if hint := f.usb.hint(); hint != "" {
 				err = fmt.Errorf("%w: %w: %s", err, usbboot.ErrNoUSB, hint)
 			}
 		}
@@ -376,8 +370,7 @@ func (u *usbReporter) progress(e usbboot.Event) {
 		return
 	}
 	if u.bar == nil {
-		u.bar = progressbar.NewOptions64(total, progressbar.OptionSetWriter(u.stderr), progressbar.OptionShowBytes(true),
-			progressbar.OptionClearOnFinish(), progressbar.OptionThrottle(u.throttle))
+		u.bar = byteBar(u.stderr, total, "", progressbar.OptionClearOnFinish(), progressbar.OptionThrottle(u.throttle))
 	}
 	u.bar.ChangeMax64(total)
 	u.bar.Describe(strings.Join(labels, " | "))
@@ -441,8 +434,9 @@ type usbbootOptions struct {
 	Cache   string // --cache: firmware cache directory
 }
 
-func newUSBBootCmd() *cobra.Command {
+func newUSBBootCmd(usb usbAccess) *cobra.Command {
 	opts := &usbbootOptions{}
+	opts.usb = usb
 	cmd := &cobra.Command{
 		Use:   "usbboot [DIR]",
 		Short: "Boot CM4s held in RPIBOOT mode over USB (mass storage, any boot directory, EEPROM updater)",
@@ -494,7 +488,7 @@ passed its --timeout.`,
 	cmd.Flags().StringVar(&opts.Mode, "mode", "", "what to serve: msd, recovery (from the firmware cache) or a boot `DIR`")
 	cmd.Flags().BoolVar(&opts.PerPort, "per-port", false, "serve DIR/<port path>/NAME before the shared files (rpiboot -o)")
 	cmd.Flags().StringVar(&opts.Cache, "cache", "", "firmware cache `DIR` for --mode msd|recovery (default: the user cache)")
-	cmd.AddCommand(newUSBBootListCmd(), newUSBBootUdevCmd())
+	cmd.AddCommand(newUSBBootListCmd(usb), newUSBBootUdevCmd())
 	return cmd
 }
 
@@ -543,8 +537,8 @@ func (o *usbbootOptions) bootDir(ctx context.Context, args []string) (string, er
 
 // usbListOptions are the flags of "usbboot list".
 type usbListOptions struct {
-	All     bool
-	openBus func(ctx context.Context) (usbboot.Bus, usbboot.Clock, func() error, error)
+	All bool
+	usb usbAccess
 }
 
 // usbDevice is one row of "usbboot list".
@@ -559,8 +553,8 @@ type usbDevice struct {
 	Warning string `json:"warning,omitempty"`
 }
 
-func newUSBBootListCmd() *cobra.Command {
-	opts := &usbListOptions{openBus: openUSB}
+func newUSBBootListCmd(usb usbAccess) *cobra.Command {
+	opts := &usbListOptions{usb: usb}
 	cmd := &cobra.Command{
 		Use:   "list",
 		Short: "List RPIBOOT devices: port path, product id, stage, speed, serial",
@@ -584,7 +578,7 @@ board). On a machine without a USB subsystem the command says so and exits with 
 }
 
 func (o *usbListOptions) run(ctx context.Context, asJSON bool, stdout io.Writer) error {
-	bus, _, closeBus, err := o.openBus(ctx)
+	bus, _, closeBus, err := o.usb.open()
 	if err != nil {
 		return err
 	}
@@ -594,7 +588,7 @@ func (o *usbListOptions) run(ctx context.Context, asJSON bool, stdout io.Writer)
 		return fmt.Errorf("usbboot list: %w", err)
 	}
 	if len(list) == 0 {
-		if hint := noUSBHint(ctx); hint != "" {
+		if hint := o.usb.hint(); hint != "" {
 			return &ExitError{Code: exitUSBNoDevice, Err: fmt.Errorf("usbboot list: %w: %s", usbboot.ErrNoUSB, hint)}
 		}
 	}

@@ -46,8 +46,7 @@ func newSimBench(t *testing.T, cfgs ...usbboottest.BoardConfig) *simBench {
 func (s *simBench) run(t *testing.T, ctx context.Context, args ...string) (string, string, error) {
 	t.Helper()
 	var stdout, stderr bytes.Buffer
-	ctx = WithUSB(ctx, USBEnv{Bus: s.bus, Clock: s.clk})
-	err := Context{Stdout: &stdout, Stderr: &stderr, Args: args}.Execute(ctx)
+	err := Context{Stdout: &stdout, Stderr: &stderr, Args: args, USB: &USBEnv{Bus: s.bus, Clock: s.clk}}.Execute(ctx)
 	return stdout.String(), stderr.String(), err
 }
 

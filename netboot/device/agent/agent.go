@@ -56,7 +56,7 @@ type Agent struct {
 	// connect and header timeouts and no overall timeout.
 	HTTP *http.Client
 	// Log receives structured logs; nil = silent.
-	Log *slog.Logger
+	Logger *slog.Logger
 	// Console receives the human-readable progress and errors (the
 	// technician may look at the board's screen); nil = discarded.
 	Console io.Writer
@@ -194,8 +194,8 @@ func (a *Agent) say(format string, args ...any) {
 	switch {
 	case a.Console != nil:
 		a.print("cm4agent: %s\n", line)
-	case a.Log != nil:
-		a.Log.Info(line)
+	case a.Logger != nil:
+		a.Logger.Info(line)
 	}
 }
 
@@ -377,8 +377,8 @@ func imageName(pr *contract.PollResponse) string {
 
 func (a *Agent) sendLog(ctx context.Context, pr *contract.PollResponse) {
 	ll := contract.LogLines{MAC: a.MAC, ActionID: pr.ActionID, Token: pr.Token, Lines: a.logTail()}
-	if err := a.postJSON(ctx, contract.PathLog, ll, nil); err != nil && a.Log != nil {
-		a.Log.Warn("send log tail", "err", err)
+	if err := a.postJSON(ctx, contract.PathLog, ll, nil); err != nil && a.Logger != nil {
+		a.Logger.Warn("send log tail", "err", err)
 	}
 }
 
@@ -413,8 +413,8 @@ func (a *Agent) reportProgress(ctx context.Context, pr *contract.PollResponse, m
 				}
 				lastDone, lastPhase, last = done, phase, now
 				p := contract.Progress{MAC: a.MAC, ActionID: pr.ActionID, Token: pr.Token, Phase: phase, Done: done, Total: total, Rate: rate}
-				if err := a.postJSON(ctx, contract.PathProgress, p, nil); err != nil && a.Log != nil && ctx.Err() == nil {
-					a.Log.Debug("progress report", "err", err)
+				if err := a.postJSON(ctx, contract.PathProgress, p, nil); err != nil && a.Logger != nil && ctx.Err() == nil {
+					a.Logger.Debug("progress report", "err", err)
 				}
 				if a.Console != nil {
 					pct := ""
@@ -469,7 +469,7 @@ func (a *Agent) deploy(ctx context.Context, pr *contract.PollResponse, meter *Me
 	if pr.Image != nil {
 		opts.Size, opts.SHA256 = pr.Image.Size, strings.ToLower(pr.Image.SHA256)
 	}
-	src := &Source{URL: pr.URL, Client: a.HTTP, AcceptZstd: a.AcceptZstd, Stall: a.Stall, Log: a.Log, UserAgent: UserAgent(a.Version)}
+	src := &Source{URL: pr.URL, Client: a.HTTP, AcceptZstd: a.AcceptZstd, Stall: a.Stall, Logger: a.Logger, UserAgent: UserAgent(a.Version)}
 	defer src.Close()
 	res, err := Deploy(ctx, dev, src, opts)
 	if n := src.Resumes(); n > 0 {

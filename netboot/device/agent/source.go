@@ -31,7 +31,7 @@ type Source struct {
 	// MaxResumes bounds the reconnects of one download (0 = 20).
 	MaxResumes int
 	// Log gets one line per resume (nil = silent).
-	Log *slog.Logger
+	Logger *slog.Logger
 	// UserAgent is sent with each request ("" = UserAgent("")).
 	UserAgent string
 
@@ -209,8 +209,8 @@ func (s *Source) Read(p []byte) (int, error) {
 			return 0, s.ctx.Err()
 		}
 		// Cut, stall or short body: drop this connection and resume.
-		if s.Log != nil {
-			s.Log.Warn("download interrupted; resuming", "at", s.off, "total", s.total, "err", err)
+		if s.Logger != nil {
+			s.Logger.Warn("download interrupted; resuming", "at", s.off, "total", s.total, "err", err)
 		}
 		s.drop()
 	}

@@ -120,17 +120,17 @@ type Bootloader struct {
 	EEPROM EEPROM
 	Link   Link
 	EMMC   EMMC         // nil = no eMMC (CM4Lite)
-	Log    *slog.Logger // nil = silent
+	Logger *slog.Logger // nil = silent
 	// Sleep between boot modes and before RESTART (the LED error pattern
 	// throttles real devices); 0 = 1 s.
 	ModeDelay time.Duration
 }
 
 func (b *Bootloader) log() *slog.Logger {
-	if b.Log == nil {
+	if b.Logger == nil {
 		return slog.New(slog.DiscardHandler)
 	}
-	return b.Log.With("mac", b.Board.MAC.String(), "serial", b.Board.SerialString())
+	return b.Logger.With("mac", b.Board.MAC.String(), "serial", b.Board.SerialString())
 }
 
 // Boot walks BOOT_ORDER from the lowest nibble until a mode succeeds,

@@ -110,7 +110,7 @@ func (s *Sim) runDevice(ctx context.Context, d *Device) {
 			s.fail(ctx, d, fmt.Errorf("open eMMC: %w", err))
 			continue
 		}
-		bl := &pisim.Bootloader{Board: d.Board, EEPROM: s.EEPROM, Link: lk, EMMC: emmc, Log: lg}
+		bl := &pisim.Bootloader{Board: d.Board, EEPROM: s.EEPROM, Link: lk, EMMC: emmc, Logger: lg}
 		out, err := bl.Boot(bootCtx)
 		emmc.Close()
 		d.update(func(st *Status) {
