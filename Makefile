@@ -37,13 +37,6 @@ e2e: deps arm64-kernel
 run: build
 	$(BUILD)/cm4bench --help
 	@echo
-	@echo '== Example: the bootloader config of a real CM4 EEPROM image'
-	$(BUILD)/cm4bench eeprom info ../shared/eeprom-vectors/pieeprom-2026-05-17.bin
-	$(BUILD)/cm4bench eeprom show ../shared/eeprom-vectors/pieeprom-2026-05-17.bin
-	@echo '== Example: a USB recovery directory that flashes BOOT_ORDER=0xf21 (eMMC, network, restart)'
-	$(BUILD)/cm4bench eeprom set-boot-order --image ../shared/eeprom-vectors/pieeprom-2026-05-17.bin \
-	  --recovery ../shared/eeprom-vectors/recovery.bin --out-dir $(BUILD)/recovery --no-flash
-	@echo
 	@echo '== The demo bench: simulated CM4s netboot from the real server, run the real cm4agent;'
 	@echo '   open the dashboard, log in with the printed token, click Deploy or Backup. Ctrl-C ends it.'
 	$(BUILD)/cm4bench netboot serve --demo

@@ -129,6 +129,21 @@ func (s *Server) handlePoll(c *gin.Context) error {
 
 // checkLease refuses a request from an address the DHCP server leased to
 // another MAC and, with RequireLease, from an address it leased to nobody.
+// knownDevice checks that the request comes from mac's lease (checkLease)
+// and that the server knows the device: the ground rule of the device
+// endpoints after register.
+func (s *Server) knownDevice(r *http.Request, mac string) error {
+	if err := s.checkLease(r, mac); err != nil {
+		return err
+	}
+	if _, err := s.Store.Device(r.Context(), mac); errors.Is(err, store.ErrNotFound) {
+		return httpErr(http.StatusNotFound, "unknown device %s", mac)
+	} else if err != nil {
+		return err
+	}
+	return nil
+}
+
 func (s *Server) checkLease(r *http.Request, mac string) error {
 	if s.MACForIP == nil {
 		return nil
@@ -222,12 +237,7 @@ func (s *Server) handleActionDone(c *gin.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := s.checkLease(c.Request, mac); err != nil {
-		return err
-	}
-	if _, err := s.Store.Device(c.Request.Context(), mac); errors.Is(err, store.ErrNotFound) {
-		return httpErr(http.StatusNotFound, "unknown device %s", mac)
-	} else if err != nil {
+	if err := s.knownDevice(c.Request, mac); err != nil {
 		return err
 	}
 	a, err := s.deviceAction(c.Request.Context(), c.Request, mac, req.ActionID, req.Token)
@@ -331,12 +341,7 @@ func (s *Server) handleLog(c *gin.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := s.checkLease(c.Request, mac); err != nil {
-		return err
-	}
-	if _, err := s.Store.Device(c.Request.Context(), mac); errors.Is(err, store.ErrNotFound) {
-		return httpErr(http.StatusNotFound, "unknown device %s", mac)
-	} else if err != nil {
+	if err := s.knownDevice(c.Request, mac); err != nil {
 		return err
 	}
 	ev := contract.Event{Kind: contract.EventDeviceLog, MAC: mac, Message: l.Lines[len(l.Lines)-1], Fields: map[string]any{"lines": l.Lines}}

@@ -14,6 +14,15 @@ import (
 	"github.com/cm4bench/cm4bench/internal/tokenbucket"
 )
 
+// positiveOr is v, or def when v is zero or negative: the zero value of a
+// Server limit means its default.
+func positiveOr[T int | int64 | time.Duration](v, def T) T {
+	if v <= 0 {
+		return def
+	}
+	return v
+}
+
 func (s *Server) minUploadRate() int64 {
 	switch {
 	case s.MinUploadRate < 0:
@@ -24,19 +33,9 @@ func (s *Server) minUploadRate() int64 {
 	return s.MinUploadRate
 }
 
-func (s *Server) bodyTimeout() time.Duration {
-	if s.BodyTimeout <= 0 {
-		return DefaultBodyTimeout
-	}
-	return s.BodyTimeout
-}
+func (s *Server) bodyTimeout() time.Duration { return positiveOr(s.BodyTimeout, DefaultBodyTimeout) }
 
-func (s *Server) maxConnsPerIP() int {
-	if s.MaxConnsPerIP <= 0 {
-		return DefaultMaxConnsPerIP
-	}
-	return s.MaxConnsPerIP
-}
+func (s *Server) maxConnsPerIP() int { return positiveOr(s.MaxConnsPerIP, DefaultMaxConnsPerIP) }
 
 // bodyDeadline bounds the reading of a request body on the JSON routes
 // (the image upload streams at its own pace; the image and backup streams

@@ -200,19 +200,9 @@ func (s *Server) log() *slog.Logger {
 	return s.Logger
 }
 
-func (s *Server) pollInterval() time.Duration {
-	if s.PollInterval <= 0 {
-		return DefaultPollInterval
-	}
-	return s.PollInterval
-}
+func (s *Server) pollInterval() time.Duration { return positiveOr(s.PollInterval, DefaultPollInterval) }
 
-func (s *Server) maxJSON() int64 {
-	if s.MaxJSON <= 0 {
-		return DefaultMaxJSON
-	}
-	return s.MaxJSON
-}
+func (s *Server) maxJSON() int64 { return positiveOr(s.MaxJSON, DefaultMaxJSON) }
 
 // Handler returns the server's HTTP handler (built once).
 func (s *Server) Handler() http.Handler {

@@ -159,22 +159,33 @@ func (c *Cache) Path(ctx context.Context, f File) (string, error) {
 	return c.Fetch(ctx, f)
 }
 
-// verifyFile checks a file's size and sha256.
-func verifyFile(p string, size int64, sum string) error {
+// FileSHA256 returns the sha256 (hex) and size of the file at p, streamed:
+// how the cache, the TFTP root preparation and doctor compare a file with
+// the catalogue.
+func FileSHA256(p string) (sum string, size int64, err error) {
 	fh, err := os.Open(p)
 	if err != nil {
-		return err
+		return "", 0, err
 	}
 	defer fh.Close()
 	h := sha256.New()
 	n, err := io.Copy(h, fh)
 	if err != nil {
-		return fmt.Errorf("read %s: %w", p, err)
+		return "", n, fmt.Errorf("read %s: %w", p, err)
+	}
+	return hex.EncodeToString(h.Sum(nil)), n, nil
+}
+
+// verifyFile checks a file's size and sha256.
+func verifyFile(p string, size int64, sum string) error {
+	got, n, err := FileSHA256(p)
+	if err != nil {
+		return err
 	}
 	if n != size {
 		return fmt.Errorf("%s is %d bytes, want %d: %w", p, n, size, ErrSize)
 	}
-	if got := hex.EncodeToString(h.Sum(nil)); got != sum {
+	if got != sum {
 		return fmt.Errorf("%s has sha256 %s, want %s: %w", p, got, sum, ErrChecksum)
 	}
 	return nil

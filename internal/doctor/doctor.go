@@ -9,11 +9,8 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -351,12 +348,12 @@ func (d *Doctor) tftpRoot() Result {
 					problems = append(problems, sf.Name+": not in the firmware cache to compare")
 					continue
 				}
-				got, err := fileSHA(filepath.Join(d.TFTPRoot, sf.Name))
+				got, err := fileSHA256(filepath.Join(d.TFTPRoot, sf.Name))
 				if err != nil {
 					problems = append(problems, sf.Name+" missing")
 					continue
 				}
-				if w, _ := fileSHA(want); w != got {
+				if w, _ := fileSHA256(want); w != got {
 					problems = append(problems, sf.Name+" differs from the catalogue's")
 				}
 			}
@@ -377,19 +374,6 @@ func (d *Doctor) tftpRoot() Result {
 	}
 	r.Status, r.Detail = OK, d.TFTPRoot+" prepared: firmware as in the catalogue, initrd.img, config.txt and cmdline.txt set"
 	return r
-}
-
-func fileSHA(p string) (string, error) {
-	f, err := os.Open(p)
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		return "", err
-	}
-	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
 func fileHasLine(p string, match func(string) bool) bool {
@@ -482,4 +466,10 @@ func DHCPProbe(timeout time.Duration) func(ctx context.Context, iface string) (s
 		}
 		return fmt.Sprintf("server %s (MAC %s) offered %s", r.ServerID, r.MAC, r.Offered), nil
 	}
+}
+
+// fileSHA256 is firmware.FileSHA256 without the size.
+func fileSHA256(p string) (string, error) {
+	sum, _, err := firmware.FileSHA256(p)
+	return sum, err
 }

@@ -318,7 +318,7 @@ func planFirmware(o PrepareOptions) ([]fwPlan, error) {
 		if err != nil {
 			return nil, fmt.Errorf("firmware %s: %w", sf.Name, err)
 		}
-		want, err := fileSum(blob)
+		want, err := fileSHA256(blob)
 		if err != nil {
 			return nil, fmt.Errorf("firmware %s: %w", sf.Name, err)
 		}
@@ -332,7 +332,7 @@ func planFirmware(o PrepareOptions) ([]fwPlan, error) {
 		case !fi.Mode().IsRegular():
 			return nil, fmt.Errorf("%s in the TFTP root is not a regular file", sf.Name)
 		default:
-			if p.have, err = fileSum(dst); err != nil {
+			if p.have, err = fileSHA256(dst); err != nil {
 				return nil, fmt.Errorf("%s: %w", sf.Name, err)
 			}
 			if p.have != p.want {
@@ -406,19 +406,6 @@ func copyFile(src, dst, want string) error {
 		return fmt.Errorf("%s changed while it was copied (sha256 %s, want %s)", src, got, want)
 	}
 	return out.Commit()
-}
-
-func fileSum(p string) (string, error) {
-	fh, err := os.Open(p)
-	if err != nil {
-		return "", err
-	}
-	defer fh.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, fh); err != nil {
-		return "", fmt.Errorf("read %s: %w", p, err)
-	}
-	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
 func sum(b []byte) string {
@@ -544,4 +531,10 @@ func overrideWarnings(root, serverURL string) []string {
 		}
 	}
 	return out
+}
+
+// fileSHA256 is firmware.FileSHA256 without the size.
+func fileSHA256(p string) (string, error) {
+	sum, _, err := firmware.FileSHA256(p)
+	return sum, err
 }
