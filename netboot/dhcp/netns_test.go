@@ -28,27 +28,6 @@ const (
 	piVendor = "PXEClient:Arch:00000:UNDI:002001"
 )
 
-// switchPolicy is a per-MAC netboot switch.
-type switchPolicy struct {
-	mu  sync.Mutex
-	off map[string]bool
-}
-
-func (p *switchPolicy) NetbootEnabled(mac net.HardwareAddr) bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return !p.off[mac.String()]
-}
-
-func (p *switchPolicy) disable(mac net.HardwareAddr) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.off == nil {
-		p.off = map[string]bool{}
-	}
-	p.off[mac.String()] = true
-}
-
 // eventLog records events for assertions.
 type eventLog struct {
 	mu  sync.Mutex
@@ -170,9 +149,9 @@ func TestUdhcpc(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			mac, _ := net.ParseMAC(tt.mac)
 			topo := nettest.New(t, nettest.Options{Prefix: "cbn", ClientMACs: []net.HardwareAddr{mac}})
-			p := &switchPolicy{}
+			p := &nettest.Switch{}
 			if tt.disabled {
-				p.disable(mac)
+				p.Disable(mac)
 			}
 			ev := &eventLog{}
 			serve(t, topo.Server, newServer(t, p, ev))
@@ -332,7 +311,7 @@ func lease(t *testing.T, ns *nettest.NS, mac net.HardwareAddr, mods ...dhcpv4.Mo
 func TestNetbootSwitchAndRestart(t *testing.T) {
 	nettest.Require(t)
 	topo := nettest.New(t, nettest.Options{Prefix: "cbn"})
-	p := &switchPolicy{}
+	p := &nettest.Switch{}
 	ev := &eventLog{}
 	srv := newServer(t, p, ev)
 	stop := serve(t, topo.Server, srv)
@@ -341,7 +320,7 @@ func TestNetbootSwitchAndRestart(t *testing.T) {
 	if o := l1.ACK.GetOneOption(dhcpv4.OptionVendorSpecificInformation); hex.EncodeToString(o) != menuHex {
 		t.Fatalf("enabled Pi: option 43 = %x", o)
 	}
-	p.disable(piA) // e.g. action-done switched netboot off
+	p.Disable(piA) // e.g. action-done switched netboot off
 	l2 := lease(t, topo.Clients[0], piA, piModifiers()...)
 	if o := l2.ACK.GetOneOption(dhcpv4.OptionVendorSpecificInformation); o != nil {
 		t.Fatalf("disabled Pi still gets option 43 %x", o)

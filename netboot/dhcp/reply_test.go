@@ -8,7 +8,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -16,6 +15,7 @@ import (
 	"github.com/insomniacslk/dhcp/iana"
 
 	"github.com/cm4bench/cm4bench/internal/repotest"
+	"github.com/cm4bench/cm4bench/netboot/sim/nettest"
 )
 
 // menuHex is option 43 from the issue and netboot.md §1.3, byte for byte.
@@ -25,27 +25,6 @@ func TestPXEMenuBytes(t *testing.T) {
 	if got := hex.EncodeToString(PXEMenu()); got != menuHex {
 		t.Fatalf("PXEMenu() = %s, want %s", got, menuHex)
 	}
-}
-
-// policy is a per-MAC switch for tests.
-type policy struct {
-	mu  sync.Mutex
-	off map[string]bool
-}
-
-func (p *policy) NetbootEnabled(mac net.HardwareAddr) bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return !p.off[mac.String()]
-}
-
-func (p *policy) set(mac string, on bool) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.off == nil {
-		p.off = map[string]bool{}
-	}
-	p.off[mac] = !on
 }
 
 var (
@@ -147,8 +126,8 @@ func TestReplyDORA(t *testing.T) {
 		{"not a pi", otherMAC, func(t testing.TB) *dhcpv4.DHCPv4 { return plainDiscover(t, otherMAC) }, true, false, nil, false},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			p := &policy{}
-			p.set(tt.mac.String(), tt.enabled)
+			p := &nettest.Switch{}
+			p.Set(tt.mac.String(), tt.enabled)
 			s := newTestServer(t, p)
 			s.FastFallthrough = tt.fast
 			offer, err := s.Reply(tt.discover(t))
@@ -280,7 +259,7 @@ func TestReplyRequestEdgeCases(t *testing.T) {
 }
 
 func TestReplyProxy(t *testing.T) {
-	p := &policy{}
+	p := &nettest.Switch{}
 	s := newTestServer(t, p)
 	s.Proxy = true
 	r, err := s.Reply(piDiscover(t, piMAC, guid))
@@ -297,7 +276,7 @@ func TestReplyProxy(t *testing.T) {
 	if r, _ := s.Reply(piRequest(t, r)); r != nil {
 		t.Errorf("proxy answered a REQUEST: %v", r)
 	}
-	p.set(piMAC.String(), false)
+	p.Set(piMAC.String(), false)
 	if r, _ := s.Reply(piDiscover(t, piMAC, guid)); r != nil {
 		t.Errorf("proxy offered the menu to a disabled Pi")
 	}

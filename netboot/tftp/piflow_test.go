@@ -3,11 +3,9 @@ package tftp_test
 import (
 	"context"
 	"crypto/sha256"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -15,24 +13,6 @@ import (
 	"github.com/cm4bench/cm4bench/netboot/sim/nettest"
 	"github.com/cm4bench/cm4bench/netboot/tftp"
 )
-
-// macSwitch is the per-MAC netboot switch both servers consult.
-type macSwitch struct {
-	mu  sync.Mutex
-	off map[string]bool
-}
-
-func (m *macSwitch) NetbootEnabled(mac net.HardwareAddr) bool {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return !m.off[mac.String()]
-}
-
-func (m *macSwitch) disable(mac net.HardwareAddr) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	m.off = map[string]bool{mac.String(): true}
-}
 
 // TestPiBootFlow runs DHCP and TFTP together the way serve composes them:
 // a Pi-exact udhcpc gets the netboot lease and configures its link, then
@@ -52,7 +32,7 @@ func TestPiBootFlow(t *testing.T) {
 	writeFile(t, filepath.Join(root, "start4.elf"), start4)
 	writeFile(t, filepath.Join(root, "config.txt"), []byte("[all]\n"))
 
-	sw := &macSwitch{}
+	sw := &nettest.Switch{}
 	ds := &dhcp.Server{Iface: nettest.ServerIface, Policy: sw, RivalTimeout: 300 * time.Millisecond,
 		LeaseFile: filepath.Join(dir, "leases.json")}
 	ev := &evLog{}
@@ -130,7 +110,7 @@ exit 0
 		t.Errorf("transfer event does not name the device %s: %+v", pi.MAC, ev.evs)
 	}
 
-	sw.disable(pi.MAC) // what action-done does
+	sw.Disable(pi.MAC) // what action-done does
 	env = lease()
 	if env["opt43"] != "" || env["tftp"] != "" {
 		t.Fatalf("lease after disable still carries the menu: opt43=%q tftp=%q", env["opt43"], env["tftp"])

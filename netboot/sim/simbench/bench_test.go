@@ -15,6 +15,7 @@ import (
 	"github.com/cm4bench/cm4bench/internal/contract"
 	"github.com/cm4bench/cm4bench/netboot/dhcp"
 	"github.com/cm4bench/cm4bench/netboot/sim/netns"
+	"github.com/cm4bench/cm4bench/netboot/sim/nettest"
 	"github.com/cm4bench/cm4bench/netboot/sim/pisim"
 	"github.com/cm4bench/cm4bench/netboot/sim/simbench"
 	"github.com/cm4bench/cm4bench/netboot/tftp"
@@ -152,24 +153,6 @@ func startServers(tb testing.TB, ctx context.Context, b *simbench.Bench, ds *dhc
 	}
 }
 
-// mapPolicy is a per-MAC netboot switch for the servers.
-type mapPolicy struct {
-	mu  sync.Mutex
-	off map[string]bool
-}
-
-func (p *mapPolicy) NetbootEnabled(mac net.HardwareAddr) bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return !p.off[mac.String()]
-}
-
-func (p *mapPolicy) set(mac net.HardwareAddr, on bool) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.off[mac.String()] = !on
-}
-
 // TestPisimAgainstCm4benchServers: every simulated CM4 of a 4-device bench
 // netboots from cm4bench's own DHCP and TFTP servers (run in the bench
 // namespace on the bridge, as `netboot serve` runs them), with the exact
@@ -188,7 +171,7 @@ func TestPisimAgainstCm4benchServers(t *testing.T) {
 	if err := simbench.WriteTFTPRoot(root, "http://10.61.0.1:5000"); err != nil {
 		t.Fatal(err)
 	}
-	pol := &mapPolicy{off: map[string]bool{}}
+	pol := &nettest.Switch{}
 	var evMu sync.Mutex
 	var events []contract.Event
 	record := func(e contract.Event) { evMu.Lock(); events = append(events, e); evMu.Unlock() }
@@ -205,7 +188,7 @@ func TestPisimAgainstCm4benchServers(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.Close()
-	pol.set(off.Board.MAC, false)
+	pol.Disable(off.Board.MAC)
 
 	var wg sync.WaitGroup
 	outs := make([]*pisim.Outcome, len(b.Devices))

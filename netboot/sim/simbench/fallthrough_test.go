@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/cm4bench/cm4bench/netboot/dhcp"
+	"github.com/cm4bench/cm4bench/netboot/sim/nettest"
 	"github.com/cm4bench/cm4bench/netboot/sim/pisim"
 	"github.com/cm4bench/cm4bench/netboot/sim/simbench"
 	"github.com/cm4bench/cm4bench/netboot/tftp"
@@ -31,8 +32,8 @@ func fallthroughRun(tb testing.TB, fast bool, e pisim.EEPROM) (*pisim.Outcome, t
 		tb.Fatal(err)
 	}
 	d := b.Devices[0]
-	pol := &mapPolicy{off: map[string]bool{}}
-	pol.set(d.Board.MAC, false)
+	pol := &nettest.Switch{}
+	pol.Disable(d.Board.MAC)
 	startServers(tb, ctx, b, &dhcp.Server{Policy: pol, FastFallthrough: fast}, &tftp.Server{Root: root, Policy: pol})
 	f, err := os.OpenFile(d.EMMC(), os.O_RDWR, 0)
 	if err != nil {
