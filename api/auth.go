@@ -226,13 +226,40 @@ func sameOriginWrite(r *http.Request) error {
 	return nil
 }
 
+// LoginLinkLifetime is how long a printed login link works.
+const LoginLinkLifetime = 10 * time.Minute
+
+// LoginLink returns base + "/?login=CODE": a link that logs a browser in
+// once, within LoginLinkLifetime, without the admin token. The server
+// prints it on start so the technician clicks instead of pasting; the code
+// is random, kept only in memory (hashed), and used up by the first login.
+func (s *Server) LoginLink(base string) string {
+	return strings.TrimRight(base, "/") + "/?login=" + s.loginCodes.add(LoginLinkLifetime)
+}
+
+// useLoginCode reports whether code is a live login code, using it up.
+func (s *Server) useLoginCode(code string) bool {
+	if code == "" || !s.loginCodes.valid(code) {
+		return false
+	}
+	s.loginCodes.end(code)
+	return true
+}
+
 func (s *Server) handleLogin(c *gin.Context) error {
 	var req contract.LoginRequest
 	if err := s.decodeJSON(c.Request, &req); err != nil {
 		return err
 	}
 	tok := s.token()
-	if tok == "" || !tokenEqual(strings.TrimSpace(req.Token), tok) {
+	switch {
+	case req.Code != "":
+		if !s.useLoginCode(strings.TrimSpace(req.Code)) {
+			s.emit(c.Request.Context(), contract.Event{Kind: contract.EventAuthFailed, Level: contract.LevelWarn,
+				Message: "used or expired login link from " + remoteIP(c.Request), Fields: map[string]any{"ip": remoteIP(c.Request)}})
+			return httpErr(http.StatusUnauthorized, "this login link was already used or has expired")
+		}
+	case tok == "" || !tokenEqual(strings.TrimSpace(req.Token), tok):
 		s.emit(c.Request.Context(), contract.Event{Kind: contract.EventAuthFailed, Level: contract.LevelWarn,
 			Message: "failed login from " + remoteIP(c.Request), Fields: map[string]any{"ip": remoteIP(c.Request)}})
 		return httpErr(http.StatusUnauthorized, "wrong admin token")

@@ -136,9 +136,10 @@ type Server struct {
 	addrMu sync.Mutex
 	addrs  []string
 
-	sessions sessions
-	tokenMu  sync.RWMutex
-	rotated  string // the admin token after a rotation
+	sessions   sessions
+	loginCodes sessions // one-time codes of the printed login links (memory only)
+	tokenMu    sync.RWMutex
+	rotated    string // the admin token after a rotation
 
 	deviceLimit rateLimiter
 

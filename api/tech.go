@@ -35,7 +35,7 @@ func (s *Server) handleStatus(c *gin.Context) error {
 	if err != nil {
 		return err
 	}
-	st := contract.Status{Version: s.Version, Addresses: s.addresses(), Netboot: s.Store.GlobalNetboot(),
+	st := contract.Status{Version: s.Version, Addresses: s.addresses(), Netboot: s.Store.GlobalNetboot(), PollSeconds: s.pollInterval().Seconds(),
 		DefaultImage: s.Images.DefaultName(), Devices: counts, Images: len(imgs), Backups: nb, Started: s.started}
 	if s.Rivals != nil {
 		st.RivalDHCP = s.Rivals()

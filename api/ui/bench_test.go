@@ -22,6 +22,7 @@ import (
 type bench struct {
 	URL   string
 	Token string
+	API   *api.Server  // the running server (for its one-time login links)
 	Store *store.Store // events emitted here reach the dashboard as the DHCP server's would
 
 	dir    string
@@ -89,6 +90,7 @@ func (b *bench) serve(t *testing.T) {
 	b.addr = ln.Addr().String()
 	b.URL = "http://" + b.addr
 	srv.AddAddress(b.URL)
+	b.API = srv
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(ctx, ln) }()

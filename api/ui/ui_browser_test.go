@@ -153,7 +153,7 @@ func (b *browser) waitFor(t *testing.T, what, expr string) {
 	_, err := chromedp.Run(ctx, chromedp.Poll[chromedp.Void](expr,
 		chromedp.WithPollingInterval(50*time.Millisecond), chromedp.WithPollingTimeout(30*time.Second)))
 	if err != nil {
-		state, _ := chromedp.Run(b.ctx, chromedp.Evaluate[string](`document.querySelector('main').innerText.slice(0, 1500)`))
+		state, _ := chromedp.Run(b.ctx, chromedp.Evaluate[string](`'confirm dialog: ' + (document.getElementById('confirm').open ? 'open' : 'closed') + '\n' + ['lost-banner', 'error-banner'].map(id => { const e = document.getElementById(id); return id + ': ' + (e.hidden ? '(hidden)' : e.innerText); }).join('\n') + '\n' + document.querySelector('main').innerText.slice(0, 1500)`))
 		t.Fatalf("browser: waiting for %s (%s): %v\npage text:\n%s", what, expr, err, state)
 	}
 }

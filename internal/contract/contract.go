@@ -259,6 +259,7 @@ type Status struct {
 	Images       int            `json:"images"`
 	Backups      int            `json:"backups"`
 	Started      time.Time      `json:"started"`
+	PollSeconds  float64        `json:"poll_seconds"` // how often a netbooted board polls
 }
 
 // SetActionRequest is POSTed to /api/v1/devices/:mac/action.
@@ -288,7 +289,9 @@ type NetbootSwitch struct {
 
 // LoginRequest is POSTed to PathLogin.
 type LoginRequest struct {
-	Token string `json:"token"`
+	Token string `json:"token,omitempty"`
+	// Code is the one-time code of a printed login link (instead of Token).
+	Code string `json:"code,omitempty"`
 }
 
 // ServerInfo is what a running server records in <data>/server.json so the

@@ -543,8 +543,29 @@ func Run(ctx context.Context, cfg Config, out io.Writer) error {
 		return err
 	}
 	defer b.Close()
-	if b.TokenCreated() && out != nil {
-		fmt.Fprintf(out, "admin token (shown once; also in %s): %s\n", filepath.Join(cfg.DataDir, contract.FileAdminToken), b.Token())
+	if out != nil {
+		go b.Announce(ctx, out)
 	}
 	return b.Serve(ctx)
+}
+
+// Announce waits until the bench serves, then prints how to reach the
+// dashboard: a one-click login link for the loopback URL (works once, for
+// api.LoginLinkLifetime) and, the first time, the admin token. Nothing is
+// printed when the bench never comes up (a busy port), so no token is shown
+// for a server that is not running.
+func (b *Bench) Announce(ctx context.Context, out io.Writer) {
+	select {
+	case <-b.Ready():
+	case <-ctx.Done():
+		return
+	}
+	tokenFile := filepath.Join(b.cfg.DataDir, contract.FileAdminToken)
+	if b.TokenCreated() {
+		fmt.Fprintf(out, "admin token (shown once; also in %s): %s\n", tokenFile, b.Token())
+	}
+	if urls := b.URLs(); len(urls) > 0 {
+		fmt.Fprintf(out, "dashboard: %s\n  one-click login (works once, for %s): %s\n  later logins: the admin token in %s\n",
+			urls[0], api.LoginLinkLifetime, b.API().LoginLink(urls[0]), tokenFile)
+	}
 }

@@ -29,6 +29,11 @@
     retry: 0,
     rivalUntil: 0,        // a dhcp.rival event keeps the banner up until this time
     rivalText: "",
+    slots: new Map(),     // mac -> slot number (first contact order)
+    density: (() => { try { return localStorage.getItem("cm4bench.density") || ""; } catch { return ""; } })(),
+    logAll: false,        // show every event, not only the important ones
+    hadSession: false,
+    lost: false,
     refreshTimer: 0,
     pendingDevice: new Map(),
     seq: 0,               // request sequence: a device answer older than the one shown is dropped
@@ -96,6 +101,7 @@
     download: "downloading", write: "writing eMMC", verify: "verifying", read: "reading eMMC",
     upload: "uploading", erase: "erasing", sync: "flushing", hash: "hashing", boot: "booting",
   };
+  const STATE_ICONS = { done: "✓", failed: "✗", running: "▶", pending: "…", offline: "–", idle: "" };
   const STATE_WORDS = {
     idle: "Ready", pending: "Queued", running: "Working", done: "Done", failed: "Failed",
     offline: "Offline", cancelled: "Cancelled",
@@ -115,8 +121,10 @@
     try {
       res = await fetch(path, opts);
     } catch (e) {
-      throw new APIError(0, "cannot reach the bench server (" + e.message + ")");
+      setLost(true);
+      throw new APIError(0, "the bench server did not answer (" + e.message + ")");
     }
+    setLost(false);
     let data = null;
     const text = await res.text();
     if (text) {
@@ -124,19 +132,44 @@
     }
     if (!res.ok) {
       const msg = (data && data.error) || text || res.statusText;
-      if (res.status === 401 && path !== "/api/v1/login") showLogin("Your session has ended. Log in again.");
+      if (res.status === 401 && path !== "/api/v1/login") showLogin(S.hadSession ? "Your session has ended. Log in again." : "");
       throw new APIError(res.status, msg);
     }
     return data;
   }
 
-  let errTimer = 0;
-  function showError(msg) {
+  // showError keeps an error until the technician dismisses it: one plain
+  // sentence saying what failed and what to do, the raw text under
+  // "Details". At most five are kept, newest first.
+  function showError(what, err, todo) {
     const b = $("#error-banner");
-    b.textContent = msg;
+    const raw = err && err.message !== undefined ? err.message : (err || "");
+    const item = el("div", { class: "error-item", "data-testid": "error-item" });
+    item.append(el("strong", {}, what.replace(/[.:]?$/, ".")));
+    const hint = todo || (err && err.status === 0 ? "Check that cm4bench netboot serve is running; the page retries by itself." : "");
+    if (hint) item.append(el("span", { "data-testid": "error-todo" }, hint));
+    if (raw) {
+      const det = el("details");
+      det.append(el("summary", {}, "Details"), el("code", { "data-testid": "error-details" }, String(raw)));
+      item.append(det);
+    }
+    const x = el("button", { type: "button", class: "btn quiet", "data-testid": "error-dismiss" }, "Dismiss");
+    x.addEventListener("click", () => { item.remove(); b.hidden = b.children.length === 0; });
+    item.append(x);
+    b.prepend(item);
+    while (b.children.length > 5) b.lastChild.remove();
     b.hidden = false;
-    clearTimeout(errTimer);
-    errTimer = setTimeout(() => { b.hidden = true; }, 10000);
+  }
+  // setLost shows (or clears) that the server stopped answering: a banner,
+  // greyed cards and disabled actions, until a request works again.
+  function setLost(lost) {
+    if (lost && !S.loggedIn) return;
+    if (S.lost === lost) return;
+    S.lost = lost;
+    document.body.classList.toggle("lost", lost);
+    $("#lost-banner").hidden = !lost;
+    $("#deploy-all").disabled = lost || readyMACs().length === 0;
+    for (const [mac, d] of S.devices) renderDevice(S.cards.get(mac), d);
   }
 
   // ---------- login ----------
@@ -189,6 +222,22 @@
     showLogin("");
   }
 
+  // loginFromLink logs in with the one-time code of the link the server
+  // printed (?login=CODE), then removes the code from the address bar.
+  async function loginFromLink() {
+    const code = new URLSearchParams(location.search).get("login");
+    if (!code) return;
+    history.replaceState(null, "", location.pathname);
+    try {
+      await api("POST", "/api/v1/login", { code });
+    } catch (e) {
+      showLogin(e.status === 401
+        ? "That login link was already used or has expired. Paste the admin token, or restart the server for a new link."
+        : "Login with the link failed: " + e.message);
+      throw e;
+    }
+  }
+
   // ---------- start ----------
   async function start() {
     let st;
@@ -205,6 +254,7 @@
       return;
     }
     S.loggedIn = true;
+    S.hadSession = true;
     $("#login").hidden = true;
     $("#app").hidden = false;
     $("#top-controls").hidden = false;
@@ -262,7 +312,7 @@
       const r = await api("PUT", "/api/v1/netboot", { enabled: on });
       setSwitch(r && typeof r.enabled === "boolean" ? r.enabled : on);
     } catch (e) {
-      showError("Could not switch network boot: " + e.message);
+      showError("Could not switch network boot", e);
     } finally {
       sw.disabled = false;
     }
@@ -281,7 +331,7 @@
       S.images = (await api("GET", "/api/v1/images")) || [];
     } catch (e) {
       S.images = [];
-      if (e.status !== 401) showError("Could not list images: " + e.message);
+      if (e.status !== 401) showError("Could not list images", e);
     }
     renderImageSelect($("#default-image"), $("#default-image").value, true);
     for (const [mac, card] of S.cards) renderDeviceImage(card, S.devices.get(mac));
@@ -315,7 +365,7 @@
             await api("DELETE", "/api/v1/images/" + encodeURIComponent(name));
             await loadImages();
           } catch (e) {
-            showError("Could not delete " + name + ": " + e.message);
+            showError("Could not delete " + name, e);
           }
         });
         actions.append(del);
@@ -352,10 +402,10 @@
         show(e.loaded / e.total * 100, "Uploading " + file.name + ": " + fmtBytes(e.loaded) + " of " + fmtBytes(e.total));
       }
     };
-    const finish = msg => {
+    const finish = (msg, raw) => {
       input.disabled = false;
       input.value = "";
-      if (msg) showError(msg);
+      if (msg) showError(msg, raw);
       box.hidden = true;
       loadImages();
     };
@@ -364,9 +414,9 @@
       let msg = xhr.statusText;
       try { msg = JSON.parse(xhr.responseText).error || msg; } catch { /* not JSON */ }
       if (xhr.status === 401) showLogin("Your session has ended. Log in again.");
-      finish("Upload of " + file.name + " failed: " + msg);
+      finish("Could not upload " + file.name, msg);
     };
-    xhr.onerror = () => finish("Upload of " + file.name + " failed: the connection to the server broke.");
+    xhr.onerror = () => finish("Could not upload " + file.name, "the connection to the server broke");
     xhr.send(file);
   }
   function defaultImageName() {
@@ -406,7 +456,7 @@
     try {
       list = (await api("GET", "/api/v1/devices")) || [];
     } catch (e) {
-      if (e.status !== 401) showError("Could not list devices: " + e.message);
+      if (e.status !== 401) showError("Could not list devices", e);
       return;
     }
     const keep = new Set();
@@ -468,10 +518,26 @@
     }
     renderDevice(card, d);
   }
+  // Slots: each board gets the next number when it first appears and keeps
+  // it while the page is open; cards are in slot order.
+  function slotOf(mac) {
+    if (!S.slots.has(mac)) S.slots.set(mac, S.slots.size + 1);
+    return S.slots.get(mac);
+  }
   function insertSorted(card, mac) {
     const grid = $("#device-grid");
-    const after = [...grid.children].find(c => c.dataset.mac > mac);
+    const n = slotOf(mac);
+    const after = [...grid.children].find(c => slotOf(c.dataset.mac) > n);
     grid.insertBefore(card, after || null);
+  }
+  // setDensity: "compact" fits 16 boards on a 1366x768 screen; it is chosen
+  // by itself above six boards unless the technician picked one.
+  function setDensity(d, chosen) {
+    if (chosen) { S.density = d; try { localStorage.setItem("cm4bench.density", d); } catch { /* private mode */ } }
+    const use = S.density || (S.devices.size > 6 ? "compact" : "detailed");
+    $("#device-grid").dataset.density = use;
+    $("#density-compact").setAttribute("aria-pressed", String(use === "compact"));
+    $("#density-detailed").setAttribute("aria-pressed", String(use === "detailed"));
   }
   function currentAction(d) { return pick(d, "action", "Action") || null; }
   function deviceState(d) {
@@ -489,7 +555,10 @@
     card.dataset.state = st;
     const set = (f, v) => { card.querySelector(`[data-field=${f}]`).textContent = v || "–"; };
     set("mac", mac);
-    set("serial", pick(d, "serial", "Serial") || pick(facts, "serial"));
+    const serialText = pick(d, "serial", "Serial") || pick(facts, "serial");
+    set("serial", serialText);
+    set("slot", String(slotOf(mac)));
+    card.querySelector("[data-field=serial-big]").textContent = serialText ? "serial " + serialText : "";
     set("ip", pick(d, "ip", "IP"));
     set("model", shortModel(pick(facts, "model")));
     set("emmc", fmtBytes(pick(facts, "emmc_bytes")));
@@ -498,8 +567,9 @@
     if (st === "running" && actType === "backup") word = "Backing up";
     const stEl = card.querySelector("[data-field=state]");
     stEl.textContent = word;
+    stEl.dataset.icon = STATE_ICONS[st] || "";
     stEl.setAttribute("aria-label", "State: " + word);
-    card.setAttribute("aria-label", "Device " + mac + ", " + word);
+    card.setAttribute("aria-label", "Slot " + slotOf(mac) + ", device " + mac + ", " + word);
 
     const imgSel = card.querySelector("[data-role=image]");
     if (document.activeElement !== imgSel) renderDeviceImage(card, d);
@@ -527,8 +597,17 @@
       ? (benchOff ? "Netboot on, but off for the bench" : "Netboot on")
       : "Netboot off: boots from eMMC") + seen;
     const busy = st === "pending" || st === "running" || actState === "pending" || actState === "running";
-    card.querySelector("[data-act=deploy]").disabled = busy;
-    card.querySelector("[data-act=backup]").disabled = busy;
+    card.querySelector("[data-act=deploy]").disabled = busy || S.lost;
+    card.querySelector("[data-act=backup]").disabled = busy || S.lost;
+    card.querySelector("[data-act=netboot]").disabled = S.lost;
+    card.querySelector("[data-act=cancel]").disabled = S.lost;
+    // A finished deploy is not an invitation to flash again.
+    card.querySelector("[data-act=deploy]").classList.toggle("primary", st !== "done");
+    // A queued job on a board that does not poll: it booted its eMMC.
+    const hint = card.querySelector("[data-field=hint]");
+    const why = queuedHint(d, act, actState);
+    hint.hidden = !why;
+    hint.textContent = why;
     card.querySelector("[data-act=cancel]").hidden = !busy;
     const nbBtn = card.querySelector("[data-act=netboot]");
     nbBtn.textContent = nbOn ? "Disable netboot" : "Enable netboot";
@@ -536,6 +615,17 @@
     card.querySelector("[data-act=deploy]").setAttribute("aria-label", "Deploy " + mac);
     card.querySelector("[data-act=backup]").setAttribute("aria-label", "Backup " + mac);
     card.querySelector("[data-act=cancel]").setAttribute("aria-label", "Cancel action on " + mac);
+  }
+  // queuedHint: after two missed polls a queued job gets a plain hint.
+  function queuedHint(d, act, actState) {
+    if (actState !== "pending") return "";
+    const poll = Number(pick(S.status, "poll_seconds") || 5) * 1000;
+    const created = toDate(pick(act, "created", "Created"));
+    const seen = toDate(pick(d, "last_seen", "LastSeen"));
+    const now = Date.now();
+    if (!created || now - created.getTime() < 2 * poll) return "";
+    if (seen && now - seen.getTime() < 2 * poll) return "";
+    return "Not network-booted now: power-cycle or reset the board so it boots from the network and picks the job up.";
   }
   function shortModel(m) {
     if (!m) return "";
@@ -599,6 +689,17 @@
       set("avg", "");
       bar.setAttribute("aria-valuetext", actState || st);
     }
+    const ver = card.querySelector("[data-field=verified]");
+    const sha = String(pick(act, "sha256", "SHA256") || "");
+    if (finished && actType === "deploy" && sha) {
+      ver.textContent = "Written and verified (sha256 " + sha.slice(0, 12) + "…), netboot off: it boots from eMMC. You can unplug it.";
+      ver.hidden = false;
+    } else if (finished && actType === "backup" && sha) {
+      ver.textContent = "Backup stored and verified (sha256 " + sha.slice(0, 12) + "…). Download it under Backups.";
+      ver.hidden = false;
+    } else {
+      ver.hidden = true;
+    }
     const errEl = card.querySelector("[data-field=error]");
     const err = pick(act, "error", "Error");
     const showErr = err && (actState === "failed" || st === "failed");
@@ -649,6 +750,15 @@
     for (const [re, words] of rules) if (re.test(e)) return words + " (" + e + ")";
     return e;
   }
+  // imageTooBig says why an image cannot go to a board, before the
+  // technician confirms: its raw size against the eMMC the agent reported.
+  function imageTooBig(name, d) {
+    const im = S.images.find(i => pick(i, "name", "Name") === name);
+    const size = Number(pick(im, "size", "Size") || 0);
+    const emmc = Number(pick(pick(d, "facts", "Facts") || {}, "emmc_bytes") || 0);
+    if (!size || !emmc || size <= emmc) return "";
+    return name + " is " + fmtBytes(size) + ", this board's eMMC holds " + fmtBytes(emmc) + ". Choose a smaller image.";
+  }
   function renderCounts() {
     const c = $("#counts");
     c.textContent = "";
@@ -666,6 +776,7 @@
       if (n[s]) c.append(el("span", { class: "count " + s, "data-testid": "count-" + s }, n[s] + " " + (STATE_WORDS[s] || s).toLowerCase()));
     }
     $("#no-devices").hidden = S.devices.size > 0;
+    setDensity();
     const ready = readyMACs().length;
     const all = $("#deploy-all");
     all.disabled = ready === 0;
@@ -676,9 +787,12 @@
     return [...S.devices.values()].filter(d => deviceState(d) === "idle").map(d => pick(d, "mac", "MAC")).sort();
   }
   async function onDeployAll() {
-    const macs = readyMACs();
-    if (!macs.length) return;
     const img = $("#default-image").value || "";
+    const every = readyMACs();
+    const skipped = every.filter(m => imageTooBig(pick(S.devices.get(m), "image", "Image") || img || defaultImageName(), S.devices.get(m)));
+    if (skipped.length) showError("Left out " + skipped.join(", "), "", "The image is larger than their eMMC.");
+    const macs = every.filter(m => !skipped.includes(m));
+    if (!macs.length) return;
     const shown = img || defaultImageName() || "the bench default image";
     const assigned = macs.filter(m => pick(S.devices.get(m), "image", "Image")).length;
     if (!(await confirmDialog("Deploy to " + macs.length + (macs.length === 1 ? " device?" : " devices?"),
@@ -691,9 +805,9 @@
       if (img) body.image = img;
       const acts = (await api("POST", "/api/v1/actions", body)) || [];
       for (const a of acts) noteAction(pick(a, "mac", "MAC"), a);
-      if (acts.length < macs.length) showError("Only " + acts.length + " of " + macs.length + " deploys were queued.");
+      if (acts.length < macs.length) showError("Only " + acts.length + " of " + macs.length + " deploys were queued", "", "Look at the boards left idle and try them one by one.");
     } catch (e) {
-      showError("Deploy all failed: " + e.message);
+      showError("Could not request the deploys", e);
       loadDevices();
     } finally {
       renderCounts();
@@ -708,6 +822,11 @@
       if (act === "deploy") {
         const img = pick(d, "image", "Image") || $("#default-image").value || "";
         const shown = img || defaultImageName() || "the bench default image";
+        const tooBig = imageTooBig(img || defaultImageName(), d);
+        if (tooBig) {
+          showError("Cannot deploy to " + mac, "", tooBig);
+          return;
+        }
         if (!(await confirmDialog("Deploy to " + mac + "?",
           "This writes " + shown + " to " + who + " and overwrites everything on its eMMC.", "Deploy and overwrite"))) return;
         const body = { action: "deploy" };
@@ -727,7 +846,8 @@
         refreshDevice(mac);
       }
     } catch (e) {
-      showError(act.charAt(0).toUpperCase() + act.slice(1) + " for " + mac + " failed: " + e.message);
+      const verb = { deploy: "request a deploy", backup: "request a backup", cancel: "cancel the job", netboot: "switch netboot" }[act] || act;
+      showError("Could not " + verb + " for " + mac, e);
       refreshDevice(mac);
     } finally {
       btn.disabled = false;
@@ -756,7 +876,7 @@
       const d = S.devices.get(mac);
       if (d) d.image = sel.value;
     } catch (e) {
-      showError("Could not assign the image to " + mac + ": " + e.message);
+      showError("Could not assign the image to " + mac, e);
       refreshDevice(mac);
     }
   }
@@ -780,7 +900,7 @@
     try {
       S.backups = (await api("GET", "/api/v1/backups")) || [];
     } catch (e) {
-      if (e.status !== 401) showError("Could not list backups: " + e.message);
+      if (e.status !== 401) showError("Could not list backups", e);
       return;
     }
     const rows = $("#backup-rows");
@@ -823,7 +943,7 @@
           await api("DELETE", "/api/v1/backups/" + encodeURIComponent(id));
           await loadBackups();
         } catch (e) {
-          showError("Could not delete the backup: " + e.message);
+          showError("Could not delete the backup", e);
         }
       });
       actions.append(a, " ", del);
@@ -954,9 +1074,20 @@
     renderDevice(card, d);
     renderCounts();
   }
+  // Routine events (size probes, "not found" answers of the firmware's file
+  // search, offers, transfers, progress) show only with "All events";
+  // warnings and errors always show.
+  const ROUTINE = new Set(["tftp.probe", "tftp.notfound", "tftp.transfer", "dhcp.offer", "dhcp.ack", "dhcp.release", "action.progress", "device.log"]);
+  function important(li) {
+    return li.dataset.level === "warn" || li.dataset.level === "error" || !ROUTINE.has(li.dataset.kind);
+  }
+  function filterLog() {
+    for (const li of $("#log").children) li.hidden = !S.logAll && !important(li);
+  }
   function logEvent(e) {
     const log = $("#log");
     const li = el("li", { "data-level": e.level || "info", "data-kind": e.kind || "" });
+    li.hidden = !S.logAll && !important(li);
     li.append(el("time", { datetime: e.time || "" }, fmtTime(e.time)));
     li.append(el("span", { class: "kind" }, e.kind || ""));
     const msg = el("span", { class: "msg" }, (e.mac ? e.mac + " " : "") + (e.message || ""));
@@ -980,6 +1111,9 @@
     $("#image-file").addEventListener("change", onUpload);
     // Keep the "seen … ago" notes fresh without a reload.
     setInterval(() => { for (const [mac, d] of S.devices) renderDevice(S.cards.get(mac), d); }, 30000);
-    start();
+    $("#density-compact").addEventListener("click", () => setDensity("compact", true));
+    $("#density-detailed").addEventListener("click", () => setDensity("detailed", true));
+    $("#log-all").addEventListener("change", () => { S.logAll = $("#log-all").checked; filterLog(); });
+    loginFromLink().then(start, () => {});
   });
 })();

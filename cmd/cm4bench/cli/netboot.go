@@ -6,7 +6,6 @@ import (
 	"io"
 	"log/slog"
 	"net/netip"
-	"path/filepath"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -220,9 +219,7 @@ func (o *netbootServeOptions) run(ctx context.Context, logger *slog.Logger, out 
 		return fmt.Errorf("netboot serve: %w", err)
 	}
 	defer b.Close()
-	if b.TokenCreated() {
-		fmt.Fprintf(out, "admin token (shown once; also in %s): %s\n", filepath.Join(cfg.DataDir, contract.FileAdminToken), b.Token())
-	}
+	go b.Announce(ctx, out)
 	if err := o.prep.prepare(ctx, b, popts, out); err != nil {
 		return err
 	}
