@@ -6,7 +6,7 @@ LDFLAGS := -s -w -X github.com/cm4bench/cm4bench/cmd/cm4bench/cli.Version=$(VERS
 # Packages that must build without cgo (everything but the gousb glue).
 NOCGO_PKGS := $(shell $(GO) list ./... 2>/dev/null | grep -v /usbboot/gousbdev)
 
-.PHONY: all run test bench build lint deps clean libusbfake agents arm64-kernel e2e soak
+.PHONY: all run test bench build lint deps clean libusbfake agents arm64-kernel e2e soak screenshot
 
 all: build
 
@@ -55,6 +55,11 @@ test: deps libusbfake arm64-kernel
 	CGO_ENABLED=0 $(GO) vet $(NOCGO_PKGS)
 	LIBUSBFAKE_SO=$(abspath $(LIBUSBFAKE)) $(GO) test -count=1 -timeout 40m $$($(GO) list ./... | grep -v '/netboot/device/e2e$$')
 	$(GO) test -count=1 -timeout 15m $(E2E_PKG)
+
+# The README's dashboard screenshot, made again by the browser test that
+# checks 16 boards at 1366x768 (headless Chromium).
+screenshot: deps
+	CM4BENCH_ARTIFACTS=$(CURDIR)/api/ui/screenshots $(GO) test -count=1 -run '^TestSixteenSlotsInBrowser$$' ./api/ui/
 
 bench: build
 	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 60m ./...

@@ -408,7 +408,7 @@ func TestDashboardInBrowser(t *testing.T) {
 		t.Helper()
 		b.do(t, "click Deploy on "+d.MAC, chromedp.Click(chromedp.CSS(`button[aria-label="Deploy `+d.MAC+`"]`)))
 		b.waitFor(t, "the deploy confirmation", `document.getElementById('confirm').open`)
-		b.do(t, "confirm the deploy", chromedp.Click(chromedp.CSS(`[data-testid=confirm-ok]`)))
+		b.confirm(t)
 		b.waitFor(t, d.MAC+" pending", card(d.MAC)+`.dataset.state === 'pending'`)
 	}
 	deploy(a)
@@ -519,6 +519,25 @@ func techDo(t *testing.T, base, token, method, path string, body io.Reader, v an
 		if err := json.Unmarshal(b, v); err != nil {
 			t.Fatalf("%s %s: decode %s: %v", method, path, b, err)
 		}
+	}
+}
+
+// confirm clicks OK in the confirmation dialog and waits for it to close.
+// Under heavy load a synthetic click can land before the modal dialog is
+// laid out; the click is then repeated (logged), never skipped.
+func (b *browser) confirm(t *testing.T) {
+	t.Helper()
+	for try := 1; ; try++ {
+		b.do(t, "confirm", chromedp.Click(chromedp.CSS(`[data-testid=confirm-ok]`)))
+		closed, _ := chromedp.Run(b.ctx, chromedp.Poll[bool](`!document.getElementById('confirm').open`,
+			chromedp.WithPollingInterval(50*time.Millisecond), chromedp.WithPollingTimeout(3*time.Second)))
+		if closed || try == 3 {
+			if !closed {
+				t.Fatal("the confirmation dialog stayed open after three clicks on OK")
+			}
+			return
+		}
+		t.Logf("the click on OK did not close the dialog (try %d); clicking again", try)
 	}
 }
 

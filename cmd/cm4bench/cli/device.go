@@ -2,7 +2,6 @@ package cli
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -30,7 +29,7 @@ type apiOptions struct {
 
 func (o *apiOptions) bind(cmd *cobra.Command) {
 	f := cmd.PersistentFlags()
-	f.StringVar(&o.data, "data", defaultDataDir, "data dir of the running `netboot serve` (its server.json and admin-token)")
+	f.StringVar(&o.data, "data", defaultDataDir, "data `DIR` of the running netboot serve (its server.json and admin-token)")
 	f.StringVar(&o.server, "server", "", "server URL, e.g. http://127.0.0.1:5000 (instead of --data)")
 	f.StringVar(&o.token, "token", "", "admin token (with --server; default: <data>/admin-token)")
 }
@@ -301,8 +300,9 @@ func (o *deviceActionOptions) run(ctx context.Context, args []string, asJSON boo
 // waitActions polls until every action has ended, drawing one progress bar
 // over their summed bytes on errOut when it is a terminal.
 func waitActions(ctx context.Context, c *client.Client, acts []contract.Action, timeout time.Duration, bar bool, errOut io.Writer) ([]contract.Action, error) {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	start := time.Now()
 	var pb *progressbar.ProgressBar
 	if bar && isTerminal(errOut) {
 		pb = byteBar(errOut, -1, fmt.Sprintf("%d board(s)", len(acts)), progressbar.OptionClearOnFinish())
@@ -312,12 +312,13 @@ func waitActions(ctx context.Context, c *client.Client, acts []contract.Action, 
 	for _, a := range acts {
 		want[a.MAC] = a.ID
 	}
+	hinted := map[string]bool{}
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	for {
 		var final []contract.Action
 		var done, total int64
-		open := 0
+		var queued, running []string
 		for _, a := range acts {
 			d, err := c.Device(ctx, a.MAC)
 			if err != nil {
@@ -332,23 +333,39 @@ func waitActions(ctx context.Context, c *client.Client, acts []contract.Action, 
 			final = append(final, cur)
 			done += cur.Done
 			total += cur.Total
-			if cur.State == contract.StatePending || cur.State == contract.StateRunning {
-				open++
+			switch cur.State {
+			case contract.StatePending:
+				queued = append(queued, a.MAC)
+				// Not picked up after a few polls: the board is not netbooting.
+				if !hinted[a.MAC] && time.Since(start) > 15*time.Second && time.Since(d.LastSeen) > 10*time.Second {
+					hinted[a.MAC] = true
+					fmt.Fprintf(errOut, "%s: still queued: the board has not asked for work since %s; it is not network-booted now: power-cycle or reset it\n",
+						a.MAC, d.LastSeen.Local().Format(time.TimeOnly))
+				}
+			case contract.StateRunning:
+				running = append(running, a.MAC)
 			}
 		}
 		if pb != nil && total > 0 {
 			pb.ChangeMax64(total)
 			pb.Set64(done)
 		}
-		if open == 0 {
+		if len(queued)+len(running) == 0 {
 			return final, nil
 		}
 		select {
 		case <-ctx.Done():
-			if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-				return final, fmt.Errorf("wait: %d action(s) still open after %s", open, timeout)
-			}
 			return final, ctx.Err()
+		case <-deadline.C:
+			var parts []string
+			if len(running) > 0 {
+				parts = append(parts, fmt.Sprintf("still running on %s", strings.Join(running, ", ")))
+			}
+			if len(queued) > 0 {
+				parts = append(parts, fmt.Sprintf("still queued for %s (the job stays queued; cancel it with: cm4bench device cancel %s)",
+					strings.Join(queued, ", "), strings.Join(queued, " ")))
+			}
+			return final, fmt.Errorf("wait: gave up after %s: %s", timeout, strings.Join(parts, "; "))
 		case <-tick.C:
 		}
 	}

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/cm4bench/cm4bench/internal/contract"
+	"github.com/cm4bench/cm4bench/internal/syncbuf"
 )
 
 // TestNetbootServeAndClients runs `netboot serve` (HTTP only) in-process and
@@ -31,7 +32,7 @@ func TestNetbootServeAndClients(t *testing.T) {
 	os.WriteFile(img, golden, 0o644)
 
 	ctx, cancel := context.WithCancel(context.Background())
-	var serveOut bytes.Buffer
+	var serveOut syncbuf.Buffer // written by the server's announcement goroutine
 	done := make(chan error, 1)
 	go func() {
 		done <- Context{Stdout: &serveOut, Stderr: io.Discard, Args: []string{"netboot", "serve", "--no-dhcp", "--no-tftp",
@@ -51,8 +52,14 @@ func TestNetbootServeAndClients(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	tok, _ := os.ReadFile(filepath.Join(data, contract.FileAdminToken))
+	for deadline := time.Now().Add(10 * time.Second); !strings.Contains(serveOut.String(), "one-click login") && time.Now().Before(deadline); {
+		time.Sleep(20 * time.Millisecond)
+	}
 	if !strings.Contains(serveOut.String(), strings.TrimSpace(string(tok))) {
 		t.Errorf("the new admin token was not printed: %q", serveOut.String())
+	}
+	if !strings.Contains(serveOut.String(), info.URL+"/?login=") {
+		t.Errorf("no one-click login link for %s: %q", info.URL, serveOut.String())
 	}
 
 	cli := func(args ...string) (string, error) {
@@ -196,6 +203,19 @@ func TestNetbootServeAndClients(t *testing.T) {
 	out, err = cli("device", "show", mac)
 	if err != nil || !strings.Contains(out, "Recent actions:") || !strings.Contains(out, "cancelled") {
 		t.Errorf("device show = %q, %v", out, err)
+	}
+
+	// A job for a board that does not poll (it booted its eMMC): --wait
+	// gives up with the job named as still queued and how to cancel it.
+	const quiet = "dc:a6:32:0a:0b:0d"
+	post(contract.PathRegister, `{"mac":"`+quiet+`","ip":"127.0.0.1"}`)
+	_, stderr, err := runCLI(t, "device", "backup", quiet, "--wait", "--timeout", "2s", "--data", data)
+	if err == nil || !strings.Contains(err.Error(), "still queued for "+quiet) || !strings.Contains(err.Error(), "cm4bench device cancel "+quiet) ||
+		strings.Contains(err.Error(), "deadline exceeded") {
+		t.Errorf("--wait on a board that never polls: %v (stderr %q)", err, stderr)
+	}
+	if _, err := cli("device", "cancel", quiet); err != nil {
+		t.Errorf("cancel: %v", err)
 	}
 
 	// Wrong token: a clear refusal.
