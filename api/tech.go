@@ -64,8 +64,13 @@ func stripAction(a *contract.Action) {
 	}
 }
 
+// device finds a board by MAC or, for the technician's convenience, by
+// the serial number printed on its label (contract.LooksLikeSerial).
 func (s *Server) device(ctx context.Context, macParam string) (contract.Device, error) {
 	mac, err := normMAC(macParam)
+	if err != nil && contract.LooksLikeSerial(macParam) {
+		return s.deviceBySerial(ctx, macParam)
+	}
 	if err != nil {
 		return contract.Device{}, err
 	}
@@ -74,6 +79,27 @@ func (s *Server) device(ctx context.Context, macParam string) (contract.Device, 
 		return d, httpErr(http.StatusNotFound, "unknown device %s", mac)
 	}
 	return d, err
+}
+
+// deviceBySerial finds the one board with this serial.
+func (s *Server) deviceBySerial(ctx context.Context, serial string) (contract.Device, error) {
+	devs, err := s.Store.Devices(ctx)
+	if err != nil {
+		return contract.Device{}, err
+	}
+	var found []contract.Device
+	for _, d := range devs {
+		if d.Serial != "" && strings.EqualFold(strings.TrimLeft(d.Serial, "0"), strings.TrimLeft(serial, "0")) {
+			found = append(found, d)
+		}
+	}
+	switch len(found) {
+	case 0:
+		return contract.Device{}, httpErr(http.StatusNotFound, "no board with serial %s has registered", serial)
+	case 1:
+		return found[0], nil
+	}
+	return contract.Device{}, httpErr(http.StatusConflict, "%d boards report serial %s: name one by MAC", len(found), serial)
 }
 
 func (s *Server) handleDevice(c *gin.Context) error {
@@ -123,8 +149,14 @@ func (s *Server) setAction(ctx context.Context, macParam, typ, image string) (co
 		if image == "" {
 			return contract.Action{}, httpErr(http.StatusBadRequest, "no image for %s: name one, assign one to the device, or start the server with --image", d.MAC)
 		}
-		if _, err := s.Images.Stat(ctx, image); err != nil {
+		e, err := s.Images.Stat(ctx, image)
+		if err != nil {
 			return contract.Action{}, err
+		}
+		// Refuse what cannot fit before the board is asked, not after.
+		if d.Facts != nil && d.Facts.EMMCBytes > 0 && e.Size > d.Facts.EMMCBytes {
+			return contract.Action{}, httpErr(http.StatusUnprocessableEntity,
+				"%s is %d bytes and the eMMC of %s holds %d: choose a smaller image", image, e.Size, d.MAC, d.Facts.EMMCBytes)
 		}
 	case contract.ActionBackup:
 		image = ""

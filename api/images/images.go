@@ -188,6 +188,8 @@ func (l *Library) Stat(ctx context.Context, name string) (Entry, error) {
 	e := Entry{Path: p, Image: contract.Image{Name: name, Format: format, CompressedSize: fi.Size(), Default: def, Modified: fi.ModTime().UTC()}}
 	if raw, sha, ok := l.cached(ctx, p, fi.Size(), fi.ModTime()); ok {
 		e.Size, e.SHA256 = raw, sha
+	} else if format == FormatRaw {
+		e.Size = fi.Size() // a raw image's size needs no hashing
 	}
 	return e, nil
 }

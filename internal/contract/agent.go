@@ -57,3 +57,18 @@ func NormalizeMAC(s string) (string, error) {
 	}
 	return hw.String(), nil
 }
+
+// LooksLikeSerial reports whether s reads as a Raspberry Pi serial number
+// (8 or 16 hex digits, as on the board's label and in /proc/cpuinfo), so
+// that a technician may name a board by it instead of its MAC.
+func LooksLikeSerial(s string) bool {
+	if n := len(s); n != 8 && n != 16 {
+		return false
+	}
+	for _, c := range s {
+		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F') {
+			return false
+		}
+	}
+	return true
+}

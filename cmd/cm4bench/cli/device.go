@@ -70,13 +70,19 @@ func (o *apiOptions) client() (*client.Client, error) {
 	return c, nil
 }
 
-// checkMACs validates MAC arguments before anything is sent.
+// checkMACs validates the boards named on the command line before anything
+// is sent: a MAC in any common form, or a serial number (the server finds
+// the board that reports it).
 func checkMACs(args []string) ([]string, error) {
 	out := make([]string, len(args))
 	for i, a := range args {
+		if contract.LooksLikeSerial(a) {
+			out[i] = strings.ToLower(a)
+			continue
+		}
 		m, err := contract.NormalizeMAC(a)
 		if err != nil {
-			return nil, &ExitError{Code: 2, Err: err}
+			return nil, &ExitError{Code: 2, Err: fmt.Errorf("%q is neither a MAC (like dc:a6:32:01:02:03) nor a serial number (8 or 16 hex digits)", a)}
 		}
 		out[i] = m
 	}

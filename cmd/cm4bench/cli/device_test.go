@@ -87,7 +87,11 @@ func TestNetbootServeAndClients(t *testing.T) {
 	if err != nil || !strings.Contains(out, mac) || !strings.Contains(out, "10000abc") || !strings.Contains(out, "idle") {
 		t.Fatalf("device list = %q, %v", out, err)
 	}
-	if _, err := cli("device", "deploy", "not-a-mac"); ExitCode(err) != 2 {
+	// A board named by the serial on its label.
+	if out, err := cli("device", "show", "10000abc"); err != nil || !strings.Contains(out, mac) {
+		t.Errorf("device show by serial = %q, %v", out, err)
+	}
+	if _, err := cli("device", "deploy", "not-a-mac"); ExitCode(err) != 2 || !strings.Contains(err.Error(), "neither a MAC") {
 		t.Errorf("deploy with a malformed MAC: exit %d (%v), want 2", ExitCode(err), err)
 	}
 	if _, err := cli("device", "deploy", "dc:a6:32:ff:ff:ff"); err == nil || !strings.Contains(err.Error(), "unknown device") {
