@@ -56,4 +56,3 @@ func TestBoardsBySerialAndSizeCheck(t *testing.T) {
 		t.Errorf("a refused deploy left an action: %+v", d.Action)
 	}
 }
-
