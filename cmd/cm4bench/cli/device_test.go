@@ -244,7 +244,7 @@ func TestNetbootServeFlags(t *testing.T) {
 		args []string
 		want string
 	}{
-		{[]string{"--no-tftp", "--data", "x"}, "--iface is required"},
+		{[]string{"--no-tftp", "--data", "x"}, "name the network interface that goes to the bench switch with --iface"},
 		{[]string{"--no-dhcp", "--data", "x"}, "--tftp-root is required"},
 		{[]string{"--no-dhcp", "--no-tftp", "--addr", "10.0.0.1", "--data", "x"}, "--addr"},
 		{[]string{"--no-dhcp", "--no-tftp", "--range", "10.0.0.9-10.0.0.1", "--data", "x"}, "--range"},

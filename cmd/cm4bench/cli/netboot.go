@@ -2,9 +2,11 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/netip"
 	"strings"
 	"text/tabwriter"
@@ -200,6 +202,9 @@ func (o *netbootServeOptions) config(logger *slog.Logger) (serve.Config, error) 
 }
 
 func (o *netbootServeOptions) run(ctx context.Context, logger *slog.Logger, out io.Writer) error {
+	if o.iface == "" && !o.noDHCP {
+		return &ExitError{Code: 2, Err: errors.New(noIfaceHelp())}
+	}
 	cfg, err := o.config(logger)
 	if err != nil {
 		return err
@@ -355,4 +360,37 @@ func reserveBytes(mib int64) int64 {
 		return -1
 	}
 	return mib << 20
+}
+
+// noIfaceHelp says what to do when serve has no --iface: the Ethernet
+// interfaces this machine has, and the demo for a machine without a bench.
+func noIfaceHelp() string {
+	var b strings.Builder
+	b.WriteString("netboot serve: name the network interface that goes to the bench switch with --iface")
+	ifs, _ := net.Interfaces()
+	var lines []string
+	for _, ifi := range ifs {
+		if ifi.Flags&net.FlagLoopback != 0 || len(ifi.HardwareAddr) != 6 {
+			continue
+		}
+		var addrs []string
+		if as, err := ifi.Addrs(); err == nil {
+			for _, a := range as {
+				addrs = append(addrs, a.String())
+			}
+		}
+		state := "down"
+		if ifi.Flags&net.FlagUp != 0 {
+			state = "up"
+		}
+		lines = append(lines, fmt.Sprintf("  %-12s %s  %-4s %s", ifi.Name, ifi.HardwareAddr, state, strings.Join(addrs, " ")))
+	}
+	if len(lines) > 0 {
+		b.WriteString("; this machine has:\n" + strings.Join(lines, "\n") + "\n")
+	} else {
+		b.WriteString(" (this machine shows no Ethernet interface)\n")
+	}
+	b.WriteString("for example: sudo cm4bench netboot serve --iface eth1 --prepare-tftp-root --tftp-root /srv/tftp --image golden.img.zst\n")
+	b.WriteString("no bench at hand: sudo cm4bench netboot serve --demo (simulated boards and the dashboard); HTTP only: --no-dhcp")
+	return b.String()
 }

@@ -118,7 +118,25 @@ as the Seeed reTerminal) from one workstation with a USB cable and an Ethernet s
 		root.AddCommand(c.cmd)
 	}
 	root.AddCommand(newVersionCmd())
+	markUsageErrors(root)
 	return root
+}
+
+// markUsageErrors makes every argument and flag error exit with status 2,
+// as the documentation says usage errors do (cobra returns plain errors).
+func markUsageErrors(c *cobra.Command) {
+	c.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return &ExitError{Code: 2, Err: err} })
+	if args := c.Args; args != nil {
+		c.Args = func(cmd *cobra.Command, a []string) error {
+			if err := args(cmd, a); err != nil {
+				return &ExitError{Code: 2, Err: err}
+			}
+			return nil
+		}
+	}
+	for _, sub := range c.Commands() {
+		markUsageErrors(sub)
+	}
 }
 
 func version() string {

@@ -1,0 +1,40 @@
+package cli
+
+import (
+	"strings"
+	"testing"
+)
+
+// TestUsageErrorsExit2: a wrong or missing argument or flag exits 2 with a
+// plain message, as the help says; serve without --iface names the
+// machine's interfaces and the demo (issue 14, item 8).
+func TestUsageErrorsExit2(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want []string
+	}{
+		{[]string{"device", "show"}, []string{"accepts 1 arg"}},
+		{[]string{"device", "list", "--bogus"}, []string{"unknown flag: --bogus"}},
+		{[]string{"device", "deploy", "board-7"}, []string{"neither a MAC", "serial number"}},
+		{[]string{"eeprom", "show"}, []string{"arg"}},
+		{[]string{"netboot", "serve", "--data", "DATA"}, []string{"--iface", "this machine", "--demo"}},
+		{[]string{"usbboot", "--timeout", "soon"}, []string{"invalid argument"}},
+	} {
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			for i, a := range tc.args {
+				if a == "DATA" {
+					tc.args[i] = t.TempDir()
+				}
+			}
+			_, _, err := runCLI(t, tc.args...)
+			if ExitCode(err) != 2 {
+				t.Fatalf("exit %d (%v), want 2", ExitCode(err), err)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("message %q lacks %q", err, w)
+				}
+			}
+		})
+	}
+}
