@@ -272,8 +272,10 @@ func (s *Server) handleActionDone(c *gin.Context) error {
 	if res.OK {
 		s.emit(c.Request.Context(), contract.Event{Kind: contract.EventActionDone, MAC: mac, Message: a.Type + " done",
 			Fields: map[string]any{"action_id": a.ID, "type": a.Type, "sha256": fa.SHA256, "bytes": fa.Bytes}})
-		s.emit(c.Request.Context(), contract.Event{Kind: contract.EventNetbootSet, MAC: mac, Message: "netboot switched off after a successful " + a.Type,
-			Fields: map[string]any{"enabled": false}})
+		if a.Type != contract.ActionIdentify {
+			s.emit(c.Request.Context(), contract.Event{Kind: contract.EventNetbootSet, MAC: mac, Message: "netboot switched off after a successful " + a.Type,
+				Fields: map[string]any{"enabled": false}})
+		}
 	} else {
 		s.emit(c.Request.Context(), contract.Event{Kind: contract.EventActionFailed, Level: contract.LevelError, MAC: mac, Message: a.Type + " failed: " + res.Error,
 			Fields: map[string]any{"action_id": a.ID, "type": a.Type, "error": res.Error}})

@@ -158,10 +158,10 @@ func (s *Server) setAction(ctx context.Context, macParam, typ, image string) (co
 			return contract.Action{}, httpErr(http.StatusUnprocessableEntity,
 				"%s is %d bytes and the eMMC of %s holds %d: choose a smaller image", image, e.Size, d.MAC, d.Facts.EMMCBytes)
 		}
-	case contract.ActionBackup:
+	case contract.ActionBackup, contract.ActionIdentify:
 		image = ""
 	default:
-		return contract.Action{}, httpErr(http.StatusBadRequest, "unknown action %q: want deploy, backup or none", typ)
+		return contract.Action{}, httpErr(http.StatusBadRequest, "unknown action %q: want deploy, backup, identify or none", typ)
 	}
 	a, cancelled, err := s.Store.SetAction(ctx, d.MAC, typ, image)
 	if err != nil {
@@ -173,7 +173,7 @@ func (s *Server) setAction(ctx context.Context, macParam, typ, image string) (co
 	}
 	s.emit(ctx, contract.Event{Kind: contract.EventActionSet, MAC: d.MAC, Message: typ + " requested",
 		Fields: map[string]any{"action_id": a.ID, "type": typ, "image": image, "state": a.State}})
-	if !d.Netboot {
+	if !d.Netboot && typ != contract.ActionIdentify {
 		if err := s.Store.SetDeviceNetboot(ctx, d.MAC, true); err != nil {
 			return contract.Action{}, err
 		}

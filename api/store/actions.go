@@ -73,7 +73,7 @@ func isOpen(state string) bool {
 // fresh token. An open action of that device is cancelled first (its token
 // dies with it). It returns the new action and the cancelled one, if any.
 func (s *Store) SetAction(ctx context.Context, mac, typ, image string) (created Action, cancelled *Action, err error) {
-	if typ != contract.ActionDeploy && typ != contract.ActionBackup {
+	if typ != contract.ActionDeploy && typ != contract.ActionBackup && typ != contract.ActionIdentify {
 		return Action{}, nil, fmt.Errorf("store: unknown action %q", typ)
 	}
 	tx, err := s.db.BeginTx(ctx, nil)
@@ -276,13 +276,14 @@ func (s *Store) Finish(ctx context.Context, id string, r Result) (Action, error)
 		sha256 = CASE WHEN ? != '' THEN ? ELSE sha256 END,
 		bytes = CASE WHEN ? != 0 THEN ? ELSE bytes END,
 		compressed_sha256 = CASE WHEN ? != '' THEN ? ELSE compressed_sha256 END,
-		compressed_bytes = CASE WHEN ? != 0 THEN ? ELSE compressed_bytes END
+		compressed_bytes = CASE WHEN ? != 0 THEN ? ELSE compressed_bytes END,
+		done = CASE WHEN ? AND total > 0 THEN total ELSE done END
 		WHERE id = ?`, state, r.Error, now, now, r.SHA256, r.SHA256, r.Bytes, r.Bytes,
-		r.CompressedSHA256, r.CompressedSHA256, r.CompressedBytes, r.CompressedBytes, id)
+		r.CompressedSHA256, r.CompressedSHA256, r.CompressedBytes, r.CompressedBytes, r.OK, id)
 	if err != nil {
 		return Action{}, fmt.Errorf("store: finish %s: %w", id, err)
 	}
-	if r.OK {
+	if r.OK && a.Type != contract.ActionIdentify { // an identify leaves the board as it was
 		if _, err := tx.ExecContext(ctx, `UPDATE devices SET netboot = 0 WHERE mac = ?`, a.MAC); err != nil {
 			return Action{}, fmt.Errorf("store: switch netboot off for %s: %w", a.MAC, err)
 		}

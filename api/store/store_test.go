@@ -195,6 +195,24 @@ func TestActionLifecycle(t *testing.T) {
 	if _, err := st.CancelAction(ctx, m); !errors.Is(err, ErrNotFound) {
 		t.Errorf("CancelAction with nothing open = %v", err)
 	}
+	// A failed action keeps the bytes it reached; a successful one reads 100 %
+	// even when the last progress report said 77 %.
+	if d.Action.Done != 10 {
+		t.Errorf("failed action done = %d, want the 10 it reached", d.Action.Done)
+	}
+	a3, _, err := st.SetAction(ctx, m, contract.ActionDeploy, "x.img")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Progress(ctx, a3.ID, "verify", 77, 100, 5); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Finish(ctx, a3.ID, Result{OK: true, SHA256: "ab"}); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := st.ActionByID(ctx, a3.ID); got.Done != 100 || got.Total != 100 {
+		t.Errorf("done action = %d of %d, want 100 of 100", got.Done, got.Total)
+	}
 }
 
 func TestSubscribe(t *testing.T) {

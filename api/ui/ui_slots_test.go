@@ -135,6 +135,15 @@ func TestSixteenSlotsInBrowser(t *testing.T) {
 		t.Errorf("a done board invites a re-flash: %q", cls)
 	}
 
+	// Item 2: Identify asks the board to blink its LED (an identify action).
+	b.do(t, "click Identify", chromedp.Click(chromedp.CSS(`[data-testid=device-card][data-mac="`+devs[15].MAC+`"] [data-testid=identify]`)))
+	b.waitFor(t, "the identify queued", card(devs[15].MAC)+`.dataset.state === 'pending'`)
+	var dv contract.Device
+	techGET(t, base, bn.Token, "/api/v1/devices/"+devs[15].MAC, &dv)
+	if dv.Action == nil || dv.Action.Type != contract.ActionIdentify {
+		t.Errorf("after Identify the board's action is %+v", dv.Action)
+	}
+
 	// Item 1: the queued job on a board that stopped polling gets the power-cycle hint.
 	b.waitFor(t, "the not-netbooted hint", `(() => { const h = `+card(devs[3].MAC)+`.querySelector('[data-testid=device-hint]');
 		return !h.hidden && h.textContent.includes('power-cycle'); })()`)

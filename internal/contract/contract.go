@@ -34,7 +34,14 @@ const (
 	ActionNone   = "none"
 	ActionDeploy = "deploy"
 	ActionBackup = "backup"
+	// ActionIdentify blinks the board's activity LED for IdentifySeconds so
+	// the technician finds it on a full bench; it changes nothing on the
+	// board and leaves its netboot switch as it is.
+	ActionIdentify = "identify"
 )
+
+// IdentifySeconds is how long an identify blinks the activity LED.
+const IdentifySeconds = 15
 
 // Action-done status values. An empty status means success (the shell
 // client sends none).

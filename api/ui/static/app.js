@@ -600,6 +600,8 @@
     card.querySelector("[data-act=deploy]").disabled = busy || S.lost;
     card.querySelector("[data-act=backup]").disabled = busy || S.lost;
     card.querySelector("[data-act=netboot]").disabled = S.lost;
+    card.querySelector("[data-act=identify]").disabled = busy || S.lost;
+    card.querySelector("[data-act=identify]").setAttribute("aria-label", "Identify " + mac + ": blink its activity LED");
     card.querySelector("[data-act=cancel]").disabled = S.lost;
     // A finished deploy is not an invitation to flash again.
     card.querySelector("[data-act=deploy]").classList.toggle("primary", st !== "done");
@@ -836,6 +838,9 @@
       } else if (act === "backup") {
         btn.disabled = true;
         noteAction(mac, await api("POST", "/api/v1/devices/" + encodeURIComponent(mac) + "/action", { action: "backup" }));
+      } else if (act === "identify") {
+        btn.disabled = true;
+        noteAction(mac, await api("POST", "/api/v1/devices/" + encodeURIComponent(mac) + "/action", { action: "identify" }));
       } else if (act === "cancel") {
         btn.disabled = true;
         noteAction(mac, await api("POST", "/api/v1/devices/" + encodeURIComponent(mac) + "/action", { action: "none" }));
@@ -846,7 +851,7 @@
         refreshDevice(mac);
       }
     } catch (e) {
-      const verb = { deploy: "request a deploy", backup: "request a backup", cancel: "cancel the job", netboot: "switch netboot" }[act] || act;
+      const verb = { deploy: "request a deploy", backup: "request a backup", identify: "blink the LED", cancel: "cancel the job", netboot: "switch netboot" }[act] || act;
       showError("Could not " + verb + " for " + mac, e);
       refreshDevice(mac);
     } finally {

@@ -4,8 +4,10 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -117,7 +119,7 @@ Exit status: 0 ok, 1 error, 2 bad arguments, 3 an action failed (with --wait).`,
 	}
 	o.bind(cmd)
 	cmd.AddCommand(newDeviceListCmd(o), newDeviceShowCmd(o), newDeviceActionCmd(o, contract.ActionDeploy),
-		newDeviceActionCmd(o, contract.ActionBackup), newDeviceCancelCmd(o), newDeviceImageCmd(o))
+		newDeviceActionCmd(o, contract.ActionBackup), newDeviceActionCmd(o, contract.ActionIdentify), newDeviceCancelCmd(o), newDeviceImageCmd(o))
 	return cmd
 }
 
@@ -163,7 +165,16 @@ func (o *deviceListOptions) run(ctx context.Context, asJSON bool, out io.Writer)
 func progressText(a contract.Action) string {
 	switch {
 	case a.State == contract.StateFailed:
-		return "failed: " + a.Error
+		return "failed: " + clip(a.Error, 60)
+	case a.State == contract.StateDone:
+		if a.SHA256 != "" {
+			return "verified " + a.SHA256[:min(12, len(a.SHA256))]
+		}
+		return "done"
+	case a.State == contract.StateCancelled:
+		return "cancelled"
+	case a.State == contract.StatePending:
+		return "queued"
 	case a.Total > 0:
 		s := fmt.Sprintf("%s %.0f%%", or(a.Phase, "-"), 100*float64(a.Done)/float64(a.Total))
 		if a.Rate > 0 {
@@ -248,8 +259,10 @@ func newDeviceActionCmd(a *apiOptions, action string) *cobra.Command {
 	if action == contract.ActionDeploy {
 		cmd.Short = "Write an image to the eMMC of one or more boards"
 		cmd.Flags().StringVar(&o.image, "image", "", "image name (default: each board's assigned image, else the server's --image)")
-	} else {
+	} else if action == contract.ActionBackup {
 		cmd.Short = "Read the eMMC of one or more boards to the server"
+	} else {
+		cmd.Short = "Blink the activity LED of one or more netbooted boards, to find them on the bench"
 	}
 	cmd.Flags().BoolVar(&o.wait, "wait", false, "wait until every board reports done or failed, showing progress")
 	cmd.Flags().DurationVar(&o.timeout, "timeout", 2*time.Hour, "give up waiting after this long (with --wait)")
@@ -305,6 +318,35 @@ func (o *deviceActionOptions) run(ctx context.Context, args []string, asJSON boo
 
 // waitActions polls until every action has ended, drawing one progress bar
 // over their summed bytes on errOut when it is a terminal.
+// waitLabel names what the --wait bar shows: the board and its phase for
+// one board, the count per state for several.
+func waitLabel(acts []contract.Action) string {
+	if len(acts) == 1 {
+		a := acts[0]
+		return a.MAC + " " + or(progressPhase(a), a.State)
+	}
+	n := map[string]int{}
+	for _, a := range acts {
+		n[or(progressPhase(a), a.State)]++
+	}
+	parts := []string{}
+	for _, k := range slices.Sorted(maps.Keys(n)) {
+		parts = append(parts, fmt.Sprintf("%d %s", n[k], k))
+	}
+	return fmt.Sprintf("%d boards: %s", len(acts), strings.Join(parts, ", "))
+}
+
+// progressPhase is the agent's phase while an action runs, in words.
+func progressPhase(a contract.Action) string {
+	switch a.State {
+	case contract.StatePending:
+		return "queued"
+	case contract.StateRunning:
+		return or(a.Phase, "starting")
+	}
+	return ""
+}
+
 func waitActions(ctx context.Context, c *client.Client, acts []contract.Action, timeout time.Duration, bar bool, errOut io.Writer) ([]contract.Action, error) {
 	deadline := time.NewTimer(timeout)
 	defer deadline.Stop()
@@ -352,9 +394,12 @@ func waitActions(ctx context.Context, c *client.Client, acts []contract.Action, 
 				running = append(running, a.MAC)
 			}
 		}
-		if pb != nil && total > 0 {
-			pb.ChangeMax64(total)
-			pb.Set64(done)
+		if pb != nil {
+			pb.Describe(waitLabel(final))
+			if total > 0 {
+				pb.ChangeMax64(total)
+				pb.Set64(done)
+			}
 		}
 		if len(queued)+len(running) == 0 {
 			return final, nil

@@ -134,6 +134,14 @@ func TestNetbootServeAndClients(t *testing.T) {
 		t.Fatalf("deploy --wait = %q, %v", r.out, r.err)
 	}
 
+	// The finished job reads as done in the table, with 100 % in --json.
+	if out, err := cli("device", "list"); err != nil || !(strings.Contains(out, "verified ") || strings.Contains(out, " done")) || strings.Contains(out, "polled") {
+		t.Errorf("device list after the deploy = %q, %v", out, err)
+	}
+	if final[0].Total > 0 && final[0].Done != final[0].Total {
+		t.Errorf("--json says done at %d of %d bytes", final[0].Done, final[0].Total)
+	}
+
 	// After the deploy the board's switch is off.
 	out, err = cli("netboot", "status", mac, "--json")
 	var st netbootStatus

@@ -11,6 +11,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"strings"
 	"sync"
 	"time"
 
@@ -85,6 +86,16 @@ func or(s, fallback string) string {
 		return fallback
 	}
 	return s
+}
+
+// clip shortens s to n runes with an ellipsis, so one long error cannot
+// break a table (the full text is in --json and "device show").
+func clip(s string, n int) string {
+	r := []rune(strings.Join(strings.Fields(s), " "))
+	if len(r) <= n {
+		return string(r)
+	}
+	return string(r[:n-1]) + "…"
 }
 
 // onOffText is a switch in words.

@@ -3,6 +3,8 @@ package cli
 import (
 	"strings"
 	"testing"
+
+	"github.com/cm4bench/cm4bench/internal/contract"
 )
 
 // TestUsageErrorsExit2: a wrong or missing argument or flag exits 2 with a
@@ -36,5 +38,28 @@ func TestUsageErrorsExit2(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestWaitLabel: the --wait bar names the board and its phase, or counts
+// boards per state, instead of "1 board(s)".
+func TestWaitLabel(t *testing.T) {
+	for _, tc := range []struct {
+		acts []contract.Action
+		want string
+	}{
+		{[]contract.Action{{MAC: "dc:a6:32:01:02:03", State: contract.StateRunning, Phase: "write"}}, "dc:a6:32:01:02:03 write"},
+		{[]contract.Action{{MAC: "dc:a6:32:01:02:03", State: contract.StatePending}}, "dc:a6:32:01:02:03 queued"},
+		{[]contract.Action{{MAC: "dc:a6:32:01:02:03", State: contract.StateDone}}, "dc:a6:32:01:02:03 done"},
+		{[]contract.Action{
+			{MAC: "a", State: contract.StateRunning, Phase: "write"},
+			{MAC: "b", State: contract.StateRunning, Phase: "write"},
+			{MAC: "c", State: contract.StatePending},
+			{MAC: "d", State: contract.StateDone},
+		}, "4 boards: 1 done, 1 queued, 2 write"},
+	} {
+		if got := waitLabel(tc.acts); got != tc.want {
+			t.Errorf("waitLabel = %q, want %q", got, tc.want)
+		}
 	}
 }

@@ -73,6 +73,9 @@ type Agent struct {
 	// Stall is how long a download may deliver nothing before it is
 	// reconnected with a Range request (0 = 30 s).
 	Stall time.Duration
+	// IdentifyFor is how long an identify blinks the LED (0 =
+	// contract.IdentifySeconds).
+	IdentifyFor time.Duration
 	// AcceptZstd asks the server for the zstd-compressed image stream (less
 	// on the wire; the agent decompresses). Default off: set it when the
 	// link, not the CPU, is the bottleneck.
@@ -84,6 +87,13 @@ type Agent struct {
 }
 
 const tailLines = 40
+
+func (a *Agent) identifyFor() time.Duration {
+	if a.IdentifyFor > 0 {
+		return a.IdentifyFor
+	}
+	return time.Duration(contract.IdentifySeconds) * time.Second
+}
 
 // UserAgent marks requests as the agent's (contract.AgentUserAgent), so the
 // server leaves progress reporting to the agent.
@@ -145,7 +155,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			continue
 		}
 		switch pr.Action {
-		case contract.ActionDeploy, contract.ActionBackup:
+		case contract.ActionDeploy, contract.ActionBackup, contract.ActionIdentify:
 			err := a.runAction(ctx, pr)
 			if ctx.Err() != nil {
 				return ctx.Err()
@@ -321,6 +331,9 @@ func (a *Agent) runAction(ctx context.Context, pr *contract.PollResponse) error 
 			a.say("deploy done: %d bytes (%s, %d on the wire), %d written, %d zero bytes skipped, sha256 %s verified on read-back (%s)",
 				res.Bytes, res.Format, res.WireBytes, res.Written, res.Zeroed, res.SHA256, map[bool]string{true: "O_DIRECT", false: "cache dropped"}[res.Direct])
 		}
+	case contract.ActionIdentify:
+		a.say("identify: blinking the activity LED for %d s", contract.IdentifySeconds)
+		err = a.identify(ctx, a.identifyFor())
 	case contract.ActionBackup:
 		a.say("backup %s", a.Target)
 		var res *BackupResult
