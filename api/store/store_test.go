@@ -213,6 +213,18 @@ func TestActionLifecycle(t *testing.T) {
 	if got, _ := st.ActionByID(ctx, a3.ID); got.Done != 100 || got.Total != 100 {
 		t.Errorf("done action = %d of %d, want 100 of 100", got.Done, got.Total)
 	}
+	// An identify that finished leaves the board ready, and netboot as it was.
+	st.SetDeviceNetboot(ctx, m, true)
+	a4, _, err := st.SetAction(ctx, m, contract.ActionIdentify, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Finish(ctx, a4.ID, Result{OK: true}); err != nil {
+		t.Fatal(err)
+	}
+	if d, _ := st.Device(ctx, m); d.State != contract.DeviceIdle || !d.Netboot {
+		t.Errorf("after an identify: state %s, netboot %v; want idle and on", d.State, d.Netboot)
+	}
 }
 
 func TestSubscribe(t *testing.T) {

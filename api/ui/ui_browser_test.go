@@ -465,6 +465,9 @@ func TestDashboardInBrowser(t *testing.T) {
 	bak.progress("upload", int64(len(data)), int64(len(data)), 25e6)
 	bak.finish(contract.StatusSuccess, "", int64(len(data)), bsum)
 	b.waitFor(t, bak.MAC+" done", card(bak.MAC)+`.dataset.state === 'done'`)
+	// A finished backup offers its download on the card (issue 14, item 6).
+	b.waitFor(t, "the card's download link", `(() => { const a = `+card(bak.MAC)+`.querySelector('a[data-testid=device-backup-download]');
+		return a && /\/api\/v1\/backups\/[^/]+\/download$/.test(a.getAttribute('href')); })()`)
 	b.waitFor(t, "the backup row", `[...document.querySelectorAll('[data-testid=backup-row]')].some(r => r.textContent.includes('`+bak.MAC+`') && r.textContent.includes('`+bsum[:10]+`'))`)
 
 	b.screenshot(t, dir, "dashboard-progress.png")

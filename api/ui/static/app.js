@@ -697,7 +697,12 @@
       ver.textContent = "Written and verified (sha256 " + sha.slice(0, 12) + "…), netboot off: it boots from eMMC. You can unplug it.";
       ver.hidden = false;
     } else if (finished && actType === "backup" && sha) {
-      ver.textContent = "Backup stored and verified (sha256 " + sha.slice(0, 12) + "…). Download it under Backups.";
+      ver.textContent = "Backup stored and verified (sha256 " + sha.slice(0, 12) + "…). ";
+      const bid = pick(act, "backup_id", "BackupID");
+      if (bid) {
+        ver.append(el("a", { href: "/api/v1/backups/" + encodeURIComponent(bid) + "/download", "data-testid": "device-backup-download",
+          download: "" }, "Download it"));
+      }
       ver.hidden = false;
     } else {
       ver.hidden = true;
