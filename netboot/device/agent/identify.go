@@ -53,14 +53,10 @@ func (a *Agent) identify(ctx context.Context, d time.Duration) error {
 	// tests has them as plain files.
 	_ = write("delay_on", "100")
 	_ = write("delay_off", "100")
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
+	if !sleep(ctx, d) {
 		return ctx.Err()
 	}
+	return nil
 }
 
 // currentTrigger reads the selected trigger: the kernel lists them all and
