@@ -352,6 +352,10 @@ func (s *Server) streamEnded(a store.Action, e images.Entry, tracked bool, rate 
 	}
 }
 
+// serverPhases are the phases the server reports from its own streams; a
+// device's later phase is never replaced by one of them.
+var serverPhases = []string{"download", "downloaded", "upload"}
+
 // progressReport is progress the server measured on a stream.
 type progressReport struct {
 	a           store.Action
@@ -385,8 +389,8 @@ func (s *Server) writeProgress(ctx context.Context) {
 // serverProgress records progress the server measured itself.
 func (s *Server) serverProgress(a store.Action, phase string, done, total int64, rate float64) {
 	ctx := context.Background()
-	if err := s.Store.Progress(ctx, a.ID, phase, done, total, rate); err != nil {
-		return // the action was closed meanwhile
+	if ok, err := s.Store.ServerProgress(ctx, a.ID, phase, done, total, rate, serverPhases...); err != nil || !ok {
+		return // the action was closed, or the device has reported a later phase
 	}
 	s.emit(ctx, contract.Event{Kind: contract.EventActionProgress, MAC: a.MAC, Message: phase,
 		Fields: map[string]any{"action_id": a.ID, "phase": phase, "done": done, "total": total, "rate": rate}})

@@ -211,6 +211,24 @@ func (s *Store) Progress(ctx context.Context, id, phase string, done, total int6
 	return nil
 }
 
+// ServerProgress records progress the server measured itself (the bytes
+// it streamed). It is written after the fact, so it replaces only no phase
+// or one of the server's own (serverPhases), never a phase the device has
+// reported since: a device that moved on to "verify" stays there. It
+// reports whether anything was recorded.
+func (s *Store) ServerProgress(ctx context.Context, id, phase string, done, total int64, rate float64, serverPhases ...string) (bool, error) {
+	b, _ := json.Marshal(append([]string{"", phase}, serverPhases...))
+	res, err := s.db.ExecContext(ctx, `UPDATE actions SET phase = ?, done = ?, total = ?, rate = ?, state = 'running',
+		started = CASE WHEN started = 0 THEN ? ELSE started END
+		WHERE id = ? AND state IN ('pending', 'running') AND phase IN (SELECT value FROM json_each(?))`,
+		phase, done, total, rate, s.now().UnixNano(), id, string(b))
+	if err != nil {
+		return false, fmt.Errorf("store: server progress of %s: %w", id, err)
+	}
+	n, _ := res.RowsAffected()
+	return n > 0, nil
+}
+
 // MarkServed records that a deploy's whole image was streamed to a client
 // that reports no progress of its own.
 func (s *Store) MarkServed(ctx context.Context, id string) error {

@@ -213,6 +213,31 @@ func TestActionLifecycle(t *testing.T) {
 	if got, _ := st.ActionByID(ctx, a3.ID); got.Done != 100 || got.Total != 100 {
 		t.Errorf("done action = %d of %d, want 100 of 100", got.Done, got.Total)
 	}
+	// Progress the server measured, written late, never replaces a phase the
+	// device reported since.
+	a5, _, err := st.SetAction(ctx, m, contract.ActionDeploy, "x.img")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := st.ServerProgress(ctx, a5.ID, "download", 10, 100, 1, "download", "downloaded"); !ok || err != nil {
+		t.Fatalf("first server progress: %v %v", ok, err)
+	}
+	if ok, err := st.ServerProgress(ctx, a5.ID, "downloaded", 100, 100, 1, "download", "downloaded"); !ok || err != nil {
+		t.Fatalf("the server's next phase: %v %v", ok, err)
+	}
+	if err := st.Progress(ctx, a5.ID, "verify", 50, 100, 1); err != nil {
+		t.Fatal(err)
+	}
+	if ok, _ := st.ServerProgress(ctx, a5.ID, "downloaded", 100, 100, 1, "download", "downloaded"); ok {
+		t.Error("late server progress overwrote the device's verify phase")
+	}
+	if got, _ := st.ActionByID(ctx, a5.ID); got.Phase != "verify" || got.Done != 50 {
+		t.Errorf("phase %q done %d, want verify 50", got.Phase, got.Done)
+	}
+	if _, err := st.CancelAction(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+
 	// An identify that finished leaves the board ready, and netboot as it was.
 	st.SetDeviceNetboot(ctx, m, true)
 	a4, _, err := st.SetAction(ctx, m, contract.ActionIdentify, "")
