@@ -107,6 +107,10 @@ type Config struct {
 	// API and dashboard besides loopback; they are listened on too. The
 	// bench address serves only the device API unless it is named here.
 	AdminListen []string
+	// DashboardURL is where technicians open the dashboard when it is not
+	// the first listen URL (a demo forwarded to the host, a reverse proxy);
+	// the printed one-click login link points there.
+	DashboardURL string
 	// Image is the golden default image (.img, .img.gz, .img.xz, .img.zst).
 	Image string
 	// NoDHCP and NoTFTP leave those servers out (HTTP-only use, or a bench
@@ -564,8 +568,12 @@ func (b *Bench) Announce(ctx context.Context, out io.Writer) {
 	if b.TokenCreated() {
 		fmt.Fprintf(out, "admin token (shown once; also in %s): %s\n", tokenFile, b.Token())
 	}
-	if urls := b.URLs(); len(urls) > 0 {
+	base := b.cfg.DashboardURL
+	if urls := b.URLs(); base == "" && len(urls) > 0 {
+		base = urls[0]
+	}
+	if base != "" {
 		fmt.Fprintf(out, "dashboard: %s\n  one-click login (works once, for %s): %s\n  later logins: the admin token in %s\n",
-			urls[0], api.LoginLinkLifetime, b.API().LoginLink(urls[0]), tokenFile)
+			base, api.LoginLinkLifetime, b.API().LoginLink(base), tokenFile)
 	}
 }

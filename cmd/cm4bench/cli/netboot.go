@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"net/url"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -51,6 +52,7 @@ type netbootServeOptions struct {
 	fastFallthrough  bool
 	capture          string
 	adminListen      []string
+	dashboardURL     string
 	backupReserveMiB int64
 	eventsMaxAge     time.Duration
 	eventsMaxCount   int
@@ -165,6 +167,7 @@ settings is reported as a warning.`,
 	f.StringVar(&o.tftpRoot, "tftp-root", "", "directory served read-only over TFTP (the Pi boot files)")
 	f.StringVar(&o.data, "data", defaultDataDir, "data directory (database, token, images, backups, leases)")
 	f.StringVar(&o.http, "http", "", "HTTP listen address (default 127.0.0.1:5000 plus <bench address>:5000)")
+	f.StringVar(&o.dashboardURL, "dashboard-url", "", "the `URL` technicians open, when it is not the first listen address (a forwarded demo, a reverse proxy); the printed login link points there")
 	f.StringSliceVar(&o.adminListen, "admin-listen", nil, "also serve the technician API and dashboard on `HOST:PORT` (repeatable); by default only 127.0.0.1 gets them, the bench address serves the device API only")
 	f.StringVar(&o.image, "image", "", "golden default image (.img, .img.gz, .img.xz or .img.zst)")
 	f.BoolVar(&o.noDHCP, "no-dhcp", false, "do not run the DHCP server")
@@ -179,7 +182,7 @@ settings is reported as a warning.`,
 func (o *netbootServeOptions) config(logger *slog.Logger) (serve.Config, error) {
 	cfg := serve.Config{
 		Iface: o.iface, Proxy: o.proxy, AllowOtherDHCP: o.allowOtherDHCP, FastFallthrough: o.fastFallthrough, Capture: o.capture, AllowUnleased: o.allowUnleased, TFTPRoot: o.tftpRoot,
-		DataDir: o.data, HTTPAddr: o.http, AdminListen: o.adminListen, BackupReserve: reserveBytes(o.backupReserveMiB), EventMaxAge: o.eventsMaxAge, EventMaxCount: o.eventsMaxCount, PiOnly: o.piOnly, AllowedHosts: o.allowedHosts, Image: o.image, NoDHCP: o.noDHCP, NoTFTP: o.noTFTP,
+		DataDir: o.data, HTTPAddr: o.http, AdminListen: o.adminListen, DashboardURL: o.dashboardURL, BackupReserve: reserveBytes(o.backupReserveMiB), EventMaxAge: o.eventsMaxAge, EventMaxCount: o.eventsMaxCount, PiOnly: o.piOnly, AllowedHosts: o.allowedHosts, Image: o.image, NoDHCP: o.noDHCP, NoTFTP: o.noTFTP,
 		CompressBackups: o.compressBackups, PollInterval: o.pollInterval, Version: version(), Logger: logger,
 	}
 	if o.addr != "" {
@@ -202,6 +205,9 @@ func (o *netbootServeOptions) config(logger *slog.Logger) (serve.Config, error) 
 }
 
 func (o *netbootServeOptions) run(ctx context.Context, logger *slog.Logger, out io.Writer) error {
+	if u, err := url.Parse(o.dashboardURL); o.dashboardURL != "" && (err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "") {
+		return &ExitError{Code: 2, Err: fmt.Errorf("netboot serve: --dashboard-url %q: want http://HOST[:PORT]", o.dashboardURL)}
+	}
 	if o.iface == "" && !o.noDHCP {
 		return &ExitError{Code: 2, Err: errors.New(noIfaceHelp())}
 	}

@@ -11,10 +11,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/cm4bench/cm4bench/internal/contract"
 	"github.com/cm4bench/cm4bench/internal/syncbuf"
 )
 
@@ -134,6 +136,25 @@ func TestSimCommand(t *testing.T) {
 	}
 	if banner.D == "" || len(banner.T) < 16 || banner.NS == "" {
 		t.Fatalf("banner %+v", banner)
+	}
+	// The server's one-click login link points at the host's forwarded
+	// dashboard (--dashboard-url), and it logs in there.
+	linkRe := regexp.MustCompile(regexp.QuoteMeta(banner.D) + `/\?login=([0-9a-f]+)`)
+	var code64 []string
+	for end := time.Now().Add(20 * time.Second); code64 == nil && time.Now().Before(end); time.Sleep(100 * time.Millisecond) {
+		code64 = linkRe.FindStringSubmatch(errBuf.String())
+	}
+	if code64 == nil {
+		t.Errorf("no login link for %s in the demo's output:\n%s", banner.D, errBuf.String())
+	} else {
+		resp, err := http.Post(banner.D+contract.PathLogin, "application/json", strings.NewReader(`{"code":"`+code64[1]+`"}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			t.Errorf("the printed login link, used on the host: HTTP %d", resp.StatusCode)
+		}
 	}
 	// The dashboard forward reaches the server inside the namespace.
 	req, _ := http.NewRequest("GET", banner.D+"/api/v1/devices", nil)

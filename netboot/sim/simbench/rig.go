@@ -158,24 +158,38 @@ func StartRig(ctx context.Context, cfg RigConfig) (_ *Rig, err error) {
 		"--http", net.JoinHostPort(addr, fmt.Sprint(HTTPPort)),
 		// the host reaches the technician API through the bench address
 		"--admin-listen", net.JoinHostPort(addr, fmt.Sprint(HTTPPort)))
+	// The host's dashboard address is known before the server starts, so
+	// the login link the server prints points there.
+	var hostLn net.Listener
+	if cfg.HTTP != "" {
+		ln, err := net.Listen("tcp", cfg.HTTP)
+		if err != nil {
+			return nil, fmt.Errorf("simbench: dashboard on the host: %w", err)
+		}
+		hostLn = ln
+		r.HostURL = "http://" + ln.Addr().String()
+		r.argv = append(r.argv, "--dashboard-url", r.HostURL)
+	}
 	r.argv = append(r.argv, cfg.ServerArgs...)
 	if err := r.StartServer(ctx); err != nil {
+		if hostLn != nil {
+			hostLn.Close()
+		}
 		return nil, err
 	}
 	tok, err := os.ReadFile(filepath.Join(r.DataDir, "admin-token"))
 	if err != nil {
+		if hostLn != nil {
+			hostLn.Close()
+		}
 		return nil, fmt.Errorf("simbench: read the admin token the server wrote: %w", err)
 	}
 	r.Token = strings.TrimSpace(string(tok))
 
 	rctx, cancel := context.WithCancel(context.Background())
 	r.cancel = cancel
-	if cfg.HTTP != "" {
-		ln, err := net.Listen("tcp", cfg.HTTP)
-		if err != nil {
-			return nil, fmt.Errorf("simbench: dashboard on the host: %w", err)
-		}
-		r.HostURL = "http://" + ln.Addr().String()
+	if hostLn != nil {
+		ln := hostLn
 		if err := r.advertiseHost(); err != nil {
 			ln.Close()
 			return nil, err
