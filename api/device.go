@@ -272,7 +272,7 @@ func (s *Server) handleActionDone(c *gin.Context) error {
 	if res.OK {
 		s.emit(c.Request.Context(), contract.Event{Kind: contract.EventActionDone, MAC: mac, Message: a.Type + " done",
 			Fields: map[string]any{"action_id": a.ID, "type": a.Type, "sha256": fa.SHA256, "bytes": fa.Bytes}})
-		if a.Type != contract.ActionIdentify {
+		if contract.EMMCAction(a.Type) {
 			s.emit(c.Request.Context(), contract.Event{Kind: contract.EventNetbootSet, MAC: mac, Message: "netboot switched off after a successful " + a.Type,
 				Fields: map[string]any{"enabled": false}})
 		}

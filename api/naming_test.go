@@ -49,6 +49,22 @@ func TestBoardsBySerialAndSizeCheck(t *testing.T) {
 			}
 		})
 	}
+	// The board given a deploy never polls: after two poll intervals the
+	// server marks it as not network-booted (the dashboard and --wait say
+	// to power-cycle it); a board without a job is never marked.
+	b.waitFor("not_polling on the waiting board", func() bool {
+		var d contract.Device
+		b.admin("GET", "/api/v1/devices/dc:a6:32:00:90:03", nil, 200, &d)
+		return d.NotPolling
+	})
+	var list []contract.Device
+	b.admin("GET", "/api/v1/devices", nil, 200, &list)
+	for _, d := range list {
+		if d.NotPolling != (d.MAC == "dc:a6:32:00:90:03") {
+			t.Errorf("%s: not_polling = %v", d.MAC, d.NotPolling)
+		}
+	}
+
 	// Nothing was queued for the board the image does not fit.
 	var d contract.Device
 	b.admin("GET", "/api/v1/devices/dc:a6:32:00:90:02", nil, 200, &d)

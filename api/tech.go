@@ -35,7 +35,7 @@ func (s *Server) handleStatus(c *gin.Context) error {
 	if err != nil {
 		return err
 	}
-	st := contract.Status{Version: s.Version, Addresses: s.addresses(), Netboot: s.Store.GlobalNetboot(), PollSeconds: s.pollInterval().Seconds(),
+	st := contract.Status{Version: s.Version, Addresses: s.addresses(), Netboot: s.Store.GlobalNetboot(),
 		DefaultImage: s.Images.DefaultName(), Devices: counts, Images: len(imgs), Backups: nb, Started: s.started}
 	if s.Rivals != nil {
 		st.RivalDHCP = s.Rivals()
@@ -51,9 +51,17 @@ func (s *Server) handleDevices(c *gin.Context) error {
 	}
 	for i := range devs {
 		stripAction(devs[i].Action)
+		s.markNotPolling(&devs[i])
 	}
 	writeJSON(c.Writer, http.StatusOK, devs)
 	return nil
+}
+
+// markNotPolling sets d.NotPolling: its job has waited two poll intervals
+// and the board has not polled in that time.
+func (s *Server) markNotPolling(d *contract.Device) {
+	a, two := d.Action, 2*s.pollInterval()
+	d.NotPolling = a != nil && a.State == contract.StatePending && time.Since(a.Created) > two && time.Since(d.LastSeen) > two
 }
 
 // stripAction drops the log tail from list views (GET /devices/:mac and
@@ -115,6 +123,7 @@ func (s *Server) handleDevice(c *gin.Context) error {
 	for i, a := range acts {
 		d.Actions[i] = a.Action
 	}
+	s.markNotPolling(&d)
 	writeJSON(c.Writer, http.StatusOK, d)
 	return nil
 }
@@ -173,7 +182,7 @@ func (s *Server) setAction(ctx context.Context, macParam, typ, image string) (co
 	}
 	s.emit(ctx, contract.Event{Kind: contract.EventActionSet, MAC: d.MAC, Message: typ + " requested",
 		Fields: map[string]any{"action_id": a.ID, "type": typ, "image": image, "state": a.State}})
-	if !d.Netboot && typ != contract.ActionIdentify {
+	if !d.Netboot && contract.EMMCAction(typ) {
 		if err := s.Store.SetDeviceNetboot(ctx, d.MAC, true); err != nil {
 			return contract.Action{}, err
 		}

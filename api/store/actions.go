@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/cm4bench/cm4bench/internal/contract"
@@ -199,16 +200,11 @@ func (s *Store) MarkPolled(ctx context.Context, id, ip string) (Action, error) {
 // Progress records an open action's progress. It returns ErrConflict if the
 // action is no longer open.
 func (s *Store) Progress(ctx context.Context, id, phase string, done, total int64, rate float64) error {
-	res, err := s.db.ExecContext(ctx, `UPDATE actions SET phase = ?, done = ?, total = ?, rate = ?, state = 'running',
-		started = CASE WHEN started = 0 THEN ? ELSE started END
-		WHERE id = ? AND state IN ('pending', 'running')`, phase, done, total, rate, s.now().UnixNano(), id)
-	if err != nil {
-		return fmt.Errorf("store: progress of %s: %w", id, err)
+	ok, err := s.progress(ctx, id, phase, done, total, rate, nil)
+	if err == nil && !ok {
+		err = fmt.Errorf("store: action %s is not open: %w", id, ErrConflict)
 	}
-	if n, _ := res.RowsAffected(); n == 0 {
-		return fmt.Errorf("store: action %s is not open: %w", id, ErrConflict)
-	}
-	return nil
+	return err
 }
 
 // ServerProgress records progress the server measured itself (the bytes
@@ -217,13 +213,25 @@ func (s *Store) Progress(ctx context.Context, id, phase string, done, total int6
 // reported since: a device that moved on to "verify" stays there. It
 // reports whether anything was recorded.
 func (s *Store) ServerProgress(ctx context.Context, id, phase string, done, total int64, rate float64, serverPhases ...string) (bool, error) {
-	b, _ := json.Marshal(append([]string{"", phase}, serverPhases...))
-	res, err := s.db.ExecContext(ctx, `UPDATE actions SET phase = ?, done = ?, total = ?, rate = ?, state = 'running',
+	return s.progress(ctx, id, phase, done, total, rate, append([]string{"", phase}, serverPhases...))
+}
+
+// progress updates an open action; with over set, only while its current
+// phase is one of them. It reports whether the action was updated.
+func (s *Store) progress(ctx context.Context, id, phase string, done, total int64, rate float64, over []string) (bool, error) {
+	q := `UPDATE actions SET phase = ?, done = ?, total = ?, rate = ?, state = 'running',
 		started = CASE WHEN started = 0 THEN ? ELSE started END
-		WHERE id = ? AND state IN ('pending', 'running') AND phase IN (SELECT value FROM json_each(?))`,
-		phase, done, total, rate, s.now().UnixNano(), id, string(b))
+		WHERE id = ? AND state IN ('pending', 'running')`
+	args := []any{phase, done, total, rate, s.now().UnixNano(), id}
+	if over != nil {
+		q += ` AND phase IN (?` + strings.Repeat(`, ?`, len(over)-1) + `)`
+		for _, p := range over {
+			args = append(args, p)
+		}
+	}
+	res, err := s.db.ExecContext(ctx, q, args...)
 	if err != nil {
-		return false, fmt.Errorf("store: server progress of %s: %w", id, err)
+		return false, fmt.Errorf("store: progress of %s: %w", id, err)
 	}
 	n, _ := res.RowsAffected()
 	return n > 0, nil
@@ -301,7 +309,7 @@ func (s *Store) Finish(ctx context.Context, id string, r Result) (Action, error)
 	if err != nil {
 		return Action{}, fmt.Errorf("store: finish %s: %w", id, err)
 	}
-	if r.OK && a.Type != contract.ActionIdentify { // an identify leaves the board as it was
+	if r.OK && contract.EMMCAction(a.Type) { // the board boots its eMMC from now on
 		if _, err := tx.ExecContext(ctx, `UPDATE devices SET netboot = 0 WHERE mac = ?`, a.MAC); err != nil {
 			return Action{}, fmt.Errorf("store: switch netboot off for %s: %w", a.MAC, err)
 		}

@@ -110,8 +110,8 @@ func deviceState(d contract.Device, now time.Time) string {
 		case contract.StateRunning:
 			return contract.DeviceRunning
 		case contract.StateDone:
-			if d.Action.Type == contract.ActionIdentify {
-				break // a blinked LED changes nothing: the board is as it was, ready
+			if !contract.EMMCAction(d.Action.Type) {
+				break // an identify changed nothing: the board is as it was, ready
 			}
 			return contract.DeviceDone
 		case contract.StateFailed:

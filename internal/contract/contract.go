@@ -40,6 +40,12 @@ const (
 	ActionIdentify = "identify"
 )
 
+// EMMCAction reports whether an action reads or writes the eMMC (deploy,
+// backup). Such an action switches the board's netboot on when it is
+// queued and off when it succeeds, so the board boots its eMMC next time;
+// any other action (identify) leaves the board and its switch as they were.
+func EMMCAction(typ string) bool { return typ == ActionDeploy || typ == ActionBackup }
+
 // IdentifySeconds is how long an identify blinks the activity LED.
 const IdentifySeconds = 15
 
@@ -205,6 +211,10 @@ type Device struct {
 	Action    *Action   `json:"action,omitempty"`  // current or last action
 	Image     string    `json:"image,omitempty"`   // assigned image; empty = the default
 	Actions   []Action  `json:"actions,omitempty"` // recent actions, newest first (GET /devices/:mac only)
+	// NotPolling is set when a job has waited two poll intervals for a board
+	// that has not polled in that time: it is not network-booted now and
+	// needs a power-cycle or reset to pick the job up.
+	NotPolling bool `json:"not_polling,omitempty"`
 }
 
 // Action is one deploy or backup of one device.
@@ -266,7 +276,6 @@ type Status struct {
 	Images       int            `json:"images"`
 	Backups      int            `json:"backups"`
 	Started      time.Time      `json:"started"`
-	PollSeconds  float64        `json:"poll_seconds"` // how often a netbooted board polls
 }
 
 // SetActionRequest is POSTed to /api/v1/devices/:mac/action.

@@ -348,12 +348,12 @@ func (d *Doctor) tftpRoot() Result {
 					problems = append(problems, sf.Name+": not in the firmware cache to compare")
 					continue
 				}
-				got, err := fileSHA256(filepath.Join(d.TFTPRoot, sf.Name))
+				got, _, err := firmware.FileSHA256(filepath.Join(d.TFTPRoot, sf.Name))
 				if err != nil {
 					problems = append(problems, sf.Name+" missing")
 					continue
 				}
-				if w, _ := fileSHA256(want); w != got {
+				if w, _, _ := firmware.FileSHA256(want); w != got {
 					problems = append(problems, sf.Name+" differs from the catalogue's")
 				}
 			}
@@ -466,10 +466,4 @@ func DHCPProbe(timeout time.Duration) func(ctx context.Context, iface string) (s
 		}
 		return fmt.Sprintf("server %s (MAC %s) offered %s", r.ServerID, r.MAC, r.Offered), nil
 	}
-}
-
-// fileSHA256 is firmware.FileSHA256 without the size.
-func fileSHA256(p string) (string, error) {
-	sum, _, err := firmware.FileSHA256(p)
-	return sum, err
 }

@@ -318,7 +318,7 @@ func planFirmware(o PrepareOptions) ([]fwPlan, error) {
 		if err != nil {
 			return nil, fmt.Errorf("firmware %s: %w", sf.Name, err)
 		}
-		want, err := fileSHA256(blob)
+		want, _, err := firmware.FileSHA256(blob)
 		if err != nil {
 			return nil, fmt.Errorf("firmware %s: %w", sf.Name, err)
 		}
@@ -332,7 +332,7 @@ func planFirmware(o PrepareOptions) ([]fwPlan, error) {
 		case !fi.Mode().IsRegular():
 			return nil, fmt.Errorf("%s in the TFTP root is not a regular file", sf.Name)
 		default:
-			if p.have, err = fileSHA256(dst); err != nil {
+			if p.have, _, err = firmware.FileSHA256(dst); err != nil {
 				return nil, fmt.Errorf("%s: %w", sf.Name, err)
 			}
 			if p.have != p.want {
@@ -531,10 +531,4 @@ func overrideWarnings(root, serverURL string) []string {
 		}
 	}
 	return out
-}
-
-// fileSHA256 is firmware.FileSHA256 without the size.
-func fileSHA256(p string) (string, error) {
-	sum, _, err := firmware.FileSHA256(p)
-	return sum, err
 }

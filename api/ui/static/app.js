@@ -618,15 +618,9 @@
     card.querySelector("[data-act=backup]").setAttribute("aria-label", "Backup " + mac);
     card.querySelector("[data-act=cancel]").setAttribute("aria-label", "Cancel action on " + mac);
   }
-  // queuedHint: after two missed polls a queued job gets a plain hint.
+  // queuedHint: the server marks a queued job whose board missed two polls.
   function queuedHint(d, act, actState) {
-    if (actState !== "pending") return "";
-    const poll = Number(pick(S.status, "poll_seconds") || 5) * 1000;
-    const created = toDate(pick(act, "created", "Created"));
-    const seen = toDate(pick(d, "last_seen", "LastSeen"));
-    const now = Date.now();
-    if (!created || now - created.getTime() < 2 * poll) return "";
-    if (seen && now - seen.getTime() < 2 * poll) return "";
+    if (actState !== "pending" || !pick(d, "not_polling")) return "";
     return "Not network-booted now: power-cycle or reset the board so it boots from the network and picks the job up.";
   }
   function shortModel(m) {

@@ -350,7 +350,6 @@ func progressPhase(a contract.Action) string {
 func waitActions(ctx context.Context, c *client.Client, acts []contract.Action, timeout time.Duration, bar bool, errOut io.Writer) ([]contract.Action, error) {
 	deadline := time.NewTimer(timeout)
 	defer deadline.Stop()
-	start := time.Now()
 	var pb *progressbar.ProgressBar
 	if bar && isTerminal(errOut) {
 		pb = byteBar(errOut, -1, fmt.Sprintf("%d board(s)", len(acts)), progressbar.OptionClearOnFinish())
@@ -385,7 +384,7 @@ func waitActions(ctx context.Context, c *client.Client, acts []contract.Action, 
 			case contract.StatePending:
 				queued = append(queued, a.MAC)
 				// Not picked up after a few polls: the board is not netbooting.
-				if !hinted[a.MAC] && time.Since(start) > 15*time.Second && time.Since(d.LastSeen) > 10*time.Second {
+				if !hinted[a.MAC] && d.NotPolling {
 					hinted[a.MAC] = true
 					fmt.Fprintf(errOut, "%s: still queued: the board has not asked for work since %s; it is not network-booted now: power-cycle or reset it\n",
 						a.MAC, d.LastSeen.Local().Format(time.TimeOnly))
