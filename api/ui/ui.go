@@ -97,22 +97,22 @@ func Handler() http.Handler {
 		if err != nil {
 			return err
 		}
-		sum := sha256.Sum256(b)
-		h.files[Prefix+p] = asset{
-			body:  b,
-			ctype: contentType(p),
-			etag:  `"` + hex.EncodeToString(sum[:8]) + `"`,
-		}
+		h.files[Prefix+p] = newAsset(p, b)
 		return nil
 	})
 	if err != nil { // cannot happen: the files are embedded
 		panic(fmt.Sprintf("ui: read embedded assets: %v", err))
 	}
 	h.files["/"] = h.files[Prefix+"index.html"]
-	kinds := KindsJS()
-	sum := sha256.Sum256(kinds)
-	h.files[Prefix+"kinds.js"] = asset{body: kinds, ctype: contentType("kinds.js"), etag: `"` + hex.EncodeToString(sum[:8]) + `"`}
+	h.files[Prefix+"kinds.js"] = newAsset("kinds.js", KindsJS())
 	return h
+}
+
+// newAsset is a file served from memory with its media type and a content
+// ETag.
+func newAsset(name string, body []byte) asset {
+	sum := sha256.Sum256(body)
+	return asset{body: body, ctype: contentType(name), etag: `"` + hex.EncodeToString(sum[:8]) + `"`}
 }
 
 // KindsJS is the script served as Prefix+"kinds.js": it sets
