@@ -97,17 +97,22 @@ func (ss *sessions) add(ttl time.Duration) string {
 	return id
 }
 
-func (ss *sessions) valid(id string) bool {
+func (ss *sessions) valid(id string) bool { return ss.check(id, false) }
+
+// take reports whether id is live and ends it in the same step: a one-time
+// code cannot be used twice by two requests racing each other.
+func (ss *sessions) take(id string) bool { return ss.check(id, true) }
+
+func (ss *sessions) check(id string, consume bool) bool {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
 	k := sessionKey(id)
 	exp, ok := ss.ids[k]
-	if ok && time.Now().After(exp) {
+	if ok && (consume || time.Now().After(exp)) {
 		delete(ss.ids, k)
 		ss.save()
-		return false
 	}
-	return ok
+	return ok && !time.Now().After(exp)
 }
 
 func (ss *sessions) end(id string) {
@@ -239,11 +244,7 @@ func (s *Server) LoginLink(base string) string {
 
 // useLoginCode reports whether code is a live login code, using it up.
 func (s *Server) useLoginCode(code string) bool {
-	if code == "" || !s.loginCodes.valid(code) {
-		return false
-	}
-	s.loginCodes.end(code)
-	return true
+	return code != "" && s.loginCodes.take(code)
 }
 
 func (s *Server) handleLogin(c *gin.Context) error {
