@@ -643,3 +643,65 @@ func TestImageLibrary(t *testing.T) {
 	b.admin("GET", "/api/v1/images", nil, 200, &imgs)
 	b.admin("GET", "/api/v1/status", nil, 200, nil)
 }
+
+// The bench default image is one choice, kept in the store: Deploy on a
+// board with no image of its own writes it, the status and the image list
+// name it, it cannot be deleted while chosen, and "" goes back to --image.
+func TestDefaultImageChoice(t *testing.T) {
+	dir := t.TempDir()
+	raw := filepath.Join(dir, "golden.img")
+	makeImage(t, raw, 1<<20)
+	b := startServer(t, dir, raw)
+	other := makeImage(t, filepath.Join(dir, "other.img"), 1<<20+7)
+	b.admin("POST", "/api/v1/images?name=line-b.img", other, 201, nil)
+
+	defaults := func() (list []string, status string) {
+		t.Helper()
+		var imgs []contract.Image
+		b.admin("GET", "/api/v1/images", nil, 200, &imgs)
+		for _, im := range imgs {
+			if im.Default {
+				list = append(list, im.Name)
+			}
+			if im.Golden != (im.Name == "golden.img") {
+				t.Errorf("%s golden = %v", im.Name, im.Golden)
+			}
+		}
+		var st contract.Status
+		b.admin("GET", "/api/v1/status", nil, 200, &st)
+		return list, st.DefaultImage
+	}
+	if list, st := defaults(); len(list) != 1 || list[0] != "golden.img" || st != "golden.img" {
+		t.Fatalf("before a choice: default %v, status %q; want golden.img", list, st)
+	}
+	if code, out := b.call("PUT", "/api/v1/images/default", []byte(`{"image":"nope.img"}`), b.token); code != 404 {
+		t.Errorf("choosing a missing image = %d %s, want 404", code, out)
+	}
+	var got contract.DefaultImageRequest
+	b.admin("PUT", "/api/v1/images/default", contract.DefaultImageRequest{Image: "line-b.img"}, 200, &got)
+	if got.Image != "line-b.img" {
+		t.Errorf("PUT default answered %q", got.Image)
+	}
+	if list, st := defaults(); len(list) != 1 || list[0] != "line-b.img" || st != "line-b.img" {
+		t.Fatalf("after choosing line-b.img: default %v, status %q", list, st)
+	}
+	const mac, assigned = "dc:a6:32:00:80:02", "dc:a6:32:00:80:03"
+	b.register(mac)
+	b.register(assigned)
+	b.admin("PUT", "/api/v1/devices/"+assigned+"/image", contract.SetImageRequest{Image: "golden.img"}, 200, nil)
+	for _, tt := range []struct{ mac, want string }{{mac, "line-b.img"}, {assigned, "golden.img"}} {
+		var a contract.Action
+		b.admin("POST", "/api/v1/devices/"+tt.mac+"/action", contract.SetActionRequest{Action: "deploy"}, 200, &a)
+		if a.Image != tt.want {
+			t.Errorf("deploy on %s wrote %q, want %q", tt.mac, a.Image, tt.want)
+		}
+	}
+	if code, out := b.call("DELETE", "/api/v1/images/line-b.img", nil, b.token); code != 409 || !strings.Contains(string(out), "set another default first") {
+		t.Errorf("deleting the chosen default = %d %s, want 409 saying what to do", code, out)
+	}
+	b.admin("PUT", "/api/v1/images/default", contract.DefaultImageRequest{}, 200, &got)
+	if list, st := defaults(); got.Image != "golden.img" || len(list) != 1 || list[0] != "golden.img" || st != "golden.img" {
+		t.Fatalf("after clearing: answered %q, default %v, status %q; want golden.img", got.Image, list, st)
+	}
+	b.admin("DELETE", "/api/v1/images/line-b.img", nil, 200, nil)
+}

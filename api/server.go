@@ -276,6 +276,7 @@ func (s *Server) build() {
 	v.GET("/images", s.wrap(s.handleImages))
 	v.POST("/images", s.wrap(s.handleAddImage))
 	v.DELETE("/images/:name", s.wrap(s.handleRemoveImage))
+	v.PUT("/images/default", s.wrap(s.handleSetDefaultImage))
 	v.GET("/backups", s.wrap(s.handleBackups))
 	v.GET("/backups/:id/download", s.wrap(s.handleBackupDownload))
 	v.DELETE("/backups/:id", s.wrap(s.handleDeleteBackup))

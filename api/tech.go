@@ -12,7 +12,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/cm4bench/cm4bench/api/images"
 	"github.com/cm4bench/cm4bench/api/store"
 	"github.com/cm4bench/cm4bench/internal/contract"
 	"github.com/gin-gonic/gin"
@@ -35,8 +34,12 @@ func (s *Server) handleStatus(c *gin.Context) error {
 	if err != nil {
 		return err
 	}
+	def, err := s.defaultImage(c)
+	if err != nil {
+		return err
+	}
 	st := contract.Status{Version: s.Version, Addresses: s.addresses(), Netboot: s.Store.GlobalNetboot(),
-		DefaultImage: s.Images.DefaultName(), Devices: counts, Images: len(imgs), Backups: nb, Started: s.started}
+		DefaultImage: def, Devices: counts, Images: len(imgs), Backups: nb, Started: s.started}
 	if s.Rivals != nil {
 		st.RivalDHCP = s.Rivals()
 	}
@@ -153,7 +156,9 @@ func (s *Server) setAction(ctx context.Context, macParam, typ, image string) (co
 			image = d.Image
 		}
 		if image == "" {
-			image = s.Images.DefaultName()
+			if image, err = s.defaultImage(ctx); err != nil {
+				return contract.Action{}, err
+			}
 		}
 		if image == "" {
 			return contract.Action{}, httpErr(http.StatusBadRequest, "no image for %s: name one, assign one to the device, or start the server with --image", d.MAC)
@@ -328,55 +333,6 @@ func (s *Server) handleSetNetboot(c *gin.Context) error {
 	s.emit(c.Request.Context(), contract.Event{Kind: contract.EventNetbootSet, Message: "global netboot " + onOff(req.Enabled),
 		Fields: map[string]any{"enabled": req.Enabled, "global": true}})
 	writeJSON(c.Writer, http.StatusOK, contract.NetbootSwitch{Enabled: req.Enabled})
-	return nil
-}
-
-func (s *Server) handleImages(c *gin.Context) error {
-	imgs, err := s.Images.List(c)
-	if err != nil {
-		return err
-	}
-	writeJSON(c.Writer, http.StatusOK, imgs)
-	return nil
-}
-
-func (s *Server) handleAddImage(c *gin.Context) error {
-	name := c.Query("name")
-	if name == "" {
-		return httpErr(http.StatusBadRequest, "missing ?name=FILE.img[.gz|.xz|.zst]")
-	}
-	im, err := s.Images.Add(c.Request.Context(), name, c.Request.Body)
-	if err != nil {
-		if errors.Is(err, images.ErrBadName) || errors.Is(err, images.ErrExists) || errors.Is(err, images.ErrIsDefault) {
-			return err
-		}
-		if writeCode(err) == http.StatusInsufficientStorage {
-			return &HTTPError{Code: http.StatusInsufficientStorage, Msg: "image upload failed: the server's disk is full", Err: err}
-		}
-		return &HTTPError{Code: http.StatusBadRequest, Msg: "image upload failed: " + publicErr(err), Err: err}
-	}
-	s.emit(c.Request.Context(), contract.Event{Kind: contract.EventImageAdded, Message: fmt.Sprintf("image %s added (%d bytes raw)", im.Name, im.Size),
-		Fields: map[string]any{"image": im.Name, "size": im.Size, "sha256": im.SHA256}})
-	writeJSON(c.Writer, http.StatusCreated, im)
-	return nil
-}
-
-// publicErr strips server paths from an error for a client.
-func publicErr(err error) string {
-	var pe *os.PathError
-	if errors.As(err, &pe) {
-		return pe.Op + ": " + pe.Err.Error()
-	}
-	return err.Error()
-}
-
-func (s *Server) handleRemoveImage(c *gin.Context) error {
-	name := c.Param("name")
-	if err := s.Images.Remove(name); err != nil {
-		return err
-	}
-	s.emit(c.Request.Context(), contract.Event{Kind: contract.EventImageRemoved, Message: "image " + name + " removed", Fields: map[string]any{"image": name}})
-	writeJSON(c.Writer, http.StatusOK, map[string]string{"status": "removed", "image": name})
 	return nil
 }
 

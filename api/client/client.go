@@ -264,6 +264,14 @@ func (c *Client) Images(ctx context.Context) ([]contract.Image, error) {
 	return im, c.do(ctx, "GET", "/api/v1/images", nil, &im)
 }
 
+// SetDefaultImage chooses the bench default image ("" = the server's
+// --image) and returns the default now in force.
+func (c *Client) SetDefaultImage(ctx context.Context, name string) (string, error) {
+	var r contract.DefaultImageRequest
+	err := c.do(ctx, "PUT", "/api/v1/images/default", contract.DefaultImageRequest{Image: name}, &r)
+	return r.Image, err
+}
+
 // Backups lists stored backups, newest first.
 func (c *Client) Backups(ctx context.Context) ([]contract.Backup, error) {
 	var b []contract.Backup

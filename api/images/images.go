@@ -46,7 +46,7 @@ var (
 	ErrNotFound  = errors.New("no such image")
 	ErrBadName   = errors.New("bad image name")
 	ErrExists    = errors.New("image already exists")
-	ErrIsDefault = errors.New("the default image cannot be changed through the library")
+	ErrIsDefault = errors.New("the server's --image file cannot be replaced or deleted through the library")
 )
 
 var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$`)
@@ -185,7 +185,7 @@ func (l *Library) Stat(ctx context.Context, name string) (Entry, error) {
 	if err != nil {
 		return Entry{}, err
 	}
-	e := Entry{Path: p, Image: contract.Image{Name: name, Format: format, CompressedSize: fi.Size(), Default: def, Modified: fi.ModTime().UTC()}}
+	e := Entry{Path: p, Image: contract.Image{Name: name, Format: format, CompressedSize: fi.Size(), Golden: def, Modified: fi.ModTime().UTC()}}
 	if raw, sha, ok := l.cached(ctx, p, fi.Size(), fi.ModTime()); ok {
 		e.Size, e.SHA256 = raw, sha
 	} else if format == FormatRaw {

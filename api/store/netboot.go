@@ -34,7 +34,7 @@ func (s *Store) SetGlobalNetboot(ctx context.Context, on bool) error {
 	if !on {
 		v = "off"
 	}
-	if _, err := s.db.ExecContext(ctx, `INSERT INTO settings (key, value) VALUES ('netboot', ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value`, v); err != nil {
+	if err := s.putSetting(ctx, "netboot", v); err != nil {
 		return fmt.Errorf("store: set global netboot: %w", err)
 	}
 	s.mu.Lock()

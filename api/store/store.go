@@ -247,12 +247,3 @@ func (s *Store) loadSwitches(ctx context.Context) error {
 	s.mu.Unlock()
 	return nil
 }
-
-func (s *Store) setting(ctx context.Context, key string) (string, error) {
-	var v string
-	err := s.db.QueryRowContext(ctx, `SELECT value FROM settings WHERE key = ?`, key).Scan(&v)
-	if errors.Is(err, sql.ErrNoRows) {
-		return "", nil
-	}
-	return v, err
-}

@@ -621,6 +621,26 @@ func TestDashboardControlsInBrowser(t *testing.T) {
 	if !found {
 		t.Fatalf("images after the dashboard upload: %+v, want second.img of %d bytes", imgs, len(second))
 	}
+	// One image choice: "Set as default" on the new image; the toolbar names it,
+	// the board's picker offers it first, and it cannot be deleted while chosen.
+	secondRow := `[...document.querySelectorAll('[data-testid=image-row]')].find(r => r.dataset.name === 'second.img')`
+	b.do(t, "click Set as default", chromedp.Click(chromedp.CSS(`button[aria-label="Set second.img as the bench default"]`)))
+	b.waitFor(t, "second.img named as the default", `document.getElementById('bench-default-name').textContent === 'second.img' && !!`+secondRow+`.querySelector('[data-testid=image-default-tag]')`)
+	if del := b.text(t, `String(!!`+secondRow+`.querySelector('[data-testid=image-delete]'))`); del != "false" {
+		t.Errorf("the chosen default offers Delete")
+	}
+	var st contract.Status
+	techDo(t, base, token, http.MethodGet, "/api/v1/status", nil, &st)
+	if st.DefaultImage != "second.img" {
+		t.Fatalf("server default after Set as default: %q, want second.img", st.DefaultImage)
+	}
+	first := b.text(t, card(d.MAC)+`.querySelector('select[data-testid=device-image]').options[0].textContent`)
+	if first != "Bench default (second.img)" {
+		t.Errorf("board picker's first entry %q, want Bench default (second.img)", first)
+	}
+	techDo(t, base, token, http.MethodPut, "/api/v1/images/default", strings.NewReader(`{"image":""}`), nil)
+	b.waitFor(t, "the default back to --image", `document.getElementById('bench-default-name').textContent !== 'second.img'`)
+
 	sel := card(d.MAC) + `.querySelector('select[data-testid=device-image]')`
 	b.waitFor(t, "second.img in the picker", `[...`+sel+`.options].some(o => o.value === 'second.img')`)
 	label := b.text(t, `document.querySelector('label[for="' + `+sel+`.id + '"]').textContent`)

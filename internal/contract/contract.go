@@ -260,9 +260,16 @@ type Image struct {
 	Format         string    `json:"format"` // raw, gz, xz or zst
 	Size           int64     `json:"size"`   // uncompressed bytes
 	CompressedSize int64     `json:"compressed_size"`
-	SHA256         string    `json:"sha256"` // of the uncompressed bytes
-	Default        bool      `json:"default"`
+	SHA256         string    `json:"sha256"`  // of the uncompressed bytes
+	Default        bool      `json:"default"` // what Deploy writes when the board has no image of its own
+	Golden         bool      `json:"golden"`  // the server's --image file: never deleted through the API
 	Modified       time.Time `json:"modified"`
+}
+
+// DefaultImageRequest is the body of PUT /api/v1/images/default: the image
+// Deploy writes to a board with none of its own ("" = back to --image).
+type DefaultImageRequest struct {
+	Image string `json:"image"`
 }
 
 // Status answers GET /api/v1/status.

@@ -47,6 +47,7 @@ const (
 	EventBackupRemoved = "backup.removed" // Fields: backup_id
 	EventImageAdded    = "image.added"
 	EventImageRemoved  = "image.removed"
+	EventImageDefault  = "image.default"
 
 	// API server: itself and its technicians.
 	EventServerRecovered = "server.recovered" // Fields: temp_files_removed, backups_failed
@@ -74,7 +75,7 @@ const (
 var kinds = []string{
 	EventDeviceRegister, EventDeviceLog, EventDeviceImage,
 	EventActionSet, EventActionProgress, EventActionDone, EventActionFailed, EventNetbootSet,
-	EventBackupStored, EventBackupRemoved, EventImageAdded, EventImageRemoved,
+	EventBackupStored, EventBackupRemoved, EventImageAdded, EventImageRemoved, EventImageDefault,
 	EventServerRecovered, EventAuthLogin, EventAuthFailed, EventAuthRotated,
 	EventDHCPOffer, EventDHCPAck, EventDHCPNak, EventDHCPRelease, EventDHCPDecline, EventDHCPRival, EventDHCPError,
 	EventTFTPTransfer, EventTFTPProbe, EventTFTPNotFound, EventTFTPError, EventTFTPPrepared,

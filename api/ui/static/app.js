@@ -333,7 +333,7 @@
       S.images = [];
       if (e.status !== 401) showError("Could not list images", e);
     }
-    renderImageSelect($("#default-image"), $("#default-image").value, true);
+    renderBenchDefault();
     for (const [mac, card] of S.cards) renderDeviceImage(card, S.devices.get(mac));
     renderImages();
   }
@@ -346,7 +346,8 @@
       const tr = el("tr", { "data-testid": "image-row", "data-name": name });
       const nameTd = el("td", { class: "mono" }, name);
       const isDefault = !!pick(img, "default", "Default");
-      if (isDefault) nameTd.append(el("span", { class: "tag" }, "default"));
+      if (isDefault) nameTd.append(el("span", { class: "tag", "data-testid": "image-default-tag" }, "default"));
+      if (pick(img, "golden", "Golden")) nameTd.append(el("span", { class: "tag quiet", title: "The file the server was started with (--image): it is never deleted from here" }, "--image"));
       tr.append(nameTd);
       const rawSize = Number(pick(img, "size", "Size") || 0);
       const sizeTd = el("td", { class: "nowrap" }, rawSize > 0 ? fmtBytes(rawSize) : "–");
@@ -358,6 +359,19 @@
       tr.append(el("td", { class: "mono", title: sha }, sha ? sha.slice(0, 10) + "…" : "hashing…"));
       const actions = el("td", { class: "actions" });
       if (!isDefault) {
+        const set = el("button", { type: "button", class: "btn", "data-testid": "image-set-default", "aria-label": "Set " + name + " as the bench default" }, "Set as default");
+        set.addEventListener("click", async () => {
+          set.disabled = true;
+          try {
+            await api("PUT", "/api/v1/images/default", { image: name });
+          } catch (e) {
+            showError("Could not make " + name + " the default image", e);
+          }
+          await loadImages();
+        });
+        actions.append(set);
+      }
+      if (!isDefault && !pick(img, "golden", "Golden")) {
         const del = el("button", { type: "button", class: "btn quiet", "data-testid": "image-delete", "aria-label": "Delete image " + name }, "Delete");
         del.addEventListener("click", async () => {
           if (!(await confirmDialog("Delete " + name + "?", "The image is removed from the server. Devices assigned to it go back to the bench default.", "Delete"))) return;
@@ -428,13 +442,20 @@
     const size = fmtBytes(pick(img, "size", "Size"));
     return name + (size ? " (" + size + ")" : "");
   }
-  function renderImageSelect(sel, current, isBench) {
+  // renderBenchDefault names, in the toolbar, what Deploy writes to a board
+  // with no image of its own: the one image choice, set in the Images list.
+  function renderBenchDefault() {
+    const def = defaultImageName();
+    const name = $("#bench-default-name");
+    name.textContent = def || "nothing: no image on the server";
+    name.title = def ? "Choose another with Set as default in the Images list" : "Upload one under Images, or start the server with --image";
+  }
+  // renderImageSelect fills a board's own image picker; its first entry is
+  // the bench default, so the precedence reads in the picker itself.
+  function renderImageSelect(sel, current) {
     sel.textContent = "";
     const def = defaultImageName();
-    const first = el("option", { value: "" },
-      isBench ? (def ? "Bench default: " + def : "Bench default image")
-        : (def ? "Bench default (" + def + ")" : "Bench default"));
-    sel.append(first);
+    sel.append(el("option", { value: "" }, def ? "Bench default (" + def + ")" : "Bench default (none yet)"));
     for (const img of S.images) {
       const name = pick(img, "name", "Name");
       if (!name) continue;
@@ -444,9 +465,6 @@
       sel.append(el("option", { value: current }, current + " (missing)"));
     }
     sel.value = current || "";
-    if (isBench && !S.images.length && !def) {
-      sel.options[0].textContent = "No image on the server";
-    }
   }
 
   // ---------- devices ----------
@@ -629,7 +647,7 @@
   }
   function renderDeviceImage(card, d) {
     if (!d) return;
-    renderImageSelect(card.querySelector("[data-role=image]"), pick(d, "image", "Image") || "", false);
+    renderImageSelect(card.querySelector("[data-role=image]"), pick(d, "image", "Image") || "");
   }
   function renderProgress(card, d, act, p) {
     const st = deviceState(d);
@@ -788,22 +806,20 @@
     return [...S.devices.values()].filter(d => deviceState(d) === "idle").map(d => pick(d, "mac", "MAC")).sort();
   }
   async function onDeployAll() {
-    const img = $("#default-image").value || "";
     const every = readyMACs();
-    const skipped = every.filter(m => imageTooBig(pick(S.devices.get(m), "image", "Image") || img || defaultImageName(), S.devices.get(m)));
+    const skipped = every.filter(m => imageTooBig(pick(S.devices.get(m), "image", "Image") || defaultImageName(), S.devices.get(m)));
     if (skipped.length) showError("Left out " + skipped.join(", "), "", "The image is larger than their eMMC.");
     const macs = every.filter(m => !skipped.includes(m));
     if (!macs.length) return;
-    const shown = img || defaultImageName() || "the bench default image";
+    const shown = defaultImageName() || "the bench default image";
     const assigned = macs.filter(m => pick(S.devices.get(m), "image", "Image")).length;
     if (!(await confirmDialog("Deploy to " + macs.length + (macs.length === 1 ? " device?" : " devices?"),
       "This overwrites the eMMC of " + macs.join(", ") + " with " + shown +
-      (assigned && !img ? " (or the image assigned to the device)" : "") + ".", "Deploy and overwrite all"))) return;
+      (assigned ? " (or the board's own image, where it has one)" : "") + ".", "Deploy and overwrite all"))) return;
     const btn = $("#deploy-all");
     btn.disabled = true;
     try {
       const body = { macs, action: "deploy" };
-      if (img) body.image = img;
       const acts = (await api("POST", "/api/v1/actions", body)) || [];
       for (const a of acts) noteAction(pick(a, "mac", "MAC"), a);
       if (acts.length < macs.length) showError("Only " + acts.length + " of " + macs.length + " deploys were queued", "", "Look at the boards left idle and try them one by one.");
@@ -821,7 +837,7 @@
     const who = mac + (serial ? " (serial " + serial + ")" : "");
     try {
       if (act === "deploy") {
-        const img = pick(d, "image", "Image") || $("#default-image").value || "";
+        const img = pick(d, "image", "Image") || "";
         const shown = img || defaultImageName() || "the bench default image";
         const tooBig = imageTooBig(img || defaultImageName(), d);
         if (tooBig) {

@@ -98,6 +98,28 @@ func TestNetbootServeAndClients(t *testing.T) {
 		t.Errorf("deploy to an unknown MAC: %v", err)
 	}
 
+	// The bench default image: shown, listed with its mark, chosen and cleared.
+	for _, tt := range []struct {
+		args []string
+		want string
+		code int
+	}{
+		{[]string{"image", "default"}, "bench default image: golden.img", 0},
+		{[]string{"image", "list"}, "*        golden.img  raw     3145733", 0},
+		{[]string{"image", "default", "golden.img"}, "bench default image: golden.img", 0},
+		{[]string{"image", "default", "missing.img"}, "missing.img", 1},
+		{[]string{"image", "default", "golden.img", "--clear"}, "not both", 2},
+		{[]string{"image", "default", "--clear"}, "bench default image: golden.img", 0},
+	} {
+		out, err := cli(tt.args...)
+		if err != nil {
+			out = err.Error()
+		}
+		if ExitCode(err) != tt.code || !strings.Contains(out, tt.want) {
+			t.Errorf("%v: exit %d %q, want exit %d and %q", tt.args, ExitCode(err), out, tt.code, tt.want)
+		}
+	}
+
 	// Deploy with --wait while a device fetches the image and reports done.
 	type result struct {
 		out string

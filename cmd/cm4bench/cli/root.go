@@ -109,6 +109,7 @@ as the Seeed reTerminal) from one workstation with a USB cable and an Ethernet s
 		{"eeprom", newEEPROMCmd(usb)},
 		{"net", newNetbootCmd()},
 		{"net", newDeviceCmd()},
+		{"net", newImageCmd()},
 		{"net", newBackupCmd()},
 		{"net", newSimCmd()},
 		{"bench", newDoctorCmd(usb)},
