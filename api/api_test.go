@@ -23,6 +23,7 @@ import (
 	"github.com/cm4bench/cm4bench/api/images"
 	"github.com/cm4bench/cm4bench/api/store"
 	"github.com/cm4bench/cm4bench/internal/contract"
+	"github.com/cm4bench/cm4bench/internal/powerswitch"
 )
 
 // bench is a real server on 127.0.0.1 over a real SQLite file.
@@ -704,4 +705,69 @@ func TestDefaultImageChoice(t *testing.T) {
 		t.Fatalf("after clearing: answered %q, default %v, status %q; want golden.img", got.Image, list, st)
 	}
 	b.admin("DELETE", "/api/v1/images/line-b.img", nil, 200, nil)
+}
+
+// Power-cycle goes through the bench's power command (a real shell command
+// here) with the board's MAC and serial, names the switch's own words when
+// it fails, and says what to do on a bench without one.
+func TestPowerCycle(t *testing.T) {
+	dir := t.TempDir()
+	raw := filepath.Join(dir, "golden.img")
+	makeImage(t, raw, 1<<20)
+	calls := filepath.Join(dir, "calls")
+	const mac, broken = "dc:a6:32:00:90:01", "dc:a6:32:00:90:02"
+	script := `if [ "$1" = "` + broken + `" ]; then echo "relay 2 does not answer" >&2; exit 3; fi; echo "$1 $CM4BENCH_SERIAL" >> ` + calls
+	b := startServer(t, dir, raw, func(s *api.Server) { s.Power = &powerswitch.Command{Shell: script} })
+	if code, out := b.call("POST", contract.PathRegister, []byte(`{"mac":"`+mac+`","ip":"127.0.0.1","facts":{"serial":"10000abc"}}`), ""); code != 200 {
+		t.Fatalf("register = %d %s", code, out)
+	}
+	b.register(broken)
+	var st contract.Status
+	b.admin("GET", "/api/v1/status", nil, 200, &st)
+	if !st.PowerControl {
+		t.Error("status does not say the bench has power control")
+	}
+	for _, tt := range []struct {
+		name, who, token string
+		code             int
+		want             string
+	}{
+		{"by MAC", mac, b.token, 200, `"power-cycled"`},
+		{"by serial", "10000abc", b.token, 200, mac},
+		{"the switch fails", broken, b.token, 502, "relay 2 does not answer"},
+		{"unknown board", "dc:a6:32:00:90:09", b.token, 404, "unknown device"},
+		{"no session", mac, "", 401, ""},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			code, out := b.call("POST", "/api/v1/devices/"+tt.who+"/power-cycle", nil, tt.token)
+			if code != tt.code || !strings.Contains(string(out), tt.want) {
+				t.Errorf("= %d %s, want %d containing %q", code, out, tt.code, tt.want)
+			}
+		})
+	}
+	got, _ := os.ReadFile(calls)
+	if string(got) != mac+" 10000abc\n"+mac+" 10000abc\n" {
+		t.Errorf("the power command ran with %q, want the MAC and serial twice", got)
+	}
+	var evs []contract.Event
+	b.admin("GET", "/api/v1/events?limit=100", nil, 200, &evs)
+	var ok, failed int
+	for _, e := range evs {
+		if e.Kind == contract.EventDevicePower {
+			if e.Level == contract.LevelWarn {
+				failed++
+			} else {
+				ok++
+			}
+		}
+	}
+	if ok != 2 || failed != 1 {
+		t.Errorf("power events: %d done, %d failed; want 2 and 1", ok, failed)
+	}
+
+	plain := startServer(t, t.TempDir(), raw)
+	plain.register(mac)
+	if code, out := plain.call("POST", "/api/v1/devices/"+mac+"/power-cycle", nil, plain.token); code != 501 || !strings.Contains(string(out), "--power-command") {
+		t.Errorf("without a power command = %d %s, want 501 naming --power-command", code, out)
+	}
 }

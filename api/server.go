@@ -33,6 +33,11 @@ import (
 	"golang.org/x/sync/errgroup"
 )
 
+// PowerCycler cuts and restores a board's power (internal/powerswitch).
+type PowerCycler interface {
+	PowerCycle(ctx context.Context, mac, serial string) error
+}
+
 // Defaults for the zero-valued Server fields.
 const (
 	DefaultPollInterval = 5 * time.Second
@@ -82,6 +87,9 @@ type Server struct {
 	RequireLease bool
 	// Rivals, if set, reports other DHCP servers seen on the link.
 	Rivals func() []string
+	// Power, if set, power-cycles a board (serve --power-command); the
+	// dashboard then offers Power-cycle on each card.
+	Power PowerCycler
 	// DiskReserve is the free space a backup upload never eats into; 0 =
 	// DefaultDiskReserve, < 0 = none (the disk may fill up).
 	DiskReserve int64
@@ -267,6 +275,7 @@ func (s *Server) build() {
 	v.GET("/devices/:mac", s.wrap(s.handleDevice))
 	v.POST("/devices/:mac/action", s.wrap(s.handleSetAction))
 	v.PUT("/devices/:mac/image", s.wrap(s.handleSetDeviceImage))
+	v.POST("/devices/:mac/power-cycle", s.wrap(s.handlePowerCycle))
 	v.PUT("/devices/:mac/netboot", s.wrap(s.handleSetDeviceNetboot))
 	v.GET("/devices/:mac/netboot", s.wrap(s.handleGetDeviceNetboot))
 	v.POST("/actions", s.wrap(s.handleBulkAction))

@@ -38,7 +38,7 @@ func (s *Server) handleStatus(c *gin.Context) error {
 	if err != nil {
 		return err
 	}
-	st := contract.Status{Version: s.Version, Addresses: s.addresses(), Netboot: s.Store.GlobalNetboot(),
+	st := contract.Status{PowerControl: s.Power != nil, Version: s.Version, Addresses: s.addresses(), Netboot: s.Store.GlobalNetboot(),
 		DefaultImage: def, Devices: counts, Images: len(imgs), Backups: nb, Started: s.started}
 	if s.Rivals != nil {
 		st.RivalDHCP = s.Rivals()
@@ -195,6 +195,32 @@ func (s *Server) setAction(ctx context.Context, macParam, typ, image string) (co
 			Fields: map[string]any{"enabled": true}})
 	}
 	return a.Action, nil
+}
+
+// handlePowerCycle cuts and restores one board's power through the bench's
+// power command, so a board that booted its eMMC netboots again for a
+// queued job.
+func (s *Server) handlePowerCycle(c *gin.Context) error {
+	ctx := c.Request.Context()
+	d, err := s.device(ctx, c.Param("mac"))
+	if err != nil {
+		return err
+	}
+	if s.Power == nil {
+		return httpErr(http.StatusNotImplemented, "this bench cannot switch board power: start the server with --power-command")
+	}
+	serial := ""
+	if d.Facts != nil {
+		serial = d.Facts.Serial
+	}
+	if err := s.Power.PowerCycle(ctx, d.MAC, serial); err != nil {
+		s.emit(ctx, contract.Event{Kind: contract.EventDevicePower, Level: contract.LevelWarn, MAC: d.MAC,
+			Message: "power-cycle failed: " + err.Error()})
+		return &HTTPError{Code: http.StatusBadGateway, Msg: "the power switch did not power-cycle " + d.MAC + ": " + err.Error(), Err: err}
+	}
+	s.emit(ctx, contract.Event{Kind: contract.EventDevicePower, MAC: d.MAC, Message: "power-cycled"})
+	writeJSON(c.Writer, http.StatusOK, contract.PowerCycled{MAC: d.MAC, Status: "power-cycled"})
+	return nil
 }
 
 func (s *Server) handleSetAction(c *gin.Context) error {

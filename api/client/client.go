@@ -228,6 +228,13 @@ func (c *Client) SetActions(ctx context.Context, macs []string, action, image st
 	return a, c.do(ctx, "POST", "/api/v1/actions", contract.BulkActionRequest{MACs: macs, Action: action, Image: image}, &a)
 }
 
+// PowerCycle cuts and restores a board's power (the server needs
+// --power-command).
+func (c *Client) PowerCycle(ctx context.Context, mac string) (contract.PowerCycled, error) {
+	var r contract.PowerCycled
+	return r, c.do(ctx, "POST", "/api/v1/devices/"+esc(mac)+"/power-cycle", nil, &r)
+}
+
 // SetDeviceImage assigns an image to a device ("" = default).
 func (c *Client) SetDeviceImage(ctx context.Context, mac, image string) (contract.Device, error) {
 	var d contract.Device

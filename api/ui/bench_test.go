@@ -14,6 +14,7 @@ import (
 	"github.com/cm4bench/cm4bench/api"
 	"github.com/cm4bench/cm4bench/api/images"
 	"github.com/cm4bench/cm4bench/api/store"
+	"github.com/cm4bench/cm4bench/internal/powerswitch"
 )
 
 // bench is the real cm4bench HTTP server (api.Server over a fresh SQLite
@@ -67,6 +68,9 @@ func startBench(t *testing.T) *bench {
 	return b
 }
 
+// PowerLog is the file the bench's power command appends each MAC to.
+func (b *bench) PowerLog() string { return filepath.Join(b.dir, "power-cycles") }
+
 // serve starts a new api.Server on b.addr (the same port after a restart).
 func (b *bench) serve(t *testing.T) {
 	t.Helper()
@@ -77,6 +81,8 @@ func (b *bench) serve(t *testing.T) {
 		Token:        b.Token,
 		Version:      "test",
 		PollInterval: 200 * time.Millisecond,
+		// The bench's power switch: a real command, recording each board.
+		Power: &powerswitch.Command{Shell: `echo "$1" >> ` + b.PowerLog()},
 		Rivals: func() []string {
 			b.mu.Lock()
 			defer b.mu.Unlock()

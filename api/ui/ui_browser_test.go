@@ -621,6 +621,14 @@ func TestDashboardControlsInBrowser(t *testing.T) {
 	if !found {
 		t.Fatalf("images after the dashboard upload: %+v, want second.img of %d bytes", imgs, len(second))
 	}
+	// Power-cycle runs the bench's power command for this board and says so.
+	b.do(t, "click Power-cycle", chromedp.Click(chromedp.CSS(`button[aria-label="Power-cycle `+d.MAC+`"]`)))
+	b.waitFor(t, "the button to say it worked", card(d.MAC)+`.querySelector('[data-testid=power-cycle]').textContent === 'Power-cycled ✓'`)
+	if got, _ := os.ReadFile(bn.PowerLog()); string(got) != d.MAC+"\n" {
+		t.Errorf("the power command ran for %q, want %s once", got, d.MAC)
+	}
+	b.waitFor(t, "the power cycle in the event log", `[...document.querySelectorAll('[data-testid=event-log] li')].some(li => li.dataset.kind === 'device.power')`)
+
 	// One image choice: "Set as default" on the new image; the toolbar names it,
 	// the board's picker offers it first, and it cannot be deleted while chosen.
 	secondRow := `[...document.querySelectorAll('[data-testid=image-row]')].find(r => r.dataset.name === 'second.img')`

@@ -146,7 +146,10 @@ func TestSixteenSlotsInBrowser(t *testing.T) {
 
 	// Item 1: the queued job on a board that stopped polling gets the power-cycle hint.
 	b.waitFor(t, "the not-netbooted hint", `(() => { const h = `+card(devs[3].MAC)+`.querySelector('[data-testid=device-hint]');
-		return !h.hidden && h.textContent.includes('power-cycle'); })()`)
+		return !h.hidden && h.textContent.includes('press Power-cycle'); })()`)
+	if vis := b.text(t, `String(`+card(devs[3].MAC)+`.querySelector('[data-testid=power-cycle]').offsetParent !== null)`); vis != "true" {
+		t.Errorf("the waiting board's Power-cycle button is not visible in the compact grid")
+	}
 
 	// Item 7: routine events are hidden until "All events".
 	if _, err := bn.Store.Emit(ctx, contract.Event{Time: time.Now(), Kind: contract.EventTFTPNotFound, Message: "dc-a6-32-10-00-01/start4.elf: not found"}); err != nil {

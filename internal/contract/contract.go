@@ -272,6 +272,12 @@ type DefaultImageRequest struct {
 	Image string `json:"image"`
 }
 
+// PowerCycled answers POST /api/v1/devices/:mac/power-cycle.
+type PowerCycled struct {
+	MAC    string `json:"mac"`
+	Status string `json:"status"` // "power-cycled"
+}
+
 // Status answers GET /api/v1/status.
 type Status struct {
 	Version      string         `json:"version"`
@@ -279,7 +285,8 @@ type Status struct {
 	Netboot      bool           `json:"netboot"`   // global switch
 	RivalDHCP    []string       `json:"rival_dhcp,omitempty"`
 	DefaultImage string         `json:"default_image,omitempty"`
-	Devices      map[string]int `json:"devices"` // count by state
+	PowerControl bool           `json:"power_control"` // the bench can power-cycle boards (serve --power-command)
+	Devices      map[string]int `json:"devices"`       // count by state
 	Images       int            `json:"images"`
 	Backups      int            `json:"backups"`
 	Started      time.Time      `json:"started"`

@@ -34,6 +34,7 @@ const (
 	EventDeviceRegister = "device.register"
 	EventDeviceLog      = "device.log"
 	EventDeviceImage    = "device.image" // Fields: image; a technician assigned an image
+	EventDevicePower    = "device.power" // level warn on failure; a technician power-cycled the board
 
 	// API server: actions.
 	EventActionSet      = "action.set"
@@ -73,7 +74,7 @@ const (
 )
 
 var kinds = []string{
-	EventDeviceRegister, EventDeviceLog, EventDeviceImage,
+	EventDeviceRegister, EventDeviceLog, EventDeviceImage, EventDevicePower,
 	EventActionSet, EventActionProgress, EventActionDone, EventActionFailed, EventNetbootSet,
 	EventBackupStored, EventBackupRemoved, EventImageAdded, EventImageRemoved, EventImageDefault,
 	EventServerRecovered, EventAuthLogin, EventAuthFailed, EventAuthRotated,

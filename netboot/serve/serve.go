@@ -42,6 +42,7 @@ import (
 	"github.com/cm4bench/cm4bench/api/store"
 	"github.com/cm4bench/cm4bench/internal/atomicfile"
 	"github.com/cm4bench/cm4bench/internal/contract"
+	"github.com/cm4bench/cm4bench/internal/powerswitch"
 	"github.com/cm4bench/cm4bench/netboot/capture"
 	"github.com/cm4bench/cm4bench/netboot/dhcp"
 	"github.com/cm4bench/cm4bench/netboot/tftp"
@@ -111,6 +112,9 @@ type Config struct {
 	// the first listen URL (a demo forwarded to the host, a reverse proxy);
 	// the printed one-click login link points there.
 	DashboardURL string
+	// PowerCommand, if set, power-cycles a board: run by /bin/sh -c with
+	// the MAC as $1 (internal/powerswitch).
+	PowerCommand string
 	// Image is the golden default image (.img, .img.gz, .img.xz, .img.zst).
 	Image string
 	// NoDHCP and NoTFTP leave those servers out (HTTP-only use, or a bench
@@ -209,6 +213,9 @@ func New(ctx context.Context, cfg Config) (*Bench, error) {
 	b.srv.AdminAddrs = b.adminAddr
 	b.srv.DiskReserve = cfg.BackupReserve
 	b.srv.AllowedHosts = cfg.AllowedHosts
+	if cfg.PowerCommand != "" {
+		b.srv.Power = &powerswitch.Command{Shell: cfg.PowerCommand, Logger: cfg.Logger}
+	}
 	b.srv.EventMaxAge, b.srv.EventMaxCount = cfg.EventMaxAge, cfg.EventMaxCount
 	return b, nil
 }

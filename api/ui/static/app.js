@@ -621,6 +621,10 @@
     card.querySelector("[data-act=identify]").disabled = busy || S.lost;
     card.querySelector("[data-act=identify]").setAttribute("aria-label", "Identify " + mac + ": blink its activity LED");
     card.querySelector("[data-act=cancel]").disabled = S.lost;
+    const power = card.querySelector("[data-act=power]");
+    power.hidden = !(S.status && S.status.power_control);
+    power.disabled = S.lost;
+    power.setAttribute("aria-label", "Power-cycle " + mac);
     // A finished deploy is not an invitation to flash again.
     card.querySelector("[data-act=deploy]").classList.toggle("primary", st !== "done");
     // A queued job on a board that does not poll: it booted its eMMC.
@@ -639,7 +643,7 @@
   // queuedHint: the server marks a queued job whose board missed two polls.
   function queuedHint(d, act, actState) {
     if (actState !== "pending" || !pick(d, "not_polling")) return "";
-    return "Not network-booted now: power-cycle or reset the board so it boots from the network and picks the job up.";
+    return "Not network-booted now: " + (S.status && S.status.power_control ? "press Power-cycle (or reset the board)" : "power-cycle or reset the board") + " so it boots from the network and picks the job up.";
   }
   function shortModel(m) {
     if (!m) return "";
@@ -856,6 +860,17 @@
       } else if (act === "identify") {
         btn.disabled = true;
         noteAction(mac, await api("POST", "/api/v1/devices/" + encodeURIComponent(mac) + "/action", { action: "identify" }));
+      } else if (act === "power") {
+        const running = deviceState(d) === "running";
+        if (running && !(await confirmDialog("Power-cycle " + mac + " now?",
+          "It is working on a job: cutting its power stops it, and the job fails or starts again.", "Power-cycle"))) return;
+        btn.disabled = true;
+        await api("POST", "/api/v1/devices/" + encodeURIComponent(mac) + "/power-cycle");
+        // Say it worked on the button itself for a few seconds; the card
+        // follows the board as it boots again.
+        btn.textContent = "Power-cycled ✓";
+        btn.dataset.done = "1";
+        setTimeout(() => { btn.textContent = "Power-cycle"; delete btn.dataset.done; }, 4000);
       } else if (act === "cancel") {
         btn.disabled = true;
         noteAction(mac, await api("POST", "/api/v1/devices/" + encodeURIComponent(mac) + "/action", { action: "none" }));
@@ -866,7 +881,7 @@
         refreshDevice(mac);
       }
     } catch (e) {
-      const verb = { deploy: "request a deploy", backup: "request a backup", identify: "blink the LED", cancel: "cancel the job", netboot: "switch netboot" }[act] || act;
+      const verb = { deploy: "request a deploy", backup: "request a backup", identify: "blink the LED", power: "power-cycle the board", cancel: "cancel the job", netboot: "switch netboot" }[act] || act;
       showError("Could not " + verb + " for " + mac, e);
       refreshDevice(mac);
     } finally {

@@ -114,12 +114,13 @@ Exit status: 0 ok, 1 error, 2 bad arguments, 3 an action failed (with --wait).`,
   cm4bench device deploy dc:a6:32:01:02:03 --image customer-b.img.zst
   cm4bench device backup dc:a6:32:01:02:03 --wait
   cm4bench device cancel dc:a6:32:01:02:03
+  cm4bench device power-cycle dc:a6:32:01:02:03   # with serve --power-command
   cm4bench device image dc:a6:32:01:02:03 customer-b.img.zst
   cm4bench device list --json --server http://10.42.0.1:5000 --token "$(cat token)"`,
 	}
 	o.bind(cmd)
 	cmd.AddCommand(newDeviceListCmd(o), newDeviceShowCmd(o), newDeviceActionCmd(o, contract.ActionDeploy),
-		newDeviceActionCmd(o, contract.ActionBackup), newDeviceActionCmd(o, contract.ActionIdentify), newDeviceCancelCmd(o), newDeviceImageCmd(o))
+		newDeviceActionCmd(o, contract.ActionBackup), newDeviceActionCmd(o, contract.ActionIdentify), newDeviceCancelCmd(o), newDevicePowerCmd(o), newDeviceImageCmd(o))
 	return cmd
 }
 
@@ -445,6 +446,34 @@ func (o *deviceCancelOptions) run(ctx context.Context, args []string, asJSON boo
 		func(a contract.Action) string {
 			return fmt.Sprintf("%s: %s (action %s) cancelled", a.MAC, a.Type, a.ID)
 		})
+}
+
+type devicePowerOptions struct{ api *apiOptions }
+
+func newDevicePowerCmd(a *apiOptions) *cobra.Command {
+	o := &devicePowerOptions{api: a}
+	return &cobra.Command{
+		Use:   "power-cycle MAC...",
+		Short: "Cut and restore a board's power (the server needs --power-command)",
+		Long: `Power-cycles each board through the command the server was started with
+(` + "`netboot serve --power-command CMD`" + `): a hub port switch, a PoE switch or a relay. A board
+that booted its eMMC netboots again and picks up its queued job. The demo bench
+(` + "`cm4bench sim`" + `) has one for its simulated boards.`,
+		Args: cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return o.run(cmd.Context(), args, wantJSON(cmd), cmd.OutOrStdout())
+		},
+	}
+}
+
+func (o *devicePowerOptions) run(ctx context.Context, args []string, asJSON bool, out io.Writer) error {
+	macs, c, err := o.api.clientFor(args)
+	if err != nil {
+		return err
+	}
+	return eachMAC(macs, asJSON, out, "device power-cycle",
+		func(m string) (contract.PowerCycled, error) { return c.PowerCycle(ctx, m) },
+		func(r contract.PowerCycled) string { return r.MAC + ": power-cycled" })
 }
 
 type deviceImageOptions struct{ api *apiOptions }

@@ -99,9 +99,11 @@ The TFTP root holds placeholders (marked as such) for the firmware, kernel
 and initramfs: the simulated boards fetch them but do not execute them.
 
 The dashboard is forwarded to --http on the host (default
-http://127.0.0.1:5000); the admin token is printed at start. Typing
-"cycle N" (or "cycle all") and Enter power-cycles board N, as a technician
-pulling its power would: with netboot switched on again it netboots again.
+http://127.0.0.1:5000); the admin token is printed at start. The
+dashboard's Power-cycle button (the server runs with a --power-command that
+reaches this process), or typing "cycle N" (or "cycle all") and Enter,
+power-cycles a board as a technician pulling its power would: with netboot
+switched on again it netboots again.
 Ctrl-C stops the boards and the server and deletes every namespace and
 process it made.
 
@@ -121,6 +123,27 @@ they happen (JSON lines with --json) and a summary table at exit.`,
 		},
 	}
 	o.bind(cmd)
+	cmd.AddCommand(newSimPowerCmd())
+	return cmd
+}
+
+// newSimPowerCmd is the simulated bench's power switch as the server runs
+// it (its --power-command): it asks the running sim to power-cycle a board.
+func newSimPowerCmd() *cobra.Command {
+	var socket string
+	cmd := &cobra.Command{
+		Use:    "power-cycle --socket PATH MAC",
+		Short:  "Power-cycle one board of a running cm4bench sim (the sim's server runs this)",
+		Hidden: true,
+		Args:   cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if socket == "" {
+				return &ExitError{Code: 2, Err: errors.New("sim power-cycle: --socket is required")}
+			}
+			return simbench.PowerCycleVia(cmd.Context(), socket, args[0])
+		},
+	}
+	cmd.Flags().StringVar(&socket, "socket", "", "the running sim's power switch socket")
 	return cmd
 }
 
@@ -284,8 +307,8 @@ cm4bench simulated bench is running (%d CM4s, namespace %s)
   Golden image: %s
   TFTP root:    %s (placeholder firmware: the simulated boards fetch it, nothing runs it)
 Log in with the token, then click Deploy or Backup on a board. Ctrl-C stops everything.
-A deployed board reboots into its eMMC; to provision it again, click "Enable netboot" and
-type "cycle N" + Enter here to power-cycle board N ("cycle all" for every board).
+A deployed board reboots into its eMMC; to provision it again, click Deploy and then
+Power-cycle on its card (or type "cycle N" + Enter here; "cycle all" for every board).
 
 `, o.devices, rig.Bench.Server.Name, or(rig.HostURL, "(not forwarded: --http \"\")"), rig.Token, rig.URL, rig.Image, rig.TFTPRoot)
 		outMu.Unlock()

@@ -1,6 +1,9 @@
 package cli
 
 import (
+	"net"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -61,5 +64,25 @@ func TestWaitLabel(t *testing.T) {
 		if got := waitLabel(tc.acts); got != tc.want {
 			t.Errorf("waitLabel = %q, want %q", got, tc.want)
 		}
+	}
+}
+
+// TestServeBusyPort: with the HTTP port taken, serve fails with a plain
+// message naming the address and prints no admin token or login link for
+// a server that never ran (issue 14, item 8).
+func TestServeBusyPort(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	data := t.TempDir()
+	out, _, err := runCLI(t, "netboot", "serve", "--no-dhcp", "--no-tftp", "--http", ln.Addr().String(), "--data", data)
+	if err == nil || !strings.Contains(err.Error(), ln.Addr().String()) || !strings.Contains(err.Error(), "in use") {
+		t.Fatalf("serve on a busy port: %v, want an error naming %s in use", err, ln.Addr())
+	}
+	tok, _ := os.ReadFile(filepath.Join(data, contract.FileAdminToken))
+	if strings.Contains(out, "admin token") || strings.Contains(out, "login") || (len(tok) > 0 && strings.Contains(out, strings.TrimSpace(string(tok)))) {
+		t.Errorf("serve that never ran printed %q", out)
 	}
 }

@@ -77,6 +77,8 @@ type Rig struct {
 	ServerLog *syncbuf.Buffer
 
 	cfg      RigConfig
+	logger   *slog.Logger
+	powerLn  net.Listener // the simulated power switch (power.go)
 	argv     []string
 	cancel   context.CancelFunc
 	simDone  chan struct{}
@@ -111,7 +113,7 @@ func StartRig(ctx context.Context, cfg RigConfig) (_ *Rig, err error) {
 	if err != nil {
 		return nil, err
 	}
-	r := &Rig{Bench: b, cfg: cfg, ServerLog: &syncbuf.Buffer{}}
+	r := &Rig{Bench: b, cfg: cfg, logger: lg, ServerLog: &syncbuf.Buffer{}}
 	defer func() {
 		if err != nil {
 			r.Close()
@@ -149,6 +151,15 @@ func StartRig(ctx context.Context, cfg RigConfig) (_ *Rig, err error) {
 			return nil, fmt.Errorf("simbench: prepare: %w", err)
 		}
 	}
+	// The boards' power switch, for the dashboard's Power-cycle.
+	sock := filepath.Join(b.Dir, "power.sock")
+	if r.powerLn, err = net.Listen("unix", sock); err != nil {
+		return nil, fmt.Errorf("simbench: power switch socket: %w", err)
+	}
+	powerCmd, err := PowerCommand(cfg.Cm4bench, sock)
+	if err != nil {
+		return nil, err
+	}
 	r.argv = append(append([]string(nil), cfg.ServerPre...), "netboot", "serve",
 		"--iface", BridgeName,
 		"--addr", b.ServerAddr.String(),
@@ -157,7 +168,8 @@ func StartRig(ctx context.Context, cfg RigConfig) (_ *Rig, err error) {
 		"--image", r.Image,
 		"--http", net.JoinHostPort(addr, fmt.Sprint(HTTPPort)),
 		// the host reaches the technician API through the bench address
-		"--admin-listen", net.JoinHostPort(addr, fmt.Sprint(HTTPPort)))
+		"--admin-listen", net.JoinHostPort(addr, fmt.Sprint(HTTPPort)),
+		"--power-command", powerCmd)
 	// The host's dashboard address is known before the server starts, so
 	// the login link the server prints points there.
 	var hostLn net.Listener
@@ -188,6 +200,7 @@ func StartRig(ctx context.Context, cfg RigConfig) (_ *Rig, err error) {
 
 	rctx, cancel := context.WithCancel(context.Background())
 	r.cancel = cancel
+	go r.servePower(rctx, r.powerLn)
 	if hostLn != nil {
 		ln := hostLn
 		if err := r.advertiseHost(); err != nil {
@@ -314,6 +327,9 @@ func (r *Rig) StopServer() {
 func (r *Rig) Close() error {
 	if r.cancel != nil {
 		r.cancel()
+	}
+	if r.powerLn != nil {
+		r.powerLn.Close()
 	}
 	if r.simDone != nil {
 		<-r.simDone

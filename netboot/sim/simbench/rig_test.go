@@ -282,4 +282,25 @@ func TestRigDeployBackupReboot(t *testing.T) {
 	if s := back.Status(); s.State != simbench.StateAgent {
 		t.Errorf("backup board: %+v", s)
 	}
+
+	// A new job for the deployed board waits until its power is cycled:
+	// through the API (the dashboard's Power-cycle), the server's power
+	// command reaches this rig and the board netboots again.
+	again, err := c.SetAction(ctx, dep.Board.MAC.String(), contract.ActionDeploy, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.PowerCycle(ctx, "dc:a6:32:ff:ff:fe"); err == nil {
+		t.Error("power-cycling an unknown board worked")
+	}
+	if _, err := c.PowerCycle(ctx, dep.Board.MAC.String()); err != nil {
+		t.Fatalf("power-cycle through the server: %v\n%s", err, tailLines(r.ServerLog.String(), 20))
+	}
+	waitFor(t, 60*time.Second, "the power-cycled board to netboot and take its job", func() (bool, string) {
+		s := dep.Status()
+		return s.Netboots == 2 && s.State == simbench.StateAgent, fmt.Sprintf("%+v", s)
+	})
+	if got := waitAction(t, r, dep.Board.MAC.String(), again.ID, 2*time.Minute); got.State != contract.StateDone {
+		t.Fatalf("deploy after the power cycle: %+v", got)
+	}
 }
