@@ -337,6 +337,33 @@ func waitLabel(acts []contract.Action) string {
 	return fmt.Sprintf("%d boards: %s", len(acts), strings.Join(parts, ", "))
 }
 
+// waitNumbers is the --wait bar's bytes, rate and time left. The rate is
+// the agents' own (summed over the running boards), not the bar's: the
+// bar would count bytes moved before the command started as its first
+// second's rate.
+func waitNumbers(acts []contract.Action) string {
+	var done, total int64
+	var rate float64
+	for _, a := range acts {
+		done += a.Done
+		total += a.Total
+		if a.State == contract.StateRunning {
+			rate += a.Rate
+		}
+	}
+	if total <= 0 {
+		return ""
+	}
+	s := fmt.Sprintf("%.1f of %.1f MB", float64(done)/1e6, float64(total)/1e6)
+	if rate > 0 {
+		s += fmt.Sprintf(" · %.1f MB/s", rate/1e6)
+		if left := total - done; left > 0 {
+			s += " · " + time.Duration(float64(left)/rate*float64(time.Second)).Round(time.Second).String() + " left"
+		}
+	}
+	return s
+}
+
 // progressPhase is the agent's phase while an action runs, in words.
 func progressPhase(a contract.Action) string {
 	switch a.State {
@@ -353,7 +380,8 @@ func waitActions(ctx context.Context, c *client.Client, acts []contract.Action, 
 	defer deadline.Stop()
 	var pb *progressbar.ProgressBar
 	if bar && isTerminal(errOut) {
-		pb = byteBar(errOut, -1, fmt.Sprintf("%d board(s)", len(acts)), progressbar.OptionClearOnFinish())
+		pb = progressbar.NewOptions64(-1, progressbar.OptionSetWriter(errOut), progressbar.OptionSetDescription(waitLabel(acts)),
+			progressbar.OptionSetPredictTime(false), progressbar.OptionClearOnFinish())
 		defer pb.Finish()
 	}
 	want := map[string]string{} // mac -> action id
@@ -395,7 +423,7 @@ func waitActions(ctx context.Context, c *client.Client, acts []contract.Action, 
 			}
 		}
 		if pb != nil {
-			pb.Describe(waitLabel(final))
+			pb.Describe(strings.TrimSpace(waitLabel(final) + "  " + waitNumbers(final)))
 			if total > 0 {
 				pb.ChangeMax64(total)
 				pb.Set64(done)

@@ -67,6 +67,28 @@ func TestWaitLabel(t *testing.T) {
 	}
 }
 
+// TestWaitNumbers: the --wait bar's rate is the agents' own, so a bar
+// started while 2.8 GB were already written does not read 2.8 GB/s.
+func TestWaitNumbers(t *testing.T) {
+	for _, tc := range []struct {
+		acts []contract.Action
+		want string
+	}{
+		{[]contract.Action{{State: contract.StatePending}}, ""},
+		{[]contract.Action{{State: contract.StateRunning, Done: 2_800_000_000, Total: 3_000_000_000, Rate: 40e6}}, "2800.0 of 3000.0 MB · 40.0 MB/s · 5s left"},
+		{[]contract.Action{{State: contract.StateRunning, Done: 1e6, Total: 4e6}}, "1.0 of 4.0 MB"},
+		{[]contract.Action{
+			{State: contract.StateRunning, Done: 10e6, Total: 100e6, Rate: 30e6},
+			{State: contract.StateDone, Done: 100e6, Total: 100e6, Rate: 99e6},
+			{State: contract.StateRunning, Done: 30e6, Total: 100e6, Rate: 30e6},
+		}, "140.0 of 300.0 MB · 60.0 MB/s · 3s left"},
+	} {
+		if got := waitNumbers(tc.acts); got != tc.want {
+			t.Errorf("waitNumbers = %q, want %q", got, tc.want)
+		}
+	}
+}
+
 // TestServeBusyPort: with the HTTP port taken, serve fails with a plain
 // message naming the address and prints no admin token or login link for
 // a server that never ran (issue 14, item 8).
