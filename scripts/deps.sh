@@ -20,6 +20,8 @@ pkgs=(
   xz-utils            # api tests: real xz for .img.xz images
   nginx-light         # api bench: nginx serving the same image as the peer to beat (own config, never the service)
   tshark              # netboot tests: reads the pcap of serve --capture (the outside oracle for the format)
+  dosfstools          # recipes: mkfs.fat makes the test images' boot partitions, fsck.fat -n checks what the agent wrote
+  mtools              # recipes: mdir/mtype read the per-device files back from each board's eMMC
 )
 
 missing=()

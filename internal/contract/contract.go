@@ -104,6 +104,38 @@ type PollResponse struct {
 	ActionID  string     `json:"action_id,omitempty"`
 	Token     string     `json:"token,omitempty"` // the per-action token also carried in the URLs
 	Image     *ImageInfo `json:"image,omitempty"`
+	// Customise is what a recipe deploy does after the image is written and
+	// verified; nil for a plain deploy (and unknown to the shell client).
+	Customise *Customise `json:"customise,omitempty"`
+}
+
+// After-success policies of a recipe: what the board does once its deploy
+// is verified and reported.
+const (
+	AfterReboot   = "reboot"   // boot the new eMMC (the default)
+	AfterPowerOff = "poweroff" // power off: the board is ready to pack
+	AfterHold     = "hold"     // stay in the agent, polling
+)
+
+// Customise tells the agent which per-device files to write into the FAT
+// boot partition of the image it just wrote, and what to do afterwards.
+type Customise struct {
+	Files []CustomFile `json:"files,omitempty"`
+	After string       `json:"after,omitempty"` // After* ("" = reboot)
+}
+
+// CustomFile is one rendered per-device file. Path is relative to the boot
+// partition's root, "/"-separated.
+type CustomFile struct {
+	Path   string `json:"path"`
+	Data   []byte `json:"data"`   // base64 in JSON
+	SHA256 string `json:"sha256"` // of Data
+}
+
+// FileHash is a file the agent wrote, read back and hashed.
+type FileHash struct {
+	Path   string `json:"path"`
+	SHA256 string `json:"sha256"`
 }
 
 // Progress is POSTed by the agent about once a second during an action.
@@ -139,6 +171,9 @@ type ActionDone struct {
 	CompressedSHA256 string  `json:"compressed_sha256,omitempty" form:"compressed_sha256"`
 	CompressedBytes  int64   `json:"compressed_bytes,omitempty" form:"compressed_bytes"`
 	Seconds          float64 `json:"seconds,omitempty" form:"seconds"`
+	// Files are the per-device files written into the boot partition, read
+	// back and hashed (recipe deploys only).
+	Files []FileHash `json:"files,omitempty" form:"-"`
 }
 
 // APIError is the body of every 4xx/5xx answer.
@@ -215,6 +250,8 @@ type Device struct {
 	// that has not polled in that time: it is not network-booted now and
 	// needs a power-cycle or reset to pick the job up.
 	NotPolling bool `json:"not_polling,omitempty"`
+	// Match is the first rule that matches the board (GET devices).
+	Match *Match `json:"match,omitempty"`
 }
 
 // Action is one deploy or backup of one device.
@@ -238,6 +275,30 @@ type Action struct {
 	CompressedBytes  int64      `json:"compressed_bytes,omitempty"`
 	BackupID         string     `json:"backup_id,omitempty"`
 	Log              []string   `json:"log,omitempty"` // tail of the agent's log
+	// A recipe deploy: the recipe version, the rule that started it ("" =
+	// a technician), and the pool values it was given.
+	Recipe        string      `json:"recipe,omitempty"`
+	RecipeVersion int         `json:"recipe_version,omitempty"`
+	Rule          string      `json:"rule,omitempty"`
+	Values        []PoolValue `json:"values,omitempty"`
+	Files         []FileHash  `json:"files,omitempty"` // rendered files and their sha256
+}
+
+// PoolValue is one value a pool gave a board.
+type PoolValue struct {
+	Pool  string `json:"pool"`
+	Value string `json:"value"`
+	State string `json:"state,omitempty"` // allocated, used, free (returned) or retired
+}
+
+// Match is what the rules say about a board: which rule matched, why,
+// and what it starts. Rule is "" when none matched.
+type Match struct {
+	Rule    string `json:"rule,omitempty"`
+	Recipe  string `json:"recipe,omitempty"`
+	Version int    `json:"version,omitempty"`
+	Mode    string `json:"mode,omitempty"` // auto or ask
+	Why     string `json:"why"`
 }
 
 // Backup is one stored device backup.
