@@ -120,9 +120,16 @@ const (
 // Customise tells the agent which per-device files to write into the FAT
 // boot partition of the image it just wrote, and what to do afterwards.
 type Customise struct {
-	Files []CustomFile `json:"files,omitempty"`
-	After string       `json:"after,omitempty"` // After* ("" = reboot)
+	Files  []CustomFile `json:"files,omitempty"`
+	After  string       `json:"after,omitempty"`  // After* ("" = reboot)
+	Verify string       `json:"verify,omitempty"` // Verify* ("" = read back)
 }
+
+// Verify policies of a recipe.
+const (
+	VerifyReadback = "readback" // read the written image back from the eMMC and hash it (the default)
+	VerifyStream   = "stream"   // trust the hash of the bytes written, checked against the image's
+)
 
 // CustomFile is one rendered per-device file. Path is relative to the boot
 // partition's root, "/"-separated.
