@@ -23,6 +23,8 @@ type nullAction struct {
 	sha, csha, log, token, polledIP         sql.NullString
 	bytes, cbytes, backup                   sql.NullInt64
 	served                                  sql.NullBool
+	recipe, rule, vals, files               sql.NullString
+	recipeVersion                           sql.NullInt64
 }
 
 func (a nullAction) action() Action {
@@ -47,13 +49,24 @@ func (a nullAction) action() Action {
 		json.Unmarshal([]byte(a.log.String), &out.Log)
 	}
 	out.Token, out.PolledIP, out.Served = a.token.String, a.polledIP.String, a.served.Bool
+	out.Recipe, out.RecipeVersion, out.Rule = a.recipe.String, int(a.recipeVersion.Int64), a.rule.String
+	if a.vals.String != "" {
+		json.Unmarshal([]byte(a.vals.String), &out.Values)
+		for i := range out.Values {
+			out.Values[i].State = valueState(out.State, out.Values[i].State)
+		}
+	}
+	if a.files.String != "" {
+		json.Unmarshal([]byte(a.files.String), &out.Files)
+	}
 	return out
 }
 
 func scanAction(r scanner) (Action, error) {
 	var a nullAction
 	err := r.Scan(&a.id, &a.mac, &a.typ, &a.image, &a.state, &a.phase, &a.done, &a.total, &a.rate, &a.err, &a.created, &a.started, &a.finished,
-		&a.sha, &a.bytes, &a.csha, &a.cbytes, &a.backup, &a.log, &a.token, &a.polledIP, &a.served)
+		&a.sha, &a.bytes, &a.csha, &a.cbytes, &a.backup, &a.log, &a.token, &a.polledIP, &a.served,
+		&a.recipe, &a.recipeVersion, &a.rule, &a.vals, &a.files)
 	if err != nil {
 		return Action{}, err
 	}
@@ -138,6 +151,9 @@ func (s *Store) cancelOpen(ctx context.Context, tx *sql.Tx, mac, why string) (*A
 	now := s.now()
 	if _, err := tx.ExecContext(ctx, `UPDATE actions SET state = ?, error = ?, finished = ? WHERE id = ?`, contract.StateCancelled, why, now.UnixNano(), a.ID); err != nil {
 		return nil, fmt.Errorf("store: cancel action %s: %w", a.ID, err)
+	}
+	if err := s.releaseValues(ctx, tx, a.ID, false); err != nil {
+		return nil, err
 	}
 	a.State, a.Error, a.Finished = contract.StateCancelled, why, &now
 	return &a, nil
@@ -308,6 +324,9 @@ func (s *Store) Finish(ctx context.Context, id string, r Result) (Action, error)
 		r.CompressedSHA256, r.CompressedSHA256, r.CompressedBytes, r.CompressedBytes, r.OK, id)
 	if err != nil {
 		return Action{}, fmt.Errorf("store: finish %s: %w", id, err)
+	}
+	if err := s.releaseValues(ctx, tx, id, r.OK); err != nil {
+		return Action{}, err
 	}
 	if r.OK && contract.EMMCAction(a.Type) { // the board boots its eMMC from now on
 		if _, err := tx.ExecContext(ctx, `UPDATE devices SET netboot = 0 WHERE mac = ?`, a.MAC); err != nil {

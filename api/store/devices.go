@@ -69,7 +69,8 @@ func (s *Store) Touch(ctx context.Context, mac, ip string) error {
 const deviceCols = `d.mac, d.serial, d.ip, d.facts, d.first_seen, d.last_seen, d.netboot, d.image, ` + actionColsA
 
 const actionColsA = `a.id, a.mac, a.type, a.image, a.state, a.phase, a.done, a.total, a.rate, a.error, a.created, a.started, a.finished,
-	a.sha256, a.bytes, a.compressed_sha256, a.compressed_bytes, a.backup_id, a.log, a.token, a.polled_ip, a.served`
+	a.sha256, a.bytes, a.compressed_sha256, a.compressed_bytes, a.backup_id, a.log, a.token, a.polled_ip, a.served,
+	a.recipe, a.recipe_version, a.rule, a.vals, a.files`
 
 type scanner interface{ Scan(...any) error }
 
@@ -80,7 +81,8 @@ func (s *Store) scanDevice(r scanner) (contract.Device, error) {
 	var a nullAction
 	err := r.Scan(&d.MAC, &d.Serial, &d.IP, &facts, &first, &last, &d.Netboot, &d.Image,
 		&a.id, &a.mac, &a.typ, &a.image, &a.state, &a.phase, &a.done, &a.total, &a.rate, &a.err, &a.created, &a.started, &a.finished,
-		&a.sha, &a.bytes, &a.csha, &a.cbytes, &a.backup, &a.log, &a.token, &a.polledIP, &a.served)
+		&a.sha, &a.bytes, &a.csha, &a.cbytes, &a.backup, &a.log, &a.token, &a.polledIP, &a.served,
+		&a.recipe, &a.recipeVersion, &a.rule, &a.vals, &a.files)
 	if err != nil {
 		return d, err
 	}

@@ -179,6 +179,42 @@ var migrations = [...]string{
 	// 2: a deploy fully streamed to a client that reports nothing itself
 	// (the shell client), kept apart from the progress phase.
 	`ALTER TABLE actions ADD COLUMN served INTEGER NOT NULL DEFAULT 0;`,
+	// 3: recipes (versioned), their pools and the values handed out, and
+	// which recipe, rule and values a deploy had.
+	`CREATE TABLE recipes (
+		name TEXT NOT NULL,
+		version INTEGER NOT NULL,
+		spec TEXT NOT NULL,
+		created INTEGER NOT NULL,
+		PRIMARY KEY (name, version)
+	);
+	CREATE TABLE pools (
+		recipe TEXT NOT NULL,
+		name TEXT NOT NULL,
+		kind TEXT NOT NULL,
+		next INTEGER NOT NULL DEFAULT 0,
+		PRIMARY KEY (recipe, name)
+	);
+	CREATE TABLE pool_values (
+		recipe TEXT NOT NULL,
+		pool TEXT NOT NULL,
+		value TEXT NOT NULL,
+		seq INTEGER NOT NULL,
+		data BLOB,
+		state TEXT NOT NULL DEFAULT 'free',
+		mac TEXT NOT NULL DEFAULT '',
+		action_id INTEGER NOT NULL DEFAULT 0,
+		changed INTEGER NOT NULL DEFAULT 0,
+		PRIMARY KEY (recipe, pool, value)
+	);
+	CREATE INDEX pool_values_free ON pool_values (recipe, pool, state, seq);
+	CREATE INDEX pool_values_action ON pool_values (action_id);
+	ALTER TABLE actions ADD COLUMN recipe TEXT NOT NULL DEFAULT '';
+	ALTER TABLE actions ADD COLUMN recipe_version INTEGER NOT NULL DEFAULT 0;
+	ALTER TABLE actions ADD COLUMN rule TEXT NOT NULL DEFAULT '';
+	ALTER TABLE actions ADD COLUMN vals TEXT NOT NULL DEFAULT '';
+	ALTER TABLE actions ADD COLUMN files TEXT NOT NULL DEFAULT '';
+	ALTER TABLE actions ADD COLUMN customise TEXT NOT NULL DEFAULT '';`,
 }
 
 func (s *Store) migrate(ctx context.Context) error {
