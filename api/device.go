@@ -41,6 +41,9 @@ func (s *Server) handleRegister(c *gin.Context) error {
 		ev.Fields["facts"] = f
 	}
 	s.emit(c.Request.Context(), ev)
+	// Zero-click: an auto rule starts the board's deploy now, so its first
+	// poll picks it up.
+	s.autoStart(context.WithoutCancel(c.Request.Context()), mac)
 	writeJSON(c.Writer, http.StatusOK, contract.RegisterResponse{Status: "registered", MAC: mac, PollInterval: s.pollInterval().Seconds()})
 	return nil
 }
@@ -107,6 +110,20 @@ func (s *Server) handlePoll(c *gin.Context) error {
 			s.failAction(c.Request.Context(), a, fmt.Sprintf("image %q is not usable: %v", a.Image, err))
 			writeJSON(c.Writer, http.StatusOK, contract.PollResponse{Action: contract.ActionNone})
 			return nil
+		}
+		if a.Recipe != "" {
+			r, err := s.Store.Recipe(c.Request.Context(), a.Recipe, a.RecipeVersion)
+			if err == nil && r.SHA256 != e.SHA256 {
+				err = fmt.Errorf("image %s is now sha256 %s, not the %s recipe %s v%d pinned", a.Image, e.SHA256, r.SHA256, r.Name, r.Version)
+			}
+			if err == nil {
+				resp.Customise, err = s.Store.Customisation(c.Request.Context(), a.ID)
+			}
+			if err != nil {
+				s.failAction(c.Request.Context(), a, err.Error())
+				writeJSON(c.Writer, http.StatusOK, contract.PollResponse{Action: contract.ActionNone})
+				return nil
+			}
 		}
 		resp.URL = base + contract.PathImage + "/" + a.ID + q
 		resp.Image = &contract.ImageInfo{Name: e.Name, Format: e.Format, Size: e.Size, SHA256: e.SHA256, CompressedSize: e.CompressedSize}
@@ -303,6 +320,9 @@ func (s *Server) checkDone(ctx context.Context, a store.Action, req contract.Act
 		if req.SHA256 != "" && !strings.EqualFold(req.SHA256, e.SHA256) {
 			return fmt.Sprintf("device wrote sha256 %s but image %s is %s", strings.ToLower(req.SHA256), a.Image, e.SHA256)
 		}
+		if msg := checkFiles(a, req); msg != "" {
+			return msg
+		}
 		// Success needs proof: the server itself streamed the whole image
 		// to this action (every client; the shell client's curl | dd stream
 		// is exactly that proof).
@@ -360,4 +380,32 @@ func (s *Server) handleLog(c *gin.Context) error {
 	s.emit(c.Request.Context(), ev)
 	writeJSON(c.Writer, http.StatusOK, map[string]string{"status": "ok"})
 	return nil
+}
+
+// checkFiles: a recipe deploy succeeds only if the board read back every
+// per-device file with the hash the server rendered, and reported the
+// image's hash too.
+func checkFiles(a store.Action, req contract.ActionDone) string {
+	if a.Recipe == "" {
+		return ""
+	}
+	if req.SHA256 == "" {
+		return "the board reported no image sha256: a recipe deploy needs the agent"
+	}
+	got := map[string]string{}
+	for _, f := range req.Files {
+		got[f.Path] = strings.ToLower(f.SHA256)
+	}
+	for _, f := range a.Files {
+		switch h, ok := got[f.Path]; {
+		case !ok:
+			return fmt.Sprintf("the board did not report per-device file %s: customisation not verified", f.Path)
+		case h != f.SHA256:
+			return fmt.Sprintf("per-device file %s read back as sha256 %s, the server rendered %s", f.Path, h, f.SHA256)
+		}
+	}
+	if len(got) != len(a.Files) {
+		return fmt.Sprintf("the board reported %d per-device files, the recipe rendered %d", len(got), len(a.Files))
+	}
+	return ""
 }

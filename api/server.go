@@ -135,6 +135,7 @@ type Server struct {
 	recovery sync.Once
 	pruning  sync.Once
 	cov      *coverageBook
+	refused  refusals // why a board's auto rule could not start
 	handler  http.Handler
 	engine   *gin.Engine
 	metrics  *metrics
@@ -290,6 +291,14 @@ func (s *Server) build() {
 	v.GET("/backups/:id/download", s.wrap(s.handleBackupDownload))
 	v.DELETE("/backups/:id", s.wrap(s.handleDeleteBackup))
 	v.GET("/events", s.wrap(s.handleEvents))
+	v.GET("/recipes", s.wrap(s.handleRecipes))
+	v.PUT("/recipes", s.wrap(s.handlePutRecipes))
+	v.GET("/recipes/:name", s.wrap(s.handleRecipe))
+	v.GET("/recipes/:name/values", s.wrap(s.handleRecipeValues))
+	v.GET("/rules", s.wrap(s.handleRules))
+	v.PUT("/rules", s.wrap(s.handlePutRules))
+	v.GET("/armed", s.wrap(s.handleArmed))
+	v.PUT("/armed", s.wrap(s.handleSetArmed))
 
 	dash := s.UI
 	if dash == nil {

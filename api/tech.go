@@ -38,7 +38,19 @@ func (s *Server) handleStatus(c *gin.Context) error {
 	if err != nil {
 		return err
 	}
-	st := contract.Status{PowerControl: s.Power != nil, Version: s.Version, Addresses: s.addresses(), Netboot: s.Store.GlobalNetboot(),
+	armed, err := s.Store.Armed(c)
+	if err != nil {
+		return err
+	}
+	rules, err := s.Store.Rules(c)
+	if err != nil {
+		return err
+	}
+	recipes, err := s.Store.Recipes(c)
+	if err != nil {
+		return err
+	}
+	st := contract.Status{Armed: armed, Rules: len(rules.Rules), Recipes: len(recipes), PowerControl: s.Power != nil, Version: s.Version, Addresses: s.addresses(), Netboot: s.Store.GlobalNetboot(),
 		DefaultImage: def, Devices: counts, Images: len(imgs), Backups: nb, Started: s.started}
 	if s.Rivals != nil {
 		st.RivalDHCP = s.Rivals()
@@ -52,9 +64,18 @@ func (s *Server) handleDevices(c *gin.Context) error {
 	if err != nil {
 		return err
 	}
+	rs, err := s.Store.Rules(c)
+	if err != nil {
+		return err
+	}
+	armed, err := s.Store.Armed(c)
+	if err != nil {
+		return err
+	}
 	for i := range devs {
 		stripAction(devs[i].Action)
 		s.markNotPolling(&devs[i])
+		s.match(rs, armed, &devs[i])
 	}
 	writeJSON(c.Writer, http.StatusOK, devs)
 	return nil
@@ -127,6 +148,10 @@ func (s *Server) handleDevice(c *gin.Context) error {
 		d.Actions[i] = a.Action
 	}
 	s.markNotPolling(&d)
+	if rs, err := s.Store.Rules(c); err == nil {
+		armed, _ := s.Store.Armed(c)
+		s.match(rs, armed, &d)
+	}
 	writeJSON(c.Writer, http.StatusOK, d)
 	return nil
 }
@@ -227,6 +252,21 @@ func (s *Server) handleSetAction(c *gin.Context) error {
 	var req contract.SetActionRequest
 	if err := s.decodeJSON(c.Request, &req); err != nil {
 		return err
+	}
+	if req.Recipe != "" {
+		if req.Action != contract.ActionDeploy || req.Image != "" {
+			return httpErr(http.StatusBadRequest, "a recipe is deployed with {\"action\":\"deploy\",\"recipe\":NAME} and no image")
+		}
+		d, err := s.device(c.Request.Context(), c.Param("mac"))
+		if err != nil {
+			return err
+		}
+		a, err := s.startRecipe(c.Request.Context(), d.MAC, req.Rule, req.Recipe)
+		if err != nil {
+			return err
+		}
+		writeJSON(c.Writer, http.StatusOK, a)
+		return nil
 	}
 	a, err := s.setAction(c.Request.Context(), c.Param("mac"), req.Action, req.Image)
 	if err != nil {

@@ -74,7 +74,7 @@ func runProgram(args []string, stderr io.Writer) int {
 	fs.BoolVar(&o.acceptZstd, "accept-zstd", false, "ask the server for the zstd-compressed image stream")
 	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.BoolVar(&o.peakRSS, "print-peak-rss", false, "print the peak resident memory (VmHWM) on exit (benchmarks)")
-	fs.BoolVar(&o.exitOnReboot, "exit-on-reboot", false, "after a verified deploy, exit with status 3 where PID 1 would reboot (the simulated bench then reboots the board)")
+	fs.BoolVar(&o.exitOnReboot, "exit-on-reboot", false, "after a verified deploy, exit with status 3 where PID 1 would reboot, 4 where it would power off (the simulated bench then reboots or powers off the board)")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, `Usage: cm4agent --server URL --target FILE|DEV [flags]
 
@@ -130,14 +130,18 @@ Flags:
 	if o.peakRSS {
 		defer printPeakRSS(stderr)
 	}
-	rebooted := false
+	rebooted, poweredOff := false, false
 	if o.exitOnReboot {
 		ctx, cancel := context.WithCancel(ctx)
 		defer cancel()
 		a.Reboot = func() error { rebooted = true; cancel(); return nil }
+		a.PowerOff = func() error { poweredOff = true; cancel(); return nil }
 		err := a.Run(ctx)
 		if rebooted {
 			return 3
+		}
+		if poweredOff {
+			return 4
 		}
 		if err != nil && !errors.Is(err, context.Canceled) {
 			fmt.Fprintf(stderr, "cm4agent: %v\n", err)
@@ -250,6 +254,7 @@ func runPID1() {
 	}
 	if !cfg.NoReboot {
 		a.Reboot = pid1.Reboot
+		a.PowerOff = pid1.PowerOff
 	}
 	for {
 		err := a.Run(ctx)

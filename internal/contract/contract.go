@@ -354,7 +354,10 @@ type Status struct {
 	RivalDHCP    []string       `json:"rival_dhcp,omitempty"`
 	DefaultImage string         `json:"default_image,omitempty"`
 	PowerControl bool           `json:"power_control"` // the bench can power-cycle boards (serve --power-command)
-	Devices      map[string]int `json:"devices"`       // count by state
+	Armed        bool           `json:"armed"`         // auto rules start deploys on their own
+	Rules        int            `json:"rules"`
+	Recipes      int            `json:"recipes"`
+	Devices      map[string]int `json:"devices"` // count by state
 	Images       int            `json:"images"`
 	Backups      int            `json:"backups"`
 	Started      time.Time      `json:"started"`
@@ -364,6 +367,23 @@ type Status struct {
 type SetActionRequest struct {
 	Action string `json:"action"` // deploy, backup or none (cancel)
 	Image  string `json:"image,omitempty"`
+	// Recipe deploys the latest version of a recipe instead of an image
+	// (Rule names the rule that suggested it, for the record).
+	Recipe string `json:"recipe,omitempty"`
+	Rule   string `json:"rule,omitempty"`
+}
+
+// Armed is the body of GET/PUT /api/v1/armed: whether auto rules start
+// deploys on their own.
+type Armed struct {
+	Armed bool `json:"armed"`
+}
+
+// RecipeApplied answers PUT /api/v1/recipes, one per recipe in the file.
+type RecipeApplied struct {
+	Name    string `json:"name"`
+	Version int    `json:"version"`
+	Changed bool   `json:"changed"` // false: the same content was already stored
 }
 
 // BulkActionRequest is POSTed to /api/v1/actions.

@@ -43,6 +43,12 @@ const (
 	EventActionFailed   = "action.failed"
 	EventNetbootSet     = "netboot.set" // Fields: enabled (bool); MAC empty = global switch
 
+	// API server: the line (recipes, rules, the armed switch).
+	EventRecipeApplied = "recipe.applied" // Fields: recipe, version
+	EventRulesSet      = "rules.set"      // Fields: rules (count)
+	EventArmedSet      = "armed.set"      // Fields: armed (bool)
+	EventRuleMatched   = "rule.matched"   // Fields: rule, recipe, version, mode; level warn when it could not start
+
 	// API server: stored files.
 	EventBackupStored  = "backup.stored"
 	EventBackupRemoved = "backup.removed" // Fields: backup_id
@@ -76,6 +82,7 @@ const (
 var kinds = []string{
 	EventDeviceRegister, EventDeviceLog, EventDeviceImage, EventDevicePower,
 	EventActionSet, EventActionProgress, EventActionDone, EventActionFailed, EventNetbootSet,
+	EventRecipeApplied, EventRulesSet, EventArmedSet, EventRuleMatched,
 	EventBackupStored, EventBackupRemoved, EventImageAdded, EventImageRemoved, EventImageDefault,
 	EventServerRecovered, EventAuthLogin, EventAuthFailed, EventAuthRotated,
 	EventDHCPOffer, EventDHCPAck, EventDHCPNak, EventDHCPRelease, EventDHCPDecline, EventDHCPRival, EventDHCPError,

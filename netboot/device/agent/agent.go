@@ -11,6 +11,8 @@ package agent
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -25,6 +27,7 @@ import (
 	"time"
 
 	"github.com/cm4bench/cm4bench/internal/contract"
+	"github.com/cm4bench/cm4bench/netboot/bootfs"
 	"github.com/cm4bench/cm4bench/netboot/device/blockdev"
 )
 
@@ -63,6 +66,9 @@ type Agent struct {
 	// Reboot is called after a verified deploy was reported; nil = keep
 	// polling. If it returns, the agent goes on polling.
 	Reboot func() error
+	// PowerOff is called instead when the recipe says "poweroff"; nil =
+	// keep polling.
+	PowerOff func() error
 	// Once makes Run return after the first deploy or backup, with its error.
 	Once bool
 	// PollInterval overrides the server's poll interval (0 = the server's,
@@ -163,11 +169,8 @@ func (a *Agent) Run(ctx context.Context) error {
 			if a.Once {
 				return err
 			}
-			if err == nil && pr.Action == contract.ActionDeploy && a.Reboot != nil {
-				a.say("deploy verified; rebooting")
-				if rerr := a.Reboot(); rerr != nil {
-					a.say("reboot failed: %v", rerr)
-				}
+			if err == nil && pr.Action == contract.ActionDeploy {
+				a.after(pr)
 			}
 			continue // poll again at once: the next action may be queued
 		case contract.ActionNone, "":
@@ -309,6 +312,29 @@ func (a *Agent) poll(ctx context.Context) (*contract.PollResponse, error) {
 
 // runAction runs one deploy or backup and reports it; the error is the
 // action's failure (already reported).
+// after does what the recipe says once a deploy is verified and reported:
+// reboot into the eMMC (the default), power off, or hold (keep polling).
+func (a *Agent) after(pr *contract.PollResponse) {
+	what := contract.AfterReboot
+	if pr.Customise != nil && pr.Customise.After != "" {
+		what = pr.Customise.After
+	}
+	switch {
+	case what == contract.AfterHold:
+		a.say("deploy verified; holding here as the recipe says (power off or unplug when ready)")
+	case what == contract.AfterPowerOff && a.PowerOff != nil:
+		a.say("deploy verified; powering off")
+		if err := a.PowerOff(); err != nil {
+			a.say("power off failed: %v", err)
+		}
+	case what == contract.AfterReboot && a.Reboot != nil:
+		a.say("deploy verified; rebooting")
+		if err := a.Reboot(); err != nil {
+			a.say("reboot failed: %v", err)
+		}
+	}
+}
+
 func (a *Agent) runAction(ctx context.Context, pr *contract.PollResponse) error {
 	meter := &Meter{}
 	stop := a.reportProgress(ctx, pr, meter)
@@ -323,6 +349,7 @@ func (a *Agent) runAction(ctx context.Context, pr *contract.PollResponse) error 
 			done.Bytes, done.SHA256 = res.Bytes, res.SHA256
 			done.CompressedBytes, done.CompressedSHA256 = res.WireBytes, res.WireSHA256
 			done.Seconds = res.Seconds
+			done.Files = res.Files
 		}
 		if err == nil && res.ZeroFallback {
 			a.say("the target's discarded blocks did not read back as zeros; zeroed the skipped runs explicitly")
@@ -479,6 +506,17 @@ func (a *Agent) deploy(ctx context.Context, pr *contract.PollResponse, meter *Me
 	}
 	defer dev.Close()
 	opts := DeployOptions{Meter: meter}
+	var files []contract.CustomFile
+	if c := pr.Customise; c != nil {
+		switch c.Verify {
+		case "", contract.VerifyReadback:
+		case contract.VerifyStream:
+			opts.NoVerify = true // the recipe trusts the stream's hash
+		default:
+			return nil, fmt.Errorf("deploy: unknown verify policy %q (a newer server?)", c.Verify)
+		}
+		files = c.Files
+	}
 	if pr.Image != nil {
 		opts.Size, opts.SHA256 = pr.Image.Size, strings.ToLower(pr.Image.SHA256)
 	}
@@ -493,7 +531,24 @@ func (a *Agent) deploy(ctx context.Context, pr *contract.PollResponse, meter *Me
 		// Still verified (read back == stream), but say it.
 		a.say("the server gave no image sha256; verified the read-back against the stream hash")
 	}
-	return res, err
+	if err != nil || len(files) == 0 {
+		return res, err
+	}
+	// The image is written and verified: now the board's own files.
+	meter.Set("customise", int64(len(files)))
+	for _, f := range files {
+		if s := sha256Hex(f.Data); s != f.SHA256 {
+			return res, fmt.Errorf("customise: %s arrived with sha256 %s, the server sent %s", f.Path, s, f.SHA256)
+		}
+	}
+	hashes, err := bootfs.Write(dev.File(), dev.Size(), files)
+	if err != nil {
+		return res, fmt.Errorf("customise: %w", err)
+	}
+	meter.Add(int64(len(files)))
+	res.Files = hashes
+	a.say("customised: %d per-device files written to the boot partition and read back", len(hashes))
+	return res, nil
 }
 
 func (a *Agent) backup(ctx context.Context, pr *contract.PollResponse, meter *Meter) (*BackupResult, error) {
@@ -563,4 +618,9 @@ func (t *trailerBody) Read(p []byte) (int, error) {
 		t.once.Do(t.done)
 	}
 	return n, err
+}
+
+func sha256Hex(b []byte) string {
+	s := sha256.Sum256(b)
+	return hex.EncodeToString(s[:])
 }

@@ -9,6 +9,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"github.com/cm4bench/cm4bench/internal/contract"
 	"hash"
 	"io"
 	"os"
@@ -99,6 +100,9 @@ type DeployResult struct {
 	// Where the time went: streaming (download, decompress, hash, write),
 	// fsync and first MiB, read-back verification.
 	StreamSeconds, SyncSeconds, VerifySeconds float64
+	// Files are the per-device files written into the boot partition after
+	// the image verified, as read back (recipe deploys).
+	Files []contract.FileHash
 }
 
 // DeployOptions tunes Deploy.

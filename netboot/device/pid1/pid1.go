@@ -255,6 +255,16 @@ func Reboot() error {
 	return nil
 }
 
+// PowerOff syncs and powers the machine off (PID 1 only): a recipe's
+// "after: poweroff", so the board is ready to pack.
+func PowerOff() error {
+	unix.Sync()
+	if err := unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF); err != nil {
+		return fmt.Errorf("pid1: power off: %w", err)
+	}
+	return nil
+}
+
 // Console opens /dev/console for output, falling back to stdout.
 func Console() io.Writer {
 	f, err := os.OpenFile("/dev/console", os.O_WRONLY|unix.O_NOCTTY, 0)

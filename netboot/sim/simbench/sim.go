@@ -20,6 +20,10 @@ import (
 // as PID 1, it would reboot the board after a verified deploy.
 const AgentRebootExit = 3
 
+// AgentPowerOffExit is its exit status where it would power the board off
+// (a recipe's "after: poweroff"): the board stays off until power-cycled.
+const AgentPowerOffExit = 4
+
 // Sim powers on and runs every device of a bench until its context ends.
 type Sim struct {
 	// Bench is the bench to run; required.
@@ -244,6 +248,13 @@ func (s *Sim) runAgent(ctx context.Context, d *Device, out *pisim.Outcome, lg *s
 	switch {
 	case werr == nil:
 		d.update(func(st *Status) { st.AgentExit = "exited 0" })
+	case errors.As(werr, &ee) && ee.ExitCode() == AgentPowerOffExit:
+		d.update(func(st *Status) { st.AgentExit = "powered off after verified deploy" })
+		d.setState(StateOff)
+		s.changed(d)
+		lg.Info("agent powered the board off after a verified deploy")
+		<-ctx.Done() // off until the power is cycled
+		return
 	case errors.As(werr, &ee) && ee.ExitCode() == AgentRebootExit:
 		d.update(func(st *Status) { st.AgentExit = "reboot after verified deploy" })
 		lg.Info("agent rebooted the board after a verified deploy")
