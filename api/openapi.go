@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/cm4bench/cm4bench/api/recipe"
-	"github.com/cm4bench/cm4bench/api/store"
 	"github.com/cm4bench/cm4bench/internal/contract"
 	"github.com/gin-gonic/gin"
 )
@@ -64,10 +63,10 @@ func apiOps() []op {
 		{method: "POST", path: "/api/v1/images", tag: "technician", admin: true, summary: "Upload an image (raw body; ?name=X.img[.gz|.xz|.zst])", params: []param{{"name", "query", "file name with its format extension"}}, bodyType: "application/octet-stream", resp: contract.Image{}, status: 201},
 		{method: "DELETE", path: "/api/v1/images/{name}", tag: "technician", admin: true, summary: "Delete a library image (not the --image file, not the bench default)", params: []param{{"name", "path", "image name"}}, resp: map[string]string{}},
 		{method: "POST", path: "/api/v1/devices/{mac}/power-cycle", tag: "technician", admin: true, summary: "Cut and restore the board's power through serve --power-command (501 without one, 502 if the switch failed)", params: []param{{"mac", "path", "MAC or serial"}}, resp: contract.PowerCycled{}},
-		{method: "GET", path: "/api/v1/recipes", tag: "line", admin: true, summary: "Recipes (latest versions) with the state of their pools; ?format=yaml exports them as cm4bench recipe apply reads them", resp: []RecipeInfo{}},
+		{method: "GET", path: "/api/v1/recipes", tag: "line", admin: true, summary: "Recipes (latest versions) with the state of their pools; ?format=yaml exports them as cm4bench recipe apply reads them", resp: []recipe.Info{}},
 		{method: "PUT", path: "/api/v1/recipes", tag: "line", admin: true, summary: "Apply a YAML file of recipes (unknown keys refused; all checked before any is stored; an edit of a used version makes a new version)", bodyType: "application/yaml", resp: []contract.RecipeApplied{}},
-		{method: "GET", path: "/api/v1/recipes/{name}", tag: "line", admin: true, summary: "One recipe (?version=N, default the latest; ?format=yaml)", params: []param{{"name", "path", "recipe name"}}, resp: RecipeInfo{}},
-		{method: "GET", path: "/api/v1/recipes/{name}/values", tag: "line", admin: true, summary: "Which board got which pool value, and its state", params: []param{{"name", "path", "recipe name"}}, resp: []store.PoolValueRow{}},
+		{method: "GET", path: "/api/v1/recipes/{name}", tag: "line", admin: true, summary: "One recipe (?version=N, default the latest; ?format=yaml)", params: []param{{"name", "path", "recipe name"}}, resp: recipe.Info{}},
+		{method: "GET", path: "/api/v1/recipes/{name}/values", tag: "line", admin: true, summary: "Which board got which pool value, and its state", params: []param{{"name", "path", "recipe name"}}, resp: []contract.PoolRecord{}},
 		{method: "GET", path: "/api/v1/rules", tag: "line", admin: true, summary: "The ordered rule list (?format=yaml)", resp: recipe.RuleSet{}},
 		{method: "PUT", path: "/api/v1/rules", tag: "line", admin: true, summary: "Replace the rule list from YAML (every rule's recipe must exist)", bodyType: "application/yaml", resp: recipe.RuleSet{}},
 		{method: "GET", path: "/api/v1/armed", tag: "line", admin: true, summary: "Whether auto rules start deploys on their own", resp: contract.Armed{}},

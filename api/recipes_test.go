@@ -9,7 +9,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/cm4bench/cm4bench/api/store"
 	"github.com/cm4bench/cm4bench/internal/contract"
 	"github.com/cm4bench/cm4bench/netboot/bootfs/bootfstest"
 )
@@ -179,7 +178,7 @@ func TestRecipesRulesAndZeroClick(t *testing.T) {
 	if a := finish(m2, true); a.State != contract.StateFailed || !strings.Contains(a.Error, "serial.txt read back as") {
 		t.Errorf("m2 with a wrong file hash: %s %q", a.State, a.Error)
 	}
-	var vals []store.PoolValueRow
+	var vals []contract.PoolRecord
 	b.admin("GET", "/api/v1/recipes/line-a/values", nil, 200, &vals)
 	states := map[string]string{}
 	for _, v := range vals {

@@ -24,12 +24,6 @@ import (
 // certificates).
 const maxRecipeBody = 8 << 20
 
-// RecipeInfo is a recipe with the state of its pools (GET /api/v1/recipes).
-type RecipeInfo struct {
-	recipe.Recipe
-	PoolStates []store.PoolCount `json:"pool_states"`
-}
-
 func (s *Server) readBody(c *gin.Context) ([]byte, error) {
 	b, err := io.ReadAll(io.LimitReader(c.Request.Body, maxRecipeBody+1))
 	if err != nil {
@@ -121,6 +115,11 @@ func (s *Server) handlePutRecipes(c *gin.Context) error {
 	}
 	ctx := c.Request.Context()
 	for _, r := range rs {
+		for _, p := range r.Pools {
+			if p.Unresolved() {
+				return httpErr(http.StatusBadRequest, "recipe %s, pool %s names a file (csv/dir): apply it with `cm4bench recipe apply -f`, which reads the file", r.Name, p.Name)
+			}
+		}
 		if _, err := s.checkRecipeImage(ctx, r); err != nil {
 			return err
 		}
@@ -146,13 +145,13 @@ func (s *Server) handleRecipes(c *gin.Context) error {
 	if err != nil {
 		return err
 	}
-	out := make([]RecipeInfo, 0, len(rs))
+	out := make([]recipe.Info, 0, len(rs))
 	for _, r := range rs {
 		pc, err := s.Store.PoolCounts(c, r.Name)
 		if err != nil {
 			return err
 		}
-		out = append(out, RecipeInfo{Recipe: r, PoolStates: pc})
+		out = append(out, recipe.Info{Recipe: r, PoolStates: pc})
 	}
 	if c.Query("format") == "yaml" {
 		b, err := recipe.MarshalRecipes(rs)
@@ -194,7 +193,7 @@ func (s *Server) handleRecipe(c *gin.Context) error {
 	if err != nil {
 		return err
 	}
-	writeJSON(c.Writer, http.StatusOK, RecipeInfo{Recipe: r, PoolStates: pc})
+	writeJSON(c.Writer, http.StatusOK, recipe.Info{Recipe: r, PoolStates: pc})
 	return nil
 }
 
@@ -204,7 +203,7 @@ func (s *Server) handleRecipeValues(c *gin.Context) error {
 		return err
 	}
 	if rows == nil {
-		rows = []store.PoolValueRow{}
+		rows = []contract.PoolRecord{}
 	}
 	writeJSON(c.Writer, http.StatusOK, rows)
 	return nil

@@ -38,6 +38,12 @@ type Recipe struct {
 	Label string `yaml:"label,omitempty" json:"label,omitempty"`
 }
 
+// Info is a recipe with the state of its pools (GET /api/v1/recipes).
+type Info struct {
+	Recipe
+	PoolStates []contract.PoolState `json:"pool_states"`
+}
+
 // Requires are facts checked before anything is written. The eMMC must
 // always hold the image; these add to that.
 type Requires struct {
@@ -79,7 +85,16 @@ type Pool struct {
 	Values    []string          `yaml:"values,omitempty" json:"values,omitempty"` // list
 	Files     map[string]string `yaml:"files,omitempty" json:"files,omitempty"`   // files: serial -> content
 	OnFailure string            `yaml:"on_failure,omitempty" json:"on_failure,omitempty"`
+	// CSV (a list pool) and Dir (a files pool) name a file or folder next
+	// to the YAML file; `cm4bench recipe apply` reads them into Values and
+	// Files (Resolve) before sending, so the server never reads client paths.
+	CSV    string `yaml:"csv,omitempty" json:"csv,omitempty"`
+	Column string `yaml:"column,omitempty" json:"column,omitempty"` // CSV column by header name (default: the first)
+	Dir    string `yaml:"dir,omitempty" json:"dir,omitempty"`
 }
+
+// Unresolved reports whether a pool still names a CSV file or a folder.
+func (p *Pool) Unresolved() bool { return p.CSV != "" || p.Dir != "" }
 
 // Rule modes.
 const (
@@ -264,6 +279,9 @@ func (p *Pool) Check() error {
 	}
 	switch p.Kind {
 	case PoolCounter:
+		if p.Unresolved() {
+			return fmt.Errorf("pool %q: a counter takes no csv or dir", p.Name)
+		}
 		if p.Format == "" {
 			p.Format = "%d"
 		}
@@ -274,8 +292,8 @@ func (p *Pool) Check() error {
 			return fmt.Errorf("pool %q: format %q does not format a number: %s", p.Name, p.Format, s)
 		}
 	case PoolList:
-		if len(p.Files) > 0 || p.Format != "" {
-			return fmt.Errorf("pool %q: a list takes values only", p.Name)
+		if len(p.Files) > 0 || p.Format != "" || p.Dir != "" {
+			return fmt.Errorf("pool %q: a list takes values (or csv: FILE) only", p.Name)
 		}
 		seen := map[string]bool{}
 		for _, v := range p.Values {
@@ -285,8 +303,8 @@ func (p *Pool) Check() error {
 			seen[v] = true
 		}
 	case PoolFiles:
-		if len(p.Values) > 0 || p.Format != "" {
-			return fmt.Errorf("pool %q: a files pool takes files keyed by serial only", p.Name)
+		if len(p.Values) > 0 || p.Format != "" || p.CSV != "" {
+			return fmt.Errorf("pool %q: a files pool takes files keyed by serial (or dir: FOLDER) only", p.Name)
 		}
 		for k := range p.Files {
 			if !contract.LooksLikeSerial(k) {

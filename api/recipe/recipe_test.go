@@ -48,6 +48,9 @@ func readSample(t *testing.T) []Recipe {
 	if err != nil {
 		t.Fatalf("the sample recipe: %v", err)
 	}
+	if err := Resolve(rs, "../../testdata/recipes"); err != nil {
+		t.Fatalf("resolve the sample's CSV: %v", err)
+	}
 	return rs
 }
 
@@ -234,4 +237,39 @@ func FuzzParseRules(f *testing.F) {
 			r.Match.Why("dc:a6:32:00:00:01", &contract.Facts{Serial: "10000abc", EMMCBytes: 1 << 34, Bootloader: "(2024-01-01)"})
 		}
 	})
+}
+
+func TestResolve(t *testing.T) {
+	dir := t.TempDir()
+	os.WriteFile(dir+"/macs.csv", []byte("serial,mac\nS1,dc:a6:32:00:00:01\nS2,\"dc:a6:32:00:00:02\"\n"), 0o644)
+	os.Mkdir(dir+"/certs", 0o755)
+	os.WriteFile(dir+"/certs/10000abc.pem", []byte("CERT A"), 0o644)
+	os.WriteFile(dir+"/certs/10000ABD.crt", []byte("CERT B"), 0o644)
+	rs := []Recipe{{Name: "r", Pools: []Pool{
+		{Name: "macs", Kind: PoolList, CSV: "macs.csv", Column: "MAC"},
+		{Name: "certs", Kind: PoolFiles, Dir: "certs"},
+	}}}
+	if err := Resolve(rs, dir); err != nil {
+		t.Fatal(err)
+	}
+	if p := rs[0].Pools[0]; !reflect.DeepEqual(p.Values, []string{"dc:a6:32:00:00:01", "dc:a6:32:00:00:02"}) || p.CSV != "" {
+		t.Errorf("csv pool %+v", p)
+	}
+	if p := rs[0].Pools[1]; p.Files["10000abc"] != "CERT A" || p.Files["10000abd"] != "CERT B" || p.Dir != "" {
+		t.Errorf("files pool %+v", p)
+	}
+	os.WriteFile(dir+"/certs/board-7.pem", []byte("x"), 0o644)
+	for _, tc := range []struct {
+		p    Pool
+		want string
+	}{
+		{Pool{Name: "p", Kind: PoolList, CSV: "macs.csv", Column: "imei"}, `no column "imei"`},
+		{Pool{Name: "p", Kind: PoolList, CSV: "missing.csv"}, "no such file"},
+		{Pool{Name: "p", Kind: PoolFiles, Dir: "certs"}, "board-7.pem is not named by a board serial"},
+	} {
+		err := Resolve([]Recipe{{Name: "r", Pools: []Pool{tc.p}}}, dir)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%+v: %v, want %q", tc.p, err, tc.want)
+		}
+	}
 }

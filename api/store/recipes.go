@@ -225,24 +225,15 @@ func (s *Store) Recipes(ctx context.Context) ([]recipe.Recipe, error) {
 	return out, rows.Err()
 }
 
-// PoolCount is how many values of a pool are in each state.
-type PoolCount struct {
-	Recipe string         `json:"recipe"`
-	Pool   string         `json:"pool"`
-	Kind   string         `json:"kind"`
-	Next   int64          `json:"next,omitempty"` // counters: the next number
-	States map[string]int `json:"states"`         // free, allocated, used, retired
-}
-
 // PoolCounts reports the pools of a recipe.
-func (s *Store) PoolCounts(ctx context.Context, rname string) ([]PoolCount, error) {
+func (s *Store) PoolCounts(ctx context.Context, rname string) ([]contract.PoolState, error) {
 	rows, err := s.db.QueryContext(ctx, `SELECT name, kind, next FROM pools WHERE recipe = ? ORDER BY name`, rname)
 	if err != nil {
 		return nil, fmt.Errorf("store: pools: %w", err)
 	}
-	var out []PoolCount
+	var out []contract.PoolState
 	for rows.Next() {
-		pc := PoolCount{Recipe: rname, States: map[string]int{}}
+		pc := contract.PoolState{Recipe: rname, States: map[string]int{}}
 		rows.Scan(&pc.Pool, &pc.Kind, &pc.Next)
 		if pc.Kind != recipe.PoolCounter {
 			pc.Next = 0
@@ -479,16 +470,16 @@ func (s *Store) releaseValues(ctx context.Context, tx *sql.Tx, id string, ok boo
 
 // PoolValues lists who got what from a recipe's pools, in allocation order
 // (the history the records issue builds on).
-func (s *Store) PoolValues(ctx context.Context, rname string) ([]PoolValueRow, error) {
+func (s *Store) PoolValues(ctx context.Context, rname string) ([]contract.PoolRecord, error) {
 	rows, err := s.db.QueryContext(ctx, `SELECT pool, value, state, mac, action_id, changed FROM pool_values
 		WHERE recipe = ? AND state != 'free' ORDER BY pool, seq`, rname)
 	if err != nil {
 		return nil, fmt.Errorf("store: pool values: %w", err)
 	}
 	defer rows.Close()
-	var out []PoolValueRow
+	var out []contract.PoolRecord
 	for rows.Next() {
-		var r PoolValueRow
+		var r contract.PoolRecord
 		var aid, changed int64
 		if err := rows.Scan(&r.Pool, &r.Value, &r.State, &r.MAC, &aid, &changed); err != nil {
 			return nil, err
@@ -497,13 +488,4 @@ func (s *Store) PoolValues(ctx context.Context, rname string) ([]PoolValueRow, e
 		out = append(out, r)
 	}
 	return out, rows.Err()
-}
-
-// PoolValueRow is one value that was handed out.
-type PoolValueRow struct {
-	Pool     string `json:"pool"`
-	Value    string `json:"value"`
-	State    string `json:"state"`
-	MAC      string `json:"mac"`
-	ActionID string `json:"action_id"`
 }

@@ -373,6 +373,26 @@ type SetActionRequest struct {
 	Rule   string `json:"rule,omitempty"`
 }
 
+// PoolState is how many values of a recipe's pool are in each state
+// (free, allocated, used, retired).
+type PoolState struct {
+	Recipe string         `json:"recipe"`
+	Pool   string         `json:"pool"`
+	Kind   string         `json:"kind"`
+	Next   int64          `json:"next,omitempty"` // counters: the next number
+	States map[string]int `json:"states"`
+}
+
+// PoolRecord is one pool value that went to a board: the history of who
+// got what.
+type PoolRecord struct {
+	Pool     string `json:"pool"`
+	Value    string `json:"value"`
+	State    string `json:"state"`
+	MAC      string `json:"mac"`
+	ActionID string `json:"action_id"`
+}
+
 // Armed is the body of GET/PUT /api/v1/armed: whether auto rules start
 // deploys on their own.
 type Armed struct {
