@@ -23,6 +23,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/cm4bench/cm4bench/api/recipe"
 	"github.com/cm4bench/cm4bench/internal/contract"
 )
 
@@ -152,7 +153,10 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 
 func (c *Client) send(ctx context.Context, method, path string, in any) (*http.Response, error) {
 	var body io.Reader
-	if in != nil {
+	ctype := "application/json"
+	if r, ok := in.(Raw); ok {
+		body, ctype = bytes.NewReader(r.Data), r.ContentType
+	} else if in != nil {
 		b, err := json.Marshal(in)
 		if err != nil {
 			return nil, fmt.Errorf("client: encode request: %w", err)
@@ -164,7 +168,7 @@ func (c *Client) send(ctx context.Context, method, path string, in any) (*http.R
 		return nil, fmt.Errorf("client: %s %s: %w", method, path, err)
 	}
 	if in != nil {
-		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Content-Type", ctype)
 	}
 	req.Header.Set(contract.HeaderToken, "Bearer "+c.Token)
 	resp, err := c.http().Do(req)
@@ -196,6 +200,101 @@ func (c *Client) send(ctx context.Context, method, path string, in any) (*http.R
 }
 
 func esc(s string) string { return url.PathEscape(s) }
+
+// Raw is a request body sent as it is (a YAML file), not as JSON.
+type Raw struct {
+	Data        []byte
+	ContentType string
+}
+
+// getRaw returns the body of a GET (a YAML export).
+func (c *Client) getRaw(ctx context.Context, path string) ([]byte, error) {
+	resp, err := c.send(ctx, "GET", path, nil)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	if err != nil {
+		return nil, fmt.Errorf("client: GET %s: %w", path, err)
+	}
+	return b, nil
+}
+
+// ApplyRecipes sends a YAML file of recipes (pools already resolved).
+func (c *Client) ApplyRecipes(ctx context.Context, yaml []byte) ([]contract.RecipeApplied, error) {
+	var out []contract.RecipeApplied
+	return out, c.do(ctx, "PUT", "/api/v1/recipes", Raw{Data: yaml, ContentType: "application/yaml"}, &out)
+}
+
+// Recipes lists the latest version of every recipe with its pools.
+func (c *Client) Recipes(ctx context.Context) ([]recipe.Info, error) {
+	var out []recipe.Info
+	return out, c.do(ctx, "GET", "/api/v1/recipes", nil, &out)
+}
+
+// Recipe returns one recipe version (0 = the latest).
+func (c *Client) Recipe(ctx context.Context, name string, version int) (recipe.Info, error) {
+	var out recipe.Info
+	return out, c.do(ctx, "GET", "/api/v1/recipes/"+esc(name)+versionQuery(version, "?"), nil, &out)
+}
+
+// RecipesYAML exports recipes as YAML: one (name, version; 0 = latest) or,
+// with name "", the latest of all.
+func (c *Client) RecipesYAML(ctx context.Context, name string, version int) ([]byte, error) {
+	if name == "" {
+		return c.getRaw(ctx, "/api/v1/recipes?format=yaml")
+	}
+	return c.getRaw(ctx, "/api/v1/recipes/"+esc(name)+"?format=yaml"+versionQuery(version, "&"))
+}
+
+func versionQuery(v int, sep string) string {
+	if v <= 0 {
+		return ""
+	}
+	return sep + "version=" + strconv.Itoa(v)
+}
+
+// RecipeValues lists who got which value of a recipe's pools.
+func (c *Client) RecipeValues(ctx context.Context, name string) ([]contract.PoolRecord, error) {
+	var out []contract.PoolRecord
+	return out, c.do(ctx, "GET", "/api/v1/recipes/"+esc(name)+"/values", nil, &out)
+}
+
+// Rules returns the rule list.
+func (c *Client) Rules(ctx context.Context) (recipe.RuleSet, error) {
+	var out recipe.RuleSet
+	return out, c.do(ctx, "GET", "/api/v1/rules", nil, &out)
+}
+
+// RulesYAML exports the rule list as YAML.
+func (c *Client) RulesYAML(ctx context.Context) ([]byte, error) {
+	return c.getRaw(ctx, "/api/v1/rules?format=yaml")
+}
+
+// ApplyRules replaces the rule list from YAML.
+func (c *Client) ApplyRules(ctx context.Context, yaml []byte) (recipe.RuleSet, error) {
+	var out recipe.RuleSet
+	return out, c.do(ctx, "PUT", "/api/v1/rules", Raw{Data: yaml, ContentType: "application/yaml"}, &out)
+}
+
+// Armed reports the bench's armed switch.
+func (c *Client) Armed(ctx context.Context) (bool, error) {
+	var a contract.Armed
+	err := c.do(ctx, "GET", "/api/v1/armed", nil, &a)
+	return a.Armed, err
+}
+
+// SetArmed arms or disarms the bench.
+func (c *Client) SetArmed(ctx context.Context, on bool) error {
+	return c.do(ctx, "PUT", "/api/v1/armed", contract.Armed{Armed: on}, nil)
+}
+
+// DeployRecipe starts a deploy of a recipe's latest version on a board.
+func (c *Client) DeployRecipe(ctx context.Context, mac, name string) (contract.Action, error) {
+	var a contract.Action
+	return a, c.do(ctx, "POST", "/api/v1/devices/"+esc(mac)+"/action", contract.SetActionRequest{Action: contract.ActionDeploy, Recipe: name}, &a)
+}
 
 // Status returns the server status.
 func (c *Client) Status(ctx context.Context) (contract.Status, error) {

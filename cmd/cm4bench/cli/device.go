@@ -244,6 +244,7 @@ type deviceActionOptions struct {
 	api     *apiOptions
 	action  string
 	image   string
+	recipe  string
 	wait    bool
 	timeout time.Duration
 }
@@ -259,7 +260,9 @@ func newDeviceActionCmd(a *apiOptions, action string) *cobra.Command {
 	}
 	if action == contract.ActionDeploy {
 		cmd.Short = "Write an image to the eMMC of one or more boards"
-		cmd.Flags().StringVar(&o.image, "image", "", "image name (default: each board's assigned image, else the server's --image)")
+		cmd.Flags().StringVar(&o.image, "image", "", "image name (default: each board's assigned image, else the bench default)")
+		cmd.Flags().StringVar(&o.recipe, "recipe", "", "deploy this recipe's latest version instead of a plain image: its per-device files and pool values too")
+		cmd.MarkFlagsMutuallyExclusive("image", "recipe")
 	} else if action == contract.ActionBackup {
 		cmd.Short = "Read the eMMC of one or more boards to the server"
 	} else {
@@ -275,8 +278,17 @@ func (o *deviceActionOptions) run(ctx context.Context, args []string, asJSON boo
 	if err != nil {
 		return err
 	}
-	acts, err := c.SetActions(ctx, macs, o.action, o.image)
-	if err != nil {
+	var acts []contract.Action
+	if o.recipe != "" {
+		// One board at a time: each gets its own pool values.
+		for _, m := range macs {
+			a, err := c.DeployRecipe(ctx, m, o.recipe)
+			if err != nil {
+				return fmt.Errorf("device deploy --recipe %s: %s: %w", o.recipe, m, err)
+			}
+			acts = append(acts, a)
+		}
+	} else if acts, err = c.SetActions(ctx, macs, o.action, o.image); err != nil {
 		return fmt.Errorf("device %s: %w", o.action, err)
 	}
 	if !o.wait {
@@ -287,6 +299,9 @@ func (o *deviceActionOptions) run(ctx context.Context, args []string, asJSON boo
 			img := ""
 			if a.Image != "" {
 				img = " of " + a.Image
+			}
+			if a.Recipe != "" {
+				img = fmt.Sprintf(" of recipe %s v%d", a.Recipe, a.RecipeVersion)
 			}
 			fmt.Fprintf(out, "%s: %s%s requested (action %s); it runs when the board netboots and polls\n", a.MAC, a.Type, img, a.ID)
 		}

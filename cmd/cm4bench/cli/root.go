@@ -98,6 +98,7 @@ as the Seeed reTerminal) from one workstation with a USB cable and an Ethernet s
 		&cobra.Group{ID: "usb", Title: "USB boot:"},
 		&cobra.Group{ID: "eeprom", Title: "Bootloader EEPROM:"},
 		&cobra.Group{ID: "net", Title: "Network provisioning:"},
+		&cobra.Group{ID: "line", Title: "Production line:"},
 		&cobra.Group{ID: "bench", Title: "Workstation:"},
 	)
 	for _, c := range []struct {
@@ -110,6 +111,8 @@ as the Seeed reTerminal) from one workstation with a USB cable and an Ethernet s
 		{"net", newNetbootCmd()},
 		{"net", newDeviceCmd()},
 		{"net", newImageCmd()},
+		{"line", newRecipeCmd()},
+		{"line", newRuleCmd()},
 		{"net", newBackupCmd()},
 		{"net", newSimCmd()},
 		{"bench", newDoctorCmd(usb)},
