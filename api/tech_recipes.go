@@ -113,22 +113,33 @@ func (s *Server) handlePutRecipes(c *gin.Context) error {
 	if err != nil {
 		return httpErr(http.StatusBadRequest, "%v", err)
 	}
-	ctx := c.Request.Context()
+	out, err := s.ApplyRecipes(c.Request.Context(), rs)
+	if err != nil {
+		return err
+	}
+	writeJSON(c.Writer, http.StatusOK, out)
+	return nil
+}
+
+// ApplyRecipes stores parsed recipes (their csv/dir pools resolved) after
+// checking every one against the image library: all or nothing. serve
+// --recipes calls it at start; PUT /api/v1/recipes for each file.
+func (s *Server) ApplyRecipes(ctx context.Context, rs []recipe.Recipe) ([]contract.RecipeApplied, error) {
 	for _, r := range rs {
 		for _, p := range r.Pools {
 			if p.Unresolved() {
-				return httpErr(http.StatusBadRequest, "recipe %s, pool %s names a file (csv/dir): apply it with `cm4bench recipe apply -f`, which reads the file", r.Name, p.Name)
+				return nil, httpErr(http.StatusBadRequest, "recipe %s, pool %s names a file (csv/dir): apply it with `cm4bench recipe apply -f`, which reads the file", r.Name, p.Name)
 			}
 		}
 		if _, err := s.checkRecipeImage(ctx, r); err != nil {
-			return err
+			return nil, err
 		}
 	}
 	out := []contract.RecipeApplied{}
 	for _, r := range rs {
 		got, changed, err := s.Store.PutRecipe(ctx, r)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		out = append(out, contract.RecipeApplied{Name: got.Name, Version: got.Version, Changed: changed})
 		if changed {
@@ -136,7 +147,22 @@ func (s *Server) handlePutRecipes(c *gin.Context) error {
 				Fields: map[string]any{"recipe": got.Name, "version": got.Version}})
 		}
 	}
-	writeJSON(c.Writer, http.StatusOK, out)
+	return out, nil
+}
+
+// ApplyRules replaces the rule list; every rule must name a stored recipe.
+func (s *Server) ApplyRules(ctx context.Context, rs recipe.RuleSet) error {
+	for _, r := range rs.Rules {
+		if _, err := s.Store.Recipe(ctx, r.Recipe, 0); errors.Is(err, store.ErrNotFound) {
+			return httpErr(http.StatusUnprocessableEntity, "rule %s names recipe %s, which does not exist: apply it first", r.Name, r.Recipe)
+		} else if err != nil {
+			return err
+		}
+	}
+	if err := s.Store.SetRules(ctx, rs); err != nil {
+		return err
+	}
+	s.emit(ctx, contract.Event{Kind: contract.EventRulesSet, Message: fmt.Sprintf("%d rules set", len(rs.Rules)), Fields: map[string]any{"rules": len(rs.Rules)}})
 	return nil
 }
 
@@ -240,17 +266,9 @@ func (s *Server) handlePutRules(c *gin.Context) error {
 	if err != nil {
 		return httpErr(http.StatusBadRequest, "%v", err)
 	}
-	for _, r := range rs.Rules {
-		if _, err := s.Store.Recipe(c, r.Recipe, 0); errors.Is(err, store.ErrNotFound) {
-			return httpErr(http.StatusUnprocessableEntity, "rule %s names recipe %s, which does not exist: apply it first", r.Name, r.Recipe)
-		} else if err != nil {
-			return err
-		}
-	}
-	if err := s.Store.SetRules(c, rs); err != nil {
+	if err := s.ApplyRules(c.Request.Context(), rs); err != nil {
 		return err
 	}
-	s.emit(c, contract.Event{Kind: contract.EventRulesSet, Message: fmt.Sprintf("%d rules set", len(rs.Rules)), Fields: map[string]any{"rules": len(rs.Rules)}})
 	if rs.Rules == nil {
 		rs.Rules = []recipe.Rule{}
 	}

@@ -20,6 +20,7 @@
 package serve
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -39,6 +40,7 @@ import (
 
 	"github.com/cm4bench/cm4bench/api"
 	"github.com/cm4bench/cm4bench/api/images"
+	"github.com/cm4bench/cm4bench/api/recipe"
 	"github.com/cm4bench/cm4bench/api/store"
 	"github.com/cm4bench/cm4bench/internal/atomicfile"
 	"github.com/cm4bench/cm4bench/internal/contract"
@@ -117,6 +119,10 @@ type Config struct {
 	PowerCommand string
 	// Image is the golden default image (.img, .img.gz, .img.xz, .img.zst).
 	Image string
+	// RecipeFiles are recipe YAML files applied at start, and RulesFile the
+	// rule list (cm4bench recipe/rule apply, from files).
+	RecipeFiles []string
+	RulesFile   string
 	// NoDHCP and NoTFTP leave those servers out (HTTP-only use, or a bench
 	// with another netboot server).
 	NoDHCP, NoTFTP bool
@@ -217,7 +223,47 @@ func New(ctx context.Context, cfg Config) (*Bench, error) {
 		b.srv.Power = &powerswitch.Command{Shell: cfg.PowerCommand, Logger: cfg.Logger}
 	}
 	b.srv.EventMaxAge, b.srv.EventMaxCount = cfg.EventMaxAge, cfg.EventMaxCount
+	if err := b.applyLine(ctx); err != nil {
+		st.Close()
+		return nil, err
+	}
 	return b, nil
+}
+
+// applyLine applies --recipes files and the --rules file at start, so a
+// bench's line lives in files (kept in git) and comes back with the
+// service. Anything wrong stops the start with the reason.
+func (b *Bench) applyLine(ctx context.Context) error {
+	for _, f := range b.cfg.RecipeFiles {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			return fmt.Errorf("serve: --recipes: %w", err)
+		}
+		rs, err := recipe.ParseRecipes(bytes.NewReader(data))
+		if err != nil {
+			return fmt.Errorf("serve: --recipes %s: %w", f, err)
+		}
+		if err := recipe.Resolve(rs, filepath.Dir(f)); err != nil {
+			return fmt.Errorf("serve: --recipes %s: %w", f, err)
+		}
+		if _, err := b.srv.ApplyRecipes(ctx, rs); err != nil {
+			return fmt.Errorf("serve: --recipes %s: %w", f, err)
+		}
+	}
+	if b.cfg.RulesFile != "" {
+		data, err := os.ReadFile(b.cfg.RulesFile)
+		if err != nil {
+			return fmt.Errorf("serve: --rules: %w", err)
+		}
+		rs, err := recipe.ParseRules(bytes.NewReader(data))
+		if err != nil {
+			return fmt.Errorf("serve: --rules %s: %w", b.cfg.RulesFile, err)
+		}
+		if err := b.srv.ApplyRules(ctx, rs); err != nil {
+			return fmt.Errorf("serve: --rules %s: %w", b.cfg.RulesFile, err)
+		}
+	}
+	return nil
 }
 
 func checkImage(p string) error {
