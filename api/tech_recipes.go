@@ -340,6 +340,9 @@ func (r *refusals) get(mac string) string {
 
 // match says which rule matches the board and why, for its card.
 func (s *Server) match(rs recipe.RuleSet, armed bool, d *contract.Device) {
+	if len(rs.Rules) == 0 {
+		return // a bench without rules: nothing to say
+	}
 	r, why, ok := rs.First(d.MAC, d.Facts)
 	if !ok {
 		d.Match = &contract.Match{Why: why}

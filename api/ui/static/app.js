@@ -99,7 +99,7 @@
   }
   const PHASES = {
     download: "downloading", write: "writing eMMC", verify: "verifying", read: "reading eMMC",
-    upload: "uploading", erase: "erasing", sync: "flushing", hash: "hashing", boot: "booting",
+    upload: "uploading", customise: "writing per-device files", erase: "erasing", sync: "flushing", hash: "hashing", boot: "booting",
   };
   const STATE_ICONS = { done: "✓", failed: "✗", running: "▶", pending: "…", offline: "–", idle: "" };
   const STATE_WORDS = {
@@ -179,6 +179,7 @@
     $("#app").hidden = true;
     $("#top-controls").hidden = true;
     $("#netboot-off-banner").hidden = true;
+    $("#armed-banner").hidden = true;
     hideRival();
     $("#login").hidden = false;
     const err = $("#login-error");
@@ -259,7 +260,7 @@
     $("#app").hidden = false;
     $("#top-controls").hidden = false;
     applyStatus(st);
-    await Promise.allSettled([loadImages(), loadDevices(), loadBackups(), loadHistory()]);
+    await Promise.allSettled([loadImages(), loadDevices(), loadBackups(), loadHistory(), loadLine()]);
     connect();
     clearInterval(S.refreshTimer);
     S.refreshTimer = setInterval(periodic, REFRESH_MS);
@@ -285,6 +286,7 @@
     let nb = pick(st, "netboot", "netboot_enabled", "global_netboot");
     if (nb && typeof nb === "object") nb = pick(nb, "enabled");
     if (typeof nb === "boolean") setSwitch(nb);
+    setArmed(!!pick(st, "armed"));
     // The server omits rival_dhcp when it has seen none.
     const rivals = pick(st, "rival_dhcp", "rivals", "dhcp_rivals") || [];
     const list = (Array.isArray(rivals) ? rivals : [rivals]).filter(Boolean).map(r =>
@@ -292,6 +294,144 @@
     if (list.length) showRival(list.join("; "), 0);
     else if (Date.now() > S.rivalUntil) hideRival();
   }
+  function setArmed(on) {
+    if (S.status) S.status.armed = on;
+    const sw = $("#armed-switch");
+    sw.setAttribute("aria-checked", on ? "true" : "false");
+    const state = $("#armed-state");
+    state.textContent = on ? "ARMED" : "Off";
+    state.dataset.armed = on ? "true" : "false";
+    $("#armed-banner").hidden = !on || !S.loggedIn;
+    sw.title = on ? "Armed: auto rules start deploys with no click. Click to disarm."
+      : "Not armed: auto rules wait. Click to arm.";
+    for (const [mac, d] of S.devices) renderDevice(S.cards.get(mac), d);
+  }
+  async function onArmed() {
+    const on = !(S.status && S.status.armed);
+    if (on) {
+      const waiting = [...S.devices.values()].filter(d => {
+        const m = pick(d, "match") || {};
+        return m.mode === "auto" && deviceState(d) === "idle";
+      }).length;
+      if (!(await confirmDialog("Arm the bench?",
+        "From now on, every board an auto rule matches is overwritten the moment it netboots, with no click" +
+        (waiting ? ", starting with the " + waiting + (waiting === 1 ? " board" : " boards") + " waiting now." : "."), "Arm"))) return;
+    }
+    try {
+      await api("PUT", "/api/v1/armed", { armed: on });
+      setArmed(on);
+      loadDevices();
+    } catch (e) {
+      showError(on ? "Could not arm the bench" : "Could not disarm the bench", e);
+    }
+  }
+
+  // ---------- recipes and rules ----------
+  async function loadLine() {
+    let recipes = [], rules = { rules: [] };
+    try {
+      [recipes, rules] = await Promise.all([api("GET", "/api/v1/recipes"), api("GET", "/api/v1/rules")]);
+    } catch (e) {
+      if (e.status !== 401) showError("Could not list the recipes and rules", e);
+      return;
+    }
+    S.recipes = recipes || [];
+    const rows = $("#recipe-rows");
+    rows.textContent = "";
+    for (const r of S.recipes) {
+      const tr = el("tr", { "data-testid": "recipe-row", "data-name": r.name });
+      const name = el("td");
+      name.append(el("strong", {}, r.name), " ", el("span", { class: "tag quiet" }, "v" + r.version));
+      tr.append(name, el("td", { class: "mono" }, r.image));
+      const pools = (r.pool_states || []).map(p => {
+        const st = p.states || {};
+        if (p.kind === "counter") return p.pool + ": next " + p.next;
+        return p.pool + ": " + (st.free || 0) + " left" + (st.used ? ", " + st.used + " used" : "");
+      });
+      tr.append(el("td", { class: "small" }, pools.join("; ") || "–"));
+      const act = el("td", { class: "actions" });
+      const edit = el("button", { type: "button", class: "btn", "data-testid": "recipe-edit", "aria-label": "Edit recipe " + r.name }, "Edit");
+      edit.addEventListener("click", async () => {
+        try {
+          const res = await fetch("/api/v1/recipes/" + encodeURIComponent(r.name) + "?format=yaml", { credentials: "same-origin" });
+          if (!res.ok) throw new APIError(res.status, await res.text());
+          openEditor("Recipe " + r.name + " (saving an edit of a version boards used makes version " + (r.version + 1) + ")", await res.text(), "recipes");
+        } catch (e) { showError("Could not load recipe " + r.name, e); }
+      });
+      act.append(edit);
+      tr.append(act);
+      rows.append(tr);
+    }
+    $("#recipes").hidden = S.recipes.length === 0;
+    $("#no-recipes").hidden = S.recipes.length !== 0;
+    const list = $("#rules-list");
+    list.textContent = "";
+    for (const r of (rules && rules.rules) || []) {
+      const li = el("li", { "data-testid": "rule-item" });
+      li.append(el("strong", {}, r.name), " → " + r.recipe + " (" + r.mode + ")");
+      list.append(li);
+    }
+  }
+  function openEditor(title, text, kind) {
+    const f = $("#yaml-editor");
+    f.dataset.kind = kind;
+    $("#yaml-title").textContent = title;
+    $("#yaml-text").value = text;
+    $("#yaml-error").hidden = true;
+    f.hidden = false;
+    $("#yaml-text").focus();
+  }
+  async function onEditorSave(ev) {
+    ev.preventDefault();
+    const f = $("#yaml-editor");
+    const kind = f.dataset.kind;
+    const err = $("#yaml-error");
+    try {
+      const res = await fetch("/api/v1/" + kind, { method: "PUT", credentials: "same-origin",
+        headers: { "Content-Type": "application/yaml" }, body: $("#yaml-text").value });
+      const text = await res.text();
+      if (!res.ok) {
+        let msg = text;
+        try { msg = JSON.parse(text).error || text; } catch { /* plain text */ }
+        err.textContent = "Not saved, nothing changed: " + msg;
+        err.hidden = false;
+        return;
+      }
+      f.hidden = true;
+      loadLine();
+      loadDevices();
+    } catch (e) {
+      err.textContent = "Not saved: the bench server did not answer.";
+      err.hidden = false;
+    }
+  }
+  async function onRulesEdit() {
+    try {
+      const res = await fetch("/api/v1/rules?format=yaml", { credentials: "same-origin" });
+      openEditor("Rules (first match wins)", await res.text(), "rules");
+    } catch (e) { showError("Could not load the rules", e); }
+  }
+  function onRecipeNew() {
+    const img = defaultImageName() || "IMAGE.img";
+    const im = S.images.find(i => pick(i, "name", "Name") === img);
+    const sha = (im && pick(im, "sha256", "SHA256")) || "SHA256-OF-THE-IMAGE";
+    openEditor("New recipe", `name: line-a
+image: ${img}
+sha256: ${sha}
+after: reboot            # or poweroff, hold
+pools:
+  - name: hostnames
+    kind: counter
+    format: line-a-%04d
+    start: 1
+files:
+  - path: user-data
+    template: |
+      #cloud-config
+      hostname: {{ pool "hostnames" }}
+`, "recipes");
+  }
+
   function setSwitch(on) {
     if (S.status) S.status.netboot = on;
     for (const [mac, d] of S.devices) renderDevice(S.cards.get(mac), d);
@@ -633,12 +773,44 @@
     hint.hidden = !why;
     hint.textContent = why;
     card.querySelector("[data-act=cancel]").hidden = !busy;
+    renderRule(card, d, busy);
     const nbBtn = card.querySelector("[data-act=netboot]");
     nbBtn.textContent = nbOn ? "Disable netboot" : "Enable netboot";
     nbBtn.setAttribute("aria-label", (nbOn ? "Disable netboot for " : "Enable netboot for ") + mac);
     card.querySelector("[data-act=deploy]").setAttribute("aria-label", "Deploy " + mac);
     card.querySelector("[data-act=backup]").setAttribute("aria-label", "Backup " + mac);
     card.querySelector("[data-act=cancel]").setAttribute("aria-label", "Cancel action on " + mac);
+  }
+  // renderRule says which rule matched the board and why, and offers an
+  // ask rule's recipe as a button.
+  function renderRule(card, d, busy) {
+    const box = card.querySelector("[data-testid=device-rule]");
+    const m = pick(d, "match");
+    const act = currentAction(d);
+    const recipe = act && pick(act, "recipe");
+    const ask = card.querySelector("[data-act=ask]");
+    if (!m && !recipe) { box.hidden = true; return; }
+    box.hidden = false;
+    let line = "", why = (m && m.why) || "";
+    if (recipe && (busy || deviceState(d) === "done")) {
+      line = "Recipe " + recipe + " v" + pick(act, "recipe_version") + (pick(act, "rule") ? " (rule " + pick(act, "rule") + ")" : " (started by hand)");
+      why = "";
+    } else if (m && m.rule) {
+      line = "Rule " + m.rule + " → " + m.recipe + (m.version ? " v" + m.version : "") + " · " + m.mode;
+    } else {
+      line = "No rule matches: waits for a technician.";
+      why = "";
+    }
+    box.dataset.kind = m && m.rule ? m.mode : "none";
+    card.querySelector("[data-field=rule]").textContent = line;
+    card.querySelector("[data-field=rule-why]").textContent = why ? "(" + why + ")" : "";
+    const offer = !!(m && m.rule && (m.mode === "ask" || !(S.status && S.status.armed)) && !busy && deviceState(d) !== "done");
+    ask.hidden = !offer;
+    if (offer) {
+      ask.textContent = "Start " + m.recipe + (m.version ? " v" + m.version : "");
+      ask.setAttribute("aria-label", "Start recipe " + m.recipe + " on " + pick(d, "mac"));
+      ask.disabled = S.lost;
+    }
   }
   // queuedHint: the server marks a queued job whose board missed two polls.
   function queuedHint(d, act, actState) {
@@ -664,7 +836,8 @@
     const finished = actState === "done" || (st === "done" && actState !== "failed");
     if (finished) pct = 100;
     const img = pick(act, "image", "Image");
-    set("action", act ? (actType === "deploy" ? "Deploy" + (img ? " " + img : "") : actType === "backup" ? "Backup" : actType) : "");
+    const rcp = act && pick(act, "recipe");
+    set("action", act ? (actType === "deploy" ? (rcp ? "Deploy recipe " + rcp + " v" + pick(act, "recipe_version") : "Deploy" + (img ? " " + img : "")) : actType === "backup" ? "Backup" : actType) : "");
     let phase = "";
     if (act) {
       if (actState === "pending") phase = "· waiting for the device to pick it up";
@@ -677,7 +850,7 @@
     }
     set("phase", phase);
     card.querySelector(".activity").toggleAttribute("data-idle", !act);
-    renderSteps(card.querySelector(".steps"), act ? actType : "", actState || st, p.phase);
+    renderSteps(card.querySelector(".steps"), act ? actType : "", actState || st, p.phase, !!(act && (pick(act, "files") || []).length));
     fill.style.width = pct.toFixed(1) + "%";
     bar.setAttribute("aria-valuenow", String(Math.floor(pct)));
     bar.setAttribute("aria-label", "Progress of " + pick(d, "mac", "MAC"));
@@ -737,9 +910,9 @@
   }
   // renderSteps shows where an action is: queued, then the agent's phases
   // (deploy: write, verify; backup: upload), then done.
-  const STEP_WORDS = { queued: "Queued", write: "Write", verify: "Verify", upload: "Upload", done: "Done" };
-  function renderSteps(ol, type, state, phase) {
-    const steps = type === "deploy" ? ["queued", "write", "verify", "done"]
+  const STEP_WORDS = { queued: "Queued", write: "Write", verify: "Verify", customise: "Customise", upload: "Upload", done: "Done" };
+  function renderSteps(ol, type, state, phase, customise) {
+    const steps = type === "deploy" ? (customise ? ["queued", "write", "verify", "customise", "done"] : ["queued", "write", "verify", "done"])
       : type === "backup" ? ["queued", "upload", "done"] : [];
     let cur = 0;
     if (state === "done") cur = steps.length; // every step passed
@@ -860,6 +1033,12 @@
       } else if (act === "identify") {
         btn.disabled = true;
         noteAction(mac, await api("POST", "/api/v1/devices/" + encodeURIComponent(mac) + "/action", { action: "identify" }));
+      } else if (act === "ask") {
+        const m = pick(d, "match") || {};
+        if (!(await confirmDialog("Start " + m.recipe + " on " + mac + "?",
+          "This writes recipe " + m.recipe + " v" + m.version + " to " + who + ", overwriting its eMMC, and gives it its own values from the recipe's pools.", "Start and overwrite"))) return;
+        btn.disabled = true;
+        noteAction(mac, await api("POST", "/api/v1/devices/" + encodeURIComponent(mac) + "/action", { action: "deploy", recipe: m.recipe, rule: m.rule }));
       } else if (act === "power") {
         const running = deviceState(d) === "running";
         if (running && !(await confirmDialog("Power-cycle " + mac + " now?",
@@ -881,7 +1060,7 @@
         refreshDevice(mac);
       }
     } catch (e) {
-      const verb = { deploy: "request a deploy", backup: "request a backup", identify: "blink the LED", power: "power-cycle the board", cancel: "cancel the job", netboot: "switch netboot" }[act] || act;
+      const verb = { deploy: "request a deploy", backup: "request a backup", identify: "blink the LED", power: "power-cycle the board", ask: "start the recipe", cancel: "cancel the job", netboot: "switch netboot" }[act] || act;
       showError("Could not " + verb + " for " + mac, e);
       refreshDevice(mac);
     } finally {
@@ -1078,6 +1257,14 @@
       loadBackups();
     } else if (kind.startsWith("image.")) {
       loadImages();
+    } else if (kind === "armed.set") {
+      if (typeof f.armed === "boolean") setArmed(f.armed);
+      loadDevices();
+    } else if (kind === "recipe.applied" || kind === "rules.set") {
+      loadLine();
+      loadDevices();
+    } else if (kind === "rule.matched") {
+      refreshDevice(mac);
     } else if (kind === "dhcp.rival") {
       showRival(e.message || "A second DHCP server answered on the bench network.", 120000);
     }
@@ -1142,6 +1329,11 @@
     $("#login-form").addEventListener("submit", onLogin);
     $("#logout").addEventListener("click", onLogout);
     $("#netboot-switch").addEventListener("click", onSwitch);
+    $("#armed-switch").addEventListener("click", onArmed);
+    $("#yaml-editor").addEventListener("submit", onEditorSave);
+    $("#yaml-cancel").addEventListener("click", () => { $("#yaml-editor").hidden = true; });
+    $("#rules-edit").addEventListener("click", onRulesEdit);
+    $("#recipe-new").addEventListener("click", onRecipeNew);
     $("#deploy-all").addEventListener("click", onDeployAll);
     $("#image-file").addEventListener("change", onUpload);
     // Keep the "seen … ago" notes fresh without a reload.

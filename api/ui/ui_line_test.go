@@ -1,0 +1,114 @@
+package ui_test
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/chromedp/chromedp"
+
+	"github.com/cm4bench/cm4bench/internal/contract"
+	"github.com/cm4bench/cm4bench/netboot/bootfs/bootfstest"
+)
+
+// TestLineInBrowser: the production line on the dashboard. A recipe and the
+// rules are written in the page's YAML editor (a bad one is refused with
+// the reason and changes nothing); each card says which rule matched and
+// why; the armed switch is large and plain, arming needs a confirmation and
+// starts the waiting auto board; an ask rule's board starts with a click.
+func TestLineInBrowser(t *testing.T) {
+	bn := startBench(t)
+	base, token := bn.URL, bn.Token
+	dir := artifactsDir(t)
+	img := filepath.Join(t.TempDir(), "line.img")
+	if _, err := bootfstest.Make(img, bootfstest.Disk{StartMiB: 1, BootMiB: 2, FAT: 12, RootMiB: 1}); err != nil {
+		t.Fatal(err)
+	}
+	data, _ := os.ReadFile(img)
+	sum := sha256.Sum256(data)
+	techDo(t, base, token, http.MethodPost, "/api/v1/images?name=line.img", bytes.NewReader(data), nil)
+
+	b := newBrowser(t)
+	b.login(t, base, token)
+	if got := b.text(t, `document.getElementById('armed-state').textContent`); got != "Off" {
+		t.Errorf("armed switch reads %q before arming, want Off", got)
+	}
+	setYAML := func(y string) {
+		t.Helper()
+		js, _ := json.Marshal(y)
+		b.do(t, "type the YAML", chromedp.Evaluate[chromedp.Void](`document.getElementById('yaml-text').value = `+string(js)))
+		b.do(t, "save", chromedp.Click(chromedp.CSS(`[data-testid=yaml-save]`)))
+	}
+	recipe := `name: line-a
+image: line.img
+sha256: ` + hex.EncodeToString(sum[:]) + `
+pools:
+  - {name: hostnames, kind: counter, format: "a-%03d", start: 1}
+files:
+  - path: user-data
+    template: "hostname: {{ pool \"hostnames\" }}\n"
+`
+	b.do(t, "click New recipe", chromedp.Click(chromedp.CSS(`[data-testid=recipe-new]`)))
+	b.waitFor(t, "the editor", `!document.getElementById('yaml-editor').hidden`)
+	setYAML(recipe + "colour: red\n")
+	b.waitFor(t, "the refusal", `(() => { const e = document.getElementById('yaml-error'); return !e.hidden && e.textContent.includes('Not saved, nothing changed') && e.textContent.includes('colour'); })()`)
+	var recipes []map[string]any
+	techDo(t, base, token, http.MethodGet, "/api/v1/recipes", nil, &recipes)
+	if len(recipes) != 0 {
+		t.Fatalf("a refused recipe was stored: %v", recipes)
+	}
+	setYAML(recipe + "---\n" + strings.ReplaceAll(recipe, "line-a", "line-b"))
+	b.waitFor(t, "two recipe rows", `document.querySelectorAll('[data-testid=recipe-row]').length === 2 && document.getElementById('yaml-editor').hidden`)
+
+	b.do(t, "click Edit rules", chromedp.Click(chromedp.CSS(`[data-testid=rules-edit]`)))
+	b.waitFor(t, "the rules editor", `!document.getElementById('yaml-editor').hidden`)
+	setYAML(`rules:
+  - {name: early, recipe: line-a, mode: auto, match: {serial_from: "10000000", serial_to: "100000ff"}}
+  - {name: rest, recipe: line-b, mode: ask}
+`)
+	b.waitFor(t, "two rules listed", `document.querySelectorAll('[data-testid=rule-item]').length === 2`)
+
+	auto := &simDevice{t: t, base: base, MAC: "dc:a6:32:0c:00:01", Serial: "10000001"}
+	ask := &simDevice{t: t, base: base, MAC: "dc:a6:32:0c:00:02", Serial: "20000002"}
+	auto.register()
+	ask.register()
+	b.waitFor(t, "both cards", card(auto.MAC)+` && `+card(ask.MAC))
+	ruleText := func(mac string) string {
+		return card(mac) + `.querySelector('[data-testid=device-rule]').textContent`
+	}
+	b.waitFor(t, "the auto board's rule and why", ruleText(auto.MAC)+`.includes('Rule early → line-a v1 · auto') && `+ruleText(auto.MAC)+`.includes('serial 10000001 in 10000000..100000ff') && `+ruleText(auto.MAC)+`.includes('not armed')`)
+	b.waitFor(t, "the ask board's offer", ruleText(ask.MAC)+`.includes('Rule rest → line-b v1 · ask') && !`+card(ask.MAC)+`.querySelector('[data-testid=rule-start]').hidden`)
+	b.screenshot(t, dir, "line-not-armed.png")
+
+	// Arming: a confirmation naming the waiting board, then ARMED, loud.
+	b.do(t, "click the armed switch", chromedp.Click(chromedp.CSS(`[data-testid=armed-switch]`)))
+	b.waitFor(t, "the arming confirmation", `document.getElementById('confirm').open && document.getElementById('confirm-text').textContent.includes('1 board waiting now')`)
+	b.confirm(t)
+	b.waitFor(t, "ARMED", `document.getElementById('armed-state').textContent === 'ARMED' && !document.getElementById('armed-banner').hidden`)
+	var armed contract.Armed
+	techDo(t, base, token, http.MethodGet, "/api/v1/armed", nil, &armed)
+	if !armed.Armed {
+		t.Fatal("the server is not armed after arming in the dashboard")
+	}
+	b.waitFor(t, "the auto board started by its rule", card(auto.MAC)+`.dataset.state === 'pending' && `+ruleText(auto.MAC)+`.includes('Recipe line-a v1 (rule early)')`)
+	b.waitFor(t, "the recipe named and its customise step", card(auto.MAC)+`.querySelector('[data-field=action]').textContent === 'Deploy recipe line-a v1' && !!`+card(auto.MAC)+`.querySelector('[data-step=customise]')`)
+
+	// The ask board starts with a click and a confirmation.
+	b.do(t, "click Start line-b", chromedp.Click(chromedp.CSS(`button[aria-label="Start recipe line-b on `+ask.MAC+`"]`)))
+	b.waitFor(t, "the start confirmation", `document.getElementById('confirm').open && document.getElementById('confirm-text').textContent.includes('line-b v1')`)
+	b.confirm(t)
+	b.waitFor(t, "the ask board pending", card(ask.MAC)+`.dataset.state === 'pending' && `+ruleText(ask.MAC)+`.includes('Recipe line-b v1 (rule rest)')`)
+	var dev contract.Device
+	techDo(t, base, token, http.MethodGet, "/api/v1/devices/"+ask.MAC, nil, &dev)
+	if dev.Action == nil || dev.Action.Recipe != "line-b" || dev.Action.Rule != "rest" || len(dev.Action.Values) != 1 {
+		t.Errorf("ask board's action: %+v", dev.Action)
+	}
+	b.screenshot(t, dir, "line-armed.png")
+	b.check(t)
+}
