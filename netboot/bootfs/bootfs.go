@@ -6,9 +6,7 @@
 //
 // The partition table (MBR or GPT) is read with go-diskfs, and the FAT
 // filesystems (FAT12, FAT16, FAT32) are edited with go-diskfs too. The
-// partition is recognised by its boot sector, not only its type code, and
-// its FAT type is decided by the cluster count, as the FAT specification
-// says.
+// partition is recognised by its boot sector, not only its type code.
 package bootfs
 
 import (
@@ -61,6 +59,7 @@ func Find(r io.ReaderAt, size int64) (Partition, error) {
 	if err != nil {
 		return Partition{}, fmt.Errorf("bootfs: read the partition table: %w (%w)", err, ErrNoFAT)
 	}
+	var odd error
 	for _, p := range tbl.GetPartitions() {
 		start, n := p.GetStart(), p.GetSize()
 		if n <= 0 || start < 0 || start+n > size {
@@ -70,15 +69,25 @@ func Find(r io.ReaderAt, size int64) (Partition, error) {
 		if _, err := r.ReadAt(bs[:], start); err != nil {
 			continue
 		}
-		if typ, ok := fatType(bs[:], n); ok {
-			return Partition{Index: p.GetIndex(), Start: start, Size: n, FAT: typ}, nil
+		typ, ok := fatType(bs[:], n)
+		if !ok {
+			continue
 		}
+		if strings.HasPrefix(typ, "FAT32 below") {
+			odd = fmt.Errorf("bootfs: partition %d is a FAT32 with fewer than 65525 clusters, which FAT tools do not read reliably: format it with smaller clusters (mkfs.fat -F 32 -s 4, as Raspberry Pi OS does)", p.GetIndex())
+			continue
+		}
+		return Partition{Index: p.GetIndex(), Start: start, Size: n, FAT: typ}, nil
+	}
+	if odd != nil {
+		return Partition{}, odd
 	}
 	return Partition{}, fmt.Errorf("bootfs: %w", ErrNoFAT)
 }
 
-// fatType tells FAT12/16/32 from a boot sector by its cluster count; ok is
-// false when the sector is not a plausible FAT boot sector.
+// fatType tells FAT12/16/32 from a boot sector: FAT32 by its layout,
+// FAT12 and FAT16 by their cluster count; ok is false when the sector is
+// not a plausible FAT boot sector.
 func fatType(bs []byte, partBytes int64) (string, bool) {
 	le16 := func(o int) int64 { return int64(binary.LittleEndian.Uint16(bs[o:])) }
 	le32 := func(o int) int64 { return int64(binary.LittleEndian.Uint32(bs[o:])) }
@@ -104,6 +113,18 @@ func fatType(bs []byte, partBytes int64) (string, bool) {
 	data := tot - (rsvd + nfats*fatSz + rootSecs)
 	if data <= 0 {
 		return "", false
+	}
+	// The FAT32 layout (no 16-bit FAT size, no fixed root folder) is what
+	// the filesystem code must read, whatever the cluster count; Linux
+	// decides the same way. FAT12 and FAT16 differ by cluster count only.
+	if le16(22) == 0 && le16(17) == 0 {
+		if data/spc < 65525 {
+			// mkfs.fat makes these when asked for FAT32 on a small partition
+			// with large clusters; mtools refuses them and go-diskfs
+			// corrupts them. Not a boot partition we write into.
+			return "FAT32 below 65525 clusters", true
+		}
+		return "FAT32", true
 	}
 	switch n := data / spc; {
 	case n < 4085:
@@ -171,7 +192,7 @@ func Write(f *os.File, size int64, files []contract.CustomFile) ([]contract.File
 	}
 	out := make([]contract.FileHash, 0, len(files))
 	for _, cf := range files {
-		b, err := fs.ReadFile(fsys, "/"+cf.Path)
+		b, err := readFile(fsys, "/"+cf.Path)
 		if err != nil {
 			return nil, fmt.Errorf("bootfs: read back %s: %w", cf.Path, err)
 		}
@@ -182,6 +203,46 @@ func Write(f *os.File, size int64, files []contract.CustomFile) ([]contract.File
 		out = append(out, contract.FileHash{Path: cf.Path, SHA256: hex.EncodeToString(sum[:])})
 	}
 	return out, nil
+}
+
+// readFile reads a whole file, of the size its directory entry gives, in
+// one Read from offset 0. (go-diskfs v1.9.4 returns bytes past the end of
+// the file when a read starts inside a cluster, so the file is never read
+// in pieces.)
+func readFile(fsys filesystem.FileSystem, p string) ([]byte, error) {
+	ents, err := fsys.ReadDir(".")
+	if err != nil {
+		return nil, fmt.Errorf("read the root folder: %w", err)
+	}
+	var size int64 = -1
+	for _, e := range ents {
+		if strings.EqualFold(e.Name(), strings.TrimPrefix(p, "/")) {
+			fi, err := e.Info()
+			if err != nil {
+				return nil, err
+			}
+			size = fi.Size()
+		}
+	}
+	switch {
+	case size < 0:
+		return nil, fmt.Errorf("not in the root folder")
+	case size > MaxFileBytes:
+		return nil, fmt.Errorf("%d bytes, more than the %d written at most", size, MaxFileBytes)
+	case size == 0:
+		return []byte{}, nil
+	}
+	f, err := fsys.OpenFile(p, os.O_RDONLY)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b := make([]byte, size)
+	n, err := f.Read(b)
+	if err != nil && !(errors.Is(err, io.EOF) && n == len(b)) {
+		return nil, err
+	}
+	return b[:n], nil
 }
 
 func open(st backend.Storage, p Partition) (filesystem.FileSystem, error) {

@@ -33,7 +33,10 @@ func TestWriteReadByMtools(t *testing.T) {
 		disk bootfstest.Disk
 		want string
 	}{
-		{"FAT32 like Raspberry Pi OS", bootfstest.Disk{BootMiB: 40, FAT: 32, Seed: 1}, "FAT32"},
+		{"FAT32, 512-byte clusters", bootfstest.Disk{BootMiB: 40, FAT: 32, Seed: 1}, "FAT32"},
+		// Raspberry Pi OS formats its bootfs with mkfs.fat -F 32 -s 4; files
+		// then span partial clusters (go-diskfs read past their end there).
+		{"FAT32, 2 KiB clusters like Raspberry Pi OS", bootfstest.Disk{BootMiB: 160, FAT: 32, Cluster: 4, Seed: 4}, "FAT32"},
 		{"FAT16", bootfstest.Disk{BootMiB: 16, FAT: 16, Seed: 2}, "FAT16"},
 		{"FAT12", bootfstest.Disk{BootMiB: 2, FAT: 12, Seed: 3}, "FAT12"},
 	} {
@@ -109,6 +112,18 @@ func TestFindRefuses(t *testing.T) {
 	}
 	if _, err := bootfs.Find(bytes.NewReader(make([]byte, 4096)), 4096); !errors.Is(err, bootfs.ErrNoFAT) {
 		t.Errorf("zeroes: %v, want ErrNoFAT", err)
+	}
+	// A FAT32 below the cluster minimum (mkfs.fat's default on 256 MiB):
+	// refused with what to do, before anything is written.
+	odd := filepath.Join(dir, "odd.img")
+	n, err = bootfstest.Make(odd, bootfstest.Disk{BootMiB: 256, FAT: 32, RootMiB: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, _ := os.Open(odd)
+	defer f.Close()
+	if _, err := bootfs.Find(f, n); err == nil || !strings.Contains(err.Error(), "mkfs.fat -F 32 -s 4") {
+		t.Errorf("FAT32 below 65525 clusters: %v", err)
 	}
 }
 

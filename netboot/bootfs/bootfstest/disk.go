@@ -22,6 +22,7 @@ type Disk struct {
 	Seed     uint64 // of the root bytes
 	Label    string // volume label (default "bootfs")
 	NoTable  bool   // leave the MBR empty (an image with no partition table)
+	Cluster  int    // sectors per cluster (0: mkfs.fat decides; Raspberry Pi OS uses 4)
 }
 
 // Make writes the image to path and returns its size.
@@ -79,8 +80,11 @@ func Make(path string, d Disk) (int64, error) {
 	if err := f.Close(); err != nil {
 		return 0, err
 	}
-	out, err := exec.Command("mkfs.fat", "-F", strconv.Itoa(d.FAT), "-n", d.Label, "-i", "0c4b3c4b",
-		"--offset", strconv.Itoa(d.StartMiB<<11), path, strconv.Itoa(d.BootMiB<<10)).CombinedOutput()
+	args := []string{"-F", strconv.Itoa(d.FAT), "-n", d.Label, "-i", "0c4b3c4b", "--offset", strconv.Itoa(d.StartMiB << 11)}
+	if d.Cluster > 0 {
+		args = append(args, "-s", strconv.Itoa(d.Cluster))
+	}
+	out, err := exec.Command("mkfs.fat", append(args, path, strconv.Itoa(d.BootMiB<<10))...).CombinedOutput()
 	if err != nil {
 		return 0, fmt.Errorf("bootfstest: mkfs.fat: %v: %s", err, out)
 	}
