@@ -273,3 +273,32 @@ func TestResolve(t *testing.T) {
 		}
 	}
 }
+
+// Every sample recipe in testdata/recipes parses, resolves and renders.
+func TestSampleRecipesRender(t *testing.T) {
+	for _, name := range []string{"line-a.yaml", "firstrun.yaml"} {
+		f, err := os.Open("../../testdata/recipes/" + name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rs, err := ParseRecipes(f)
+		f.Close()
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if err := Resolve(rs, "../../testdata/recipes"); err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		for _, r := range rs {
+			files, err := r.Render(SampleBoard(), &memValues{next: map[string]int{}, r: &r})
+			if err != nil || len(files) != len(r.Files) {
+				t.Errorf("%s: %d files, %v", name, len(files), err)
+			}
+			for _, f := range files {
+				if strings.Contains(string(f.Data), "<no value>") {
+					t.Errorf("%s: %s renders a missing value", name, f.Path)
+				}
+			}
+		}
+	}
+}
