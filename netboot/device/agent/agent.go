@@ -355,8 +355,12 @@ func (a *Agent) runAction(ctx context.Context, pr *contract.PollResponse) error 
 			a.say("the target's discarded blocks did not read back as zeros; zeroed the skipped runs explicitly")
 		}
 		if err == nil {
-			a.say("deploy done: %d bytes (%s, %d on the wire), %d written, %d zero bytes skipped, sha256 %s verified on read-back (%s)",
-				res.Bytes, res.Format, res.WireBytes, res.Written, res.Zeroed, res.SHA256, map[bool]string{true: "O_DIRECT", false: "cache dropped"}[res.Direct])
+			how := "verified on read-back (" + map[bool]string{true: "O_DIRECT", false: "cache dropped"}[res.Direct] + ")"
+			if !res.Verified {
+				how = "checked on the stream only, as the recipe says (verify: stream)"
+			}
+			a.say("deploy done: %d bytes (%s, %d on the wire), %d written, %d zero bytes skipped, sha256 %s %s",
+				res.Bytes, res.Format, res.WireBytes, res.Written, res.Zeroed, res.SHA256, how)
 		}
 	case contract.ActionIdentify:
 		a.say("identify: blinking the activity LED for %d s", contract.IdentifySeconds)
