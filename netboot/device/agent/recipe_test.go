@@ -56,7 +56,9 @@ func TestAgentRecipeDeploy(t *testing.T) {
 			var con console
 			a := &agent.Agent{Server: b.URL, MAC: mac, Target: target, AllowFile: true, Console: &con,
 				PollInterval: 100 * time.Millisecond, ProgressInterval: 100 * time.Millisecond,
-				Facts:    func() *contract.Facts { return &contract.Facts{Serial: "1000abc" + fmt.Sprint(i), Model: "test", EMMCBytes: size + 1<<20} },
+				Facts: func() *contract.Facts {
+					return &contract.Facts{Serial: "1000abc" + fmt.Sprint(i), Model: "test", EMMCBytes: size + 1<<20}
+				},
 				Reboot:   func() error { rebooted.Add(1); cancel(); return nil },
 				PowerOff: func() error { poweredOff.Add(1); cancel(); return nil }}
 			errc := make(chan error, 1)
