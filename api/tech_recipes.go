@@ -102,6 +102,18 @@ func (p *prefixReader) ReadAt(b []byte, off int64) (int, error) {
 	return n, nil
 }
 
+// wantYAML: ?format=yaml asks for the YAML that recipe/rule apply read.
+func wantYAML(c *gin.Context) bool { return c.Query("format") == "yaml" }
+
+func writeYAML(c *gin.Context, marshal func() ([]byte, error)) error {
+	b, err := marshal()
+	if err != nil {
+		return err
+	}
+	c.Data(http.StatusOK, "application/yaml", b)
+	return nil
+}
+
 // handlePutRecipes applies a YAML file of recipes: all are checked before
 // any is stored, so a bad one changes nothing.
 func (s *Server) handlePutRecipes(c *gin.Context) error {
@@ -179,13 +191,8 @@ func (s *Server) handleRecipes(c *gin.Context) error {
 		}
 		out = append(out, recipe.Info{Recipe: r, PoolStates: pc})
 	}
-	if c.Query("format") == "yaml" {
-		b, err := recipe.MarshalRecipes(rs)
-		if err != nil {
-			return err
-		}
-		c.Data(http.StatusOK, "application/yaml", b)
-		return nil
+	if wantYAML(c) {
+		return writeYAML(c, func() ([]byte, error) { return recipe.MarshalRecipes(rs) })
 	}
 	writeJSON(c.Writer, http.StatusOK, out)
 	return nil
@@ -207,13 +214,8 @@ func (s *Server) handleRecipe(c *gin.Context) error {
 	if err != nil {
 		return err
 	}
-	if c.Query("format") == "yaml" {
-		b, err := recipe.MarshalRecipes([]recipe.Recipe{r})
-		if err != nil {
-			return err
-		}
-		c.Data(http.StatusOK, "application/yaml", b)
-		return nil
+	if wantYAML(c) {
+		return writeYAML(c, func() ([]byte, error) { return recipe.MarshalRecipes([]recipe.Recipe{r}) })
 	}
 	pc, err := s.Store.PoolCounts(c, r.Name)
 	if err != nil {
@@ -243,13 +245,8 @@ func (s *Server) handleRules(c *gin.Context) error {
 	if rs.Rules == nil {
 		rs.Rules = []recipe.Rule{}
 	}
-	if c.Query("format") == "yaml" {
-		b, err := recipe.MarshalRules(rs)
-		if err != nil {
-			return err
-		}
-		c.Data(http.StatusOK, "application/yaml", b)
-		return nil
+	if wantYAML(c) {
+		return writeYAML(c, func() ([]byte, error) { return recipe.MarshalRules(rs) })
 	}
 	writeJSON(c.Writer, http.StatusOK, rs)
 	return nil
