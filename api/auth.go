@@ -16,6 +16,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/cm4bench/cm4bench/api/store"
 	"github.com/cm4bench/cm4bench/internal/atomicfile"
 	"github.com/cm4bench/cm4bench/internal/contract"
 	"github.com/gin-gonic/gin"
@@ -164,13 +165,19 @@ func (s *Server) requireAdmin(c *gin.Context) {
 		c.Abort()
 		return
 	}
+	who := "admin token"
 	if how == "cookie" {
 		if err := sameOriginWrite(c.Request); err != nil {
 			writeErr(c.Writer, http.StatusForbidden, err.Error())
 			c.Abort()
 			return
 		}
+		ck, _ := c.Request.Cookie(contract.CookieSession)
+		sum := sha256.Sum256([]byte(ck.Value))
+		who = "dashboard session " + hex.EncodeToString(sum[:4])
 	}
+	// The ledger records who started each job.
+	c.Request = c.Request.WithContext(store.WithOperator(c.Request.Context(), who))
 	c.Next()
 }
 

@@ -266,7 +266,7 @@ func (s *Server) handleActionDone(c *gin.Context) error {
 	}
 	ok, known := successStatus(req.Status)
 	res := store.Result{OK: ok, SHA256: strings.ToLower(req.SHA256), Bytes: req.Bytes,
-		CompressedSHA256: strings.ToLower(req.CompressedSHA256), CompressedBytes: req.CompressedBytes}
+		CompressedSHA256: strings.ToLower(req.CompressedSHA256), CompressedBytes: req.CompressedBytes, Phases: req.Phases}
 	switch {
 	case !known:
 		res.OK, res.Error = false, fmt.Sprintf("device reported status %q", req.Status)

@@ -67,6 +67,18 @@ func parseActionDone(r *http.Request, max int64) (req contract.ActionDone, mac s
 		err = httpErr(http.StatusBadRequest, "negative byte counts")
 		return
 	}
+	if p := req.Phases; p != nil {
+		for _, v := range []float64{p.Netboot, p.Register, p.Write, p.Verify, p.Customise, p.Total} {
+			if v < 0 || v > 1e7 || v != v {
+				err = httpErr(http.StatusBadRequest, "phase seconds out of range")
+				return
+			}
+		}
+	}
+	if len(req.Files) > 64 {
+		err = httpErr(http.StatusBadRequest, "%d files reported, at most 64", len(req.Files))
+		return
+	}
 	mac, err = normMAC(req.MAC)
 	return
 }

@@ -297,6 +297,8 @@ func (s *Server) build() {
 	v.GET("/recipes/:name/values", s.wrap(s.handleRecipeValues))
 	v.GET("/rules", s.wrap(s.handleRules))
 	v.PUT("/rules", s.wrap(s.handlePutRules))
+	v.GET("/ledger", s.wrap(s.handleLedger))
+	v.GET("/ledger/:id", s.wrap(s.handleLedgerRow))
 	v.GET("/armed", s.wrap(s.handleArmed))
 	v.PUT("/armed", s.wrap(s.handleSetArmed))
 

@@ -378,7 +378,7 @@ func (s *Server) autoStart(ctx context.Context, mac string) {
 	if !ok || r.Mode != recipe.ModeAuto {
 		return
 	}
-	a, err := s.startRecipe(ctx, mac, r.Name, r.Recipe)
+	a, err := s.startRecipe(store.WithOperator(ctx, "rule "+r.Name+" (zero-click)"), mac, r.Name, r.Recipe)
 	if err != nil {
 		_, msg := statusOf(err)
 		s.refused.set(mac, msg)

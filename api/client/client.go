@@ -425,3 +425,49 @@ func (c *Client) Events(ctx context.Context, since int64, limit int) ([]contract
 	var e []contract.Event
 	return e, c.do(ctx, "GET", fmt.Sprintf("/api/v1/events?since=%d&limit=%d", since, limit), nil, &e)
 }
+
+// LedgerQuery filters the ledger (see GET /api/v1/ledger).
+type LedgerQuery struct {
+	Since, Until, Recipe, Result, Serial string
+	Limit                                int
+}
+
+func (q LedgerQuery) values(format string) string {
+	v := url.Values{}
+	for k, s := range map[string]string{"since": q.Since, "until": q.Until, "recipe": q.Recipe, "result": q.Result, "serial": q.Serial, "format": format} {
+		if s != "" {
+			v.Set(k, s)
+		}
+	}
+	if q.Limit > 0 {
+		v.Set("limit", strconv.Itoa(q.Limit))
+	}
+	return v.Encode()
+}
+
+// Ledger returns a page of ledger rows (at most 10000; exports stream all).
+func (c *Client) Ledger(ctx context.Context, q LedgerQuery) ([]contract.LedgerRow, error) {
+	var out []contract.LedgerRow
+	return out, c.do(ctx, "GET", "/api/v1/ledger?"+q.values("json"), nil, &out)
+}
+
+// LedgerRow returns one ledger row.
+func (c *Client) LedgerRow(ctx context.Context, id string) (contract.LedgerRow, error) {
+	var out contract.LedgerRow
+	return out, c.do(ctx, "GET", "/api/v1/ledger/"+esc(id), nil, &out)
+}
+
+// ExportLedger streams the ledger as csv or jsonl into w and returns the
+// bytes copied.
+func (c *Client) ExportLedger(ctx context.Context, q LedgerQuery, format string, w io.Writer) (int64, error) {
+	resp, err := c.send(ctx, "GET", "/api/v1/ledger?"+q.values(format), nil)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	n, err := io.Copy(w, resp.Body)
+	if err != nil {
+		return n, fmt.Errorf("client: ledger export: %w", err)
+	}
+	return n, nil
+}

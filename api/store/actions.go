@@ -100,8 +100,8 @@ func (s *Store) SetAction(ctx context.Context, mac, typ, image string) (created 
 		return Action{}, nil, err
 	}
 	now := s.now().UnixNano()
-	res, err := tx.ExecContext(ctx, `INSERT INTO actions (mac, type, image, state, created, token) VALUES (?, ?, ?, ?, ?, ?)`,
-		mac, typ, image, contract.StatePending, now, newToken())
+	res, err := tx.ExecContext(ctx, `INSERT INTO actions (mac, type, image, state, created, token, operator) VALUES (?, ?, ?, ?, ?, ?, ?)`,
+		mac, typ, image, contract.StatePending, now, newToken(), operatorFrom(ctx))
 	if err != nil {
 		return Action{}, nil, fmt.Errorf("store: insert action: %w", err)
 	}
@@ -153,6 +153,9 @@ func (s *Store) cancelOpen(ctx context.Context, tx *sql.Tx, mac, why string) (*A
 		return nil, fmt.Errorf("store: cancel action %s: %w", a.ID, err)
 	}
 	if err := s.releaseValues(ctx, tx, a.ID, false); err != nil {
+		return nil, err
+	}
+	if err := s.appendLedger(ctx, tx, a.ID); err != nil {
 		return nil, err
 	}
 	a.State, a.Error, a.Finished = contract.StateCancelled, why, &now
@@ -235,10 +238,16 @@ func (s *Store) ServerProgress(ctx context.Context, id, phase string, done, tota
 // progress updates an open action; with over set, only while its current
 // phase is one of them. It reports whether the action was updated.
 func (s *Store) progress(ctx context.Context, id, phase string, done, total int64, rate float64, over []string) (bool, error) {
+	// phases keeps when each phase was first reported (the ledger's
+	// durations).
+	now := s.now().UnixNano()
+	key := `$."` + strings.ReplaceAll(phase, `"`, "") + `"`
 	q := `UPDATE actions SET phase = ?, done = ?, total = ?, rate = ?, state = 'running',
-		started = CASE WHEN started = 0 THEN ? ELSE started END
+		started = CASE WHEN started = 0 THEN ? ELSE started END,
+		phases = CASE WHEN json_extract(CASE WHEN phases = '' THEN '{}' ELSE phases END, ?) IS NULL
+			THEN json_set(CASE WHEN phases = '' THEN '{}' ELSE phases END, ?, ?) ELSE phases END
 		WHERE id = ? AND state IN ('pending', 'running')`
-	args := []any{phase, done, total, rate, s.now().UnixNano(), id}
+	args := []any{phase, done, total, rate, now, key, key, now, id}
 	if over != nil {
 		q += ` AND phase IN (?` + strings.Repeat(`, ?`, len(over)-1) + `)`
 		for _, p := range over {
@@ -287,6 +296,8 @@ type Result struct {
 	Bytes            int64
 	CompressedSHA256 string
 	CompressedBytes  int64
+	// Phases are the agent's seconds per phase (nil: not reported).
+	Phases *contract.PhaseSeconds
 }
 
 // Finish closes an open action as done or failed. A successful action
@@ -326,6 +337,15 @@ func (s *Store) Finish(ctx context.Context, id string, r Result) (Action, error)
 		return Action{}, fmt.Errorf("store: finish %s: %w", id, err)
 	}
 	if err := s.releaseValues(ctx, tx, id, r.OK); err != nil {
+		return Action{}, err
+	}
+	if r.Phases != nil {
+		pj, _ := json.Marshal(r.Phases)
+		if _, err := tx.ExecContext(ctx, `UPDATE actions SET agent_phases = ? WHERE id = ?`, string(pj), id); err != nil {
+			return Action{}, fmt.Errorf("store: finish %s: %w", id, err)
+		}
+	}
+	if err := s.appendLedger(ctx, tx, id); err != nil {
 		return Action{}, err
 	}
 	if r.OK && contract.EMMCAction(a.Type) { // the board boots its eMMC from now on

@@ -281,9 +281,9 @@ func (s *Store) SetRecipeAction(ctx context.Context, ra RecipeAction) (created A
 		return Action{}, nil, err
 	}
 	now := s.now().UnixNano()
-	res, err := tx.ExecContext(ctx, `INSERT INTO actions (mac, type, image, state, created, token, recipe, recipe_version, rule)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`, ra.MAC, contract.ActionDeploy, ra.Recipe.Image, contract.StatePending, now, newToken(),
-		ra.Recipe.Name, ra.Recipe.Version, ra.Rule)
+	res, err := tx.ExecContext(ctx, `INSERT INTO actions (mac, type, image, state, created, token, recipe, recipe_version, rule, operator)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`, ra.MAC, contract.ActionDeploy, ra.Recipe.Image, contract.StatePending, now, newToken(),
+		ra.Recipe.Name, ra.Recipe.Version, ra.Rule, operatorFrom(ctx))
 	if err != nil {
 		return Action{}, nil, fmt.Errorf("store: insert action: %w", err)
 	}

@@ -44,6 +44,10 @@ const maxLogLines = 200
 
 // Store is an open bench database. All methods are safe for concurrent use.
 type Store struct {
+	// Station names this bench in the ledger (serve --station); set it
+	// before use.
+	Station string
+
 	db  *sql.DB
 	now func() time.Time
 
@@ -215,6 +219,24 @@ var migrations = [...]string{
 	ALTER TABLE actions ADD COLUMN vals TEXT NOT NULL DEFAULT '';
 	ALTER TABLE actions ADD COLUMN files TEXT NOT NULL DEFAULT '';
 	ALTER TABLE actions ADD COLUMN customise TEXT NOT NULL DEFAULT '';`,
+	// 4: the ledger (one row per provisioning, never rewritten), who started
+	// each job and when each phase began.
+	`ALTER TABLE actions ADD COLUMN operator TEXT NOT NULL DEFAULT '';
+	ALTER TABLE actions ADD COLUMN phases TEXT NOT NULL DEFAULT '';
+	ALTER TABLE actions ADD COLUMN agent_phases TEXT NOT NULL DEFAULT '';
+	CREATE TABLE ledger (
+		id INTEGER PRIMARY KEY AUTOINCREMENT,
+		time INTEGER NOT NULL,
+		action_id INTEGER NOT NULL UNIQUE,
+		mac TEXT NOT NULL,
+		serial TEXT NOT NULL,
+		recipe TEXT NOT NULL,
+		result TEXT NOT NULL,
+		row TEXT NOT NULL
+	);
+	CREATE INDEX ledger_time ON ledger (time);
+	CREATE INDEX ledger_serial ON ledger (serial);
+	CREATE INDEX ledger_recipe ON ledger (recipe, time);`,
 }
 
 func (s *Store) migrate(ctx context.Context) error {

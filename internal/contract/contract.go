@@ -181,6 +181,9 @@ type ActionDone struct {
 	// Files are the per-device files written into the boot partition, read
 	// back and hashed (recipe deploys only).
 	Files []FileHash `json:"files,omitempty" form:"-"`
+	// Phases are the agent's own seconds per phase of a deploy (write,
+	// verify, customise), for the ledger.
+	Phases *PhaseSeconds `json:"phases,omitempty" form:"-"`
 }
 
 // APIError is the body of every 4xx/5xx answer.
@@ -444,3 +447,49 @@ type ServerInfo struct {
 // download and upload progress itself for every other client (the shell
 // client reports none) and leaves it to the agent otherwise.
 const AgentUserAgent = "cm4agent"
+
+// LedgerRow is one provisioning of a board (a deploy that ended), written
+// once when it ends and never changed: what a manufacturer needs months
+// later. Seconds are per phase: netboot (first DHCP packet to register),
+// register (register to the job's pickup), write (download and write),
+// verify (read-back), customise (per-device files).
+type LedgerRow struct {
+	ID            int64        `json:"id"`
+	Time          time.Time    `json:"time"` // when it ended
+	Station       string       `json:"station"`
+	Slot          string       `json:"slot"` // where on the bench: the board's address on the bench network
+	Operator      string       `json:"operator"`
+	MAC           string       `json:"mac"`
+	MACs          []string     `json:"macs"`
+	Serial        string       `json:"serial"`
+	Model         string       `json:"model"`
+	Revision      string       `json:"revision"`
+	Bootloader    string       `json:"bootloader"`
+	EMMCBytes     int64        `json:"emmc_bytes"`
+	EMMCCID       string       `json:"emmc_cid"`
+	EMMCCSD       string       `json:"emmc_csd"`
+	ActionID      string       `json:"action_id"`
+	Recipe        string       `json:"recipe"`
+	RecipeVersion int          `json:"recipe_version"`
+	Rule          string       `json:"rule"`
+	Image         string       `json:"image"`
+	ImageSHA256   string       `json:"image_sha256"`
+	Values        []PoolValue  `json:"values"`
+	Files         []FileHash   `json:"files"`
+	Started       time.Time    `json:"started"`
+	Seconds       PhaseSeconds `json:"seconds"`
+	WireBytes     int64        `json:"wire_bytes"`
+	WrittenBytes  int64        `json:"written_bytes"`
+	Result        string       `json:"result"` // done, failed or cancelled
+	Error         string       `json:"error"`
+}
+
+// PhaseSeconds are a provisioning's durations (see LedgerRow).
+type PhaseSeconds struct {
+	Netboot   float64 `json:"netboot"`
+	Register  float64 `json:"register"`
+	Write     float64 `json:"write"`
+	Verify    float64 `json:"verify"`
+	Customise float64 `json:"customise"`
+	Total     float64 `json:"total"`
+}

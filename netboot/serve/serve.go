@@ -119,6 +119,8 @@ type Config struct {
 	PowerCommand string
 	// Image is the golden default image (.img, .img.gz, .img.xz, .img.zst).
 	Image string
+	// Station names this bench in the ledger ("" = the host name).
+	Station string
 	// RecipeFiles are recipe YAML files applied at start, and RulesFile the
 	// rule list (cm4bench recipe/rule apply, from files).
 	RecipeFiles []string
@@ -205,6 +207,10 @@ func New(ctx context.Context, cfg Config) (*Bench, error) {
 		return nil, fmt.Errorf("serve: %w", err)
 	}
 	b.st = st
+	st.Station = cfg.Station
+	if st.Station == "" {
+		st.Station, _ = os.Hostname()
+	}
 	b.token, b.created, err = api.LoadOrCreateToken(cfg.DataDir)
 	if err != nil {
 		st.Close()

@@ -234,6 +234,23 @@ func TestNetbootServeAndClients(t *testing.T) {
 	if strings.TrimSpace(out) != "[]" {
 		t.Errorf("backup list after rm = %q", out)
 	}
+	// The ledger holds the deploy (and the cancelled one); list, show and
+	// a CSV export written whole to a file.
+	if out, err := cli("ledger", "list", "--result", "done"); err != nil || !strings.Contains(out, mac) || !strings.Contains(out, "admin token") {
+		t.Errorf("ledger list = %q, %v", out, err)
+	}
+	if out, err := cli("ledger", "show", "1"); err != nil || !strings.Contains(out, `"serial": "10000abc"`) {
+		t.Errorf("ledger show = %q, %v", out, err)
+	}
+	ledgerCSV := filepath.Join(dir, "shift.csv")
+	if _, err := cli("ledger", "export", "--format", "csv", "-o", ledgerCSV, "--since", "1h"); err != nil {
+		t.Errorf("ledger export: %v", err)
+	} else if b, _ := os.ReadFile(ledgerCSV); !bytes.HasPrefix(b, []byte("id,time,station,")) || !bytes.Contains(b, []byte(mac)) {
+		t.Errorf("ledger CSV: %s", b)
+	}
+	if _, err := cli("ledger", "export", "--format", "xml"); ExitCode(err) != 2 {
+		t.Errorf("ledger export --format xml: exit %d", ExitCode(err))
+	}
 	out, err = cli("device", "show", mac)
 	if err != nil || !strings.Contains(out, "Recent actions:") || !strings.Contains(out, "cancelled") {
 		t.Errorf("device show = %q, %v", out, err)

@@ -55,6 +55,7 @@ type netbootServeOptions struct {
 	dashboardURL     string
 	powerCommand     string
 	recipeFiles      []string
+	station          string
 	rulesFile        string
 	backupReserveMiB int64
 	eventsMaxAge     time.Duration
@@ -174,6 +175,7 @@ settings is reported as a warning.`,
 	f.StringSliceVar(&o.adminListen, "admin-listen", nil, "also serve the technician API and dashboard on `HOST:PORT` (repeatable); by default only 127.0.0.1 gets them, the bench address serves the device API only")
 	f.StringVar(&o.image, "image", "", "golden default image (.img, .img.gz, .img.xz or .img.zst)")
 	f.StringArrayVar(&o.recipeFiles, "recipes", nil, "recipe YAML `FILE` applied at start, as `cm4bench recipe apply -f` would (repeatable); a bad one stops the start")
+	f.StringVar(&o.station, "station", "", "this bench's `NAME` in the ledger (default: the host name)")
 	f.StringVar(&o.rulesFile, "rules", "", "rule list YAML `FILE` applied at start, as `cm4bench rule apply -f` would")
 	f.StringVar(&o.powerCommand, "power-command", "", "shell `CMD` that power-cycles one board, run with its MAC as $1 (and CM4BENCH_MAC, CM4BENCH_SERIAL): a hub port switch such as uhubctl, a PoE switch or a relay; enables Power-cycle on the dashboard and `device power-cycle`")
 	f.BoolVar(&o.noDHCP, "no-dhcp", false, "do not run the DHCP server")
@@ -188,7 +190,7 @@ settings is reported as a warning.`,
 func (o *netbootServeOptions) config(logger *slog.Logger) (serve.Config, error) {
 	cfg := serve.Config{
 		Iface: o.iface, Proxy: o.proxy, AllowOtherDHCP: o.allowOtherDHCP, FastFallthrough: o.fastFallthrough, Capture: o.capture, AllowUnleased: o.allowUnleased, TFTPRoot: o.tftpRoot,
-		DataDir: o.data, HTTPAddr: o.http, AdminListen: o.adminListen, DashboardURL: o.dashboardURL, PowerCommand: o.powerCommand, RecipeFiles: o.recipeFiles, RulesFile: o.rulesFile, BackupReserve: reserveBytes(o.backupReserveMiB), EventMaxAge: o.eventsMaxAge, EventMaxCount: o.eventsMaxCount, PiOnly: o.piOnly, AllowedHosts: o.allowedHosts, Image: o.image, NoDHCP: o.noDHCP, NoTFTP: o.noTFTP,
+		DataDir: o.data, HTTPAddr: o.http, AdminListen: o.adminListen, DashboardURL: o.dashboardURL, PowerCommand: o.powerCommand, RecipeFiles: o.recipeFiles, Station: o.station, RulesFile: o.rulesFile, BackupReserve: reserveBytes(o.backupReserveMiB), EventMaxAge: o.eventsMaxAge, EventMaxCount: o.eventsMaxCount, PiOnly: o.piOnly, AllowedHosts: o.allowedHosts, Image: o.image, NoDHCP: o.noDHCP, NoTFTP: o.noTFTP,
 		CompressBackups: o.compressBackups, PollInterval: o.pollInterval, Version: version(), Logger: logger,
 	}
 	if o.addr != "" {

@@ -113,6 +113,7 @@ as the Seeed reTerminal) from one workstation with a USB cable and an Ethernet s
 		{"net", newImageCmd()},
 		{"line", newRecipeCmd()},
 		{"line", newRuleCmd()},
+		{"line", newLedgerCmd()},
 		{"net", newBackupCmd()},
 		{"net", newSimCmd()},
 		{"bench", newDoctorCmd(usb)},

@@ -350,6 +350,7 @@ func (a *Agent) runAction(ctx context.Context, pr *contract.PollResponse) error 
 			done.CompressedBytes, done.CompressedSHA256 = res.WireBytes, res.WireSHA256
 			done.Seconds = res.Seconds
 			done.Files = res.Files
+			done.Phases = &contract.PhaseSeconds{Write: res.StreamSeconds + res.SyncSeconds, Verify: res.VerifySeconds, Customise: res.CustomiseSeconds}
 		}
 		if err == nil && res.ZeroFallback {
 			a.say("the target's discarded blocks did not read back as zeros; zeroed the skipped runs explicitly")
@@ -545,10 +546,12 @@ func (a *Agent) deploy(ctx context.Context, pr *contract.PollResponse, meter *Me
 			return res, fmt.Errorf("customise: %s arrived with sha256 %s, the server sent %s", f.Path, s, f.SHA256)
 		}
 	}
+	t0 := time.Now()
 	hashes, err := bootfs.Write(dev.File(), dev.Size(), files)
 	if err != nil {
 		return res, fmt.Errorf("customise: %w", err)
 	}
+	res.CustomiseSeconds = time.Since(t0).Seconds()
 	meter.Add(int64(len(files)))
 	res.Files = hashes
 	a.say("customised: %d per-device files written to the boot partition and read back", len(hashes))

@@ -100,6 +100,7 @@ type DeployResult struct {
 	// Where the time went: streaming (download, decompress, hash, write),
 	// fsync and first MiB, read-back verification.
 	StreamSeconds, SyncSeconds, VerifySeconds float64
+	CustomiseSeconds                          float64 // writing the per-device files (recipe deploys)
 	// Files are the per-device files written into the boot partition after
 	// the image verified, as read back (recipe deploys).
 	Files []contract.FileHash

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cm4bench/cm4bench/api/client"
 	"github.com/cm4bench/cm4bench/internal/contract"
 	"github.com/cm4bench/cm4bench/netboot/bootfs/bootfstest"
 	"github.com/cm4bench/cm4bench/netboot/sim/simbench"
@@ -225,5 +226,49 @@ files:
 		if used != 8 {
 			t.Errorf("%s: %d values used, want 8 (4 boards x hostname and serial): %+v", line, used, rows)
 		}
+	}
+
+	// The ledger: one row per board, every field filled, read back by
+	// Python's csv module from the CSV export.
+	csvPath := filepath.Join(dir, "ledger.csv")
+	f, err := os.Create(csvPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.ExportLedger(ctx, client.LedgerQuery{}, "csv", f); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	var want []string
+	for _, d := range r.Bench.Devices {
+		want = append(want, d.Board.MAC.String()+","+d.Board.SerialString())
+	}
+	check := `
+import csv, sys
+rows = list(csv.DictReader(open(sys.argv[1], newline="")))
+want = dict(x.split(",") for x in sys.argv[2:])
+errors = []
+if len(rows) != len(want):
+    errors.append("%d rows for %d boards" % (len(rows), len(want)))
+for r in rows:
+    for k, v in r.items():
+        if v == "" and k != "error":
+            errors.append("row %s: %s is empty" % (r["id"], k))
+    if want.get(r["mac"]) != r["serial"]:
+        errors.append("row %s: mac %s serial %s" % (r["id"], r["mac"], r["serial"]))
+    if r["result"] != "done" or r["operator"] != "rule %s (zero-click)" % r["rule"]:
+        errors.append("row %s: result %s operator %s" % (r["id"], r["result"], r["operator"]))
+    for k in ("netboot_s", "write_s", "verify_s", "customise_s", "total_s"):
+        if float(r[k]) <= 0:
+            errors.append("row %s: %s = %s" % (r["id"], k, r[k]))
+    if len(r["files"].split(";")) != 3 or "hostnames=" not in r["values"] or "serials=" not in r["values"]:
+        errors.append("row %s: files %s values %s" % (r["id"], r["files"], r["values"]))
+print("\n".join(errors))
+sys.exit(1 if errors else 0)
+`
+	out, err := exec.Command("python3", append([]string{"-c", check, csvPath}, want...)...).CombinedOutput()
+	if err != nil {
+		b, _ := os.ReadFile(csvPath)
+		t.Errorf("ledger CSV checked by Python: %v\n%s\n%s", err, out, b)
 	}
 }
