@@ -27,6 +27,7 @@ import (
 
 	"github.com/cm4bench/cm4bench/api/images"
 	"github.com/cm4bench/cm4bench/api/store"
+	"github.com/cm4bench/cm4bench/api/webhook"
 	"github.com/cm4bench/cm4bench/api/ui"
 	"github.com/cm4bench/cm4bench/internal/contract"
 	"github.com/gin-gonic/gin"
@@ -87,6 +88,9 @@ type Server struct {
 	RequireLease bool
 	// Rivals, if set, reports other DHCP servers seen on the link.
 	Rivals func() []string
+	// WebhookBackoff is the wait after failed delivery attempt n; nil =
+	// 1 s doubling to 10 min (tests shorten it).
+	WebhookBackoff func(n int) time.Duration
 	// Power, if set, power-cycles a board (serve --power-command); the
 	// dashboard then offers Power-cycle on each card.
 	Power PowerCycler
@@ -131,9 +135,11 @@ type Server struct {
 	// Logger receives request errors and lifecycle messages; nil = silent.
 	Logger *slog.Logger
 
-	once     sync.Once
-	recovery sync.Once
-	pruning  sync.Once
+	once       sync.Once
+	recovery   sync.Once
+	pruning    sync.Once
+	delivering sync.Once
+	hooks      *webhook.Deliverer
 	cov      *coverageBook
 	refused  refusals // why a board's auto rule could not start
 	handler  http.Handler
@@ -240,6 +246,8 @@ func (s *Server) build() {
 	s.sessions.load(filepath.Join(s.DataDir, "sessions.json"))
 	s.metrics = newMetrics(s)
 	s.progress = make(chan progressReport, 256)
+	s.hooks = &webhook.Deliverer{Outbox: s.Store, Logger: s.log(), Backoff: s.WebhookBackoff}
+	s.Store.OnOutbox = s.hooks.Wake
 	// gin's mode is a package setting of gin; release mode only silences its
 	// route-table printout.
 	if gin.Mode() != gin.ReleaseMode {
@@ -297,6 +305,10 @@ func (s *Server) build() {
 	v.GET("/recipes/:name/values", s.wrap(s.handleRecipeValues))
 	v.GET("/rules", s.wrap(s.handleRules))
 	v.PUT("/rules", s.wrap(s.handlePutRules))
+	v.GET("/webhooks", s.wrap(s.handleWebhooks))
+	v.POST("/webhooks", s.wrap(s.handleAddWebhook))
+	v.DELETE("/webhooks/:id", s.wrap(s.handleDeleteWebhook))
+	v.GET("/webhooks/deliveries", s.wrap(s.handleDeliveries))
 	v.GET("/ledger", s.wrap(s.handleLedger))
 	v.GET("/ledger/:id", s.wrap(s.handleLedgerRow))
 	v.GET("/armed", s.wrap(s.handleArmed))
@@ -353,6 +365,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		return nil
 	})
 	s.pruning.Do(func() { go s.pruneEvents(ctx) })
+	s.delivering.Do(func() { go s.hooks.Serve(ctx) })
 	g.Go(func() error {
 		<-gctx.Done()
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

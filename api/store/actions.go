@@ -137,6 +137,7 @@ func (s *Store) CancelAction(ctx context.Context, mac string) (Action, error) {
 	if err := tx.Commit(); err != nil {
 		return Action{}, fmt.Errorf("store: cancel action: %w", err)
 	}
+	s.outboxChanged()
 	return *a, nil
 }
 
@@ -357,9 +358,19 @@ func (s *Store) Finish(ctx context.Context, id string, r Result) (Action, error)
 	if err != nil {
 		return Action{}, fmt.Errorf("store: finish %s: %w", id, err)
 	}
+	ev := contract.WebhookActionFailed
+	if r.OK {
+		ev = contract.WebhookActionDone
+	}
+	pub := a.Action
+	pub.Log = nil
+	if _, err := s.enqueueTx(ctx, tx, ev, pub); err != nil {
+		return Action{}, err
+	}
 	if err := tx.Commit(); err != nil {
 		return Action{}, fmt.Errorf("store: finish %s: %w", id, err)
 	}
+	s.outboxChanged()
 	if r.OK {
 		s.mu.Lock()
 		s.perMAC[a.MAC] = false

@@ -46,8 +46,15 @@ func (s *Store) Register(ctx context.Context, mac, ip string, facts *contract.Fa
 	if err != nil {
 		return false, fmt.Errorf("store: register %s: %w", mac, err)
 	}
+	n, err := s.enqueueTx(ctx, tx, contract.WebhookBoardRegistered, map[string]any{"mac": mac, "ip": ip, "facts": facts, "new": created})
+	if err != nil {
+		return false, err
+	}
 	if err := tx.Commit(); err != nil {
 		return false, fmt.Errorf("store: register %s: %w", mac, err)
+	}
+	if n > 0 {
+		s.outboxChanged()
 	}
 	return created, nil
 }

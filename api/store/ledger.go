@@ -108,11 +108,14 @@ func (s *Store) appendLedger(ctx context.Context, tx *sql.Tx, id string) error {
 	if err != nil {
 		return err
 	}
-	if _, err := tx.ExecContext(ctx, `INSERT INTO ledger (time, action_id, mac, serial, recipe, result, row) VALUES (?, ?, ?, ?, ?, ?, ?)`,
-		row.Time.UnixNano(), a.ID, a.MAC, row.Serial, a.Recipe, row.Result, string(b)); err != nil {
+	res, err := tx.ExecContext(ctx, `INSERT INTO ledger (time, action_id, mac, serial, recipe, result, row) VALUES (?, ?, ?, ?, ?, ?, ?)`,
+		row.Time.UnixNano(), a.ID, a.MAC, row.Serial, a.Recipe, row.Result, string(b))
+	if err != nil {
 		return fmt.Errorf("store: ledger: %w", err)
 	}
-	return nil
+	row.ID, _ = res.LastInsertId()
+	_, err = s.enqueueTx(ctx, tx, contract.WebhookLedgerRow, row)
+	return err
 }
 
 // phaseSeconds works out the durations: the netboot from the board's first

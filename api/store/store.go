@@ -47,6 +47,9 @@ type Store struct {
 	// Station names this bench in the ledger (serve --station); set it
 	// before use.
 	Station string
+	// OnOutbox, if set, is called after a transaction queued webhook
+	// deliveries (the deliverer wakes up).
+	OnOutbox func()
 
 	db  *sql.DB
 	now func() time.Time
@@ -237,6 +240,27 @@ var migrations = [...]string{
 	CREATE INDEX ledger_time ON ledger (time);
 	CREATE INDEX ledger_serial ON ledger (serial);
 	CREATE INDEX ledger_recipe ON ledger (recipe, time);`,
+	// 5: webhooks and their persistent outbox.
+	`CREATE TABLE webhooks (
+		id INTEGER PRIMARY KEY AUTOINCREMENT,
+		url TEXT NOT NULL,
+		secret TEXT NOT NULL,
+		events TEXT NOT NULL,
+		created INTEGER NOT NULL
+	);
+	CREATE TABLE outbox (
+		id INTEGER PRIMARY KEY AUTOINCREMENT,
+		webhook_id INTEGER NOT NULL,
+		event TEXT NOT NULL,
+		body BLOB NOT NULL,
+		state TEXT NOT NULL DEFAULT 'pending',
+		attempts INTEGER NOT NULL DEFAULT 0,
+		next_at INTEGER NOT NULL,
+		last_error TEXT NOT NULL DEFAULT '',
+		created INTEGER NOT NULL,
+		delivered INTEGER NOT NULL DEFAULT 0
+	);
+	CREATE INDEX outbox_due ON outbox (state, next_at);`,
 }
 
 func (s *Store) migrate(ctx context.Context) error {

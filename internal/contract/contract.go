@@ -11,7 +11,10 @@
 // endpoints alongside them.
 package contract
 
-import "time"
+import (
+	"encoding/json"
+	"time"
+)
 
 // Device endpoints (shell-client compatible).
 const (
@@ -492,4 +495,67 @@ type PhaseSeconds struct {
 	Verify    float64 `json:"verify"`
 	Customise float64 `json:"customise"`
 	Total     float64 `json:"total"`
+}
+
+// Webhook events: what a factory's MES/ERP can subscribe to.
+const (
+	WebhookBoardRegistered = "board.registered" // data: Device
+	WebhookActionDone      = "action.done"      // data: Action
+	WebhookActionFailed    = "action.failed"    // data: Action
+	WebhookLedgerRow       = "ledger.row"       // data: LedgerRow
+)
+
+// WebhookEvents lists every webhook event.
+func WebhookEvents() []string {
+	return []string{WebhookBoardRegistered, WebhookActionDone, WebhookActionFailed, WebhookLedgerRow}
+}
+
+// Webhook delivery headers. The signature is "sha256=" and the hex
+// HMAC-SHA256 of the raw body with the webhook's secret; the delivery id
+// is the same on every retry of one delivery, so a receiver deduplicates
+// by it.
+const (
+	HeaderWebhookEvent     = "X-Cm4bench-Event"
+	HeaderWebhookDelivery  = "X-Cm4bench-Delivery"
+	HeaderWebhookSignature = "X-Cm4bench-Signature"
+)
+
+// Webhook is a configured endpoint. Secret is shown only when it is made.
+type Webhook struct {
+	ID      string    `json:"id"`
+	URL     string    `json:"url"`
+	Events  []string  `json:"events"`
+	Secret  string    `json:"secret,omitempty"`
+	Created time.Time `json:"created"`
+}
+
+// WebhookRequest is the body of POST /api/v1/webhooks ("" secret: one is
+// generated).
+type WebhookRequest struct {
+	URL    string   `json:"url"`
+	Events []string `json:"events"`
+	Secret string   `json:"secret,omitempty"`
+}
+
+// WebhookPayload is the JSON body of every delivery.
+type WebhookPayload struct {
+	Delivery string          `json:"delivery"`
+	Event    string          `json:"event"`
+	Time     time.Time       `json:"time"`
+	Data     json.RawMessage `json:"data"`
+}
+
+// Delivery is one webhook delivery in the outbox: pending until a 2xx
+// answer, retried with backoff, given up ("failed") after many attempts.
+type Delivery struct {
+	ID        string     `json:"id"`
+	WebhookID string     `json:"webhook_id"`
+	URL       string     `json:"url"`
+	Event     string     `json:"event"`
+	State     string     `json:"state"` // pending, delivered, failed
+	Attempts  int        `json:"attempts"`
+	LastError string     `json:"last_error,omitempty"`
+	Created   time.Time  `json:"created"`
+	NextAt    *time.Time `json:"next_at,omitempty"`
+	Delivered *time.Time `json:"delivered,omitempty"`
 }
