@@ -27,8 +27,8 @@ import (
 
 	"github.com/cm4bench/cm4bench/api/images"
 	"github.com/cm4bench/cm4bench/api/store"
-	"github.com/cm4bench/cm4bench/api/webhook"
 	"github.com/cm4bench/cm4bench/api/ui"
+	"github.com/cm4bench/cm4bench/api/webhook"
 	"github.com/cm4bench/cm4bench/internal/contract"
 	"github.com/gin-gonic/gin"
 	"golang.org/x/sync/errgroup"
@@ -140,13 +140,13 @@ type Server struct {
 	pruning    sync.Once
 	delivering sync.Once
 	hooks      *webhook.Deliverer
-	cov      *coverageBook
-	refused  refusals // why a board's auto rule could not start
-	handler  http.Handler
-	engine   *gin.Engine
-	metrics  *metrics
-	progress chan progressReport
-	started  time.Time
+	cov        *coverageBook
+	refused    refusals // why a board's auto rule could not start
+	handler    http.Handler
+	engine     *gin.Engine
+	metrics    *metrics
+	progress   chan progressReport
+	started    time.Time
 
 	addrMu sync.Mutex
 	addrs  []string

@@ -256,4 +256,3 @@ func (s *Store) PruneOutbox(ctx context.Context) error {
 	_, err := s.db.ExecContext(ctx, `DELETE FROM outbox WHERE state != 'pending' AND id <= (SELECT MAX(id) FROM outbox) - ?`, outboxMaxRows)
 	return err
 }
-
