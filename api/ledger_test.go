@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/cm4bench/cm4bench/api"
 	"github.com/cm4bench/cm4bench/api/ledger"
 	"github.com/cm4bench/cm4bench/internal/contract"
 )
@@ -95,6 +96,18 @@ func TestLedgerRowsAndExports(t *testing.T) {
 	}
 	if !bytes.Contains(out, []byte("\r\n")) {
 		t.Error("CSV lines do not end with CRLF (RFC 4180)")
+	}
+	// Line figures: the last hour holds all three; one board of three passed.
+	var lf api.LineFigures
+	b.admin("GET", "/api/v1/figures", nil, 200, &lf)
+	if len(lf.Hour) == 0 || lf.Hour[0].Boards != 3 || lf.Hour[0].Done != 1 || lf.Hour[0].BoardsPerHour != 1 ||
+		lf.Hour[0].FirstPass != 1.0/3 || lf.Hour[0].Phases["write"].P50 != 1.5 || lf.Shift[0].BoardsPerHour != 1.0/8 {
+		t.Errorf("figures: %+v", lf)
+	}
+	code, out = b.call("GET", "/metrics", nil, b.token)
+	if code != 200 || !strings.Contains(string(out), `cm4bench_boards_per_hour{recipe="",window="hour"} 1`) ||
+		!strings.Contains(string(out), `cm4bench_phase_seconds{phase="write",quantile="0.5",recipe="",window="hour"} 1.5`) {
+		t.Errorf("/metrics lacks the line figures: %d", code)
 	}
 	code, out = b.call("GET", "/api/v1/ledger?format=jsonl&result=done", nil, b.token)
 	lines := strings.Split(strings.TrimSpace(string(out)), "\n")

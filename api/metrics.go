@@ -3,7 +3,6 @@ package api
 import (
 	"context"
 	"net/http"
-	"sync"
 	"time"
 
 	"github.com/cm4bench/cm4bench/api/store"
@@ -41,7 +40,7 @@ func newMetrics(s *Server) *metrics {
 		Name: "cm4bench_events_total", Help: "Events by kind (dhcp.*, tftp.*, device.*, action.*, ...) since start.",
 	}, []string{"kind"})
 	m.tftpBytes = prometheus.NewCounter(prometheus.CounterOpts{Name: "cm4bench_tftp_bytes_total", Help: "Bytes of TFTP transfers reported in tftp.* events."})
-	m.reg.MustRegister(served, recv, m.actionSeconds, m.events, m.tftpBytes, newDeviceCollector(s.Store),
+	m.reg.MustRegister(served, recv, m.actionSeconds, m.events, m.tftpBytes, newDeviceCollector(s.Store), newFiguresCollector(s),
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -93,13 +92,9 @@ func (m *metrics) follow(ctx context.Context, st *store.Store) {
 // most every deviceCountEvery, whatever the scrape rate, so scrapes cannot
 // make the server scan every device over and over (security item 13).
 type deviceCollector struct {
-	st   *store.Store
-	desc *prometheus.Desc
-
-	mu     sync.Mutex
-	at     time.Time
-	counts map[string]int
-	err    error
+	st    *store.Store
+	desc  *prometheus.Desc
+	cache cachedValue[map[string]int]
 }
 
 const deviceCountEvery = 10 * time.Second
@@ -111,13 +106,7 @@ func newDeviceCollector(st *store.Store) *deviceCollector {
 func (d *deviceCollector) Describe(ch chan<- *prometheus.Desc) { ch <- d.desc }
 
 func (d *deviceCollector) Collect(ch chan<- prometheus.Metric) {
-	d.mu.Lock()
-	if d.counts == nil || time.Since(d.at) >= deviceCountEvery {
-		d.counts, d.err = d.count()
-		d.at = time.Now()
-	}
-	counts, err := d.counts, d.err
-	d.mu.Unlock()
+	counts, err := d.cache.get(deviceCountEvery, d.count)
 	if err != nil {
 		ch <- prometheus.NewInvalidMetric(d.desc, err)
 		return

@@ -88,6 +88,9 @@ type Server struct {
 	RequireLease bool
 	// Rivals, if set, reports other DHCP servers seen on the link.
 	Rivals func() []string
+	// Shift is the line figures' longer window besides the last hour; 0 =
+	// DefaultShift.
+	Shift time.Duration
 	// WebhookBackoff is the wait after failed delivery attempt n; nil =
 	// 1 s doubling to 10 min (tests shorten it).
 	WebhookBackoff func(n int) time.Duration
@@ -309,6 +312,7 @@ func (s *Server) build() {
 	v.POST("/webhooks", s.wrap(s.handleAddWebhook))
 	v.DELETE("/webhooks/:id", s.wrap(s.handleDeleteWebhook))
 	v.GET("/webhooks/deliveries", s.wrap(s.handleDeliveries))
+	v.GET("/figures", s.wrap(s.handleFigures))
 	v.GET("/ledger", s.wrap(s.handleLedger))
 	v.GET("/ledger/:id", s.wrap(s.handleLedgerRow))
 	v.GET("/armed", s.wrap(s.handleArmed))

@@ -61,3 +61,41 @@ func TestWriters(t *testing.T) {
 		t.Error("format xml accepted")
 	}
 }
+
+func TestSummary(t *testing.T) {
+	at := time.Date(2026, 12, 3, 8, 0, 0, 0, time.UTC)
+	row := func(serial, recipe, result string, total float64) contract.LedgerRow {
+		return contract.LedgerRow{Serial: serial, Recipe: recipe, Result: result, Time: at, Seconds: contract.PhaseSeconds{Write: total / 2, Total: total}}
+	}
+	s := NewSummary("shift", at.Add(-8*time.Hour), 8)
+	for _, r := range []contract.LedgerRow{
+		row("a", "line-a", "failed", 0), row("a", "line-a", "done", 100), // a retry: done, not first pass
+		row("b", "line-a", "done", 80), row("c", "line-a", "done", 120), row("d", "line-b", "done", 60),
+		row("e", "line-b", "cancelled", 0),
+	} {
+		s.Add(r)
+	}
+	figs := s.Figures()
+	byRecipe := map[string]Figures{}
+	for _, f := range figs {
+		byRecipe[f.Recipe] = f
+	}
+	for _, tc := range []struct {
+		recipe             string
+		boards, done       int
+		bph, fpy, p50, p95 float64
+	}{
+		{"", 5, 4, 0.5, 3.0 / 5, 80, 120}, // nearest rank of 60, 80, 100, 120
+		{"line-a", 3, 3, 3.0 / 8, 2.0 / 3, 100, 120},
+		{"line-b", 2, 1, 1.0 / 8, 0.5, 60, 60},
+	} {
+		f := byRecipe[tc.recipe]
+		if f.Boards != tc.boards || f.Done != tc.done || f.BoardsPerHour != tc.bph || f.FirstPass != tc.fpy ||
+			f.Phases["total"].P50 != tc.p50 || f.Phases["total"].P95 != tc.p95 {
+			t.Errorf("recipe %q: %+v, want boards %d done %d bph %v fpy %v p50 %v p95 %v", tc.recipe, f, tc.boards, tc.done, tc.bph, tc.fpy, tc.p50, tc.p95)
+		}
+	}
+	if figs[0].Recipe != "" {
+		t.Errorf("the bench's figures come first: %+v", figs[0])
+	}
+}
