@@ -6,9 +6,11 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/chromedp/chromedp"
@@ -110,5 +112,46 @@ files:
 		t.Errorf("ask board's action: %+v", dev.Action)
 	}
 	b.screenshot(t, dir, "line-armed.png")
+	b.check(t)
+}
+
+// TestRecordsInBrowser: the line figures, the ledger download and the
+// webhooks on the dashboard. A bad webhook URL is refused with the reason;
+// a good one shows its secret once, and its deliveries (to a real receiver
+// on loopback) appear in the log as delivered.
+func TestRecordsInBrowser(t *testing.T) {
+	bn := startBench(t)
+	base, token := bn.URL, bn.Token
+	var got atomic.Int32
+	rcv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got.Add(1)
+		w.WriteHeader(http.StatusNoContent)
+	}))
+	defer rcv.Close()
+	b := newBrowser(t)
+	b.login(t, base, token)
+
+	b.do(t, "type a bad URL", chromedp.SendKeys(chromedp.CSS(`#webhook-url`), "ftp://mes.example/x"), chromedp.Click(chromedp.CSS(`[data-testid=webhook-add]`)))
+	b.waitFor(t, "the refusal", `(() => { const e = document.getElementById('webhook-error'); return !e.hidden && e.textContent.includes('Not added') && e.textContent.includes('http(s)'); })()`)
+	b.do(t, "type the receiver's URL", chromedp.Evaluate[chromedp.Void](`document.getElementById('webhook-url').value = '`+rcv.URL+`/hook'`), chromedp.Click(chromedp.CSS(`[data-testid=webhook-add]`)))
+	b.waitFor(t, "the secret, once", `!document.getElementById('webhook-secret').hidden && /secret, shown only now: [0-9a-f]{48}/.test(document.getElementById('webhook-secret').textContent)`)
+	b.waitFor(t, "the webhook listed", `document.querySelectorAll('[data-testid=webhook-item]').length === 1`)
+
+	d := &simDevice{t: t, base: base, MAC: "dc:a6:32:0d:00:01", Serial: "10000d01"}
+	d.register()
+	techDo(t, base, token, http.MethodPost, "/api/v1/devices/"+d.MAC+"/action", strings.NewReader(`{"action":"deploy"}`), nil)
+	d.pollUntil(contract.ActionDeploy)
+	n, sum := d.fetchImage()
+	d.finish(contract.StatusSuccess, "", n, sum)
+	b.waitFor(t, "the figures", `document.querySelector('[data-testid=figures-hour]').textContent.includes('1 done of 1') && document.querySelector('[data-testid=figures-hour]').textContent.includes('first pass 100%')`)
+	b.waitFor(t, "delivered events in the log", `[...document.querySelectorAll('[data-testid=delivery-row]')].filter(r => r.dataset.state === 'delivered').length >= 3`)
+	if got.Load() < 3 {
+		t.Errorf("the receiver got %d requests", got.Load())
+	}
+	head := b.text(t, `(async () => { const r = await fetch(document.querySelector('[data-testid=ledger-csv]').href); const t = await r.text(); return t.split('\r\n')[0] + '|' + (t.includes('`+d.MAC+`') ? 'row' : 'none'); })()`)
+	if !strings.HasPrefix(head, "id,time,station,slot,operator,mac") || !strings.HasSuffix(head, "|row") {
+		t.Errorf("the ledger download: %q", head)
+	}
+	b.screenshot(t, artifactsDir(t), "records.png")
 	b.check(t)
 }

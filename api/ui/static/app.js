@@ -260,7 +260,7 @@
     $("#app").hidden = false;
     $("#top-controls").hidden = false;
     applyStatus(st);
-    await Promise.allSettled([loadImages(), loadDevices(), loadBackups(), loadHistory(), loadLine()]);
+    await Promise.allSettled([loadImages(), loadDevices(), loadBackups(), loadHistory(), loadLine(), loadRecords()]);
     connect();
     clearInterval(S.refreshTimer);
     S.refreshTimer = setInterval(periodic, REFRESH_MS);
@@ -270,6 +270,7 @@
     try {
       applyStatus(await api("GET", "/api/v1/status"));
       await loadDevices();
+      loadRecords();
     } catch { /* shown by the live indicator / login */ }
   }
 
@@ -323,6 +324,67 @@
       loadDevices();
     } catch (e) {
       showError(on ? "Could not arm the bench" : "Could not disarm the bench", e);
+    }
+  }
+
+  // ---------- line figures, webhooks, deliveries ----------
+  async function loadRecords() {
+    let figs, hooks, dels;
+    try {
+      [figs, hooks, dels] = await Promise.all([api("GET", "/api/v1/figures"), api("GET", "/api/v1/webhooks"), api("GET", "/api/v1/webhooks/deliveries?limit=20")]);
+    } catch (e) {
+      if (e.status !== 401) showError("Could not load the line figures and webhooks", e);
+      return;
+    }
+    const dl = $("#figures");
+    dl.textContent = "";
+    for (const [label, set] of [["Last hour", figs.hour], ["Shift", figs.shift]]) {
+      const f = (set || [])[0] || {};
+      const total = (f.phases || {}).total;
+      dl.append(el("dt", {}, label), el("dd", { "data-testid": "figures-" + (label === "Shift" ? "shift" : "hour") },
+        (f.boards_per_hour || 0).toFixed(1) + " boards/h · " + (f.done || 0) + " done of " + (f.boards || 0) +
+        " · first pass " + Math.round((f.first_pass_yield || 0) * 100) + "%" +
+        (total ? " · median " + Math.round(total.p50) + " s, p95 " + Math.round(total.p95) + " s" : "")));
+    }
+    const list = $("#webhook-list");
+    list.textContent = "";
+    for (const h of hooks || []) {
+      const li = el("li", { "data-testid": "webhook-item" });
+      li.append(el("span", { class: "mono" }, h.url), " ");
+      const del = el("button", { type: "button", class: "btn quiet", "aria-label": "Remove webhook " + h.url }, "Remove");
+      del.addEventListener("click", async () => {
+        if (!(await confirmDialog("Remove this webhook?", h.url + " gets no more events; its undelivered ones are dropped.", "Remove"))) return;
+        try { await api("DELETE", "/api/v1/webhooks/" + h.id); } catch (e) { showError("Could not remove the webhook", e); }
+        loadRecords();
+      });
+      li.append(del);
+      list.append(li);
+    }
+    const rows = $("#delivery-rows");
+    rows.textContent = "";
+    for (const d of dels || []) {
+      const tr = el("tr", { "data-testid": "delivery-row", "data-state": d.state, "data-tries": String(d.attempts) });
+      const state = d.state === "pending" ? (d.attempts ? "retrying (" + (d.last_error || "failed") + ")" : "queued")
+        : d.state === "failed" ? "gave up: " + (d.last_error || "") : "delivered";
+      tr.append(el("td", { class: "mono" }, d.event), el("td", { class: "small" }, d.url), el("td", {}, state), el("td", {}, String(d.attempts)));
+      rows.append(tr);
+    }
+    $("#deliveries").hidden = !(dels || []).length;
+    $("#no-deliveries").hidden = !!(dels || []).length;
+  }
+  async function onWebhookAdd(ev) {
+    ev.preventDefault();
+    const err = $("#webhook-error"), sec = $("#webhook-secret");
+    err.hidden = true; sec.hidden = true;
+    try {
+      const h = await api("POST", "/api/v1/webhooks", { url: $("#webhook-url").value.trim(), events: ["board.registered", "action.done", "action.failed", "ledger.row"] });
+      sec.textContent = "Added. Its signing secret, shown only now: " + h.secret;
+      sec.hidden = false;
+      $("#webhook-url").value = "";
+      loadRecords();
+    } catch (e) {
+      err.textContent = "Not added: " + e.message;
+      err.hidden = false;
     }
   }
 
@@ -1248,7 +1310,7 @@ files:
       applyProgress(mac, f);
     } else if (kind.startsWith("device.") || kind.startsWith("action.")) {
       refreshDevice(mac);
-      if (kind === "action.done" || kind === "action.failed") setTimeout(loadBackups, 300);
+      if (kind === "action.done" || kind === "action.failed") { setTimeout(loadBackups, 300); setTimeout(loadRecords, 1000); }
     } else if (kind === "netboot.set") {
       if (mac) refreshDevice(mac);
       else if (typeof f.enabled === "boolean") setSwitch(f.enabled);
@@ -1334,6 +1396,7 @@ files:
     $("#yaml-cancel").addEventListener("click", () => { $("#yaml-editor").hidden = true; });
     $("#rules-edit").addEventListener("click", onRulesEdit);
     $("#recipe-new").addEventListener("click", onRecipeNew);
+    $("#webhook-form").addEventListener("submit", onWebhookAdd);
     $("#deploy-all").addEventListener("click", onDeployAll);
     $("#image-file").addEventListener("change", onUpload);
     // Keep the "seen … ago" notes fresh without a reload.
