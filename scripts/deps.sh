@@ -22,6 +22,10 @@ pkgs=(
   tshark              # netboot tests: reads the pcap of serve --capture (the outside oracle for the format)
   dosfstools          # recipes: mkfs.fat makes the test images' boot partitions, fsck.fat -n checks what the agent wrote
   mtools              # recipes: mdir/mtype read the per-device files back from each board's eMMC
+  cups                # labels: the tests run their own cupsd (own config, spool and port; never the service)
+  printer-driver-cups-pdf # labels: the cups-pdf printer the label test prints to
+  poppler-utils       # labels: pdftotext/pdftoppm read the printed PDF back (and CUPS's pdftops filter)
+  zbar-tools          # labels: zbarimg decodes the printed QR code
 )
 
 missing=()
@@ -35,7 +39,7 @@ if [ "$(id -u)" -ne 0 ]; then
   echo "deps: run as root, or: sudo apt-get install -y ${missing[*]}" >&2
   exit 1
 fi
-# Never let a package start its service on this machine (dnsmasq, nginx):
+# Never let a package start its service on this machine (dnsmasq, nginx, cups):
 # tests start their own instances, bound to their own namespaces.
 cleanup() { rm -f /usr/sbin/policy-rc.d; }
 if [ ! -e /usr/sbin/policy-rc.d ]; then
