@@ -286,6 +286,7 @@ func (s *Server) handleActionDone(c *gin.Context) error {
 	}
 	s.cov.remove(a.ID)
 	s.metrics.actionFinished(fa.Action)
+	s.autoPrint(fa.Action)
 	if res.OK {
 		s.emit(c.Request.Context(), contract.Event{Kind: contract.EventActionDone, MAC: mac, Message: a.Type + " done",
 			Fields: map[string]any{"action_id": a.ID, "type": a.Type, "sha256": fa.SHA256, "bytes": fa.Bytes}})

@@ -292,6 +292,8 @@ func (s *Server) build() {
 	v.GET("/devices/:mac/netboot", s.wrap(s.handleGetDeviceNetboot))
 	v.POST("/actions", s.wrap(s.handleBulkAction))
 	v.GET("/actions", s.wrap(s.handleActions))
+	v.GET("/actions/:id/:format", s.wrap(s.handleLabelFile))
+	v.POST("/actions/:id/label/print", s.wrap(s.handlePrintLabel))
 	v.GET("/netboot", s.wrap(s.handleGetNetboot))
 	v.PUT("/netboot", s.wrap(s.handleSetNetboot))
 	v.GET("/images", s.wrap(s.handleImages))

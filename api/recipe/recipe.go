@@ -16,6 +16,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/cm4bench/cm4bench/api/label"
 	"github.com/cm4bench/cm4bench/internal/contract"
 	"github.com/cm4bench/cm4bench/netboot/bootfs"
 )
@@ -34,8 +35,8 @@ type Recipe struct {
 	After    string   `yaml:"after,omitempty" json:"after,omitempty"`   // contract.After* ("" = reboot)
 	Files    []File   `yaml:"files,omitempty" json:"files,omitempty"`
 	Pools    []Pool   `yaml:"pools,omitempty" json:"pools,omitempty"`
-	// Label is a label template for the records issue; kept, not used yet.
-	Label string `yaml:"label,omitempty" json:"label,omitempty"`
+	// Label is printed for each board the recipe provisions (api/label).
+	Label *label.Spec `yaml:"label,omitempty" json:"label,omitempty"`
 }
 
 // Info is a recipe with the state of its pools (GET /api/v1/recipes).
@@ -263,6 +264,11 @@ func (r *Recipe) Check() error {
 	}
 	if _, err := r.Render(SampleBoard(), &sampleValues{r: r}); err != nil {
 		return wrap(err)
+	}
+	if r.Label != nil {
+		if err := r.Label.Check(); err != nil {
+			return wrap(err)
+		}
 	}
 	return nil
 }

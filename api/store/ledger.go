@@ -272,3 +272,16 @@ func (s *Store) LedgerRow(ctx context.Context, id int64) (contract.LedgerRow, er
 	r.ID = id
 	return r, nil
 }
+
+// LedgerRowByAction returns the ledger row of a job, or ErrNotFound.
+func (s *Store) LedgerRowByAction(ctx context.Context, actionID string) (contract.LedgerRow, error) {
+	var id int64
+	err := s.db.QueryRowContext(ctx, `SELECT id FROM ledger WHERE action_id = ?`, actionID).Scan(&id)
+	if errors.Is(err, sql.ErrNoRows) {
+		return contract.LedgerRow{}, fmt.Errorf("store: no ledger row for action %s: %w", actionID, ErrNotFound)
+	}
+	if err != nil {
+		return contract.LedgerRow{}, err
+	}
+	return s.LedgerRow(ctx, id)
+}

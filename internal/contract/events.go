@@ -48,6 +48,7 @@ const (
 	EventRulesSet      = "rules.set"      // Fields: rules (count)
 	EventArmedSet      = "armed.set"      // Fields: armed (bool)
 	EventRuleMatched   = "rule.matched"   // Fields: rule, recipe, version, mode; level warn when it could not start
+	EventLabelPrinted  = "label.printed"  // Fields: action_id, printer; level warn when the printer failed (the board stays provisioned)
 
 	// API server: stored files.
 	EventBackupStored  = "backup.stored"
@@ -82,7 +83,7 @@ const (
 var kinds = []string{
 	EventDeviceRegister, EventDeviceLog, EventDeviceImage, EventDevicePower,
 	EventActionSet, EventActionProgress, EventActionDone, EventActionFailed, EventNetbootSet,
-	EventRecipeApplied, EventRulesSet, EventArmedSet, EventRuleMatched,
+	EventRecipeApplied, EventRulesSet, EventArmedSet, EventRuleMatched, EventLabelPrinted,
 	EventBackupStored, EventBackupRemoved, EventImageAdded, EventImageRemoved, EventImageDefault,
 	EventServerRecovered, EventAuthLogin, EventAuthFailed, EventAuthRotated,
 	EventDHCPOffer, EventDHCPAck, EventDHCPNak, EventDHCPRelease, EventDHCPDecline, EventDHCPRival, EventDHCPError,
