@@ -5,6 +5,8 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -153,5 +155,71 @@ func TestRecordsInBrowser(t *testing.T) {
 		t.Errorf("the ledger download: %q", head)
 	}
 	b.screenshot(t, artifactsDir(t), "records.png")
+	b.check(t)
+}
+
+// TestLabelInBrowser: a provisioned board's card offers Print label and a
+// preview; a printer that is off is reported in plain words (the board
+// stays done), one that answers gets the label.
+func TestLabelInBrowser(t *testing.T) {
+	bn := startBench(t)
+	base, token := bn.URL, bn.Token
+	img := filepath.Join(t.TempDir(), "line.img")
+	if _, err := bootfstest.Make(img, bootfstest.Disk{StartMiB: 1, BootMiB: 2, FAT: 12, RootMiB: 1}); err != nil {
+		t.Fatal(err)
+	}
+	data, _ := os.ReadFile(img)
+	sum := sha256.Sum256(data)
+	techDo(t, base, token, http.MethodPost, "/api/v1/images?name=line.img", bytes.NewReader(data), nil)
+	printer, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := printer.Addr().String()
+	printer.Close() // off for now
+	techDo(t, base, token, http.MethodPut, "/api/v1/recipes", strings.NewReader(`name: line-l
+image: line.img
+sha256: `+hex.EncodeToString(sum[:])+`
+label: {width_mm: 50, height_mm: 25, lines: ["SN {{ .Serial }}"], code: {kind: qr, data: "{{ .Serial }}"}, printer: "tcp:`+addr+`"}
+`), nil)
+	b := newBrowser(t)
+	b.login(t, base, token)
+	d := &simDevice{t: t, base: base, MAC: "dc:a6:32:0e:00:01", Serial: "10000e01"}
+	d.register()
+	techDo(t, base, token, http.MethodPost, "/api/v1/devices/"+d.MAC+"/action", strings.NewReader(`{"action":"deploy","recipe":"line-l"}`), nil)
+	d.pollUntil(contract.ActionDeploy)
+	n, got := d.fetchImage()
+	d.post(contract.PathActionDone, contract.ActionDone{MAC: d.MAC, ActionID: d.poll.ActionID, Token: d.poll.Token, Status: contract.StatusSuccess, Bytes: n, SHA256: got})
+	btn := `button[aria-label="Print the label of ` + d.MAC + `"]`
+	b.waitFor(t, "the card", card(d.MAC))
+	b.waitFor(t, "Print label on the done card", card(d.MAC)+`.dataset.state === 'done' && !!document.querySelector('`+btn+`') && !document.querySelector('`+btn+`').hidden`)
+	b.do(t, "click Print label (printer off)", chromedp.Click(chromedp.CSS(btn)))
+	b.waitFor(t, "the plain error", `[...document.querySelectorAll('[data-testid=error-item]')].some(e => e.textContent.includes('did not print') && e.textContent.includes('The board itself is provisioned'))`)
+	if st := b.text(t, card(d.MAC)+`.dataset.state`); st != "done" {
+		t.Errorf("the card reads %s after a failed print, want done", st)
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	recv := make(chan int, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		all, _ := io.ReadAll(c)
+		c.Close()
+		recv <- len(all)
+	}()
+	b.do(t, "click Print label (printer on)", chromedp.Click(chromedp.CSS(btn)))
+	b.waitFor(t, "Printed", `document.querySelector('`+btn+`').textContent === 'Printed ✓'`)
+	if n := <-recv; n < 1000 {
+		t.Errorf("the printer got %d bytes", n)
+	}
+	if href := b.text(t, card(d.MAC)+`.querySelector('[data-testid=label-preview]').href`); !strings.HasSuffix(href, "/label.png") {
+		t.Errorf("label preview link %q", href)
+	}
 	b.check(t)
 }

@@ -836,6 +836,16 @@ files:
     hint.textContent = why;
     card.querySelector("[data-act=cancel]").hidden = !busy;
     renderRule(card, d, busy);
+    // A finished recipe deploy whose recipe has a label: print it again, or look at it.
+    const rcpName = act && pick(act, "recipe");
+    const hasLabel = !!(rcpName && actState === "done" && (S.recipes || []).some(r => r.name === rcpName && r.label));
+    const lb = card.querySelector("[data-act=label]"), lp = card.querySelector("[data-field=label-preview]");
+    lb.hidden = lp.hidden = !hasLabel;
+    if (hasLabel) {
+      lb.setAttribute("aria-label", "Print the label of " + mac);
+      lb.disabled = S.lost;
+      lp.href = "api/v1/actions/" + encodeURIComponent(pick(act, "id", "ID")) + "/label.png";
+    }
     const nbBtn = card.querySelector("[data-act=netboot]");
     nbBtn.textContent = nbOn ? "Disable netboot" : "Enable netboot";
     nbBtn.setAttribute("aria-label", (nbOn ? "Disable netboot for " : "Enable netboot for ") + mac);
@@ -1101,6 +1111,16 @@ files:
           "This writes recipe " + m.recipe + " v" + m.version + " to " + who + ", overwriting its eMMC, and gives it its own values from the recipe's pools.", "Start and overwrite"))) return;
         btn.disabled = true;
         noteAction(mac, await api("POST", "/api/v1/devices/" + encodeURIComponent(mac) + "/action", { action: "deploy", recipe: m.recipe, rule: m.rule }));
+      } else if (act === "label") {
+        btn.disabled = true;
+        const a = currentAction(d);
+        try {
+          await api("POST", "/api/v1/actions/" + encodeURIComponent(pick(a, "id", "ID")) + "/label/print");
+          btn.textContent = "Printed ✓";
+          setTimeout(() => { btn.textContent = "Print label"; }, 4000);
+        } catch (e) {
+          showError("The label for " + mac + " did not print", e, "The board itself is provisioned. Check the printer (power, paper, cable) and press Print label again.");
+        }
       } else if (act === "power") {
         const running = deviceState(d) === "running";
         if (running && !(await confirmDialog("Power-cycle " + mac + " now?",
