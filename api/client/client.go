@@ -23,6 +23,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/cm4bench/cm4bench/api/ledger"
 	"github.com/cm4bench/cm4bench/api/recipe"
 	"github.com/cm4bench/cm4bench/internal/contract"
 )
@@ -470,4 +471,17 @@ func (c *Client) ExportLedger(ctx context.Context, q LedgerQuery, format string,
 		return n, fmt.Errorf("client: ledger export: %w", err)
 	}
 	return n, nil
+}
+
+// Figures returns the line figures (the dashboard's and /metrics').
+func (c *Client) Figures(ctx context.Context) (LineFigures, error) {
+	var f LineFigures
+	return f, c.do(ctx, "GET", "/api/v1/figures", nil, &f)
+}
+
+// LineFigures mirrors api.LineFigures (the client does not import the
+// server).
+type LineFigures struct {
+	Hour  []ledger.Figures `json:"hour"`
+	Shift []ledger.Figures `json:"shift"`
 }

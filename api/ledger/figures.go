@@ -37,8 +37,9 @@ type Summary struct {
 }
 
 type group struct {
-	first, last map[string]string // board -> result of its first / last row
-	phases      map[string][]float64
+	first  map[string]string // board -> result of its first row
+	done   int
+	phases map[string][]float64
 }
 
 // NewSummary starts a summary of the rows since since, over hours.
@@ -55,14 +56,14 @@ func (s *Summary) Add(r contract.LedgerRow) {
 	for _, key := range []string{"", r.Recipe} {
 		g := s.groups[key]
 		if g == nil {
-			g = &group{first: map[string]string{}, last: map[string]string{}, phases: map[string][]float64{}}
+			g = &group{first: map[string]string{}, phases: map[string][]float64{}}
 			s.groups[key] = g
 		}
 		if _, ok := g.first[board]; !ok {
 			g.first[board] = r.Result
 		}
-		g.last[board] = r.Result
 		if r.Result == contract.StateDone {
+			g.done++
 			for name, v := range map[string]float64{"netboot": r.Seconds.Netboot, "register": r.Seconds.Register, "write": r.Seconds.Write,
 				"verify": r.Seconds.Verify, "customise": r.Seconds.Customise, "total": r.Seconds.Total} {
 				if v > 0 {
@@ -93,14 +94,12 @@ func (s *Summary) Figures() []Figures {
 		if g != nil {
 			f.Boards = len(g.first)
 			pass := 0
-			for b, res := range g.first {
+			for _, res := range g.first {
 				if res == contract.StateDone {
 					pass++
 				}
-				if g.last[b] == contract.StateDone {
-					f.Done++
-				}
 			}
+			f.Done = g.done
 			if f.Boards > 0 {
 				f.FirstPass = float64(pass) / float64(f.Boards)
 			}

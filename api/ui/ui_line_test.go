@@ -145,7 +145,7 @@ func TestRecordsInBrowser(t *testing.T) {
 	d.pollUntil(contract.ActionDeploy)
 	n, sum := d.fetchImage()
 	d.finish(contract.StatusSuccess, "", n, sum)
-	b.waitFor(t, "the figures", `document.querySelector('[data-testid=figures-hour]').textContent.includes('1 done of 1') && document.querySelector('[data-testid=figures-hour]').textContent.includes('first pass 100%')`)
+	b.waitFor(t, "the figures", `document.querySelector('[data-testid=figures-hour]').textContent.includes('1 done, 1 board') && document.querySelector('[data-testid=figures-hour]').textContent.includes('first pass 100%')`)
 	b.waitFor(t, "delivered events in the log", `[...document.querySelectorAll('[data-testid=delivery-row]')].filter(r => r.dataset.state === 'delivered').length >= 3`)
 	if got.Load() < 3 {
 		t.Errorf("the receiver got %d requests", got.Load())

@@ -342,7 +342,7 @@
       const f = (set || [])[0] || {};
       const total = (f.phases || {}).total;
       dl.append(el("dt", {}, label), el("dd", { "data-testid": "figures-" + (label === "Shift" ? "shift" : "hour") },
-        (f.boards_per_hour || 0).toFixed(1) + " boards/h · " + (f.done || 0) + " done of " + (f.boards || 0) +
+        (f.boards_per_hour || 0).toFixed(1) + " boards/h · " + (f.done || 0) + " done, " + (f.boards || 0) + ((f.boards || 0) === 1 ? " board" : " boards") +
         " · first pass " + Math.round((f.first_pass_yield || 0) * 100) + "%" +
         (total ? " · median " + Math.round(total.p50) + " s, p95 " + Math.round(total.p95) + " s" : "")));
     }

@@ -316,6 +316,27 @@ func TestLoad(t *testing.T) {
 	fmt.Fprintf(tw, "image bytes served / backup bytes received\t\t%.0f / %.0f\t\t\t\t\n", served, received)
 	fmt.Fprintf(tw, "boards: netboots / agent runs / eMMC boots\t%d / %d / %d\t\t\t\t\t\n", netboots, agentRuns, emmcBoots)
 	tw.Flush()
+	// The line figures, as the dashboard and /metrics show them.
+	lf, ferr := c.Figures(context.Background())
+	if ferr != nil {
+		t.Errorf("figures: %v", ferr)
+	} else {
+		fmt.Fprintf(&b, "\nLine figures (GET /api/v1/figures: the dashboard's and /metrics' numbers)\n")
+		fw := tabwriter.NewWriter(&b, 0, 4, 2, ' ', tabwriter.AlignRight)
+		fmt.Fprintln(fw, "window\tboards\tdone\tboards/h\tfirst pass\twrite p50/p95 s\tverify p50/p95 s\ttotal p50/p95 s\t")
+		for _, f := range append(lf.Hour[:1], lf.Shift[:1]...) {
+			ph := func(n string) string { q := f.Phases[n]; return fmt.Sprintf("%.1f / %.1f", q.P50, q.P95) }
+			fmt.Fprintf(fw, "%s\t%d\t%d\t%.0f\t%.0f%%\t%s\t%s\t%s\t\n", f.Window, f.Boards, f.Done, f.BoardsPerHour, 100*f.FirstPass, ph("write"), ph("verify"), ph("total"))
+		}
+		fw.Flush()
+		rows, err := c.Ledger(context.Background(), client.LedgerQuery{})
+		if err != nil || len(rows) != st.deploys {
+			t.Errorf("the ledger has %d rows (%v) for %d deploys", len(rows), err, st.deploys)
+		}
+		if lf.Hour[0].Done == 0 || lf.Hour[0].BoardsPerHour <= 0 {
+			t.Errorf("figures after %d deploys: %+v", st.deploys, lf.Hour[0])
+		}
+	}
 	fmt.Print(b.String())
 	t.Log(b.String())
 
