@@ -485,3 +485,26 @@ type LineFigures struct {
 	Hour  []ledger.Figures `json:"hour"`
 	Shift []ledger.Figures `json:"shift"`
 }
+
+// Webhooks lists the endpoints.
+func (c *Client) Webhooks(ctx context.Context) ([]contract.Webhook, error) {
+	var out []contract.Webhook
+	return out, c.do(ctx, "GET", "/api/v1/webhooks", nil, &out)
+}
+
+// AddWebhook adds an endpoint; the answer carries its secret, once.
+func (c *Client) AddWebhook(ctx context.Context, req contract.WebhookRequest) (contract.Webhook, error) {
+	var out contract.Webhook
+	return out, c.do(ctx, "POST", "/api/v1/webhooks", req, &out)
+}
+
+// DeleteWebhook removes an endpoint.
+func (c *Client) DeleteWebhook(ctx context.Context, id string) error {
+	return c.do(ctx, "DELETE", "/api/v1/webhooks/"+esc(id), nil, nil)
+}
+
+// Deliveries lists the newest webhook deliveries.
+func (c *Client) Deliveries(ctx context.Context, limit int) ([]contract.Delivery, error) {
+	var out []contract.Delivery
+	return out, c.do(ctx, "GET", "/api/v1/webhooks/deliveries?limit="+strconv.Itoa(limit), nil, &out)
+}

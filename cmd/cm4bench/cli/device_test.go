@@ -248,6 +248,19 @@ func TestNetbootServeAndClients(t *testing.T) {
 	} else if b, _ := os.ReadFile(ledgerCSV); !bytes.HasPrefix(b, []byte("id,time,station,")) || !bytes.Contains(b, []byte(mac)) {
 		t.Errorf("ledger CSV: %s", b)
 	}
+	// Webhooks from the CLI: a bad URL is refused, a good one prints its secret once.
+	if _, err := cli("webhook", "add", "ftp://x/y"); err == nil || !strings.Contains(err.Error(), "want http(s)") {
+		t.Errorf("webhook add ftp: %v", err)
+	}
+	if out, err := cli("webhook", "add", "http://127.0.0.1:9/hook", "--event", "ledger.row", "--secret", "abc"); err != nil || !strings.Contains(out, "secret (shown once): abc") {
+		t.Errorf("webhook add = %q, %v", out, err)
+	}
+	if out, err := cli("webhook", "list"); err != nil || !strings.Contains(out, "http://127.0.0.1:9/hook") || strings.Contains(out, "abc") {
+		t.Errorf("webhook list = %q, %v", out, err)
+	}
+	if out, err := cli("webhook", "rm", "1"); err != nil || !strings.Contains(out, "removed") {
+		t.Errorf("webhook rm = %q, %v", out, err)
+	}
 	if _, err := cli("ledger", "export", "--format", "xml"); ExitCode(err) != 2 {
 		t.Errorf("ledger export --format xml: exit %d", ExitCode(err))
 	}

@@ -114,6 +114,7 @@ as the Seeed reTerminal) from one workstation with a USB cable and an Ethernet s
 		{"line", newRecipeCmd()},
 		{"line", newRuleCmd()},
 		{"line", newLedgerCmd()},
+		{"line", newWebhookCmd()},
 		{"net", newBackupCmd()},
 		{"net", newSimCmd()},
 		{"bench", newDoctorCmd(usb)},
