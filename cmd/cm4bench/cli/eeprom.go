@@ -2,6 +2,8 @@ package cli
 
 import (
 	"context"
+	"crypto"
+	"crypto/rsa"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -14,6 +16,7 @@ import (
 	"time"
 
 	"github.com/cm4bench/cm4bench/eeprom"
+	"github.com/cm4bench/cm4bench/eeprom/signer"
 	"github.com/cm4bench/cm4bench/internal/atomicfile"
 	"github.com/spf13/cobra"
 )
@@ -429,9 +432,13 @@ func (o *eepromSetOptions) run(_ context.Context, args []string, asJSON bool, st
 // ---- digest ----
 
 type eepromDigestOptions struct {
-	out       string
-	timestamp timestampFlag // unset: $SOURCE_DATE_EPOCH, else now
-	targetSoC int
+	out         string
+	timestamp   timestampFlag // unset: $SOURCE_DATE_EPOCH, else now
+	targetSoC   int
+	key         string // private PEM: add the rsa2048 line (with --verify: the public PEM)
+	pubkey      string // the public key the signature must verify with
+	signCommand string // HSM wrapper instead of --key
+	verify      string // a .sig to check instead of writing one
 }
 
 func newEEPROMDigestCmd() *cobra.Command {
@@ -443,9 +450,18 @@ func newEEPROMDigestCmd() *cobra.Command {
 before flashing: the SHA-256 of the whole file in lowercase hex, then "ts: N", the same text as
 rpi-eeprom-digest. N is --timestamp, else $SOURCE_DATE_EPOCH, else the current time; pass
 --timestamp for a reproducible file. --target-soc 2711|2712 adds the "target-soc:" line that
-rpi-eeprom-update -c writes.`,
+rpi-eeprom-update -c writes.
+
+Secure boot: --key private.pem adds the "rsa2048:" line, the RSA-2048 PKCS#1 v1.5 signature over
+SHA-256 of the file (rpi-eeprom-digest -k); --sign-command CMD has an HSM wrapper make it instead
+(CMD -a rsa2048-sha256 FILE prints the signature in hex, upstream's -H interface) and needs
+--pubkey. With --pubkey the signature must verify with that key, so a wrong key fails here and
+not on the board. --verify SIG --key public.pem checks a .sig (rpi-eeprom-digest -v).`,
 		Example: `  cm4bench eeprom digest pieeprom.bin -o pieeprom.sig
-  cm4bench eeprom digest pieeprom.bin --timestamp 1700000000`,
+  cm4bench eeprom digest pieeprom.bin --timestamp 1700000000
+  cm4bench eeprom digest boot.conf --key private.pem --pubkey public.pem -o boot.conf.sig
+  cm4bench eeprom digest boot.img --sign-command hsm-wrapper --pubkey public.pem -o boot.sig
+  cm4bench eeprom digest boot.img --verify boot.sig --key public.pem`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return opts.run(cmd.Context(), args[0], wantJSON(cmd), cmd.OutOrStdout())
@@ -454,7 +470,79 @@ rpi-eeprom-update -c writes.`,
 	cmd.Flags().StringVarP(&opts.out, "out", "o", "", "write the signature to `FILE` instead of stdout")
 	cmd.Flags().Var(&opts.timestamp, "timestamp", "the ts: value in `UNIX` seconds, base 10 (default $SOURCE_DATE_EPOCH or now)")
 	cmd.Flags().IntVar(&opts.targetSoC, "target-soc", 0, "add a target-soc line: 2711 or 2712")
+	cmd.Flags().StringVarP(&opts.key, "key", "k", "", "RSA-2048 private key `PEM` that signs (with --verify: the public key)")
+	cmd.Flags().StringVar(&opts.pubkey, "pubkey", "", "public key `PEM` the signature must verify with")
+	cmd.Flags().StringVar(&opts.signCommand, "sign-command", "", "HSM wrapper `CMD` that signs instead of --key")
+	cmd.Flags().StringVar(&opts.verify, "verify", "", "check this .sig `FILE` against IMAGE instead of writing one")
+	cmd.MarkFlagsMutuallyExclusive("key", "sign-command")
 	return cmd
+}
+
+// sign makes the .sig with the rsa2048 line.
+func (o *eepromDigestOptions) sign(image string, sum [sha256.Size]byte, ts int64) ([]byte, error) {
+	var want *rsa.PublicKey
+	if o.pubkey != "" {
+		b, err := os.ReadFile(o.pubkey)
+		if err != nil {
+			return nil, fmt.Errorf("eeprom digest: %w", err)
+		}
+		if want, err = eeprom.ParsePublicKey(b); err != nil {
+			return nil, &ExitError{Code: 2, Err: fmt.Errorf("eeprom digest: --pubkey %s: %w", o.pubkey, err)}
+		}
+	}
+	var s crypto.Signer
+	if o.signCommand != "" {
+		if want == nil {
+			return nil, &ExitError{Code: 2, Err: fmt.Errorf("eeprom digest: --sign-command needs --pubkey, the key the command signs with")}
+		}
+		s = &signer.Command{Cmd: o.signCommand, File: image, Pub: want}
+	} else {
+		b, err := os.ReadFile(o.key)
+		if err != nil {
+			return nil, fmt.Errorf("eeprom digest: %w", err)
+		}
+		k, err := eeprom.ParsePrivateKey(b)
+		if err != nil {
+			return nil, &ExitError{Code: 2, Err: fmt.Errorf("eeprom digest: --key %s: %w", o.key, err)}
+		}
+		s = k
+	}
+	sig, err := eeprom.SignedDigest(sum, ts, o.targetSoC, s, want)
+	if err != nil {
+		return nil, &ExitError{Code: 2, Err: fmt.Errorf("eeprom digest: %w", err)}
+	}
+	return sig, nil
+}
+
+// check verifies a .sig against the image (and its rsa2048 line against
+// --key, a public key).
+func (o *eepromDigestOptions) check(image string, sum [sha256.Size]byte, asJSON bool, stdout io.Writer) error {
+	sig, err := os.ReadFile(o.verify)
+	if err != nil {
+		return fmt.Errorf("eeprom digest --verify: %w", err)
+	}
+	var pub *rsa.PublicKey
+	if k := or(o.key, o.pubkey); k != "" {
+		b, err := os.ReadFile(k)
+		if err != nil {
+			return fmt.Errorf("eeprom digest --verify: %w", err)
+		}
+		if pub, err = eeprom.ParsePublicKey(b); err != nil {
+			return &ExitError{Code: 2, Err: fmt.Errorf("eeprom digest --verify: %s: %w", k, err)}
+		}
+	}
+	if err := eeprom.VerifyDigest(sig, sum, pub); err != nil {
+		return fmt.Errorf("eeprom digest --verify %s: %w", o.verify, err)
+	}
+	if asJSON {
+		return writeJSON(stdout, map[string]any{"image": image, "sig": o.verify, "verified": true, "signature_checked": pub != nil})
+	}
+	what := "sha256 matches"
+	if pub != nil {
+		what = "sha256 matches and the rsa2048 signature verifies"
+	}
+	_, err = fmt.Fprintf(stdout, "%s: %s (%s)\n", o.verify, what, image)
+	return err
 }
 
 func digestTimestamp(flag timestampFlag) (int64, error) {
@@ -491,7 +579,15 @@ func (o *eepromDigestOptions) run(_ context.Context, image string, asJSON bool, 
 	}
 	var sum [sha256.Size]byte
 	h.Sum(sum[:0])
+	if o.verify != "" {
+		return o.check(image, sum, asJSON, stdout)
+	}
 	sig := eeprom.FormatDigest(sum, ts, o.targetSoC)
+	if o.key != "" || o.signCommand != "" {
+		if sig, err = o.sign(image, sum, ts); err != nil {
+			return err
+		}
+	}
 	if o.out != "" {
 		if err := atomicfile.WriteFile(o.out, sig, 0o644); err != nil {
 			return err

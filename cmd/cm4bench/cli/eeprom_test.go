@@ -7,6 +7,7 @@ import (
 	"errors"
 	"github.com/cm4bench/cm4bench/eeprom/recoverydir"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -387,5 +388,63 @@ func TestEEPROMSetBootOrderRefusals(t *testing.T) {
 	}
 	if names := dirNames(t, stray); len(names) != 1 {
 		t.Errorf("stray dir now holds %q", names)
+	}
+}
+
+// Secure-boot signing from the CLI: --key gives upstream's bootconf.sig
+// byte for byte; an HSM wrapper (the real openssl behind upstream's -H
+// interface) gives the same bytes; --verify checks it; a wrong or small
+// key exits 2 and writes nothing.
+func TestEEPROMDigestSigned(t *testing.T) {
+	sb := func(n string) string { return repotest.Shared(t, filepath.Join("secure-boot-vectors", n)) }
+	want, _ := os.ReadFile(sb("bootconf.sig"))
+	dir := t.TempDir()
+	out := filepath.Join(dir, "bootconf.sig")
+	if _, _, err := runCLI(t, "eeprom", "digest", sb("bootconf.txt"), "--key", sb("private.pem"), "--pubkey", sb("public.pem"), "--timestamp", "1614092425", "-o", out); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := os.ReadFile(out); string(got) != string(want) {
+		t.Errorf("--key:\n%s\nwant upstream's:\n%s", got, want)
+	}
+	wrapper := filepath.Join(dir, "hsm-wrapper")
+	os.WriteFile(wrapper, []byte("#!/bin/sh\n# upstream's HSM wrapper interface: -a rsa2048-sha256 FILE -> hex signature\n[ \"$1\" = -a ] && [ \"$2\" = rsa2048-sha256 ] || exit 2\nopenssl dgst -sign "+sb("private.pem")+" -sha256 \"$3\" | od -An -v -tx1 | tr -d ' \\n'\n"), 0o755)
+	out2 := filepath.Join(dir, "hsm.sig")
+	if _, _, err := runCLI(t, "eeprom", "digest", sb("bootconf.txt"), "--sign-command", wrapper, "--pubkey", sb("public.pem"), "--timestamp", "1614092425", "-o", out2); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := os.ReadFile(out2); string(got) != string(want) {
+		t.Errorf("--sign-command:\n%s\nwant upstream's:\n%s", got, want)
+	}
+	if o, _, err := runCLI(t, "eeprom", "digest", sb("bootconf.txt"), "--verify", sb("bootconf.sig"), "--key", sb("public.pem")); err != nil || !strings.Contains(o, "signature verifies") {
+		t.Errorf("--verify: %q %v", o, err)
+	}
+	other := filepath.Join(dir, "other.pem")
+	small := filepath.Join(dir, "small.pem")
+	for _, k := range []struct{ path, bits string }{{other, "2048"}, {small, "1024"}} {
+		if o, err := exec.Command("openssl", "genrsa", "-out", k.path, k.bits).CombinedOutput(); err != nil {
+			t.Fatalf("openssl genrsa: %v %s", err, o)
+		}
+	}
+	otherPub := filepath.Join(dir, "other.pub")
+	exec.Command("openssl", "rsa", "-in", other, "-pubout", "-out", otherPub).Run()
+	if _, _, err := runCLI(t, "eeprom", "digest", sb("bootconf.txt"), "--verify", sb("bootconf.sig"), "--key", otherPub); err == nil || !strings.Contains(err.Error(), "does not verify") {
+		t.Errorf("--verify with another key: %v", err)
+	}
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--key", small}, "RSA-1024"},
+		{[]string{"--key", sb("private.pem"), "--pubkey", otherPub}, "does not match"},
+		{[]string{"--sign-command", wrapper}, "needs --pubkey"},
+	} {
+		bad := filepath.Join(dir, "bad.sig")
+		_, _, err := runCLI(t, append([]string{"eeprom", "digest", sb("bootconf.txt"), "-o", bad}, tc.args...)...)
+		if ExitCode(err) != 2 || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%v: exit %d %v, want 2 with %q", tc.args, ExitCode(err), err, tc.want)
+		}
+		if _, err := os.Stat(bad); err == nil {
+			t.Errorf("%v wrote a .sig", tc.args)
+		}
 	}
 }
