@@ -132,4 +132,3 @@ func ParsePublicKey(pemBytes []byte) (*rsa.PublicKey, error) {
 	}
 	return CheckSigningKey(k)
 }
-
