@@ -251,16 +251,26 @@ type BootConfSlot struct {
 // BootConfSlot finds the bootconf.txt that SetBootConf replaces: the first
 // one whose header lies in [64 KiB, 1052 KiB), with its growth limit.
 func (im *Image) BootConfSlot() (BootConfSlot, error) {
+	return im.fileSlot(BootConfName, MaxBootConf)
+}
+
+// fileSlot finds the first file section called name in the update window,
+// with its growth limit, capped at max bytes of content.
+func (im *Image) fileSlot(name string, maxContent int) (BootConfSlot, error) {
 	idx := -1
 	for i, s := range im.sections {
-		if s.Magic == MagicFile && s.Name == BootConfName && s.Offset >= windowStart && s.Offset < windowEnd {
+		if s.Magic == MagicFile && s.Name == name && s.Offset >= windowStart && s.Offset < windowEnd {
 			idx = i
 			break
 		}
 	}
 	if idx < 0 {
+		err := ErrNotFound
+		if name == BootConfName {
+			err = ErrNoBootConf
+		}
 		return BootConfSlot{}, fmt.Errorf("eeprom: no %s file section in the update window [0x%x, 0x%x): %w",
-			BootConfName, windowStart, windowEnd, ErrNoBootConf)
+			name, windowStart, windowEnd, err)
 	}
 	s := im.sections[idx]
 	// As upstream: "last" is literally the last section of the chain; the
@@ -275,7 +285,7 @@ func (im *Image) BootConfSlot() (BootConfSlot, error) {
 			break
 		}
 	}
-	max := min(MaxBootConf, limit-s.Offset-fileHeaderLen)
+	max := min(maxContent, limit-s.Offset-fileHeaderLen)
 	return BootConfSlot{
 		Offset: s.Offset,
 		Size:   s.ContentSize(),
@@ -291,22 +301,30 @@ func (im *Image) BootConfSlot() (BootConfSlot, error) {
 // section header when other sections follow). Writing back the original
 // config gives an identical image. On error the image is unchanged.
 func (im *Image) SetBootConf(conf []byte) error {
-	slot, err := im.BootConfSlot()
+	if len(conf) > MaxBootConf {
+		return fmt.Errorf("eeprom: %s is %d bytes, the maximum is %d bytes: %w", BootConfName, len(conf), MaxBootConf, ErrTooLarge)
+	}
+	return im.SetFile(BootConfName, conf)
+}
+
+// SetFile replaces the content of the file section called name (in the
+// update window) as SetBootConf does: bootconf.sig, pubkey.bin and
+// cacert.der are written this way by rpi-eeprom-config --digest, --pubkey
+// and --cacertder. On error the image is unchanged.
+func (im *Image) SetFile(name string, content []byte) error {
+	slot, err := im.fileSlot(name, MaxBootConf)
 	if err != nil {
 		return err
 	}
-	n := len(conf)
-	if n > MaxBootConf {
-		return fmt.Errorf("eeprom: %s is %d bytes, the maximum is %d bytes: %w", BootConfName, n, MaxBootConf, ErrTooLarge)
-	}
+	n := len(content)
 	if n > slot.Max {
 		return fmt.Errorf("eeprom: %s of %d bytes does not fit: section at 0x%x would end at 0x%x, limit 0x%x (at most %d bytes here): %w",
-			BootConfName, n, slot.Offset, slot.Offset+fileHeaderLen+n, slot.Limit, slot.Max, ErrTooLarge)
+			name, n, slot.Offset, slot.Offset+fileHeaderLen+n, slot.Limit, slot.Max, ErrTooLarge)
 	}
 	data := bytes.Clone(im.data)
 	h := slot.Offset
 	binary.BigEndian.PutUint32(data[h+4:], uint32(n+fileLenExtra))
-	copy(data[h+fileHeaderLen:], conf)
+	copy(data[h+fileHeaderLen:], content)
 	p := h + fileHeaderLen + n
 	fill(data[p:align8(p)])
 	p = align8(p)

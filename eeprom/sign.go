@@ -6,6 +6,7 @@ import (
 	"crypto/rsa"
 	"crypto/sha256"
 	"crypto/x509"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/pem"
 	"errors"
@@ -131,4 +132,19 @@ func ParsePublicKey(pemBytes []byte) (*rsa.PublicKey, error) {
 		return nil, fmt.Errorf("eeprom: %s is not a public key: %w", b.Type, ErrKey)
 	}
 	return CheckSigningKey(k)
+}
+
+// PubKeyBin is the pubkey.bin the bootloader reads: the RSA modulus, 256
+// bytes little-endian, then the exponent as 8 bytes little-endian.
+func PubKeyBin(pub *rsa.PublicKey) ([]byte, error) {
+	if _, err := CheckSigningKey(pub); err != nil {
+		return nil, err
+	}
+	out := make([]byte, 264)
+	n := pub.N.FillBytes(make([]byte, 256))
+	for i := range n {
+		out[i] = n[255-i]
+	}
+	binary.LittleEndian.PutUint64(out[256:], uint64(pub.E))
+	return out, nil
 }

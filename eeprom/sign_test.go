@@ -76,3 +76,37 @@ func TestSigningKeyRefused(t *testing.T) {
 		t.Errorf("garbage key: %v", err)
 	}
 }
+
+// Upstream's signed loopback: rpi-eeprom-config --config bootconf.txt
+// --digest bootconf.sig --pubkey public.pem on pieeprom-signed.bin gives
+// back the same bytes; so must we, and pubkey.bin must be the key.
+func TestSignedImageLoopback(t *testing.T) {
+	img := vector(t, "pieeprom-signed.bin")
+	im, err := eeprom.Parse(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, _ := eeprom.ParsePublicKey(vector(t, "public.pem"))
+	pk, err := eeprom.PubKeyBin(pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := im.File("pubkey.bin"); string(got) != string(pk) {
+		t.Fatalf("pubkey.bin of the public key differs from upstream's")
+	}
+	if err := im.SetBootConf(vector(t, "bootconf.txt")); err != nil {
+		t.Fatal(err)
+	}
+	if err := im.SetFile("bootconf.sig", vector(t, "bootconf.sig")); err != nil {
+		t.Fatal(err)
+	}
+	if err := im.SetFile("pubkey.bin", pk); err != nil {
+		t.Fatal(err)
+	}
+	if got := im.Bytes(); string(got) != string(img) {
+		t.Fatal("the signed loopback changed the image")
+	}
+	if err := im.SetFile("nope.bin", []byte("x")); !errors.Is(err, eeprom.ErrNotFound) {
+		t.Errorf("SetFile of a missing section: %v", err)
+	}
+}

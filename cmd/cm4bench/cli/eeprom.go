@@ -5,11 +5,13 @@ import (
 	"crypto"
 	"crypto/rsa"
 	"crypto/sha256"
+	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -249,6 +251,10 @@ type eepromConfigOptions struct {
 	apply     string        // new bootconf.txt to write into the image
 	out       string        // output image (with --apply) or config file
 	timestamp timestampFlag // unset: leave the timestamp slot alone
+	digest    string        // bootconf.sig to store (secure boot)
+	pubkey    string        // public key PEM to store as pubkey.bin
+	cacert    string        // cacert.der to store (HTTP boot over TLS)
+	extract   string        // a folder to write bootconf.txt, bootconf.sig and pubkey.bin into
 }
 
 func newEEPROMConfigCmd() *cobra.Command {
@@ -265,10 +271,19 @@ CONF may hold up to 4076 bytes, less when the image leaves less room before its 
 4 bytes spill into the reserved sector, cm4bench refuses a config that does not fit entirely.
 
 Without --apply, config writes the current config to --out (or stdout), as upstream does.
---timestamp N also stores N as the update timestamp (rpi-eeprom-config --timestamp).`,
+--timestamp N also stores N as the update timestamp (rpi-eeprom-config --timestamp).
+
+Secure boot (rpi-eeprom-config --digest/--pubkey): --digest SIG stores the config's signed digest
+(cm4bench eeprom digest CONF --key private.pem) as bootconf.sig and --pubkey PEM stores the
+RSA-2048 public key as pubkey.bin; --cacertder DER stores cacert.der for HTTPS boot. The digest
+must be of CONF, and its rsa2048 line must verify with --pubkey: a mismatch is refused before
+anything is written. --extract DIR writes bootconf.txt, bootconf.sig and pubkey.bin out.`,
 		Example: `  cm4bench eeprom show pieeprom.bin > boot.conf
   $EDITOR boot.conf
-  cm4bench eeprom config pieeprom.bin --apply boot.conf --out pieeprom-new.bin`,
+  cm4bench eeprom config pieeprom.bin --apply boot.conf --out pieeprom-new.bin
+  cm4bench eeprom digest boot.conf --key private.pem --pubkey public.pem -o boot.conf.sig
+  cm4bench eeprom config pieeprom.bin --apply boot.conf --digest boot.conf.sig --pubkey public.pem --out pieeprom-signed.bin
+  cm4bench eeprom config pieeprom-signed.bin --extract signed/`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return opts.run(cmd.Context(), args[0], wantJSON(cmd), cmd.OutOrStdout())
@@ -277,10 +292,98 @@ Without --apply, config writes the current config to --out (or stdout), as upstr
 	cmd.Flags().StringVar(&opts.apply, "apply", "", "bootconf.txt `FILE` to write into the image")
 	cmd.Flags().StringVarP(&opts.out, "out", "o", "", "output `FILE` (the new image with --apply)")
 	cmd.Flags().Var(&opts.timestamp, "timestamp", "also set the update timestamp to `UNIX` seconds (base 10, as rpi-eeprom-config)")
+	cmd.Flags().StringVar(&opts.digest, "digest", "", "signed digest `SIG` of the config to store as bootconf.sig (secure boot)")
+	cmd.Flags().StringVar(&opts.pubkey, "pubkey", "", "RSA-2048 public key `PEM` to store as pubkey.bin (secure boot)")
+	cmd.Flags().StringVar(&opts.cacert, "cacertder", "", "`DER` certificate to store as cacert.der (HTTPS boot)")
+	cmd.Flags().StringVar(&opts.extract, "extract", "", "write bootconf.txt, bootconf.sig and pubkey.bin into `DIR`")
 	return cmd
 }
 
+// extractFiles writes an image's config, signature and key files out.
+func (o *eepromConfigOptions) extractFiles(image string, asJSON bool, stdout io.Writer) error {
+	im, _, err := readImageFile(image)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(o.extract, 0o755); err != nil {
+		return err
+	}
+	var wrote []string
+	for _, name := range []string{eeprom.BootConfName, "bootconf.sig", "pubkey.bin", "cacert.der"} {
+		b, err := im.File(name)
+		if errors.Is(err, eeprom.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		p := filepath.Join(o.extract, name)
+		if err := atomicfile.WriteFile(p, b, 0o644); err != nil {
+			return err
+		}
+		wrote = append(wrote, p)
+	}
+	if asJSON {
+		return writeJSON(stdout, map[string]any{"image": image, "files": wrote})
+	}
+	for _, p := range wrote {
+		fmt.Fprintln(stdout, p)
+	}
+	return nil
+}
+
+// secureFiles stores the signed digest, public key and CA certificate,
+// after checking that the digest is of this config and verifies with the
+// key: a mismatch would brick the update on a locked board.
+func (o *eepromConfigOptions) secureFiles(im *eeprom.Image, conf []byte) error {
+	var pub *rsa.PublicKey
+	if o.pubkey != "" {
+		b, err := os.ReadFile(o.pubkey)
+		if err != nil {
+			return err
+		}
+		if pub, err = eeprom.ParsePublicKey(b); err != nil {
+			return &ExitError{Code: 2, Err: fmt.Errorf("eeprom config: --pubkey %s: %w", o.pubkey, err)}
+		}
+		pk, _ := eeprom.PubKeyBin(pub)
+		if err := im.SetFile("pubkey.bin", pk); err != nil {
+			return fmt.Errorf("eeprom config: store pubkey.bin: %w", err)
+		}
+	}
+	if o.digest != "" {
+		sig, err := os.ReadFile(o.digest)
+		if err != nil {
+			return err
+		}
+		if err := eeprom.VerifyDigest(sig, sha256.Sum256(conf), pub); err != nil {
+			return &ExitError{Code: 2, Err: fmt.Errorf("eeprom config: --digest %s does not sign this config with this key: %w", o.digest, err)}
+		}
+		if err := im.SetFile("bootconf.sig", sig); err != nil {
+			return fmt.Errorf("eeprom config: store bootconf.sig: %w", err)
+		}
+	}
+	if o.cacert != "" {
+		der, err := os.ReadFile(o.cacert)
+		if err != nil {
+			return err
+		}
+		if _, err := x509.ParseCertificate(der); err != nil {
+			return &ExitError{Code: 2, Err: fmt.Errorf("eeprom config: --cacertder %s is not a DER certificate: %w", o.cacert, err)}
+		}
+		if err := im.SetFile("cacert.der", der); err != nil {
+			return fmt.Errorf("eeprom config: store cacert.der: %w", err)
+		}
+	}
+	return nil
+}
+
 func (o *eepromConfigOptions) run(ctx context.Context, image string, asJSON bool, stdout io.Writer) error {
+	if o.extract != "" {
+		return o.extractFiles(image, asJSON, stdout)
+	}
+	if o.apply == "" && (o.digest != "" || o.pubkey != "" || o.cacert != "") {
+		return &ExitError{Code: 2, Err: errors.New("eeprom config: --digest, --pubkey and --cacertder need --apply CONF (the config the digest signs)")}
+	}
 	if o.apply == "" {
 		if o.timestamp.set {
 			return errors.New("eeprom config: --timestamp needs --apply")
@@ -300,6 +403,9 @@ func (o *eepromConfigOptions) run(ctx context.Context, image string, asJSON bool
 	}
 	if err := im.SetBootConf(conf); err != nil {
 		return fmt.Errorf("apply %s to %s: %w", o.apply, image, err)
+	}
+	if err := o.secureFiles(im, conf); err != nil {
+		return err
 	}
 	if err := setTimestamp(im, o.timestamp); err != nil {
 		return err

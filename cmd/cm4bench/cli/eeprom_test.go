@@ -448,3 +448,54 @@ func TestEEPROMDigestSigned(t *testing.T) {
 		}
 	}
 }
+
+// The signed loopback through the CLI, as upstream's test does it with
+// rpi-eeprom-config --config --digest --pubkey; --extract gives the files
+// back; a digest of another config, or a key of another pair, is refused
+// and no image is written.
+func TestEEPROMConfigSigned(t *testing.T) {
+	sb := func(n string) string { return repotest.Shared(t, filepath.Join("secure-boot-vectors", n)) }
+	dir := t.TempDir()
+	out := filepath.Join(dir, "signed.bin")
+	if _, _, err := runCLI(t, "eeprom", "config", sb("pieeprom-signed.bin"), "--apply", sb("bootconf.txt"), "--digest", sb("bootconf.sig"), "--pubkey", sb("public.pem"), "--out", out); err != nil {
+		t.Fatal(err)
+	}
+	got, _ := os.ReadFile(out)
+	want, _ := os.ReadFile(sb("pieeprom-signed.bin"))
+	if string(got) != string(want) {
+		t.Fatal("the signed loopback is not upstream's pieeprom-signed.bin byte for byte")
+	}
+	ex := filepath.Join(dir, "extract")
+	if _, _, err := runCLI(t, "eeprom", "config", out, "--extract", ex); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []string{"bootconf.txt", "bootconf.sig"} {
+		a, _ := os.ReadFile(filepath.Join(ex, n))
+		b, _ := os.ReadFile(sb(n))
+		if string(a) != string(b) {
+			t.Errorf("extracted %s differs", n)
+		}
+	}
+	other := filepath.Join(dir, "other.pem")
+	exec.Command("openssl", "genrsa", "-out", other, "2048").Run()
+	exec.Command("openssl", "rsa", "-in", other, "-pubout", "-out", other+".pub").Run()
+	conf2 := filepath.Join(dir, "other.txt")
+	os.WriteFile(conf2, []byte("[all]\nBOOT_ORDER=0xf21\n"), 0o644)
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--apply", conf2, "--digest", sb("bootconf.sig"), "--pubkey", sb("public.pem")}, "does not sign this config"},
+		{[]string{"--apply", sb("bootconf.txt"), "--digest", sb("bootconf.sig"), "--pubkey", other + ".pub"}, "does not verify"},
+		{[]string{"--digest", sb("bootconf.sig")}, "need --apply"},
+	} {
+		bad := filepath.Join(dir, "bad.bin")
+		_, _, err := runCLI(t, append([]string{"eeprom", "config", sb("pieeprom-signed.bin"), "--out", bad}, tc.args...)...)
+		if ExitCode(err) != 2 || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%v: exit %d %v, want 2 with %q", tc.args, ExitCode(err), err, tc.want)
+		}
+		if _, err := os.Stat(bad); err == nil {
+			t.Errorf("%v wrote an image", tc.args)
+		}
+	}
+}
