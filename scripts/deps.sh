@@ -26,6 +26,8 @@ pkgs=(
   printer-driver-cups-pdf # labels: the cups-pdf printer the label test prints to
   poppler-utils       # labels: pdftotext/pdftoppm read the printed PDF back (and CUPS's pdftops filter)
   zbar-tools          # labels: zbarimg decodes the printed QR code
+  softhsm2            # secure boot: a real PKCS#11 token the signing tests use
+  opensc              # secure boot: pkcs11-tool signs with the same token (the outside oracle)
 )
 
 missing=()

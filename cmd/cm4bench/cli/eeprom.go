@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/cm4bench/cm4bench/eeprom"
+	"github.com/cm4bench/cm4bench/eeprom/pkcs11signer"
 	"github.com/cm4bench/cm4bench/eeprom/signer"
 	"github.com/cm4bench/cm4bench/internal/atomicfile"
 	"github.com/spf13/cobra"
@@ -561,7 +562,9 @@ rpi-eeprom-update -c writes.
 Secure boot: --key private.pem adds the "rsa2048:" line, the RSA-2048 PKCS#1 v1.5 signature over
 SHA-256 of the file (rpi-eeprom-digest -k); --sign-command CMD has an HSM wrapper make it instead
 (CMD -a rsa2048-sha256 FILE prints the signature in hex, upstream's -H interface) and needs
---pubkey. With --pubkey the signature must verify with that key, so a wrong key fails here and
+--pubkey. --key pkcs11:token=LABEL;object=KEY signs on a PKCS#11 token (an HSM, SoftHSM), the
+PIN in pin-value=, pin-source=FILE or $CM4BENCH_PKCS11_PIN, the module found or given as
+module-path=. With --pubkey the signature must verify with that key, so a wrong key fails here and
 not on the board. --verify SIG --key public.pem checks a .sig (rpi-eeprom-digest -v).`,
 		Example: `  cm4bench eeprom digest pieeprom.bin -o pieeprom.sig
   cm4bench eeprom digest pieeprom.bin --timestamp 1700000000
@@ -576,7 +579,7 @@ not on the board. --verify SIG --key public.pem checks a .sig (rpi-eeprom-digest
 	cmd.Flags().StringVarP(&opts.out, "out", "o", "", "write the signature to `FILE` instead of stdout")
 	cmd.Flags().Var(&opts.timestamp, "timestamp", "the ts: value in `UNIX` seconds, base 10 (default $SOURCE_DATE_EPOCH or now)")
 	cmd.Flags().IntVar(&opts.targetSoC, "target-soc", 0, "add a target-soc line: 2711 or 2712")
-	cmd.Flags().StringVarP(&opts.key, "key", "k", "", "RSA-2048 private key `PEM` that signs (with --verify: the public key)")
+	cmd.Flags().StringVarP(&opts.key, "key", "k", "", "RSA-2048 private key `PEM` that signs, or a PKCS#11 URI pkcs11:token=T;object=K (with --verify: the public key)")
 	cmd.Flags().StringVar(&opts.pubkey, "pubkey", "", "public key `PEM` the signature must verify with")
 	cmd.Flags().StringVar(&opts.signCommand, "sign-command", "", "HSM wrapper `CMD` that signs instead of --key")
 	cmd.Flags().StringVar(&opts.verify, "verify", "", "check this .sig `FILE` against IMAGE instead of writing one")
@@ -602,6 +605,13 @@ func (o *eepromDigestOptions) sign(image string, sum [sha256.Size]byte, ts int64
 			return nil, &ExitError{Code: 2, Err: fmt.Errorf("eeprom digest: --sign-command needs --pubkey, the key the command signs with")}
 		}
 		s = &signer.Command{Cmd: o.signCommand, File: image, Pub: want}
+	} else if pkcs11signer.IsURI(o.key) {
+		k, closeToken, err := pkcs11signer.Open(o.key)
+		if err != nil {
+			return nil, fmt.Errorf("eeprom digest: %w", err)
+		}
+		defer closeToken()
+		s = k
 	} else {
 		b, err := os.ReadFile(o.key)
 		if err != nil {
