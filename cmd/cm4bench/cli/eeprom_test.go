@@ -3,6 +3,7 @@ package cli
 import (
 	"bytes"
 	"context"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"github.com/cm4bench/cm4bench/eeprom/recoverydir"
@@ -497,5 +498,59 @@ func TestEEPROMConfigSigned(t *testing.T) {
 		if _, err := os.Stat(bad); err == nil {
 			t.Errorf("%v wrote an image", tc.args)
 		}
+	}
+}
+
+// bootimg build: fsck.fat and mtype read boot.img back, and openssl (what
+// rpi-eeprom-digest -v runs) verifies boot.sig's rsa2048 signature of it
+// with the public key; the same files and timestamp give the same bytes.
+func TestBootimgBuildSigned(t *testing.T) {
+	sb := func(n string) string { return repotest.Shared(t, filepath.Join("secure-boot-vectors", n)) }
+	dir := t.TempDir()
+	src := filepath.Join(dir, "files")
+	os.MkdirAll(filepath.Join(src, "overlays"), 0o755)
+	os.WriteFile(filepath.Join(src, "config.txt"), []byte("[all]\nkernel=kernel8.img\n"), 0o644)
+	os.WriteFile(filepath.Join(src, "cmdline.txt"), []byte("console=serial0,115200\n"), 0o644)
+	os.WriteFile(filepath.Join(src, "kernel8.img"), bytes.Repeat([]byte("K"), 1<<20), 0o644)
+	os.WriteFile(filepath.Join(src, "overlays", "dwc2.dtbo"), []byte("dtbo"), 0o644)
+	build := func(out string) []byte {
+		t.Helper()
+		if _, _, err := runCLI(t, "bootimg", "build", src, "-o", out, "--key", sb("private.pem"), "--pubkey", sb("public.pem"), "--timestamp", "1700000000"); err != nil {
+			t.Fatal(err)
+		}
+		b, _ := os.ReadFile(out)
+		return b
+	}
+	img := filepath.Join(dir, "boot.img")
+	first := build(img)
+	os.Mkdir(filepath.Join(dir, "again"), 0o755)
+	if again := build(filepath.Join(dir, "again", "boot.img")); !bytes.Equal(first, again) {
+		t.Error("boot.img is not reproducible")
+	}
+	if o, err := exec.Command("fsck.fat", "-n", img).CombinedOutput(); err != nil {
+		t.Errorf("fsck.fat -n boot.img: %v %s", err, o)
+	}
+	if o, err := exec.Command("mtype", "-i", img, "::config.txt").Output(); err != nil || string(o) != "[all]\nkernel=kernel8.img\n" {
+		t.Errorf("mtype config.txt: %q %v", o, err)
+	}
+	sig, _ := os.ReadFile(filepath.Join(dir, "boot.sig"))
+	var hexSig string
+	for _, l := range strings.Split(string(sig), "\n") {
+		if v, ok := strings.CutPrefix(l, "rsa2048: "); ok {
+			hexSig = v
+		}
+	}
+	raw, err := hex.DecodeString(hexSig)
+	if err != nil || len(raw) != 256 {
+		t.Fatalf("boot.sig: %q", sig)
+	}
+	sigBin := filepath.Join(dir, "sig.bin")
+	os.WriteFile(sigBin, raw, 0o644)
+	if o, err := exec.Command("openssl", "dgst", "-sha256", "-verify", sb("public.pem"), "-signature", sigBin, img).CombinedOutput(); err != nil || !strings.Contains(string(o), "Verified OK") {
+		t.Errorf("openssl verify of boot.sig: %v %s", err, o)
+	}
+	os.MkdirAll(filepath.Join(dir, "empty"), 0o755)
+	if _, _, err := runCLI(t, "bootimg", "build", filepath.Join(dir, "empty"), "-o", filepath.Join(dir, "e.img")); ExitCode(err) != 2 {
+		t.Errorf("an empty folder: exit %d", ExitCode(err))
 	}
 }

@@ -108,6 +108,7 @@ as the Seeed reTerminal) from one workstation with a USB cable and an Ethernet s
 		{"usb", newUSBBootCmd(usb)},
 		{"usb", newFirmwareCmd()},
 		{"eeprom", newEEPROMCmd(usb)},
+		{"eeprom", newBootimgCmd()},
 		{"net", newNetbootCmd()},
 		{"net", newDeviceCmd()},
 		{"net", newImageCmd()},

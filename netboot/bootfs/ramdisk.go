@@ -1,0 +1,142 @@
+package bootfs
+
+import (
+	"encoding/binary"
+	"fmt"
+	"os"
+	"path"
+	"sort"
+	"strings"
+
+	"github.com/diskfs/go-diskfs/backend/file"
+	"github.com/diskfs/go-diskfs/filesystem/fat16"
+)
+
+// RamdiskFile is one file of a boot ramdisk; Path is "/"-separated and
+// relative (overlays/x.dtbo).
+type RamdiskFile struct {
+	Path string
+	Data []byte
+}
+
+// BuildRamdisk writes a FAT16 filesystem image with no partition table
+// holding files: the boot.img that a bootloader in secure-boot mode loads
+// whole into memory, checks against boot.sig, and boots from. The image is
+// reproducible (fixed volume id and times): the same files give the same
+// bytes, so the same signature. It returns the image size.
+func BuildRamdisk(out string, files []RamdiskFile) (int64, error) {
+	var total int64
+	seen := map[string]bool{}
+	for _, f := range files {
+		if err := checkRamdiskPath(f.Path); err != nil {
+			return 0, err
+		}
+		key := strings.ToLower(f.Path)
+		if seen[key] {
+			return 0, fmt.Errorf("bootfs: %s given twice (FAT names ignore case)", f.Path)
+		}
+		seen[key] = true
+		total += int64(len(f.Data)) + 4096
+	}
+	// Room for the files, their clusters' slack and the FATs; FAT16 needs
+	// at least 4085 clusters and allows at most 2 GiB.
+	size := max(16<<20, (total*5/4+(2<<20)+(1<<20)-1)&^((1<<20)-1))
+	if size > 2<<30 {
+		return 0, fmt.Errorf("bootfs: %d bytes of files do not fit a FAT16 boot image (2 GiB at most)", total)
+	}
+	os.Remove(out)
+	f, err := os.OpenFile(out, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
+	if err != nil {
+		return 0, fmt.Errorf("bootfs: create %s: %w", out, err)
+	}
+	defer f.Close()
+	if err := f.Truncate(size); err != nil {
+		return 0, err
+	}
+	fsys, err := fat16.Create(file.New(f, false), size, 0, sector, "BOOT", true)
+	if err != nil {
+		return 0, fmt.Errorf("bootfs: make the FAT16 filesystem: %w", err)
+	}
+	// Folders first, in order, then the files.
+	dirs := map[string]bool{}
+	for _, rf := range files {
+		for d := path.Dir(rf.Path); d != "."; d = path.Dir(d) {
+			dirs[d] = true
+		}
+	}
+	ds := make([]string, 0, len(dirs))
+	for d := range dirs {
+		ds = append(ds, d)
+	}
+	sort.Strings(ds)
+	for _, d := range ds {
+		if err := fsys.Mkdir("/" + d); err != nil {
+			return 0, fmt.Errorf("bootfs: make folder %s: %w", d, err)
+		}
+	}
+	for _, rf := range files {
+		w, err := fsys.OpenFile("/"+rf.Path, os.O_CREATE|os.O_RDWR|os.O_TRUNC)
+		if err != nil {
+			return 0, fmt.Errorf("bootfs: write %s: %w", rf.Path, err)
+		}
+		if _, err := w.Write(rf.Data); err != nil {
+			w.Close()
+			return 0, fmt.Errorf("bootfs: write %s: %w", rf.Path, err)
+		}
+		if err := w.Close(); err != nil {
+			return 0, fmt.Errorf("bootfs: write %s: %w", rf.Path, err)
+		}
+	}
+	if err := freeOrphanCluster2(f); err != nil {
+		return 0, err
+	}
+	if err := f.Sync(); err != nil {
+		return 0, err
+	}
+	return size, f.Close()
+}
+
+// freeOrphanCluster2 undoes a go-diskfs v1.9.4 quirk: fat16.Create marks
+// cluster 2 as used (as for a FAT32 root folder), but FAT16's root folder
+// has its own area, so nothing refers to it and fsck.fat reclaims it. It
+// is never handed to a file (the library thinks it is taken), so it is
+// simply freed in every FAT copy once the files are written.
+func freeOrphanCluster2(f *os.File) error {
+	var bs [sector]byte
+	if _, err := f.ReadAt(bs[:], 0); err != nil {
+		return err
+	}
+	rsvd := int64(binary.LittleEndian.Uint16(bs[14:]))
+	nfats := int64(bs[16])
+	fatSz := int64(binary.LittleEndian.Uint16(bs[22:]))
+	var e [2]byte
+	for i := range nfats {
+		off := (rsvd+i*fatSz)*sector + 2*2
+		if _, err := f.ReadAt(e[:], off); err != nil {
+			return err
+		}
+		if v := binary.LittleEndian.Uint16(e[:]); v < 0xfff8 {
+			return nil // not the quirk (a file's chain): leave the FAT alone
+		}
+		if _, err := f.WriteAt([]byte{0, 0}, off); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func checkRamdiskPath(p string) error {
+	if p == "" || strings.HasPrefix(p, "/") || strings.Contains(p, "\\") {
+		return fmt.Errorf("bootfs: %q: want a relative path like kernel8.img or overlays/x.dtbo", p)
+	}
+	parts := strings.Split(p, "/")
+	if len(parts) > 4 {
+		return fmt.Errorf("bootfs: %q is deeper than 4 levels", p)
+	}
+	for _, s := range parts {
+		if s == "" || s == "." || s == ".." || len(s) > 255 || strings.ContainsAny(s, `*?:"<>|`+"\x00") {
+			return fmt.Errorf("bootfs: %q: %q is not a usable FAT name", p, s)
+		}
+	}
+	return nil
+}
