@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -77,20 +76,7 @@ label:
 			t.Fatalf("register = %d %s", code, out)
 		}
 		b.admin("POST", "/api/v1/devices/"+mac+"/action", contract.SetActionRequest{Action: "deploy", Recipe: rcp}, 200, nil)
-		p := b.poll(mac)
-		resp, err := http.Get(p.URL)
-		if err != nil {
-			t.Fatal(err)
-		}
-		io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		var files []contract.FileHash
-		for _, f := range p.Customise.Files {
-			files = append(files, contract.FileHash{Path: f.Path, SHA256: f.SHA256})
-		}
-		var a contract.Action
-		b.admin("POST", contract.PathActionDone, contract.ActionDone{MAC: mac, ActionID: p.ActionID, Token: p.Token, Status: "success", SHA256: sha(gb), Files: files}, 200, &a)
-		return a
+		return b.finishRecipe(mac, b.poll(mac), sha(gb), nil)
 	}
 	a := provision("dc:a6:32:00:d0:01", "1000d001", "ok")
 	select {

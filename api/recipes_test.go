@@ -151,22 +151,11 @@ func TestRecipesRulesAndZeroClick(t *testing.T) {
 		if p.Customise == nil || len(p.Customise.Files) != 2 || p.Customise.After != contract.AfterPowerOff {
 			t.Fatalf("poll of %s: %+v", mac, p.Customise)
 		}
-		resp, err := http.Get(p.URL)
-		if err != nil {
-			t.Fatal(err)
-		}
-		io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		var files []contract.FileHash
-		for _, f := range p.Customise.Files {
-			files = append(files, contract.FileHash{Path: f.Path, SHA256: f.SHA256})
-		}
-		if mangle {
-			files[1].SHA256 = strings.Repeat("e", 64)
-		}
-		var a contract.Action
-		b.admin("POST", contract.PathActionDone, contract.ActionDone{MAC: mac, ActionID: p.ActionID, Token: p.Token, Status: "success", SHA256: gsum, Files: files}, 200, &a)
-		return a
+		return b.finishRecipe(mac, p, gsum, func(files []contract.FileHash) {
+			if mangle {
+				files[1].SHA256 = strings.Repeat("e", 64)
+			}
+		})
 	}
 	p := b.poll(m1)
 	if got := string(p.Customise.Files[0].Data); got != "#cloud-config\nhostname: line-a-001\n" {
@@ -198,4 +187,29 @@ func TestRecipesRulesAndZeroClick(t *testing.T) {
 	if code != 200 || !strings.Contains(string(exported), "version: 2") || !strings.Contains(string(exported), "SN-3") {
 		t.Errorf("export = %d %s", code, exported)
 	}
+}
+
+// finishRecipe plays the agent's end of a recipe deploy polled as p: the
+// whole image fetched from the server, then success with the image's
+// sha256 and the rendered files' hashes (edit changes them first).
+func (b *bench) finishRecipe(mac string, p contract.PollResponse, imageSHA string, edit func([]contract.FileHash)) contract.Action {
+	b.t.Helper()
+	resp, err := http.Get(p.URL)
+	if err != nil {
+		b.t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	var files []contract.FileHash
+	if p.Customise != nil {
+		for _, f := range p.Customise.Files {
+			files = append(files, contract.FileHash{Path: f.Path, SHA256: f.SHA256})
+		}
+	}
+	if edit != nil {
+		edit(files)
+	}
+	var a contract.Action
+	b.admin("POST", contract.PathActionDone, contract.ActionDone{MAC: mac, ActionID: p.ActionID, Token: p.Token, Status: "success", SHA256: imageSHA, Files: files}, 200, &a)
+	return a
 }
