@@ -6,7 +6,7 @@ LDFLAGS := -s -w -X github.com/cm4bench/cm4bench/cmd/cm4bench/cli.Version=$(VERS
 # Packages that must build without cgo (everything but the gousb glue).
 NOCGO_PKGS := $(shell $(GO) list ./... 2>/dev/null | grep -v /usbboot/gousbdev)
 
-.PHONY: all run test bench build lint deps clean libusbfake agents arm64-kernel e2e soak screenshot
+.PHONY: all run test bench build lint deps clean libusbfake agents arm64-kernel e2e soak screenshot man
 
 all: build
 
@@ -72,6 +72,10 @@ $(LIBUSBFAKE): usbboot/libusbfake/c/libusbfake.c
 	@mkdir -p $(dir $@)
 	$(CC) -shared -fPIC -O2 -Wall -Wextra -Werror -fvisibility=hidden $$(pkg-config --cflags libusb-1.0) \
 		-Wl,-soname,libusb-1.0.so.0 -o $@ $< -lpthread
+
+# One man page per command (section 1), from the same text as --help.
+man: build
+	$(BUILD)/cm4bench man --dir $(BUILD)/man
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt:"; echo "$$out"; exit 1; fi

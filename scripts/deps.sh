@@ -28,6 +28,7 @@ pkgs=(
   zbar-tools          # labels: zbarimg decodes the printed QR code
   softhsm2            # secure boot: a real PKCS#11 token the signing tests use
   opensc              # secure boot: pkcs11-tool signs with the same token (the outside oracle)
+  man-db              # cli: man -l renders the generated man pages in their test
 )
 
 missing=()

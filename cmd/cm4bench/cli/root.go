@@ -119,6 +119,7 @@ as the Seeed reTerminal) from one workstation with a USB cable and an Ethernet s
 		{"net", newBackupCmd()},
 		{"net", newSimCmd()},
 		{"bench", newDoctorCmd(usb)},
+		{"bench", newManCmd()},
 		{"net", newTokenCmd()},
 	} {
 		c.cmd.GroupID = c.group

@@ -3,6 +3,7 @@ package cli
 import (
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -106,5 +107,27 @@ func TestServeBusyPort(t *testing.T) {
 	tok, _ := os.ReadFile(filepath.Join(data, contract.FileAdminToken))
 	if strings.Contains(out, "admin token") || strings.Contains(out, "login") || (len(tok) > 0 && strings.Contains(out, strings.TrimSpace(string(tok)))) {
 		t.Errorf("serve that never ran printed %q", out)
+	}
+}
+
+// TestManPages: one page per command, and man itself renders them.
+func TestManPages(t *testing.T) {
+	dir := t.TempDir()
+	if _, _, err := runCLI(t, "man", "--dir", dir); err != nil {
+		t.Fatal(err)
+	}
+	for _, page := range []string{"cm4bench.1", "cm4bench-usbboot.1", "cm4bench-netboot-serve.1", "cm4bench-recipe-apply.1", "cm4bench-eeprom-digest.1"} {
+		if _, err := os.Stat(filepath.Join(dir, page)); err != nil {
+			t.Errorf("no %s: %v", page, err)
+		}
+	}
+	cmd := exec.Command("man", "-l", "-P", "cat", filepath.Join(dir, "cm4bench-eeprom-digest.1"))
+	cmd.Env = append(os.Environ(), "MANWIDTH=100", "LANG=C.UTF-8")
+	out, err := cmd.Output()
+	if err != nil || !strings.Contains(string(out), "rsa2048") || !strings.Contains(string(out), "SYNOPSIS") {
+		t.Errorf("man -l cm4bench-eeprom-digest.1: %v\n%s", err, out)
+	}
+	if _, _, err := runCLI(t, "man"); ExitCode(err) != 2 {
+		t.Errorf("man without --dir: exit %d", ExitCode(err))
 	}
 }
