@@ -64,18 +64,14 @@ func (s *Server) handleDevices(c *gin.Context) error {
 	if err != nil {
 		return err
 	}
-	rs, err := s.Store.Rules(c)
-	if err != nil {
-		return err
-	}
-	armed, err := s.Store.Armed(c)
+	lv, err := s.lineView(c)
 	if err != nil {
 		return err
 	}
 	for i := range devs {
 		stripAction(devs[i].Action)
 		s.markNotPolling(&devs[i])
-		s.match(rs, armed, &devs[i])
+		lv.match(&devs[i])
 	}
 	writeJSON(c.Writer, http.StatusOK, devs)
 	return nil
@@ -148,10 +144,11 @@ func (s *Server) handleDevice(c *gin.Context) error {
 		d.Actions[i] = a.Action
 	}
 	s.markNotPolling(&d)
-	if rs, err := s.Store.Rules(c); err == nil {
-		armed, _ := s.Store.Armed(c)
-		s.match(rs, armed, &d)
+	lv, err := s.lineView(c)
+	if err != nil {
+		return err
 	}
+	lv.match(&d)
 	writeJSON(c.Writer, http.StatusOK, d)
 	return nil
 }

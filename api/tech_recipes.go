@@ -335,24 +335,52 @@ func (r *refusals) get(mac string) string {
 	return r.m[mac]
 }
 
-// match says which rule matches the board and why, for its card.
-func (s *Server) match(rs recipe.RuleSet, armed bool, d *contract.Device) {
-	if len(rs.Rules) == 0 {
-		return // a bench without rules: nothing to say
+// lineView is what the cards' rule lines need, read once per request: the
+// rules, the armed switch and each recipe's latest version.
+type lineView struct {
+	rules    recipe.RuleSet
+	armed    bool
+	versions map[string]int
+	refused  *refusals
+}
+
+func (s *Server) lineView(ctx context.Context) (lineView, error) {
+	v := lineView{versions: map[string]int{}, refused: &s.refused}
+	var err error
+	if v.rules, err = s.Store.Rules(ctx); err != nil {
+		return v, err
 	}
-	r, why, ok := rs.First(d.MAC, d.Facts)
+	if len(v.rules.Rules) == 0 {
+		return v, nil // a bench without rules: nothing to say
+	}
+	if v.armed, err = s.Store.Armed(ctx); err != nil {
+		return v, err
+	}
+	rs, err := s.Store.Recipes(ctx)
+	if err != nil {
+		return v, err
+	}
+	for _, r := range rs {
+		v.versions[r.Name] = r.Version
+	}
+	return v, nil
+}
+
+// match says which rule matches the board and why, for its card.
+func (v lineView) match(d *contract.Device) {
+	if len(v.rules.Rules) == 0 {
+		return
+	}
+	r, why, ok := v.rules.First(d.MAC, d.Facts)
 	if !ok {
 		d.Match = &contract.Match{Why: why}
 		return
 	}
-	m := &contract.Match{Rule: r.Name, Recipe: r.Recipe, Mode: r.Mode, Why: why}
-	if rc, err := s.Store.Recipe(context.Background(), r.Recipe, 0); err == nil {
-		m.Version = rc.Version
-	}
-	if r.Mode == recipe.ModeAuto && !armed {
+	m := &contract.Match{Rule: r.Name, Recipe: r.Recipe, Mode: r.Mode, Why: why, Version: v.versions[r.Recipe]}
+	if r.Mode == recipe.ModeAuto && !v.armed {
 		m.Why += " (auto, but the bench is not armed)"
 	}
-	if refused := s.refused.get(d.MAC); refused != "" {
+	if refused := v.refused.get(d.MAC); refused != "" {
 		m.Why += "; could not start: " + refused
 	}
 	d.Match = m
