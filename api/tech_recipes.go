@@ -35,15 +35,27 @@ func (s *Server) readBody(c *gin.Context) ([]byte, error) {
 	return b, nil
 }
 
-// checkRecipeImage checks what the server alone can: the image exists, is
-// the one the recipe pinned, and has a FAT boot partition to customise.
-func (s *Server) checkRecipeImage(ctx context.Context, r recipe.Recipe) (images.Entry, error) {
+// pinnedImage is the recipe's image, if it is still the one the recipe
+// pinned by sha256 (hashes are cached by the library).
+func (s *Server) pinnedImage(ctx context.Context, r recipe.Recipe) (images.Entry, error) {
 	e, err := s.Images.Info(ctx, r.Image)
 	if err != nil {
 		return e, httpErr(http.StatusUnprocessableEntity, "recipe %s: image %s: %v", r.Name, r.Image, err)
 	}
 	if e.SHA256 != r.SHA256 {
 		return e, httpErr(http.StatusUnprocessableEntity, "recipe %s pins sha256 %s but image %s is %s: put the image's sha256 in the recipe (cm4bench image list)", r.Name, r.SHA256, r.Image, e.SHA256)
+	}
+	return e, nil
+}
+
+// checkRecipeImage checks, when a recipe is applied, what the server alone
+// can: the image is the one pinned, and has a FAT boot partition to
+// customise. A deploy then needs only the pin (pinnedImage): the same
+// bytes have the same partitions.
+func (s *Server) checkRecipeImage(ctx context.Context, r recipe.Recipe) (images.Entry, error) {
+	e, err := s.pinnedImage(ctx, r)
+	if err != nil {
+		return e, err
 	}
 	if len(r.Files) > 0 {
 		if err := s.findBootFS(e); err != nil {
@@ -443,7 +455,7 @@ func (s *Server) startRecipe(ctx context.Context, mac, rule, name string) (contr
 	if err != nil {
 		return contract.Action{}, err
 	}
-	e, err := s.checkRecipeImage(ctx, r)
+	e, err := s.pinnedImage(ctx, r)
 	if err != nil {
 		return contract.Action{}, err
 	}
