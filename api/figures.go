@@ -26,23 +26,31 @@ type LineFigures struct {
 	Shift []ledger.Figures `json:"shift"`
 }
 
-// figures computes the line figures from the ledger (streamed).
+// figures computes the line figures from one streamed pass over the
+// ledger rows of the longer window, each row counted in every window it
+// falls into.
 func (s *Server) figures(ctx context.Context) (LineFigures, error) {
 	now := time.Now()
-	var out LineFigures
-	for _, w := range []struct {
-		name string
-		d    time.Duration
-		dst  *[]ledger.Figures
-	}{{"hour", time.Hour, &out.Hour}, {"shift", s.shift(), &out.Shift}} {
-		since := now.Add(-w.d)
-		sum := ledger.NewSummary(w.name, since, w.d.Hours())
-		if err := s.Store.Ledger(ctx, store.LedgerFilter{Since: since}, func(r contract.LedgerRow) error { sum.Add(r); return nil }); err != nil {
-			return out, err
-		}
-		*w.dst = sum.Figures()
+	hourSince, shiftSince := now.Add(-time.Hour), now.Add(-s.shift())
+	hour := ledger.NewSummary("hour", hourSince, 1)
+	sh := ledger.NewSummary("shift", shiftSince, s.shift().Hours())
+	since := shiftSince
+	if hourSince.Before(since) {
+		since = hourSince
 	}
-	return out, nil
+	err := s.Store.Ledger(ctx, store.LedgerFilter{Since: since}, func(r contract.LedgerRow) error {
+		if !r.Time.Before(shiftSince) {
+			sh.Add(r)
+		}
+		if !r.Time.Before(hourSince) {
+			hour.Add(r)
+		}
+		return nil
+	})
+	if err != nil {
+		return LineFigures{}, err
+	}
+	return LineFigures{Hour: hour.Figures(), Shift: sh.Figures()}, nil
 }
 
 func (s *Server) handleFigures(c *gin.Context) error {
