@@ -238,16 +238,10 @@ func (s *Store) Ledger(ctx context.Context, f LedgerFilter, fn func(contract.Led
 	}
 	defer rows.Close()
 	for rows.Next() {
-		var id int64
-		var raw string
-		if err := rows.Scan(&id, &raw); err != nil {
-			return fmt.Errorf("store: ledger: %w", err)
+		r, err := scanLedgerRow(rows)
+		if err != nil {
+			return err
 		}
-		var r contract.LedgerRow
-		if err := json.Unmarshal([]byte(raw), &r); err != nil {
-			return fmt.Errorf("store: ledger row %d: %w", id, err)
-		}
-		r.ID = id
 		if err := fn(r); err != nil {
 			return err
 		}
@@ -255,33 +249,38 @@ func (s *Store) Ledger(ctx context.Context, f LedgerFilter, fn func(contract.Led
 	return rows.Err()
 }
 
-// LedgerRow returns one row by id, or ErrNotFound.
-func (s *Store) LedgerRow(ctx context.Context, id int64) (contract.LedgerRow, error) {
+// scanLedgerRow decodes an (id, row) result.
+func scanLedgerRow(sc scanner) (contract.LedgerRow, error) {
+	var id int64
 	var raw string
-	err := s.db.QueryRowContext(ctx, `SELECT row FROM ledger WHERE id = ?`, id).Scan(&raw)
-	if errors.Is(err, sql.ErrNoRows) {
-		return contract.LedgerRow{}, fmt.Errorf("store: ledger row %d: %w", id, ErrNotFound)
-	}
-	if err != nil {
-		return contract.LedgerRow{}, fmt.Errorf("store: ledger row %d: %w", id, err)
+	if err := sc.Scan(&id, &raw); err != nil {
+		return contract.LedgerRow{}, err
 	}
 	var r contract.LedgerRow
 	if err := json.Unmarshal([]byte(raw), &r); err != nil {
-		return r, err
+		return r, fmt.Errorf("store: ledger row %d: %w", id, err)
 	}
 	r.ID = id
 	return r, nil
 }
 
-// LedgerRowByAction returns the ledger row of a job, or ErrNotFound.
-func (s *Store) LedgerRowByAction(ctx context.Context, actionID string) (contract.LedgerRow, error) {
-	var id int64
-	err := s.db.QueryRowContext(ctx, `SELECT id FROM ledger WHERE action_id = ?`, actionID).Scan(&id)
+func (s *Store) ledgerRowWhere(ctx context.Context, where string, arg any, what string) (contract.LedgerRow, error) {
+	r, err := scanLedgerRow(s.db.QueryRowContext(ctx, `SELECT id, row FROM ledger WHERE `+where+` = ?`, arg))
 	if errors.Is(err, sql.ErrNoRows) {
-		return contract.LedgerRow{}, fmt.Errorf("store: no ledger row for action %s: %w", actionID, ErrNotFound)
+		return r, fmt.Errorf("store: no ledger row for %s: %w", what, ErrNotFound)
 	}
 	if err != nil {
-		return contract.LedgerRow{}, err
+		return r, fmt.Errorf("store: ledger row for %s: %w", what, err)
 	}
-	return s.LedgerRow(ctx, id)
+	return r, nil
+}
+
+// LedgerRow returns one row by id, or ErrNotFound.
+func (s *Store) LedgerRow(ctx context.Context, id int64) (contract.LedgerRow, error) {
+	return s.ledgerRowWhere(ctx, "id", id, fmt.Sprintf("id %d", id))
+}
+
+// LedgerRowByAction returns the ledger row of a job, or ErrNotFound.
+func (s *Store) LedgerRowByAction(ctx context.Context, actionID string) (contract.LedgerRow, error) {
+	return s.ledgerRowWhere(ctx, "action_id", actionID, "action "+actionID)
 }
