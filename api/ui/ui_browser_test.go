@@ -531,14 +531,22 @@ func techDo(t *testing.T, base, token, method, path string, body io.Reader, v an
 func (b *browser) confirm(t *testing.T) {
 	t.Helper()
 	for try := 1; ; try++ {
+		// What sits at the OK button's centre when it is clicked: if a
+		// click ever closes the dialog without "ok", this names why.
+		at := b.text(t, `(() => { const r = document.querySelector('[data-testid=confirm-ok]').getBoundingClientRect();
+			const e = document.elementFromPoint(r.x + r.width / 2, r.y + r.height / 2);
+			return e ? (e.dataset.testid || e.tagName) + ' "' + e.textContent.trim().slice(0, 30) + '"' : 'nothing'; })()`)
 		b.do(t, "confirm", chromedp.Click(chromedp.CSS(`[data-testid=confirm-ok]`)))
 		closed, _ := chromedp.Run(b.ctx, chromedp.Poll[bool](`!document.getElementById('confirm').open`,
 			chromedp.WithPollingInterval(50*time.Millisecond), chromedp.WithPollingTimeout(3*time.Second)))
-		if closed || try == 3 {
-			if !closed {
-				t.Fatal("the confirmation dialog stayed open after three clicks on OK")
+		if closed {
+			if rv := b.text(t, `document.getElementById('confirm').returnValue`); rv != "ok" {
+				t.Fatalf("the confirmation dialog closed with %q, not \"ok\", after a click on OK (at its centre: %s)", rv, at)
 			}
 			return
+		}
+		if try == 3 {
+			t.Fatal("the confirmation dialog stayed open after three clicks on OK")
 		}
 		t.Logf("the click on OK did not close the dialog (try %d); clicking again", try)
 	}
