@@ -312,7 +312,13 @@ func (im *Image) SetBootConf(conf []byte) error {
 // cacert.der are written this way by rpi-eeprom-config --digest, --pubkey
 // and --cacertder. On error the image is unchanged.
 func (im *Image) SetFile(name string, content []byte) error {
-	slot, err := im.fileSlot(name, MaxBootConf)
+	maxContent := MaxBootConf
+	if name == BootsysName {
+		// upstream caps every file but bootcode.bin and bootsys (the
+		// customer-signed 2712 firmware) at MAX_FILE_SIZE.
+		maxContent = windowEnd - windowStart
+	}
+	slot, err := im.fileSlot(name, maxContent)
 	if err != nil {
 		return err
 	}
@@ -340,6 +346,66 @@ func (im *Image) SetFile(name string, content []byte) error {
 		// Not expected for an image that parsed: the edit only rewrites
 		// [H, limit), which the checks above keep consistent.
 		return fmt.Errorf("eeprom: re-walk after replace: %w", err)
+	}
+	im.data, im.sections = data, secs
+	return nil
+}
+
+// BootsysName is the 2712 partition-A firmware file that secure boot
+// replaces with a customer-countersigned one (rpi-eeprom-config --bootsys).
+const BootsysName = "bootsys"
+
+// SetBootcode replaces the first section, the second-stage bootcode, as
+// rpi-eeprom-config --bootcode does for a customer-countersigned 2712
+// bootcode.bin: new length, new content, then 0xFF fill (with a padding
+// section when 8 bytes or more are left) up to the next section that is
+// not padding. Upstream requires that next section at 128 KiB or above
+// unless the image is A/B (has a bootsys file); unlike upstream, a
+// bootcode that would run into that section is refused. On error the
+// image is unchanged.
+func (im *Image) SetBootcode(code []byte) error {
+	if len(im.sections) == 0 || im.sections[0].Magic != MagicBootcode || im.sections[0].Offset != 0 {
+		return fmt.Errorf("eeprom: the image does not start with a bootcode section: %w", ErrCorrupt)
+	}
+	if len(code) == 0 {
+		return errors.New("eeprom: the new bootcode is empty")
+	}
+	limit := -1
+	for _, s := range im.sections[1:] {
+		if s.Magic != MagicPadding {
+			limit = s.Offset
+			break
+		}
+	}
+	ab := false
+	for _, s := range im.sections {
+		ab = ab || (s.Magic == MagicFile && s.Name == BootsysName)
+	}
+	switch {
+	case limit < 0:
+		return fmt.Errorf("eeprom: no section after the bootcode: %w", ErrCorrupt)
+	case !ab && limit < 128*1024:
+		return fmt.Errorf("eeprom: the next section is at 0x%x, but 128 KiB must be reserved for bootcode (as upstream): %w", limit, ErrTooLarge)
+	case headerLen+len(code) > limit:
+		return fmt.Errorf("eeprom: bootcode of %d bytes does not fit: the next section starts at 0x%x (at most %d bytes): %w",
+			len(code), limit, limit-headerLen, ErrTooLarge)
+	}
+	data := bytes.Clone(im.data)
+	binary.BigEndian.PutUint32(data[4:], uint32(len(code)))
+	copy(data[headerLen:], code)
+	p := headerLen + len(code)
+	fill(data[p:align8(p)])
+	p = align8(p)
+	if gap := limit - p; gap >= headerLen {
+		binary.BigEndian.PutUint32(data[p:], uint32(MagicPadding))
+		binary.BigEndian.PutUint32(data[p+4:], uint32(gap-headerLen))
+		fill(data[p+headerLen : limit])
+	} else {
+		fill(data[p:limit])
+	}
+	secs, err := walk(data)
+	if err != nil {
+		return fmt.Errorf("eeprom: re-walk after bootcode replace: %w", err)
 	}
 	im.data, im.sections = data, secs
 	return nil

@@ -11,6 +11,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"math/big"
 	"strings"
 )
 
@@ -147,4 +148,34 @@ func PubKeyBin(pub *rsa.PublicKey) ([]byte, error) {
 	}
 	binary.LittleEndian.PutUint64(out[256:], uint64(pub.E))
 	return out, nil
+}
+
+// ParsePubKeyBin reads a pubkey.bin back (the inverse of PubKeyBin). An
+// erased slot (all 0xFF) or a short file is ErrKey.
+func ParsePubKeyBin(b []byte) (*rsa.PublicKey, error) {
+	if len(b) != 264 {
+		return nil, fmt.Errorf("eeprom: pubkey.bin is %d bytes, want 264: %w", len(b), ErrKey)
+	}
+	be := make([]byte, 256)
+	for i := range be {
+		be[i] = b[255-i]
+	}
+	e := binary.LittleEndian.Uint64(b[256:])
+	if e < 3 || e > 1<<31-1 || e%2 == 0 {
+		return nil, fmt.Errorf("eeprom: pubkey.bin exponent %d is not a usable RSA exponent (an erased slot?): %w", e, ErrKey)
+	}
+	pub := &rsa.PublicKey{N: new(big.Int).SetBytes(be), E: int(e)}
+	return CheckSigningKey(pub)
+}
+
+// KeyHash is the sha256 of a public key's pubkey.bin, lower-case hex: the
+// value secure boot programs into OTP and recovery.bin reports as
+// CUSTOMER_KEY_HASH.
+func KeyHash(pub *rsa.PublicKey) (string, error) {
+	b, err := PubKeyBin(pub)
+	if err != nil {
+		return "", err
+	}
+	s := sha256.Sum256(b)
+	return hex.EncodeToString(s[:]), nil
 }

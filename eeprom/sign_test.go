@@ -1,9 +1,11 @@
 package eeprom_test
 
 import (
+	"bytes"
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"os"
 	"strings"
@@ -109,4 +111,57 @@ func TestSignedImageLoopback(t *testing.T) {
 	if err := im.SetFile("nope.bin", []byte("x")); !errors.Is(err, eeprom.ErrNotFound) {
 		t.Errorf("SetFile of a missing section: %v", err)
 	}
+}
+
+// pubkey.bin read back from upstream's signed image is the PEM key, and
+// its hash is what CUSTOMER_KEY_HASH reports.
+func TestParsePubKeyBin(t *testing.T) {
+	im, err := eeprom.Parse(vector(t, "pieeprom-signed.bin"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin, _ := im.File("pubkey.bin")
+	pub, _ := eeprom.ParsePublicKey(vector(t, "public.pem"))
+	for _, tt := range []struct {
+		name string
+		in   []byte
+		ok   bool
+	}{
+		{"upstream's pubkey.bin", bin, true},
+		{"erased slot", bytes.Repeat([]byte{0xFF}, 264), false},
+		{"short", bin[:200], false},
+		{"even exponent", append(bytes.Clone(bin[:256]), 4, 0, 0, 0, 0, 0, 0, 0), false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := eeprom.ParsePubKeyBin(tt.in)
+			if !tt.ok {
+				if err == nil || !errors.Is(err, eeprom.ErrKey) {
+					t.Fatalf("accepted: %v", err)
+				}
+				return
+			}
+			if err != nil || !got.Equal(pub) {
+				t.Fatalf("ParsePubKeyBin = %v, %v; want public.pem", got, err)
+			}
+			h, _ := eeprom.KeyHash(pub)
+			if s := sha256.Sum256(bin); h != hex.EncodeToString(s[:]) {
+				t.Fatalf("KeyHash %s is not sha256(pubkey.bin)", h)
+			}
+		})
+	}
+}
+
+func FuzzParsePubKeyBin(f *testing.F) {
+	f.Add(bytes.Repeat([]byte{0xFF}, 264))
+	f.Add(append(bytes.Repeat([]byte{0x01}, 256), 1, 0, 1, 0, 0, 0, 0, 0))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		pub, err := eeprom.ParsePubKeyBin(b)
+		if err != nil {
+			return
+		}
+		back, err := eeprom.PubKeyBin(pub)
+		if err != nil || !bytes.Equal(back, b) {
+			t.Fatalf("round trip: %v", err)
+		}
+	})
 }

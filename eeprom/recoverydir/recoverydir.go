@@ -43,6 +43,8 @@ type Spec struct {
 	// itself is never placed in the directory, so its bootcode members
 	// cannot shadow recovery.bin.
 	BootFiles string
+	// Secure, when set, makes it a secure-boot directory (secure.go).
+	Secure *Secure
 }
 
 // Dir describes a written recovery directory.
@@ -62,6 +64,9 @@ type Dir struct {
 	Timestamp     int64    `json:"timestamp"`
 	Files         []File   `json:"files"`
 	Warnings      []string `json:"warnings,omitempty"`
+	// Secure is set for a secure-boot directory: the key hash each board
+	// must report and the OTP options it was given.
+	Secure *SecureDir `json:"secure_boot,omitempty"`
 }
 
 // File is one file of a recovery directory.
@@ -129,8 +134,30 @@ func Build(spec Spec, outDir string) (Dir, error) {
 	if rd.Modes, err = eeprom.BootModes(spec.Order); err != nil {
 		return rd, fmt.Errorf("recovery dir: %w", err)
 	}
+	if spec.Secure != nil {
+		w, err := spec.Secure.check(im)
+		if err != nil {
+			return rd, err
+		}
+		rd.Warnings = append(rd.Warnings, w...)
+		if v, _ := c.Get("SIGNED_BOOT"); v != "1" {
+			if _, err := c.Set("SIGNED_BOOT", "1"); err != nil {
+				return rd, fmt.Errorf("recovery dir: %w", err)
+			}
+			rd.Warnings = append(rd.Warnings, "SIGNED_BOOT=1 added to the bootloader config: it boots only signed boot.img files from now on")
+		}
+	}
 	if err := im.SetBootConf(c.Bytes()); err != nil {
 		return rd, fmt.Errorf("recovery dir: %w", err)
+	}
+	config := Config(spec.UART)
+	if spec.Secure != nil {
+		sd, err := spec.Secure.sign(im, c.Bytes(), spec.Timestamp)
+		if err != nil {
+			return rd, err
+		}
+		rd.Secure = &sd
+		config = SecureConfig(spec.UART, spec.Secure.OTP)
 	}
 	pieeprom := im.Bytes()
 	rd.ImageSHA256 = sha256Hex(pieeprom)
@@ -148,7 +175,7 @@ func Build(spec Spec, outDir string) (Dir, error) {
 		name string
 		data []byte
 	}
-	entries := []entry{{"config.txt", Config(spec.UART)}}
+	entries := []entry{{"config.txt", config}}
 	if spec.BootFiles != "" {
 		ddr, err := SDRAMFiles(spec.BootFiles, rd.SoC)
 		if err != nil {
@@ -322,6 +349,11 @@ func (d Dir) Verify(r usbboot.Result, strict bool) (warning string, err error) {
 	}
 	if !strings.EqualFold(served.SHA256, d.ImageSHA256) {
 		return "", fmt.Errorf("%w: served pieeprom.bin has sha256 %s, built %s (directory changed while serving?)", ErrNotConfirmed, served.SHA256, d.ImageSHA256)
+	}
+	// The key check comes first: a board locked to another key also
+	// refuses the update, and the key is the reason to report.
+	if err := d.verifySecure(r); err != nil {
+		return "", err
 	}
 	w, err := r.CheckEEPROM(strict)
 	if err != nil {

@@ -103,6 +103,7 @@ type Board struct {
 	sigText   []byte
 	eepromSum string
 	eepromImg []byte // the image received, for HashStamped
+	recConf   []byte // config.txt recovery.bin read
 	readFile  bool   // the pending ReadFile of the current step
 	metaAdded bool   // recovery metadata appended to the script
 
@@ -151,6 +152,9 @@ func NewBoard(cfg BoardConfig) (*Board, error) {
 	}
 	if cfg.Clock == nil {
 		cfg.Clock = usbboot.SystemClock{}
+	}
+	if cfg.OTP == nil {
+		cfg.OTP = &OTP{}
 	}
 	if cfg.FlashTime == 0 {
 		cfg.FlashTime = 2 * time.Second

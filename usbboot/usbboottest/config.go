@@ -65,6 +65,9 @@ const (
 	// an I/O error (the device is not configured yet: libusb reports
 	// configuration 0).
 	FaultUnconfigured
+	// FaultWrongKeyHash: recovery reports a CUSTOMER_KEY_HASH that is not
+	// the one in its OTP.
+	FaultWrongKeyHash
 )
 
 // Fault is one scripted fault.
@@ -119,6 +122,10 @@ type BoardConfig struct {
 	// metadata. Their answers are recorded in Files (a ReadFile answered
 	// with n > 0 bytes is then received in full).
 	Extra []usbboot.Request
+	// OTP is the board's one-time-programmable memory (secure boot). Nil:
+	// a fresh, unprogrammed one of its own. Pass the same OTP to a new
+	// Board to model the same chip in a later session.
+	OTP *OTP
 }
 
 // Setup is a USB setup packet.

@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"strings"
 
 	"github.com/cm4bench/cm4bench/usbboot"
 )
@@ -79,6 +80,17 @@ func (b *Board) metadataSteps() []step {
 	if _, ok := b.hasFault(FaultFlashFails, ""); ok {
 		update = "fail"
 	}
+	opts := recoveryOptions(b.recConf)
+	provision := ""
+	if b.eepromImg != nil && update == "success" {
+		var flash bool
+		flash, provision = b.cfg.OTP.secureOutcome(opts, b.eepromImg)
+		if !flash {
+			update = "fail" // "Bad signature": nothing written
+		}
+	} else if opts["program_pubkey"] == "1" {
+		provision = "fail"
+	}
 	if b.cfg.HashStamped && b.eepromImg != nil {
 		if ts, ok := usbboot.SigTimestamp(b.sigText); ok {
 			if st, err := usbboot.StampedSHA256(b.eepromImg, ts); err == nil {
@@ -91,9 +103,32 @@ func (b *Board) metadataSteps() []step {
 		sum = hex.EncodeToString(s[:])
 	}
 	mac := "d8:3a:dd:" + b.cfg.Serial[2:4] + ":" + b.cfg.Serial[4:6] + ":" + b.cfg.Serial[6:8]
+	// Which builds always report CUSTOMER_KEY_HASH is not known (HARDWARE.md):
+	// the model reports it once the key is programmed or asked for.
+	keyHash := b.cfg.OTP.KeyHash()
+	reportKey := keyHash != "" || opts["program_pubkey"] == "1"
+	if keyHash == "" {
+		keyHash = strings.Repeat("0", 64)
+	}
+	if _, ok := b.hasFault(FaultWrongKeyHash, ""); ok {
+		s := sha256.Sum256([]byte("another customer's key"))
+		keyHash, reportKey = hex.EncodeToString(s[:]), true
+	}
+	_, jtag, _ := b.cfg.OTP.State()
+	jtagWord := "0"
+	if jtag {
+		jtagWord = "1"
+	}
 	kv := [][2]string{
 		{"MAC_ADDR", mac}, {"USER_SERIAL_NUM", b.cfg.Serial}, {"USER_BOARDREV", "c03141"},
-		{"BOOT_ROM", "0000c8b0"}, {"JTAG_LOCKED", "0"}, {"EEPROM_UPDATE", update},
+		{"BOOT_ROM", "0000c8b0"}, {"JTAG_LOCKED", jtagWord},
+	}
+	if reportKey {
+		kv = append(kv, [2]string{"CUSTOMER_KEY_HASH", keyHash})
+	}
+	kv = append(kv, [2]string{"EEPROM_UPDATE", update})
+	if provision != "" {
+		kv = append(kv, [2]string{"SECURE_BOOT_PROVISION", provision})
 	}
 	if sum != "" {
 		kv = append(kv, [2]string{"EEPROM_HASH", sum})

@@ -218,6 +218,8 @@ func (b *Board) fileDone(name, sum string) {
 		return
 	}
 	switch name {
+	case "config.txt":
+		b.recConf = bytes.Clone(b.armBuf.Bytes())
 	case "pieeprom.sig":
 		b.sigText = bytes.Clone(b.armBuf.Bytes())
 		line, _, _ := bufio.NewReader(bytes.NewReader(b.armBuf.Bytes())).ReadLine()

@@ -256,6 +256,8 @@ type eepromConfigOptions struct {
 	pubkey    string        // public key PEM to store as pubkey.bin
 	cacert    string        // cacert.der to store (HTTP boot over TLS)
 	extract   string        // a folder to write bootconf.txt, bootconf.sig and pubkey.bin into
+	bootcode  string        // customer-countersigned bootcode.bin (2712 secure boot)
+	bootsys   string        // customer-countersigned bootsys (2712 secure boot)
 }
 
 func newEEPROMConfigCmd() *cobra.Command {
@@ -278,7 +280,10 @@ Secure boot (rpi-eeprom-config --digest/--pubkey): --digest SIG stores the confi
 (cm4bench eeprom digest CONF --key private.pem) as bootconf.sig and --pubkey PEM stores the
 RSA-2048 public key as pubkey.bin; --cacertder DER stores cacert.der for HTTPS boot. The digest
 must be of CONF, and its rsa2048 line must verify with --pubkey: a mismatch is refused before
-anything is written. --extract DIR writes bootconf.txt, bootconf.sig and pubkey.bin out.`,
+anything is written. --bootcode FILE and --bootsys FILE (BCM2712, CM5, only, as upstream) replace
+the second-stage bootcode and the bootsys firmware with customer-countersigned copies; a 2711
+image is refused. --extract DIR writes bootconf.txt, bootconf.sig, pubkey.bin, cacert.der and,
+on a 2712 image, bootcode.bin and bootsys out.`,
 		Example: `  cm4bench eeprom show pieeprom.bin > boot.conf
   $EDITOR boot.conf
   cm4bench eeprom config pieeprom.bin --apply boot.conf --out pieeprom-new.bin
@@ -297,6 +302,8 @@ anything is written. --extract DIR writes bootconf.txt, bootconf.sig and pubkey.
 	cmd.Flags().StringVar(&opts.pubkey, "pubkey", "", "RSA-2048 public key `PEM` to store as pubkey.bin (secure boot)")
 	cmd.Flags().StringVar(&opts.cacert, "cacertder", "", "`DER` certificate to store as cacert.der (HTTPS boot)")
 	cmd.Flags().StringVar(&opts.extract, "extract", "", "write bootconf.txt, bootconf.sig and pubkey.bin into `DIR`")
+	cmd.Flags().StringVar(&opts.bootcode, "bootcode", "", "customer-signed bootcode.bin `FILE` to store (BCM2712 secure boot only)")
+	cmd.Flags().StringVar(&opts.bootsys, "bootsys", "", "customer-signed bootsys `FILE` to store (BCM2712 secure boot only)")
 	return cmd
 }
 
@@ -310,8 +317,19 @@ func (o *eepromConfigOptions) extractFiles(image string, asJSON bool, stdout io.
 		return err
 	}
 	var wrote []string
-	for _, name := range []string{eeprom.BootConfName, "bootconf.sig", "pubkey.bin", "cacert.der"} {
-		b, err := im.File(name)
+	names := []string{eeprom.BootConfName, "bootconf.sig", "pubkey.bin", "cacert.der"}
+	if im.SoC() == 2712 {
+		names = append(names, "bootcode.bin", eeprom.BootsysName)
+	}
+	for _, name := range names {
+		var b []byte
+		var err error
+		if name == "bootcode.bin" {
+			s := im.Sections()[0]
+			b = im.Bytes()[s.Offset+8 : s.End()]
+		} else {
+			b, err = im.File(name)
+		}
 		if errors.Is(err, eeprom.ErrNotFound) {
 			continue
 		}
@@ -363,6 +381,27 @@ func (o *eepromConfigOptions) secureFiles(im *eeprom.Image, conf []byte) error {
 			return fmt.Errorf("eeprom config: store bootconf.sig: %w", err)
 		}
 	}
+	for _, f := range []struct{ path, name string }{{o.bootcode, "bootcode.bin"}, {o.bootsys, eeprom.BootsysName}} {
+		if f.path == "" {
+			continue
+		}
+		if im.SoC() != 2712 {
+			return &ExitError{Code: 2, Err: fmt.Errorf("eeprom config: --%s is for BCM2712 (CM5) images only, this is a BCM%d image",
+				strings.TrimSuffix(f.name, ".bin"), im.SoC())}
+		}
+		b, err := os.ReadFile(f.path)
+		if err != nil {
+			return err
+		}
+		if f.name == "bootcode.bin" {
+			err = im.SetBootcode(b)
+		} else {
+			err = im.SetFile(f.name, b)
+		}
+		if err != nil {
+			return fmt.Errorf("eeprom config: store %s: %w", f.name, err)
+		}
+	}
 	if o.cacert != "" {
 		der, err := os.ReadFile(o.cacert)
 		if err != nil {
@@ -382,8 +421,8 @@ func (o *eepromConfigOptions) run(ctx context.Context, image string, asJSON bool
 	if o.extract != "" {
 		return o.extractFiles(image, asJSON, stdout)
 	}
-	if o.apply == "" && (o.digest != "" || o.pubkey != "" || o.cacert != "") {
-		return &ExitError{Code: 2, Err: errors.New("eeprom config: --digest, --pubkey and --cacertder need --apply CONF (the config the digest signs)")}
+	if o.apply == "" && (o.digest != "" || o.pubkey != "" || o.cacert != "" || o.bootcode != "" || o.bootsys != "") {
+		return &ExitError{Code: 2, Err: errors.New("eeprom config: --digest, --pubkey, --cacertder, --bootcode and --bootsys need --apply CONF (the config the digest signs)")}
 	}
 	if o.apply == "" {
 		if o.timestamp.set {
