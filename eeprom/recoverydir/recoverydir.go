@@ -341,8 +341,14 @@ recovery_metadata=1
 // recovery.bin must have read this pieeprom.bin, reported
 // EEPROM_UPDATE=success and an EEPROM_HASH of the image (as served, or with
 // the update timestamp stamped in). A session that ended without Done
-// counts when the hash matched, with a warning, unless strict.
+// counts when the hash matched, with a warning, unless strict. A
+// secure-boot directory also needs the key hash (verifySecure).
 func (d Dir) Verify(r usbboot.Result, strict bool) (warning string, err error) {
+	if r.Err != nil {
+		// The session failed already (EEPROM_UPDATE=fail, say): only add
+		// the secure-boot reason, a key that is not ours, if there is one.
+		return "", d.verifySecure(r)
+	}
 	served, ok := r.Served("pieeprom.bin")
 	if !ok {
 		return "", fmt.Errorf("%w: recovery.bin never read pieeprom.bin (is %s really recovery.bin?)", ErrNotConfirmed, d.Bootcode)

@@ -98,11 +98,26 @@ func (s *Secure) check(im *eeprom.Image) (warnings []string, err error) {
 	return warnings, nil
 }
 
+// contentSigner is a signer that signs a file, not a digest (an HSM
+// wrapper hashes the file itself): it is handed the bytes first.
+type contentSigner interface {
+	ForContent(data []byte) (crypto.Signer, func(), error)
+}
+
 // sign stores the signed config, its signature and the public key (and
 // the 2712 firmware) in im, as update-pieeprom.sh -k does.
 func (s *Secure) sign(im *eeprom.Image, conf []byte, ts int64) (SecureDir, error) {
 	sd := SecureDir{OTP: s.OTP}
-	sig, err := eeprom.SignedDigest(sha256.Sum256(conf), ts, 0, s.Signer, s.PublicKey)
+	sg := s.Signer
+	if cs, ok := sg.(contentSigner); ok {
+		var done func()
+		var err error
+		if sg, done, err = cs.ForContent(conf); err != nil {
+			return sd, fmt.Errorf("recovery dir: sign bootconf.txt: %w", err)
+		}
+		defer done()
+	}
+	sig, err := eeprom.SignedDigest(sha256.Sum256(conf), ts, 0, sg, s.PublicKey)
 	if err != nil {
 		return sd, fmt.Errorf("recovery dir: sign bootconf.txt: %w", err)
 	}

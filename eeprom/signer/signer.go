@@ -44,3 +44,25 @@ func (c *Command) Sign(_ io.Reader, _ []byte, _ crypto.SignerOpts) ([]byte, erro
 	}
 	return sig, nil
 }
+
+// ForContent is c signing data instead of c.File: data is written to a
+// private temporary file for the wrapper, removed by the returned func.
+func (c *Command) ForContent(data []byte) (crypto.Signer, func(), error) {
+	f, err := os.CreateTemp("", "cm4bench-sign-*")
+	if err != nil {
+		return nil, func() {}, fmt.Errorf("signer: %w", err)
+	}
+	done := func() { os.Remove(f.Name()) }
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		done()
+		return nil, func() {}, fmt.Errorf("signer: write %s: %w", f.Name(), err)
+	}
+	if err := f.Close(); err != nil {
+		done()
+		return nil, func() {}, fmt.Errorf("signer: write %s: %w", f.Name(), err)
+	}
+	cc := *c
+	cc.File = f.Name()
+	return &cc, done, nil
+}

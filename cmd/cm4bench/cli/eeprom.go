@@ -628,45 +628,56 @@ not on the board. --verify SIG --key public.pem checks a .sig (rpi-eeprom-digest
 
 // sign makes the .sig with the rsa2048 line.
 func (o *eepromDigestOptions) sign(image string, sum [sha256.Size]byte, ts int64) ([]byte, error) {
-	var want *rsa.PublicKey
-	if o.pubkey != "" {
-		b, err := os.ReadFile(o.pubkey)
-		if err != nil {
-			return nil, fmt.Errorf("eeprom digest: %w", err)
-		}
-		if want, err = eeprom.ParsePublicKey(b); err != nil {
-			return nil, &ExitError{Code: 2, Err: fmt.Errorf("eeprom digest: --pubkey %s: %w", o.pubkey, err)}
-		}
+	s, want, done, err := o.signer("eeprom digest", image)
+	if err != nil {
+		return nil, err
 	}
-	var s crypto.Signer
-	if o.signCommand != "" {
-		if want == nil {
-			return nil, &ExitError{Code: 2, Err: fmt.Errorf("eeprom digest: --sign-command needs --pubkey, the key the command signs with")}
-		}
-		s = &signer.Command{Cmd: o.signCommand, File: image, Pub: want}
-	} else if pkcs11signer.IsURI(o.key) {
-		k, closeToken, err := pkcs11signer.Open(o.key)
-		if err != nil {
-			return nil, fmt.Errorf("eeprom digest: %w", err)
-		}
-		defer closeToken()
-		s = k
-	} else {
-		b, err := os.ReadFile(o.key)
-		if err != nil {
-			return nil, fmt.Errorf("eeprom digest: %w", err)
-		}
-		k, err := eeprom.ParsePrivateKey(b)
-		if err != nil {
-			return nil, &ExitError{Code: 2, Err: fmt.Errorf("eeprom digest: --key %s: %w", o.key, err)}
-		}
-		s = k
-	}
+	defer done()
 	sig, err := eeprom.SignedDigest(sum, ts, o.targetSoC, s, want)
 	if err != nil {
 		return nil, &ExitError{Code: 2, Err: fmt.Errorf("eeprom digest: %w", err)}
 	}
 	return sig, nil
+}
+
+// signer opens the signing key of --key (a PEM file or a PKCS#11 URI) or
+// --sign-command (signing file), and the --pubkey it must match (nil when
+// not given). done releases a token.
+func (o *eepromDigestOptions) signer(step, file string) (s crypto.Signer, want *rsa.PublicKey, done func(), err error) {
+	done = func() {}
+	if o.pubkey != "" {
+		b, err := os.ReadFile(o.pubkey)
+		if err != nil {
+			return nil, nil, done, fmt.Errorf("%s: %w", step, err)
+		}
+		if want, err = eeprom.ParsePublicKey(b); err != nil {
+			return nil, nil, done, &ExitError{Code: 2, Err: fmt.Errorf("%s: --pubkey %s: %w", step, o.pubkey, err)}
+		}
+	}
+	switch {
+	case o.signCommand != "":
+		if want == nil {
+			return nil, nil, done, &ExitError{Code: 2, Err: fmt.Errorf("%s: --sign-command needs --pubkey, the key the command signs with", step)}
+		}
+		return &signer.Command{Cmd: o.signCommand, File: file, Pub: want}, want, done, nil
+	case pkcs11signer.IsURI(o.key):
+		k, closeToken, err := pkcs11signer.Open(o.key)
+		if err != nil {
+			return nil, nil, done, fmt.Errorf("%s: %w", step, err)
+		}
+		return k, want, func() { closeToken() }, nil
+	case o.key == "":
+		return nil, nil, done, &ExitError{Code: 2, Err: fmt.Errorf("%s: no signing key: give --key PEM, --key pkcs11:URI or --sign-command CMD", step)}
+	}
+	b, err := os.ReadFile(o.key)
+	if err != nil {
+		return nil, nil, done, fmt.Errorf("%s: %w", step, err)
+	}
+	k, err := eeprom.ParsePrivateKey(b)
+	if err != nil {
+		return nil, nil, done, &ExitError{Code: 2, Err: fmt.Errorf("%s: --key %s: %w", step, o.key, err)}
+	}
+	return k, want, done, nil
 }
 
 // check verifies a .sig against the image (and its rsa2048 line against

@@ -109,6 +109,7 @@ as the Seeed reTerminal) from one workstation with a USB cable and an Ethernet s
 		{"usb", newFirmwareCmd()},
 		{"eeprom", newEEPROMCmd(usb)},
 		{"eeprom", newBootimgCmd()},
+		{"eeprom", newSecureBootCmd(usb)},
 		{"net", newNetbootCmd()},
 		{"net", newDeviceCmd()},
 		{"net", newImageCmd()},

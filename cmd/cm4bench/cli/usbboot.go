@@ -169,7 +169,9 @@ func (f *usbServeFlags) serve(ctx context.Context, files usbboot.FileSource, che
 		Logger: f.logger, OnEvent: out.event, Strict: f.Strict,
 		Finish: func(r usbboot.Result) error {
 			var errs []error
-			if r.Err == nil && check != nil {
+			// A refused update is checked too: the check may know why (a
+			// board locked to another key).
+			if check != nil && (r.Err == nil || errors.Is(r.Err, usbboot.ErrEEPROMUpdate)) {
 				w, err := check(r)
 				if w != "" && !slices.Contains(r.Warnings, w) { // the session may have said it already
 					out.event(usbboot.Event{Kind: usbboot.EventWarning, Port: r.Port, Serial: r.Serial, Message: w})
