@@ -30,7 +30,9 @@ func TestSetBootcodeAndBootsys(t *testing.T) {
 			}},
 		{"bootcode too large", func(im *eeprom.Image) error { return im.SetBootcode(make([]byte, 0x9000)) }, eeprom.ErrTooLarge, nil},
 		{"empty bootcode", func(im *eeprom.Image) error { return im.SetBootcode(nil) }, nil, nil},
-		{"bootsys larger than other files may be", func(im *eeprom.Image) error { return im.SetFile(eeprom.BootsysName, bytes.Repeat([]byte{0x77}, 0x1ff00)) }, nil,
+		{"bootsys larger than other files may be", func(im *eeprom.Image) error {
+			return im.SetFile(eeprom.BootsysName, bytes.Repeat([]byte{0x77}, 0x1ff00))
+		}, nil,
 			func(t *testing.T, im *eeprom.Image) {
 				got, err := im.File(eeprom.BootsysName)
 				if err != nil || len(got) != 0x1ff00 || got[0x1feff] != 0x77 {
