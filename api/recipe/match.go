@@ -176,6 +176,13 @@ func (r *Recipe) CheckBoard(f *contract.Facts, imageBytes int64) error {
 	if r.Requires.Model != "" && !strings.Contains(strings.ToLower(f.Model), strings.ToLower(r.Requires.Model)) {
 		return fmt.Errorf("recipe %s needs a %q, the board is %q", r.Name, r.Requires.Model, f.Model)
 	}
+	if r.Requires.Locked && !f.Locked() {
+		state := "does not report its secure-boot state (bootloader too old, or no chosen/bootloader/signed)"
+		if f.SignedBoot != nil {
+			state = fmt.Sprintf("reports signed=0x%x: no customer key in OTP", *f.SignedBoot)
+		}
+		return fmt.Errorf("recipe %s needs a board locked to the customer key (secure boot), and this one %s: lock it first with cm4bench secure-boot provision --program-pubkey", r.Name, state)
+	}
 	if r.Requires.MinBootloader != "" {
 		min, _ := parseDate(r.Requires.MinBootloader)
 		d, ok := BootloaderDate(f.Bootloader)

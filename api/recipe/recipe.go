@@ -55,6 +55,9 @@ type Requires struct {
 	MinEMMC string `yaml:"min_emmc,omitempty" json:"min_emmc,omitempty"`
 	// Model must appear in the board's model string, e.g. "Compute Module 4".
 	Model string `yaml:"model,omitempty" json:"model,omitempty"`
+	// Locked requires a board in secure-boot mode: its bootloader reports
+	// the customer key hash in OTP (cm4bench secure-boot provision).
+	Locked bool `yaml:"locked,omitempty" json:"locked,omitempty"`
 }
 
 // File is one per-device file written into the boot partition's root.

@@ -204,6 +204,23 @@ func TestCheckBoard(t *testing.T) {
 			t.Errorf("%+v: %v, want %q", tc.f, err, tc.want)
 		}
 	}
+	// requires.locked: only a board whose bootloader reports the key in OTP
+	locked := Recipe{Name: "sb", Requires: Requires{Locked: true}}
+	u := func(v uint32) *uint32 { return &v }
+	for _, tc := range []struct {
+		signed *uint32
+		want   string // "" = accepted
+	}{
+		{u(0x1 | 0x4 | 0x8), ""},
+		{u(0x8), ""},
+		{u(0x1), "signed=0x1: no customer key in OTP"},
+		{nil, "does not report its secure-boot state"},
+	} {
+		err := locked.CheckBoard(&contract.Facts{SignedBoot: tc.signed}, 1)
+		if (tc.want == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), tc.want)) {
+			t.Errorf("signed %v: %v, want %q", tc.signed, err, tc.want)
+		}
+	}
 }
 
 func FuzzParseRecipes(f *testing.F) {

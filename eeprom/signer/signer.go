@@ -66,3 +66,10 @@ func (c *Command) ForContent(data []byte) (crypto.Signer, func(), error) {
 	cc.File = f.Name()
 	return &cc, done, nil
 }
+
+// ForFile is c signing the file at path.
+func (c *Command) ForFile(path string) crypto.Signer {
+	cc := *c
+	cc.File = path
+	return &cc
+}

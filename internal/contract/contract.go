@@ -72,6 +72,22 @@ type Facts struct {
 	Bootloader string   `json:"bootloader,omitempty"`  // bootloader version where readable
 	TempMilliC int      `json:"temp_millic,omitempty"` // SoC temperature in milli-degrees Celsius
 	Agent      string   `json:"agent,omitempty"`       // agent version; empty for the shell client
+	// SignedBoot is the bootloader's chosen/bootloader/signed bit field
+	// (0x1 SIGNED_BOOT in the config, 0x4 devkey revoked, 0x8 customer key
+	// hash in OTP); nil when the device tree does not publish it.
+	SignedBoot *uint32 `json:"signed_boot,omitempty"`
+}
+
+// Signed-boot bits of Facts.SignedBoot.
+const (
+	SignedBootConfig = 0x1 // SIGNED_BOOT=1 in the EEPROM config
+	SignedBootDevkey = 0x4 // the ROM development key is revoked
+	SignedBootOTPKey = 0x8 // the customer key hash is in OTP: the board is locked
+)
+
+// Locked reports whether the board says its OTP holds a customer key hash.
+func (f *Facts) Locked() bool {
+	return f != nil && f.SignedBoot != nil && *f.SignedBoot&SignedBootOTPKey != 0
 }
 
 // RegisterRequest is POSTed to PathRegister.

@@ -192,7 +192,7 @@ func Write(f *os.File, size int64, files []contract.CustomFile) ([]contract.File
 	}
 	out := make([]contract.FileHash, 0, len(files))
 	for _, cf := range files {
-		b, err := readFile(fsys, "/"+cf.Path)
+		b, err := readFile(fsys, "/"+cf.Path, MaxFileBytes)
 		if err != nil {
 			return nil, fmt.Errorf("bootfs: read back %s: %w", cf.Path, err)
 		}
@@ -209,7 +209,7 @@ func Write(f *os.File, size int64, files []contract.CustomFile) ([]contract.File
 // one Read from offset 0. (go-diskfs v1.9.4 returns bytes past the end of
 // the file when a read starts inside a cluster, so the file is never read
 // in pieces.)
-func readFile(fsys filesystem.FileSystem, p string) ([]byte, error) {
+func readFile(fsys filesystem.FileSystem, p string, maxBytes int64) ([]byte, error) {
 	ents, err := fsys.ReadDir(".")
 	if err != nil {
 		return nil, fmt.Errorf("read the root folder: %w", err)
@@ -227,8 +227,8 @@ func readFile(fsys filesystem.FileSystem, p string) ([]byte, error) {
 	switch {
 	case size < 0:
 		return nil, fmt.Errorf("not in the root folder")
-	case size > MaxFileBytes:
-		return nil, fmt.Errorf("%d bytes, more than the %d written at most", size, MaxFileBytes)
+	case size > maxBytes:
+		return nil, fmt.Errorf("%d bytes, more than the %d allowed", size, maxBytes)
 	case size == 0:
 		return []byte{}, nil
 	}

@@ -1,6 +1,7 @@
 package bootfs
 
 import (
+	"bytes"
 	"encoding/binary"
 	"fmt"
 	"os"
@@ -139,4 +140,34 @@ func checkRamdiskPath(p string) error {
 		}
 	}
 	return nil
+}
+
+// MaxRamdiskBytes bounds a boot.img: the bootloader loads it whole into
+// memory before it checks boot.sig.
+const MaxRamdiskBytes = 256 << 20
+
+// ReadRamdisk reads name from the root folder of a boot.img (a FAT
+// ramdisk with no partition table, as BuildRamdisk writes it), as the
+// bootloader does once boot.sig verified.
+func ReadRamdisk(img []byte, name string) ([]byte, error) {
+	if len(img) > MaxRamdiskBytes {
+		return nil, fmt.Errorf("bootfs: boot.img is %d bytes, more than %d", len(img), MaxRamdiskBytes)
+	}
+	if len(img) < sector {
+		return nil, fmt.Errorf("bootfs: boot.img is %d bytes: not a FAT image", len(img))
+	}
+	typ, ok := fatType(img[:sector], int64(len(img)))
+	if !ok {
+		return nil, fmt.Errorf("bootfs: boot.img does not start with a FAT boot sector")
+	}
+	st := file.New(&readerFile{r: bytes.NewReader(img), size: int64(len(img))}, true)
+	fsys, err := open(st, Partition{Index: 0, Start: 0, Size: int64(len(img)), FAT: typ})
+	if err != nil {
+		return nil, err
+	}
+	b, err := readFile(fsys, "/"+name, MaxRamdiskBytes)
+	if err != nil {
+		return nil, fmt.Errorf("bootfs: boot.img: %s: %w", name, err)
+	}
+	return b, nil
 }

@@ -43,6 +43,21 @@ func TestBuildRamdisk(t *testing.T) {
 			t.Errorf("mtype %s: %d bytes, %v", f.Path, len(out), err)
 		}
 	}
+	// ReadRamdisk reads back what mtype reads (root-folder files)
+	for _, f := range files {
+		if strings.Contains(f.Path, "/") {
+			continue
+		}
+		if got, err := bootfs.ReadRamdisk(ab, f.Path); err != nil || !bytes.Equal(got, f.Data) {
+			t.Errorf("ReadRamdisk %s: %d bytes, %v", f.Path, len(got), err)
+		}
+	}
+	if _, err := bootfs.ReadRamdisk(ab, "missing.txt"); err == nil {
+		t.Error("ReadRamdisk of a missing file succeeded")
+	}
+	if _, err := bootfs.ReadRamdisk(bytes.Repeat([]byte{0}, 4096), "config.txt"); err == nil {
+		t.Error("ReadRamdisk of zeros succeeded")
+	}
 	if out, err := exec.Command("mdir", "-i", a, "::overlays").CombinedOutput(); err != nil || !strings.Contains(strings.ToLower(string(out)), "dwc2") {
 		t.Errorf("mdir overlays: %v %s", err, out)
 	}
@@ -53,4 +68,21 @@ func TestBuildRamdisk(t *testing.T) {
 			t.Errorf("%q accepted", bad)
 		}
 	}
+}
+
+// A boot.img comes off the network: whatever its bytes, ReadRamdisk
+// returns an error or a file, never panics.
+func FuzzReadRamdisk(f *testing.F) {
+	img := filepath.Join(f.TempDir(), "seed.img")
+	if _, err := bootfs.BuildRamdisk(img, []bootfs.RamdiskFile{{Path: "config.txt", Data: []byte("[all]\n")}}); err != nil {
+		f.Fatal(err)
+	}
+	seed, _ := os.ReadFile(img)
+	f.Add(seed[:64*1024])
+	f.Add(bytes.Repeat([]byte{0xff}, 1024))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if got, err := bootfs.ReadRamdisk(b, "config.txt"); err == nil && int64(len(got)) > int64(len(b)) {
+			t.Fatalf("read %d bytes from an image of %d", len(got), len(b))
+		}
+	})
 }

@@ -89,6 +89,9 @@ type PrepareOptions struct {
 	ReplaceFirmware bool
 	// Logger receives one line per file changed; nil = silent.
 	Logger *slog.Logger
+	// Signed, when set, also packs the prepared files into boot.img and
+	// signs it as boot.sig, for boards in secure-boot mode (signed.go).
+	Signed *SignedBoot
 }
 
 // Report says what PrepareTFTPRoot did, file by file.
@@ -235,6 +238,17 @@ func PrepareTFTPRoot(ctx context.Context, o PrepareOptions) (Report, error) {
 		}
 	}
 	rep.Files = append(rep.Files, installed...)
+	if o.Signed != nil {
+		// Last: boot.img packs what was just installed.
+		signed, err := BuildSignedBoot(o.Root, *o.Signed)
+		if err != nil {
+			return fail(err)
+		}
+		for _, fa := range signed {
+			log.Info("TFTP root: "+fa.Action, "file", fa.Name, "sha256", fa.SHA256)
+		}
+		rep.Files = append(rep.Files, signed...)
+	}
 	for _, w := range overrideWarnings(o.Root, o.ServerURL) {
 		rep.Warnings = append(rep.Warnings, w)
 		log.Warn("TFTP root: per-board override misses the bench settings", "detail", w)

@@ -124,7 +124,13 @@ is written: --replace-firmware replaces it (yours is kept as NAME.orig-<sha256>)
 --prepare-tftp-root=initramfs-only leaves all firmware files to you. Files already as wanted are
 not rewritten, so running it at every start changes nothing. Every write is atomic. Per-board
 folders (<serial>/, <mac>/) are not edited: a config.txt or cmdline.txt there that lacks these
-settings is reported as a warning.`,
+settings is reported as a warning.
+
+--signed (with --prepare-tftp-root) is for boards in secure-boot mode: it then packs start4.elf,
+fixup4.dat, the device trees, the kernel, initrd.img with the agent, config.txt and cmdline.txt
+into boot.img, the FAT ramdisk a locked bootloader loads, and signs it as boot.sig with --key
+(a PEM or a PKCS#11 URI) or --sign-command with --pubkey, the key whose hash is in the boards'
+OTP (see "cm4bench secure-boot"). boot.sig's ts: is $SOURCE_DATE_EPOCH or now.`,
 		Example: `  # A dedicated bench NIC with 10.42.0.1/24 on it:
   cm4bench netboot serve --iface eth1 --tftp-root /srv/tftp --data /var/lib/cm4bench \
       --image /srv/images/golden.img.zst
@@ -222,6 +228,9 @@ func (o *netbootServeOptions) run(ctx context.Context, logger *slog.Logger, out 
 	cfg, err := o.config(logger)
 	if err != nil {
 		return err
+	}
+	if o.prep.mode == "" && (o.prep.signed || o.prep.key.key != "" || o.prep.key.signCommand != "") {
+		return &ExitError{Code: 2, Err: errors.New("netboot serve: --signed builds boot.img while preparing the TFTP root: add --prepare-tftp-root")}
 	}
 	if o.prep.mode == "" {
 		if err := serve.Run(ctx, cfg, out); err != nil {

@@ -28,6 +28,9 @@ type netbootPrepareOptions struct {
 	firmwareCache   string
 	replaceFirmware bool
 	advertiseURL    string
+	signed          bool                // --signed: also boot.img + boot.sig for locked boards
+	key             eepromDigestOptions // --key, --pubkey, --sign-command, --sig-timestamp for --signed
+	closeSigner     func()              // releases a PKCS#11 token after prepare
 }
 
 func (p *netbootPrepareOptions) bind(cmd *cobra.Command) {
@@ -40,6 +43,10 @@ func (p *netbootPrepareOptions) bind(cmd *cobra.Command) {
 	f.StringSliceVar(&p.modules, "initramfs-modules", nil, "with --prepare-tftp-root: modules to pack and load, comma-separated (needs --initramfs-modules-dir)")
 	f.StringVar(&p.firmwareCache, "firmware-cache", "", "with --prepare-tftp-root: firmware cache `DIR` filled by `cm4bench firmware fetch netboot` (default: the user cache dir)")
 	f.BoolVar(&p.replaceFirmware, "replace-firmware", false, "with --prepare-tftp-root: replace firmware files in the TFTP root that differ from the catalogue's (the old ones are kept as NAME.orig-<sha256>)")
+	f.BoolVar(&p.signed, "signed", false, "with --prepare-tftp-root: also pack the netboot files into boot.img and sign it as boot.sig, for boards in secure-boot mode (needs --key or --sign-command)")
+	f.StringVar(&p.key.key, "key", "", "with --signed: RSA-2048 private key `PEM` or PKCS#11 URI that signs boot.img")
+	f.StringVar(&p.key.pubkey, "pubkey", "", "with --signed: the public key `PEM` in the boards' OTP (must match the key)")
+	f.StringVar(&p.key.signCommand, "sign-command", "", "with --signed: HSM wrapper `CMD` that signs boot.img instead of --key")
 	f.StringVar(&p.advertiseURL, "advertise-url", "", "with --prepare-tftp-root: URL the boards reach this server at, written to cmdline.txt (default http://<bench address>:<HTTP port>)")
 }
 
@@ -62,8 +69,24 @@ func (p *netbootPrepareOptions) options(tftpRoot string, logger *slog.Logger) (s
 	if len(p.modules) > 0 && p.modulesDir == "" {
 		return usage(errors.New("--initramfs-modules needs --initramfs-modules-dir"))
 	}
+	if !p.signed && (p.key.key != "" || p.key.signCommand != "" || p.key.pubkey != "") {
+		return usage(errors.New("--key, --pubkey and --sign-command sign boot.img: add --signed"))
+	}
 	o := serve.PrepareOptions{Root: tftpRoot, ServerURL: p.advertiseURL, Mode: mode, Arch: p.arch,
 		ReplaceFirmware: p.replaceFirmware, Logger: logger}
+	if p.signed {
+		s, want, done, err := p.key.signer("netboot serve --signed", "")
+		if err != nil {
+			return serve.PrepareOptions{}, err
+		}
+		p.closeSigner = done
+		ts, err := digestTimestamp(timestampFlag{})
+		if err != nil {
+			done()
+			return serve.PrepareOptions{}, err
+		}
+		o.Signed = &serve.SignedBoot{Signer: s, PublicKey: want, Timestamp: ts}
+	}
 	if p.agentFile != "" {
 		b, err := os.ReadFile(p.agentFile)
 		if err != nil {
@@ -103,6 +126,9 @@ func (p *netbootPrepareOptions) options(tftpRoot string, logger *slog.Logger) (s
 // prepare runs the preparation for bench b and prints what it did.
 func (p *netbootPrepareOptions) prepare(ctx context.Context, b *serve.Bench, o serve.PrepareOptions, out io.Writer) error {
 	rep, err := b.PrepareTFTPRoot(ctx, o)
+	if p.closeSigner != nil {
+		p.closeSigner()
+	}
 	if errors.Is(err, serve.ErrFirmwareMissing) {
 		err = fmt.Errorf("%w (looked in the firmware cache %s; another one: --firmware-cache DIR)", err, p.firmwareCache)
 	}

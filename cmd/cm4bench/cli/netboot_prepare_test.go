@@ -4,11 +4,15 @@ import (
 	"bytes"
 	"compress/gzip"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
+	"github.com/cm4bench/cm4bench/internal/repotest"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strings"
@@ -178,6 +182,49 @@ func TestNetbootServePrepareTFTPRoot(t *testing.T) {
 		t.Errorf("second start:\n%s", out)
 	}
 
+	// --signed: boot.img holds what was prepared, boot.sig verifies with
+	// openssl and the public key, fsck.fat and mtype read the image.
+	sb := func(n string) string { return repotest.Shared(t, filepath.Join("secure-boot-vectors", n)) }
+	args = append(args, "--signed", "--key", sb("private.pem"), "--pubkey", sb("public.pem"))
+	out = serveOnce()
+	if !strings.Contains(out, "boot.img") || !strings.Contains(out, "boot.sig") {
+		t.Errorf("--signed output:\n%s", out)
+	}
+	bootImg, bootSig := filepath.Join(root, "boot.img"), filepath.Join(root, "boot.sig")
+	readFile := func(t *testing.T, p string) []byte {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	sha256Hex := func(b []byte) string { s := sha256.Sum256(b); return hex.EncodeToString(s[:]) }
+	sigText := string(readFile(t, bootSig))
+	var rsaHex string
+	for _, l := range strings.Split(sigText, "\n") {
+		if v, ok := strings.CutPrefix(l, "rsa2048: "); ok {
+			rsaHex = v
+		}
+	}
+	rawRSA, _ := hex.DecodeString(rsaHex)
+	rawSig := filepath.Join(t.TempDir(), "sig.bin")
+	os.WriteFile(rawSig, rawRSA, 0o644)
+	if o, err := exec.Command("openssl", "dgst", "-sha256", "-verify", sb("public.pem"), "-signature", rawSig, bootImg).CombinedOutput(); err != nil || !strings.Contains(string(o), "Verified OK") {
+		t.Errorf("openssl does not verify boot.sig: %v %s", err, o)
+	}
+	if !strings.HasPrefix(sigText, sha256Hex(readFile(t, bootImg))+"\n") {
+		t.Errorf("boot.sig %q is not of boot.img", sigText)
+	}
+	if o, err := exec.Command("fsck.fat", "-n", bootImg).CombinedOutput(); err != nil {
+		t.Errorf("fsck.fat -n boot.img: %v\n%s", err, o)
+	}
+	for _, name := range []string{"cmdline.txt", "config.txt", "initrd.img", "start4.elf", "kernel8.img"} {
+		if o, err := exec.Command("mtype", "-i", bootImg, "::"+name).Output(); err != nil || !bytes.Equal(o, readFile(t, filepath.Join(root, name))) {
+			t.Errorf("boot.img %s differs from the TFTP root's: %v", name, err)
+		}
+	}
+	args = args[:len(args)-5]
+
 	// Refusals: serve does not start, and the root is left as it was.
 	other := t.TempDir()
 	os.WriteFile(filepath.Join(other, "start4.elf"), []byte("a start4.elf the technician put here"), 0o644)
@@ -194,6 +241,8 @@ func TestNetbootServePrepareTFTPRoot(t *testing.T) {
 		{"missing module", []string{"--tftp-root", other, "--agent", exe, "--initramfs-arch", runtime.GOARCH, "--initramfs-modules-dir", other, "--initramfs-modules", "virtio_net"}, "module virtio_net not found", 1},
 		{"agent for another arch", []string{"--tftp-root", other, "--firmware-cache", cache, "--agent", exe, "--initramfs-arch", map[string]string{"amd64": "arm64", "arm64": "amd64"}[runtime.GOARCH]}, "the boards need", 1},
 		{"bad mode", []string{"--prepare-tftp-root=kernel", "--tftp-root", other}, "want all (the default) or initramfs-only", 2},
+		{"key without --signed", []string{"--tftp-root", other, "--agent", exe, "--key", sb("private.pem")}, "add --signed", 2},
+		{"signed without a key", []string{"--tftp-root", other, "--agent", exe, "--initramfs-arch", runtime.GOARCH, "--signed"}, "no signing key", 2},
 		{"loopback http only", []string{"--tftp-root", other, "--prepare-tftp-root=initramfs-only", "--agent", exe, "--initramfs-arch", runtime.GOARCH, "--http", "127.0.0.1:5999"}, "loopback only", 1},
 	} {
 		args := []string{"netboot", "serve", "--prepare-tftp-root", "--no-dhcp", "--no-tftp", "--data", filepath.Join(t.TempDir(), "d")}

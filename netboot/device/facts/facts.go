@@ -74,6 +74,10 @@ func (r Reader) Read() *contract.Facts {
 	f.EMMCCID = readString(r.sys("block", disk, "device", "cid"))
 	f.EMMCCSD = readString(r.sys("block", disk, "device", "csd"))
 	f.Bootloader = r.bootloader()
+	if b, err := os.ReadFile(r.proc("device-tree", "chosen", "bootloader", "signed")); err == nil && len(b) == 4 {
+		v := binary.BigEndian.Uint32(b)
+		f.SignedBoot = &v
+	}
 	if s := readString(r.sys("class", "thermal", "thermal_zone0", "temp")); s != "" {
 		if n, err := strconv.Atoi(s); err == nil {
 			f.TempMilliC = n

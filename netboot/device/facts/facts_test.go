@@ -29,6 +29,7 @@ func TestReadFakeCM4(t *testing.T) {
 	write(t, proc, "device-tree/model", []byte("Raspberry Pi Compute Module 4 Rev 1.1\x00"))
 	write(t, proc, "device-tree/chosen/bootloader/version", []byte("2f1b5a7b1c3e\x00"))
 	write(t, proc, "device-tree/chosen/bootloader/build-timestamp", []byte{0x66, 0x4a, 0x1e, 0x00})
+	write(t, proc, "device-tree/chosen/bootloader/signed", []byte{0, 0, 0, 0x0d})
 	write(t, sys, "block/mmcblk0/size", []byte("61071360\n"))
 	write(t, sys, "block/mmcblk0/device/cid", []byte("150100424a54443452000e1a2e04a500\n"))
 	write(t, sys, "block/mmcblk0/device/csd", []byte("d0270132070f5903ff2f7f8b92400001\n"))
@@ -41,11 +42,12 @@ func TestReadFakeCM4(t *testing.T) {
 	write(t, sys, "class/thermal/thermal_zone0/temp", []byte("47236\n"))
 
 	got := Reader{Proc: proc, Sys: sys}.Read()
+	signed := uint32(0x0d)
 	want := &contract.Facts{
 		Serial: "abcdef12", Revision: "c03141", Model: "Raspberry Pi Compute Module 4 Rev 1.1",
 		MACs: []string{"dc:a6:32:01:02:03", "dc:a6:32:01:02:04"}, EMMCBytes: 61071360 * 512,
 		EMMCCID: "150100424a54443452000e1a2e04a500", EMMCCSD: "d0270132070f5903ff2f7f8b92400001",
-		Bootloader: "2f1b5a7b1c3e (2024-05-19T15:42:56Z)", TempMilliC: 47236,
+		Bootloader: "2f1b5a7b1c3e (2024-05-19T15:42:56Z)", TempMilliC: 47236, SignedBoot: &signed,
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("facts\n%+v\nwant\n%+v", got, want)
@@ -58,7 +60,7 @@ func TestReadDeviceTreeOnly(t *testing.T) {
 	write(t, proc, "device-tree/serial-number", []byte("10000000deadbeef\x00"))
 	write(t, proc, "device-tree/system/linux,revision", []byte{0x00, 0xc0, 0x31, 0x41})
 	got := Reader{Proc: proc, Sys: t.TempDir()}.Read()
-	if got.Serial != "deadbeef" || got.Revision != "c03141" || got.MACs != nil || got.EMMCBytes != 0 {
+	if got.Serial != "deadbeef" || got.Revision != "c03141" || got.MACs != nil || got.EMMCBytes != 0 || got.SignedBoot != nil || got.Locked() {
 		t.Errorf("facts %+v", got)
 	}
 }

@@ -100,6 +100,7 @@ type Outcome struct {
 	KernelSHA string     // sha256 of the kernel loaded
 	NoMenu    int        // DHCP answers ignored for lack of the boot menu
 	Attempts  []string   // one line per boot mode tried, as the UART log would say
+	Signed    bool       // for network: booted from a boot.img whose boot.sig verified (Locked)
 }
 
 // ErrNoBootMedia is returned by Boot when BOOT_ORDER ends in STOP (0xe) or
@@ -124,6 +125,8 @@ type Bootloader struct {
 	// Sleep between boot modes and before RESTART (the LED error pattern
 	// throttles real devices); 0 = 1 s.
 	ModeDelay time.Duration
+	// Locked makes it a secure-boot board (signed.go); nil = not locked.
+	Locked *Locked
 }
 
 func (b *Bootloader) log() *slog.Logger {
@@ -454,6 +457,9 @@ func (b *Bootloader) loadFirmware(ctx context.Context, e EEPROM, c *tftpClient, 
 			}
 		}
 		return nil
+	}
+	if b.Locked != nil {
+		return b.loadSigned(ctx, c, prefix, out)
 	}
 	if prefix != "" {
 		ok, err := exists(prefix + "start4.elf")
