@@ -44,6 +44,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/cm4bench/cm4bench/internal/privilege"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -335,7 +336,8 @@ func (s *Server) Serve(ctx context.Context) error {
 	}
 	conn, err := server4.NewIPv4UDPConn(s.Iface, &net.UDPAddr{Port: dhcpv4.ServerPort})
 	if err != nil {
-		return fmt.Errorf("dhcp: serve: listen on %s:67: %w", s.Iface, err)
+		return fmt.Errorf("dhcp: serve: listen on %s:67: %w", s.Iface,
+			privilege.Explain(err, "binding UDP port 67 on "+s.Iface, privilege.NetBindService))
 	}
 	s.log().Info("dhcp: serving", "iface", s.Iface, "addr", s.Addr, "range", fmt.Sprintf("%s-%s", s.Range[0], s.Range[1]), "proxy", s.Proxy)
 	if s.Ready != nil {

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"github.com/cm4bench/cm4bench/internal/privilege"
 	"net"
 	"net/netip"
 	"os"
@@ -82,7 +83,8 @@ func newWatcher(ifi *net.Interface) (*watcher, error) {
 	}
 	conn, err := packet.Listen(ifi, packet.Datagram, unix.ETH_P_IP, &packet.Config{Filter: filter})
 	if err != nil {
-		return nil, fmt.Errorf("packet socket: %w", err)
+		return nil, fmt.Errorf("packet socket: %w",
+			privilege.Explain(err, "watching "+ifi.Name+" for other DHCP servers (an AF_PACKET socket)", privilege.NetRaw))
 	}
 	return &watcher{ifi: ifi, conn: conn, buf: make([]byte, 4096)}, nil
 }

@@ -59,6 +59,9 @@ const DefaultHTTPAddr = "127.0.0.1:5000"
 // Config is everything `cm4bench netboot serve` takes. Zero values are
 // defaults where a default makes sense.
 type Config struct {
+	// OnReady, when set, is called once every server listens (the
+	// systemd readiness notification).
+	OnReady func()
 	// Iface is the bench interface (DHCP binds to it; its first IPv4
 	// address is the bench address unless Addr is set). Required unless
 	// NoDHCP and NoTFTP.
@@ -546,6 +549,9 @@ func (b *Bench) Serve(ctx context.Context) error {
 		if gctx.Err() == nil {
 			b.log().Info("bench ready", "http", b.URLs(), "iface", b.cfg.Iface, "dhcp", !b.cfg.NoDHCP, "tftp", !b.cfg.NoTFTP)
 			close(b.ready)
+			if b.cfg.OnReady != nil {
+				b.cfg.OnReady()
+			}
 		}
 	}()
 	err = g.Wait()

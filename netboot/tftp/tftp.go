@@ -41,6 +41,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/cm4bench/cm4bench/internal/privilege"
 	"io"
 	"io/fs"
 	"log/slog"
@@ -173,7 +174,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	}
 	conn, err := net.ListenUDP("udp4", laddr)
 	if err != nil {
-		return fmt.Errorf("tftp: listen on %s: %w", addr, err)
+		return fmt.Errorf("tftp: listen on %s: %w", addr, privilege.Explain(err, "binding UDP "+addr, privilege.NetBindService))
 	}
 	return s.ServeConn(ctx, conn)
 }

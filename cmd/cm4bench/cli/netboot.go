@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/cm4bench/cm4bench/internal/sdnotify"
 	"io"
 	"log/slog"
 	"net"
@@ -198,6 +199,12 @@ func (o *netbootServeOptions) config(logger *slog.Logger) (serve.Config, error) 
 		Iface: o.iface, Proxy: o.proxy, AllowOtherDHCP: o.allowOtherDHCP, FastFallthrough: o.fastFallthrough, Capture: o.capture, AllowUnleased: o.allowUnleased, TFTPRoot: o.tftpRoot,
 		DataDir: o.data, HTTPAddr: o.http, AdminListen: o.adminListen, DashboardURL: o.dashboardURL, PowerCommand: o.powerCommand, RecipeFiles: o.recipeFiles, Station: o.station, RulesFile: o.rulesFile, BackupReserve: reserveBytes(o.backupReserveMiB), EventMaxAge: o.eventsMaxAge, EventMaxCount: o.eventsMaxCount, PiOnly: o.piOnly, AllowedHosts: o.allowedHosts, Image: o.image, NoDHCP: o.noDHCP, NoTFTP: o.noTFTP,
 		CompressBackups: o.compressBackups, PollInterval: o.pollInterval, Version: version(), Logger: logger,
+		OnReady: func() {
+			// Under systemd (Type=notify): the unit is active only now.
+			if _, err := sdnotify.Ready(); err != nil {
+				logger.Warn("systemd readiness notification failed", "err", err)
+			}
+		},
 	}
 	if o.addr != "" {
 		p, err := netip.ParsePrefix(o.addr)

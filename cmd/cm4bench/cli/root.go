@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/cm4bench/cm4bench/netboot/initramfs/agentbin"
 	"io"
 	"os"
 	"runtime/debug"
@@ -92,6 +93,7 @@ as the Seeed reTerminal) from one workstation with a USB cable and an Ethernet s
 		SilenceUsage:  true,
 		Version:       version(),
 	}
+	root.SetVersionTemplate("cm4bench {{.Version}}\n" + agentsLine() + "\n")
 	root.PersistentFlags().Bool("json", false, "machine-readable JSON output (reports) and JSON logs (servers)")
 	root.PersistentFlags().String("log-level", "info", "log level: debug, info, warn or error")
 	root.AddGroup(
@@ -148,6 +150,16 @@ func markUsageErrors(c *cobra.Command) {
 	}
 }
 
+// agentsLine says whether this binary can build the netboot initramfs on
+// its own: `go install` builds lack the embedded cm4agent.
+func agentsLine() string {
+	if agentbin.Embedded {
+		return "cm4agent: embedded (arm64, amd64)"
+	}
+	return "cm4agent: not embedded (this is a plain `go install` build): netboot serve --prepare-tftp-root and netboot initramfs\n" +
+		"  need --agent FILE; for a complete binary install the .deb (make deb) or build with `make build`"
+}
+
 func version() string {
 	v := Version
 	if bi, ok := debug.ReadBuildInfo(); ok && v == "dev" {
@@ -167,9 +179,9 @@ func newVersionCmd() *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if wantJSON(cmd) {
-				return writeJSON(cmd.OutOrStdout(), map[string]string{"version": version()})
+				return writeJSON(cmd.OutOrStdout(), map[string]any{"version": version(), "agents_embedded": agentbin.Embedded})
 			}
-			_, err := fmt.Fprintf(cmd.OutOrStdout(), "cm4bench %s\n", version())
+			_, err := fmt.Fprintf(cmd.OutOrStdout(), "cm4bench %s\n%s\n", version(), agentsLine())
 			return err
 		},
 	}
