@@ -6,7 +6,7 @@ LDFLAGS := -s -w -X github.com/cm4bench/cm4bench/cmd/cm4bench/cli.Version=$(VERS
 # Packages that must build without cgo (everything but the gousb glue).
 NOCGO_PKGS := $(shell $(GO) list ./... 2>/dev/null | grep -v /usbboot/gousbdev)
 
-.PHONY: all run test bench build lint deps clean libusbfake agents arm64-kernel e2e soak screenshot man
+.PHONY: all run test bench build lint deps clean libusbfake agents arm64-kernel e2e soak screenshot man deb
 
 all: build
 
@@ -76,6 +76,18 @@ $(LIBUSBFAKE): usbboot/libusbfake/c/libusbfake.c
 # One man page per command (section 1), from the same text as --help.
 man: build
 	$(BUILD)/cm4bench man --dir $(BUILD)/man
+
+# The Debian package: build/cm4bench_<version>_<arch>.deb (nfpm as a
+# library, no download): the binary with the embedded agents, the systemd
+# unit that runs it without root, udev rules, man pages, completions.
+PKG := $(BUILD)/pkg
+deb: build
+	rm -rf $(PKG) && mkdir -p $(PKG)/man $(PKG)/completions
+	$(BUILD)/cm4bench man --dir $(PKG)/man >/dev/null
+	for sh in bash zsh fish; do $(BUILD)/cm4bench completion $$sh > $(PKG)/completions/cm4bench.$$sh || exit 1; done
+	$(BUILD)/cm4bench usbboot udev-rules > $(PKG)/60-cm4bench.rules
+	$(GO) run ./cmd/mkdeb --binary $(BUILD)/cm4bench --man $(PKG)/man --completions $(PKG)/completions \
+		--udev-rules $(PKG)/60-cm4bench.rules --version $(VERSION) --arch $$($(GO) env GOARCH) -o $(BUILD)
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt:"; echo "$$out"; exit 1; fi
