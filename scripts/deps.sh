@@ -28,7 +28,10 @@ pkgs=(
   zbar-tools          # labels: zbarimg decodes the printed QR code
   softhsm2            # secure boot: a real PKCS#11 token the signing tests use
   opensc              # secure boot: pkcs11-tool signs with the same token (the outside oracle)
-  man-db              # cli: man -l renders the generated man pages in their test
+  man-db              # cli: man -l renders the generated man pages in their test; man -w finds the packaged ones
+  systemd             # .deb: systemd-analyze verify/security check the service unit (no service is started)
+  util-linux          # .deb: setpriv runs serve as an unprivileged user with the unit's capabilities
+  passwd              # .deb: the package's postinst creates the cm4bench user (useradd)
 )
 
 missing=()
