@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
+	"io/fs"
 	"os"
 	"path"
+	"path/filepath"
 	"sort"
 	"strings"
 
@@ -170,4 +172,44 @@ func ReadRamdisk(img []byte, name string) ([]byte, error) {
 		return nil, fmt.Errorf("bootfs: boot.img: %s: %w", name, err)
 	}
 	return b, nil
+}
+
+// CollectDir reads the regular files under dir for BuildRamdisk, paths
+// relative and "/"-separated. keep chooses files and folders by relative
+// path (nil keeps everything; a folder it refuses is skipped whole). A
+// file that is not regular (a device, a socket, a symlink) is an error.
+func CollectDir(dir string, keep func(rel string, isDir bool) bool) ([]RamdiskFile, error) {
+	var files []RamdiskFile
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(dir, p)
+		rel = filepath.ToSlash(rel)
+		if rel == "." {
+			return nil
+		}
+		if keep != nil && !keep(rel, d.IsDir()) {
+			if d.IsDir() {
+				return fs.SkipDir
+			}
+			return nil
+		}
+		if d.IsDir() {
+			return nil
+		}
+		if !d.Type().IsRegular() {
+			return fmt.Errorf("bootfs: %s is not a regular file", p)
+		}
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		files = append(files, RamdiskFile{Path: rel, Data: b})
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return files, nil
 }

@@ -7,7 +7,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -72,27 +71,11 @@ func BuildSignedBoot(root string, sb SignedBoot) ([]FileAction, error) {
 		}
 		pub = k
 	}
-	var files []bootfs.RamdiskFile
-	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
+	files, err := bootfs.CollectDir(root, func(rel string, isDir bool) bool {
+		if isDir {
+			return rel == "overlays"
 		}
-		rel, _ := filepath.Rel(root, p)
-		if d.IsDir() {
-			if rel != "." && rel != "overlays" {
-				return fs.SkipDir
-			}
-			return nil
-		}
-		if !d.Type().IsRegular() || !signedBootFile(filepath.ToSlash(rel)) {
-			return nil
-		}
-		b, err := os.ReadFile(p)
-		if err != nil {
-			return err
-		}
-		files = append(files, bootfs.RamdiskFile{Path: filepath.ToSlash(rel), Data: b})
-		return nil
+		return signedBootFile(rel)
 	})
 	if err != nil {
 		return fail(err)

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"os"
 	"path/filepath"
 
@@ -61,22 +60,7 @@ A locked board boots only a boot.img whose boot.sig verifies with the key in its
 }
 
 func (o *bootimgOptions) run(_ context.Context, dir string, asJSON bool, stdout io.Writer) error {
-	var files []bootfs.RamdiskFile
-	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil || d.IsDir() {
-			return err
-		}
-		if !d.Type().IsRegular() {
-			return fmt.Errorf("%s is not a regular file", p)
-		}
-		rel, _ := filepath.Rel(dir, p)
-		b, err := os.ReadFile(p)
-		if err != nil {
-			return err
-		}
-		files = append(files, bootfs.RamdiskFile{Path: filepath.ToSlash(rel), Data: b})
-		return nil
-	})
+	files, err := bootfs.CollectDir(dir, nil)
 	if err != nil {
 		return fmt.Errorf("bootimg build: %w", err)
 	}

@@ -429,20 +429,7 @@ func (b *Bootloader) loadFirmware(ctx context.Context, e EEPROM, c *tftpClient, 
 	case 2:
 		prefix = b.Board.MACPrefix() + "/"
 	}
-	do := func(name string, probe bool, w io.Writer) (Transfer, error) {
-		if w == nil {
-			w = io.Discard
-		}
-		tr, err := c.fetch(ctx, name, probe, w)
-		out.Files = append(out.Files, tr)
-		switch {
-		case err == nil && probe:
-			out.Probes++
-		case errors.Is(err, ErrNotFound):
-			out.NotFound++
-		}
-		return tr, err
-	}
+	do := func(name string, probe bool, w io.Writer) (Transfer, error) { return out.fetch(ctx, c, name, probe, w) }
 	exists := func(name string) (bool, error) {
 		_, err := do(name, true, nil)
 		if errors.Is(err, ErrNotFound) {
@@ -552,6 +539,23 @@ func (b *Bootloader) loadFirmware(ctx context.Context, e EEPROM, c *tftpClient, 
 	}
 	out.KernelSHA = hex.EncodeToString(h.Sum(nil))
 	return probeAll("armstub8-gic.bin")
+}
+
+// fetch runs one TFTP request and records it in the outcome: the
+// transfer, a probe aborted with Early terminate, a file not found.
+func (out *Outcome) fetch(ctx context.Context, c *tftpClient, name string, probe bool, w io.Writer) (Transfer, error) {
+	if w == nil {
+		w = io.Discard
+	}
+	tr, err := c.fetch(ctx, name, probe, w)
+	out.Files = append(out.Files, tr)
+	switch {
+	case err == nil && probe:
+		out.Probes++
+	case errors.Is(err, ErrNotFound):
+		out.NotFound++
+	}
+	return tr, err
 }
 
 // OSDHCP is what the operating system booted from the eMMC does first: an

@@ -50,14 +50,7 @@ func (w *limitWriter) Write(p []byte) (int, error) {
 // ramdisk, not from TFTP.
 func (b *Bootloader) loadSigned(ctx context.Context, c *tftpClient, prefix string, out *Outcome) error {
 	do := func(name string, probe bool, w io.Writer) error {
-		tr, err := c.fetch(ctx, name, probe, w)
-		out.Files = append(out.Files, tr)
-		switch {
-		case err == nil && probe:
-			out.Probes++
-		case errors.Is(err, ErrNotFound):
-			out.NotFound++
-		}
+		_, err := out.fetch(ctx, c, name, probe, w)
 		return err
 	}
 	if prefix != "" {
