@@ -259,7 +259,7 @@ func TestServeWithTheUnitsCapabilities(t *testing.T) {
 	topo := nettest.New(t, nettest.Options{Prefix: "cbp", ClientMACs: []net.HardwareAddr{mac}})
 	data, tftp := serviceDirs(t)
 	serve := []string{"netboot", "serve", "--iface", nettest.ServerIface, "--data", data, "--tftp-root", tftp, "--http", "10.42.0.1:5000"}
-	_, out := topo.Server.Start(t, "setpriv", setpriv(caps, bin, serve...)...)
+	srv, out := topo.Server.Start(t, "setpriv", setpriv(caps, bin, serve...)...)
 	deadline := time.Now().Add(30 * time.Second)
 	for !strings.Contains(out.String(), "bench ready") {
 		if time.Now().After(deadline) {
@@ -287,7 +287,10 @@ func TestServeWithTheUnitsCapabilities(t *testing.T) {
 		t.Errorf("server.json written by the service user: %v %s", err, b)
 	}
 
-	// one capability short: a plain error naming it, and no server
+	// one capability short: a plain error naming it, and no server (the
+	// full one is stopped first, so its ports are free)
+	srv.Process.Signal(os.Interrupt)
+	srv.Wait()
 	for _, tt := range []struct {
 		drop, want string
 	}{
