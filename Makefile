@@ -6,7 +6,7 @@ LDFLAGS := -s -w -X github.com/cm4bench/cm4bench/cmd/cm4bench/cli.Version=$(VERS
 # Packages that must build without cgo (everything but the gousb glue).
 NOCGO_PKGS := $(shell $(GO) list ./... 2>/dev/null | grep -v /usbboot/gousbdev)
 
-.PHONY: all run test bench build lint deps clean libusbfake agents arm64-kernel e2e soak screenshot man deb
+.PHONY: all run test bench build lint deps clean libusbfake agents arm64-kernel e2e soak screenshot man deb bench-line
 
 all: build
 
@@ -60,6 +60,13 @@ test: deps libusbfake arm64-kernel
 # checks 16 boards at 1366x768 (headless Chromium).
 screenshot: deps
 	CM4BENCH_ARTIFACTS=$(CURDIR)/api/ui/screenshots $(GO) test -count=1 -run '^TestSixteenSlotsInBrowser$$' ./api/ui/
+
+# The bench twin (netboot/sim/linetwin): a realistic 2.6 GB image built from
+# this machine's Debian files, measured, and 1/4/8/16 boards through the
+# line model; prints the table and the field's goals, writes the plot.
+LINE_PLOT ?= $(CURDIR)/netboot/sim/linetwin/bench-line.png
+bench-line: deps
+	CM4BENCH_LINE_PLOT=$(LINE_PLOT) $(GO) test -run '^$$' -bench '^BenchmarkLine$$' -benchtime 1x -timeout 30m ./netboot/sim/linetwin/
 
 bench: build
 	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 60m ./...

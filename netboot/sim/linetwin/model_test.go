@@ -1,0 +1,128 @@
+package linetwin
+
+import (
+	"bytes"
+	"image/png"
+	"math"
+	"strings"
+	"testing"
+)
+
+// 2.6 GB, as the field's figure; a third in data blocks, zstd 3:1 of raw.
+var fieldImage = Image{RawBytes: 2.6e9, DataBytes: 1.2e9, ZstdBytes: 0.9e9}
+
+func near(a, b, tol float64) bool { return math.Abs(a-b) <= tol }
+
+func TestSimulate(t *testing.T) {
+	for _, tt := range []struct {
+		name       string
+		c          Constraints
+		n          int
+		f          Format
+		wantDL     float64 // download+write seconds of the slowest board
+		bottleneck string
+	}{
+		// 2.6e9 / 40e6 = 65 s: the eMMC, not the gigabit link (117.5 MB/s)
+		{"one board raw", Constraints{}, 1, Raw, 65, "eMMC write"},
+		// 16 x 40 MB/s = 640 MB/s fits 10 GbE (1175 MB/s) and the server (3000)
+		{"16 boards raw 10 GbE", Constraints{UplinkMbps: 10000}, 16, Raw, 65, "eMMC write"},
+		// 16 x 2.6e9 over 117.5 MB/s = 354 s
+		{"16 boards raw 1 GbE", Constraints{UplinkMbps: 1000}, 16, Raw, 16 * 2.6e9 / (125e6 * 0.94), "server uplink"},
+		// zstd: the board still writes 2.6 GB at 40 MB/s; 16 x 0.9e9 over 117.5 MB/s = 122.6 s
+		{"16 boards zstd 1 GbE", Constraints{UplinkMbps: 1000}, 16, Zstd, 16 * 0.9e9 / (125e6 * 0.94), "server uplink"},
+		// sparse: only 1.2 GB written (30 s) but 16 x 0.9 GB still cross 1 GbE
+		{"16 boards sparse 1 GbE", Constraints{UplinkMbps: 1000}, 16, Sparse, 16 * 0.9e9 / (125e6 * 0.94), "server uplink"},
+		{"one board sparse", Constraints{}, 1, Sparse, 1.2e9 / 40e6, "eMMC write"},
+		// a slow server CPU is named
+		{"4 boards raw, 100 MB/s server", Constraints{ServerMBps: 100}, 4, Raw, 4 * 2.6e9 / 100e6, "server CPU"},
+		// a board CPU that decodes zstd slower than the eMMC writes
+		{"one board zstd, slow CPU", Constraints{BoardZstdMBps: 20}, 1, Zstd, 2.6e9 / 20e6, "board CPU (zstd)"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			r, err := Simulate(tt.c, tt.n, fieldImage, tt.f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := r.PerBoard.Phase["download+write"]; !near(got, tt.wantDL, 0.5) {
+				t.Errorf("download+write %.2f s, want %.2f", got, tt.wantDL)
+			}
+			if r.Bottleneck != tt.bottleneck {
+				t.Errorf("bottleneck %q, want %q", r.Bottleneck, tt.bottleneck)
+			}
+			sum := 0.0
+			for _, p := range Phases {
+				sum += r.PerBoard.Phase[p]
+			}
+			if !near(sum, r.Cycle, 1e-6) || !near(r.BoardsHour, float64(tt.n)*3600/r.Cycle, 1e-9) {
+				t.Errorf("phases sum to %.3f, cycle %.3f, boards/h %.1f", sum, r.Cycle, r.BoardsHour)
+			}
+		})
+	}
+	if _, err := Simulate(Constraints{}, 0, fieldImage, Raw); err == nil {
+		t.Error("0 boards accepted")
+	}
+	if _, err := Simulate(Constraints{}, 1, Image{RawBytes: 1, DataBytes: 2, ZstdBytes: 1}, Raw); err == nil {
+		t.Error("an image with more data than bytes accepted")
+	}
+}
+
+// More boards never make the cycle shorter, and the netboot phase slows
+// once the TFTP server's aggregate is shared.
+func TestMoreBoardsNeverFaster(t *testing.T) {
+	for _, sc := range Scenarios {
+		prev := 0.0
+		for n := 1; n <= 32; n++ {
+			r, err := Simulate(Constraints{UplinkMbps: sc.UplinkMbps}, n, fieldImage, sc.Format)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if r.Cycle < prev-1e-9 {
+				t.Fatalf("%s: %d boards %.2f s, fewer took %.2f s", sc, n, r.Cycle, prev)
+			}
+			prev = r.Cycle
+		}
+	}
+	r1, _ := Simulate(Constraints{TFTPServerMBps: 12}, 1, fieldImage, Raw)
+	r16, _ := Simulate(Constraints{TFTPServerMBps: 12}, 16, fieldImage, Raw)
+	if want := 18e6 / (12e6 / 16); !near(r16.PerBoard.Phase["netboot"], want, 0.01) || !near(r1.PerBoard.Phase["netboot"], 6, 0.01) {
+		t.Errorf("netboot: 1 board %.2f s (want 6), 16 boards %.2f s (want %.2f)", r1.PerBoard.Phase["netboot"], r16.PerBoard.Phase["netboot"], want)
+	}
+}
+
+func TestReportGoalsAndPlot(t *testing.T) {
+	rep, err := Report(Constraints{}, fieldImage)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var tab bytes.Buffer
+	if err := WriteTable(&tab, rep); err != nil {
+		t.Fatal(err)
+	}
+	if n := strings.Count(tab.String(), "\n"); n != 1+len(Scenarios)*len(BoardCounts) {
+		t.Errorf("%d table lines:\n%s", n, tab.String())
+	}
+	gs, err := Goals(Constraints{}, fieldImage)
+	if err != nil || len(gs) != 4 {
+		t.Fatal(gs, err)
+	}
+	// one board: 3+6+8+1 boot/netboot/kernel/pickup, 65 write, 2.6e9/90e6 verify, 1+5: under 150 s
+	if !gs[0].Met || !gs[1].Met {
+		t.Errorf("goals 1 and 2 not met at the field's terms: %+v", gs[:2])
+	}
+	// zstd on 1 GbE with a 2.9:1 image: 16 x 40 MB/s / 2.9 = 222 MB/s does
+	// not fit 117.5 MB/s, so the uplink decides (and the fixed phases keep
+	// the ratio near the 1.5x line)
+	z1, _ := Simulate(Constraints{UplinkMbps: 1000}, 1, fieldImage, Zstd)
+	z16, _ := Simulate(Constraints{UplinkMbps: 1000}, 16, fieldImage, Zstd)
+	if gs[2].Met != (z16.Cycle <= 1.5*z1.Cycle) || !strings.Contains(gs[2].Why, "server uplink") || !strings.Contains(gs[2].Why, "needs 222 MB/s") {
+		t.Errorf("zstd goal %+v; cycles %.1f and %.1f", gs[2], z1.Cycle, z16.Cycle)
+	}
+	var png1 bytes.Buffer
+	if err := Plot(rep, "test", &png1); err != nil {
+		t.Fatal(err)
+	}
+	img, err := png.Decode(&png1)
+	if err != nil || img.Bounds().Dx() < 300 {
+		t.Fatalf("plot is not a PNG: %v", err)
+	}
+}
