@@ -15,6 +15,8 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/cm4bench/cm4bench/netboot/device/blockdev"
+	"github.com/cm4bench/cm4bench/netboot/device/emmcpace"
 	"io"
 	"log/slog"
 	"net"
@@ -54,6 +56,8 @@ type options struct {
 	acceptZstd   bool
 	logLevel     string
 	exitOnReboot bool
+	simWriteMBps float64
+	simReadMBps  float64
 	peakRSS      bool
 }
 
@@ -74,6 +78,8 @@ func runProgram(args []string, stderr io.Writer) int {
 	fs.BoolVar(&o.acceptZstd, "accept-zstd", false, "ask the server for the zstd-compressed image stream")
 	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.BoolVar(&o.peakRSS, "print-peak-rss", false, "print the peak resident memory (VmHWM) on exit (benchmarks)")
+	fs.Float64Var(&o.simWriteMBps, "sim-emmc-write-mbps", 0, "bench twin only: pace writes to a file target as an eMMC writing this many MB/s (0 = as fast as the file)")
+	fs.Float64Var(&o.simReadMBps, "sim-emmc-read-mbps", 0, "bench twin only: pace the read-back as an eMMC reading this many MB/s")
 	fs.BoolVar(&o.exitOnReboot, "exit-on-reboot", false, "after a verified deploy, exit with status 3 where PID 1 would reboot, 4 where it would power off (the simulated bench then reboots or powers off the board)")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, `Usage: cm4agent --server URL --target FILE|DEV [flags]
@@ -124,6 +130,13 @@ Flags:
 		PollInterval: o.pollInterval,
 		Stall:        o.stall,
 		AcceptZstd:   o.acceptZstd,
+	}
+	if o.simWriteMBps > 0 || o.simReadMBps > 0 {
+		if o.blockOnly {
+			fmt.Fprintln(stderr, "cm4agent: --sim-emmc-* pace a simulated eMMC, not a real block device (--block-only)")
+			return 2
+		}
+		a.Pace = func(d *blockdev.Device) agent.Target { return emmcpace.Wrap(d, o.simWriteMBps, o.simReadMBps) }
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()

@@ -51,6 +51,9 @@ type Agent struct {
 	// mmcblk0). Set when the target is the default, not one the technician
 	// named.
 	RefuseSD bool
+	// Pace, when set, wraps the opened target for a deploy (the bench twin
+	// gives a file-backed target the speed of a real eMMC); nil = as is.
+	Pace func(*blockdev.Device) Target
 	// Sys is the sysfs root for the RefuseSD check ("" = /sys).
 	Sys string
 	// Facts returns the board facts sent at register; nil = none.
@@ -527,7 +530,11 @@ func (a *Agent) deploy(ctx context.Context, pr *contract.PollResponse, meter *Me
 	}
 	src := &Source{URL: pr.URL, Client: a.HTTP, AcceptZstd: a.AcceptZstd, Stall: a.Stall, Logger: a.Logger, UserAgent: UserAgent(a.Version)}
 	defer src.Close()
-	res, err := Deploy(ctx, dev, src, opts)
+	var target Target = dev
+	if a.Pace != nil {
+		target = a.Pace(dev)
+	}
+	res, err := Deploy(ctx, target, src, opts)
 	if n := src.Resumes(); n > 0 {
 		a.say("download resumed %d time(s) with a Range request", n)
 		a.sendLog(ctx, pr) // the server's history of the action shows the interruption

@@ -12,7 +12,6 @@ import (
 	"github.com/cm4bench/cm4bench/internal/contract"
 	"hash"
 	"io"
-	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -132,7 +131,7 @@ type Target interface {
 	// ZeroRange makes a range read as zeros (BLKZEROOUT, punch hole).
 	ZeroRange(off, n int64) error
 	// OpenDirectReader opens the target for reading around the page cache.
-	OpenDirectReader() (*os.File, bool, error)
+	OpenDirectReader() (blockdev.Reader, bool, error)
 }
 
 // ErrTooSmall is returned when the target is smaller than the image.
@@ -799,7 +798,7 @@ const verifyStep = 32 << 20
 // sha256, and the read-back head must equal the streamed head.
 type verifier struct {
 	dev    Target
-	f      *os.File
+	f      blockdev.Reader
 	direct bool
 	h      hash.Hash
 	buf    []byte

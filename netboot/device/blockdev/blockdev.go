@@ -200,7 +200,7 @@ const DirectAlign = 4096
 // page cache: with O_DIRECT where the file system supports it, else a normal
 // handle after the cache of the target was dropped (call Sync first). direct
 // tells which one it got.
-func (d *Device) OpenDirectReader() (r *os.File, direct bool, err error) {
+func (d *Device) OpenDirectReader() (r Reader, direct bool, err error) {
 	f, err := os.OpenFile(d.path, os.O_RDONLY|unix.O_DIRECT|unix.O_CLOEXEC, 0)
 	if err == nil {
 		return f, true, nil
@@ -216,6 +216,14 @@ func (d *Device) OpenDirectReader() (r *os.File, direct bool, err error) {
 	return f, false, nil
 }
 
+// Reader is a read handle on a target: an *os.File, or a wrapper (the
+// bench twin paces reads as a real eMMC would).
+type Reader interface {
+	io.ReaderAt
+	io.Closer
+	Fd() uintptr
+}
+
 // AlignedBuffer returns a zeroed buffer of n bytes whose start is aligned to
 // DirectAlign, as O_DIRECT needs.
 func AlignedBuffer(n int) []byte {
@@ -226,7 +234,7 @@ func AlignedBuffer(n int) []byte {
 
 // ReadFullAt reads len(p) bytes at off or up to EOF; it returns the count and
 // io.EOF only when nothing could be read.
-func ReadFullAt(f *os.File, p []byte, off int64) (int, error) {
+func ReadFullAt(f io.ReaderAt, p []byte, off int64) (int, error) {
 	n := 0
 	for n < len(p) {
 		k, err := f.ReadAt(p[n:], off+int64(n))

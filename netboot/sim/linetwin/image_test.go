@@ -68,7 +68,8 @@ func buildRealisticImage(tb testing.TB, path string, size int64) {
 	if bootSize >= 256<<20 {
 		fat = "32"
 	}
-	run("mkfs.fat", "-F", fat, "--offset", strconv.FormatInt(align/512, 10), "-n", "BOOTFS", path, strconv.FormatInt(bootSize/1024, 10))
+	// FAT32 needs at least 65525 clusters: 512-byte clusters on 256 MiB
+	run("mkfs.fat", "-F", fat, "-s", "1", "--offset", strconv.FormatInt(align/512, 10), "-n", "BOOTFS", path, strconv.FormatInt(bootSize/1024, 10))
 	boot := filepath.Join(tb.TempDir(), "firmware")
 	os.Mkdir(boot, 0o755)
 	copyTree(tb, boot, []string{"/usr/lib/firmware", "/usr/lib/modules", "/usr/share/doc"}, bootSize*6/10, true)

@@ -7,7 +7,9 @@
 // cannot: what 16 real boards do, and which constraint stops them.
 //
 // The model is deterministic: every board is powered on at t=0 and goes
-// through the phases of a real cycle (bootloader, netboot, kernel and agent,
+// through the phases of a real cycle. As the agent does, the read-back
+// runs behind the writer, on the eMMC time the write leaves idle; the
+// verify phase is what is left after the last byte is written (bootloader, netboot, kernel and agent,
 // job pickup, download+write, verify, customise, reboot). Shared resources
 // (the TFTP server, the server's uplink and CPU) are split max-min fairly
 // among the boards using them, each board capped by its own link, eMMC and
@@ -179,6 +181,8 @@ func Simulate(c Constraints, n int, im Image, f Format) (Result, error) {
 	type state struct {
 		phase  int
 		left   float64 // seconds (fixed phases) or bytes (shared phases)
+		done   float64 // download+write: raw bytes written so far
+		ver    float64 // raw bytes already read back and hashed
 		b      Board
 		reason map[string]float64
 	}
@@ -196,7 +200,8 @@ func Simulate(c Constraints, n int, im Image, f Format) (Result, error) {
 		case 4:
 			s.left = im.RawBytes
 		case 5:
-			s.left = im.RawBytes / verifyRate / MB
+			// what the read-back behind the writer has not covered yet
+			s.left = (im.RawBytes - s.ver) / verifyRate / MB
 		default:
 			s.left = fixed[p]
 		}
@@ -256,6 +261,13 @@ func Simulate(c Constraints, n int, im Image, f Format) (Result, error) {
 			if r, ok := rate[s]; ok {
 				s.left -= r * dt
 				if s.phase == 4 {
+					// The agent reads back behind the writer. The eMMC does
+					// one thing at a time: the read-back gets the share of
+					// the device the write leaves idle (none when the eMMC
+					// is the limit, most of it when the network is).
+					s.done += r * dt
+					busy := r * written / im.RawBytes / (c.EMMCWriteMBps * MB)
+					s.ver = math.Min(s.done, s.ver+math.Max(0, 1-busy)*verifyRate*MB*dt)
 					why := ownCap.name
 					if r < ownCap.v*MB*(1-1e-9) {
 						why = sharedCap.name

@@ -126,3 +126,17 @@ func TestReportGoalsAndPlot(t *testing.T) {
 		t.Fatalf("plot is not a PNG: %v", err)
 	}
 }
+
+// The read-back runs behind the writer on idle eMMC time: with the eMMC
+// the limit nothing is left idle and the whole verify follows the write;
+// with the network the limit it keeps up and almost nothing is left.
+func TestVerifyOverlapsANetworkBoundWrite(t *testing.T) {
+	r1, _ := Simulate(Constraints{}, 1, fieldImage, Raw)
+	if got, want := r1.PerBoard.Phase["verify"], 2.6e9/90e6; !near(got, want, 0.1) {
+		t.Errorf("eMMC-bound: verify %.1f s, want %.1f (all of it after the write)", got, want)
+	}
+	r16, _ := Simulate(Constraints{UplinkMbps: 1000}, 16, fieldImage, Raw)
+	if got := r16.PerBoard.Phase["verify"]; got > 1 {
+		t.Errorf("network-bound: verify %.1f s after the write, want under 1 s (it kept up)", got)
+	}
+}

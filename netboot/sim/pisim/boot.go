@@ -127,6 +127,10 @@ type Bootloader struct {
 	ModeDelay time.Duration
 	// Locked makes it a secure-boot board (signed.go); nil = not locked.
 	Locked *Locked
+	// TFTPPace is the bootloader's own time per TFTP block, which bounds a
+	// real board at 2-5 MB/s whatever the server (the bench twin sets it;
+	// 0 = as fast as the link).
+	TFTPPace time.Duration
 }
 
 func (b *Bootloader) log() *slog.Logger {
@@ -257,7 +261,7 @@ func (b *Bootloader) netboot(ctx context.Context, e EEPROM, out *Outcome) error 
 	}
 	out.TFTP = srv
 	lg.Info("NET", "ip", lease.YourIP, "gw", lease.Router, "tftp", srv)
-	c := &tftpClient{server: srv, blksize: e.BlockSize, timeout: e.TFTPFileTimeout, retry: 2 * time.Second, listen: b.Link.UDPConn}
+	c := &tftpClient{server: srv, blksize: e.BlockSize, timeout: e.TFTPFileTimeout, retry: 2 * time.Second, listen: b.Link.UDPConn, pace: b.TFTPPace}
 	return b.loadFirmware(ctx, e, c, out)
 }
 

@@ -139,6 +139,9 @@ type tftpClient struct {
 	timeout time.Duration // TFTP_FILE_TIMEOUT
 	retry   time.Duration // RRQ/ACK retransmit interval
 	listen  func() (net.PacketConn, error)
+	// pace, when set, is the bootloader's own time per block (its
+	// turnaround): each ACK goes no earlier than start + blocks x pace.
+	pace time.Duration
 }
 
 // fetch reads name into w. With probe set it stops after the first answer
@@ -268,6 +271,11 @@ func (c *tftpClient) fetch(ctx context.Context, name string, probe bool, w io.Wr
 				return tr, fmt.Errorf("tftp %s: store block %d: %w", name, pk.Block, err)
 			}
 			tr.Bytes += int64(len(pk.Data))
+			if c.pace > 0 {
+				if d := time.Until(start.Add(time.Duration(tr.Bytes/int64(tr.BlkSize)) * c.pace)); d > 0 {
+					time.Sleep(d)
+				}
+			}
 			last = ack(pk.Block)
 			if err := send(last); err != nil {
 				return tr, fmt.Errorf("tftp %s: send ACK %d: %w", name, pk.Block, err)

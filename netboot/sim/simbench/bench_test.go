@@ -21,7 +21,7 @@ import (
 	"github.com/cm4bench/cm4bench/netboot/tftp"
 )
 
-func requireRoot(t *testing.T) {
+func requireRoot(t testing.TB) {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("simbench: needs root for network namespaces (CI runs as root)")

@@ -60,6 +60,12 @@ type RigConfig struct {
 	AgentOutput  func(i int) io.Writer
 	OnChange     func(Status)
 	Logger       *slog.Logger
+	// Realism gives the boards real hardware's timing; BoardMbit and
+	// UplinkMbit shape the links (Bench.Shape). Zero: as fast as this
+	// machine.
+	Realism    *Realism
+	BoardMbit  float64
+	UplinkMbit float64
 }
 
 // Rig is a running simulated bench.
@@ -151,6 +157,9 @@ func StartRig(ctx context.Context, cfg RigConfig) (_ *Rig, err error) {
 			return nil, fmt.Errorf("simbench: prepare: %w", err)
 		}
 	}
+	if err := b.Shape(ctx, cfg.BoardMbit, cfg.UplinkMbit); err != nil {
+		return nil, err
+	}
 	// The boards' power switch, for the dashboard's Power-cycle.
 	sock := filepath.Join(b.Dir, "power.sock")
 	if r.powerLn, err = net.Listen("unix", sock); err != nil {
@@ -215,7 +224,7 @@ func StartRig(ctx context.Context, cfg RigConfig) (_ *Rig, err error) {
 		}()
 	}
 	r.Sim = &Sim{Bench: b, Agent: cfg.Agent, AgentArgs: cfg.AgentArgs, EEPROM: cfg.EEPROM,
-		AgentOutput: cfg.AgentOutput, OnChange: cfg.OnChange, Logger: lg}
+		AgentOutput: cfg.AgentOutput, OnChange: cfg.OnChange, Logger: lg, Realism: cfg.Realism}
 	r.simDone = make(chan struct{})
 	go func() {
 		defer close(r.simDone)

@@ -34,7 +34,7 @@ var (
 
 // buildBinaries builds the real cm4agent and cm4bench (whose netboot serve
 // is the server) once per test run.
-func buildBinaries(t *testing.T) (agent, server string) {
+func buildBinaries(t testing.TB) (agent, server string) {
 	t.Helper()
 	binOnce.Do(func() {
 		if repoRoot, binErr = repotest.FindRoot(); binErr != nil {
@@ -82,7 +82,7 @@ func TestMain(m *testing.M) {
 
 // testRig starts a rig with fast devices: network first, the EEPROM's
 // minimum DHCP_TIMEOUT, agents polling every second.
-func testRig(t *testing.T, cfg simbench.RigConfig) *simbench.Rig {
+func testRig(t testing.TB, cfg simbench.RigConfig) *simbench.Rig {
 	t.Helper()
 	requireRoot(t)
 	agent, server := buildBinaries(t)

@@ -45,6 +45,8 @@ type Sim struct {
 	OnChange func(Status)
 	// Logger receives the devices' boot logs; nil = silent.
 	Logger *slog.Logger
+	// Realism, when set, gives the boards real hardware's timing (realism.go).
+	Realism *Realism
 
 	rebootFlag bool
 }
@@ -115,6 +117,10 @@ func (s *Sim) runDevice(ctx context.Context, d *Device) {
 			continue
 		}
 		bl := &pisim.Bootloader{Board: d.Board, EEPROM: s.EEPROM, Link: lk, EMMC: emmc, Logger: lg}
+		if r := s.Realism; r != nil {
+			bl.TFTPPace = r.TFTPPace
+			sleep(bootCtx, r.BootloaderDelay)
+		}
 		out, err := bl.Boot(bootCtx)
 		emmc.Close()
 		d.update(func(st *Status) {
@@ -148,6 +154,10 @@ func (s *Sim) runDevice(ctx context.Context, d *Device) {
 		switch out.Mode {
 		case "network":
 			d.update(func(st *Status) { st.Netboots++; st.IP = ip })
+			if s.Realism != nil && !sleep(bootCtx, s.Realism.KernelBoot) {
+				cancel()
+				continue
+			}
 			s.runAgent(bootCtx, d, out, lg)
 		case "emmc":
 			d.update(func(st *Status) { st.EMMCBoots++ })
@@ -220,6 +230,7 @@ func (s *Sim) runAgent(ctx context.Context, d *Device, out *pisim.Outcome, lg *s
 	if s.rebootFlag {
 		args = append(args, "--exit-on-reboot")
 	}
+	args = append(args, s.Realism.agentArgs()...)
 	args = append(args, s.AgentArgs...)
 	cmd := d.NS.Command(context.Background(), s.Agent, args...)
 	if s.AgentOutput != nil {

@@ -1,0 +1,121 @@
+package simbench
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Realism gives the simulated boards the constraints of real hardware, for
+// the bench twin: the bootloader's start and TFTP pace, the kernel's boot
+// and the eMMC's speed. A Sim without it runs as fast as this machine.
+// Link rates are set on the bench with Bench.Shape.
+type Realism struct {
+	BootloaderDelay time.Duration // power-on to the first DHCP DISCOVER
+	TFTPPace        time.Duration // the bootloader's time per TFTP block (1024 bytes)
+	KernelBoot      time.Duration // netboot done to the agent's start
+	EMMCWriteMBps   float64       // the agent paces its writes to this (0 = the file's speed)
+	EMMCReadMBps    float64       // and its read-back to this
+}
+
+// agentArgs are the cm4agent flags for the eMMC pace.
+func (r *Realism) agentArgs() []string {
+	if r == nil {
+		return nil
+	}
+	var a []string
+	if r.EMMCWriteMBps > 0 {
+		a = append(a, "--sim-emmc-write-mbps", strconv.FormatFloat(r.EMMCWriteMBps, 'f', -1, 64))
+	}
+	if r.EMMCReadMBps > 0 {
+		a = append(a, "--sim-emmc-read-mbps", strconv.FormatFloat(r.EMMCReadMBps, 'f', -1, 64))
+	}
+	return a
+}
+
+// sleep waits d or until ctx ends; it reports whether the wait completed.
+func sleep(ctx context.Context, d time.Duration) bool {
+	if d <= 0 {
+		return ctx.Err() == nil
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// Shape limits the bench's links with tc token-bucket filters in the bench
+// namespace: boardMbit on each board's bridge port (its 1 GbE link, as
+// seen from the server) and uplinkMbit on the bridge itself (the server's
+// link to the switch). 0 leaves a link as it is.
+func (b *Bench) Shape(ctx context.Context, boardMbit, uplinkMbit float64) error {
+	tbf := func(dev string, mbit float64) error {
+		// burst: at least one jiffy's worth at the rate, and a few jumbo frames
+		burst := max(int64(mbit*1e6/8/250), 64<<10)
+		cmd := b.Server.Command(ctx, "tc", "qdisc", "replace", "dev", dev, "root", "tbf",
+			"rate", strconv.FormatFloat(mbit, 'f', -1, 64)+"mbit", "burst", strconv.FormatInt(burst, 10), "latency", "50ms")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("simbench: tc on %s: %v: %s", dev, err, strings.TrimSpace(string(out)))
+		}
+		return nil
+	}
+	if boardMbit > 0 {
+		for _, d := range b.Devices {
+			if err := tbf(d.Port, boardMbit); err != nil {
+				return err
+			}
+		}
+	}
+	if uplinkMbit > 0 {
+		return tbf(BridgeName, uplinkMbit)
+	}
+	return nil
+}
+
+// CPUSampler measures how busy this machine's CPUs are over an interval,
+// from /proc/stat: the twin's check that the machine running the
+// simulation is not what limits it.
+type CPUSampler struct{ busy, total uint64 }
+
+// Start takes the first sample.
+func (c *CPUSampler) Start() error {
+	var err error
+	c.busy, c.total, err = cpuTimes()
+	return err
+}
+
+// Busy is the share (0..1) of all CPUs busy since Start.
+func (c *CPUSampler) Busy() (float64, error) {
+	b, t, err := cpuTimes()
+	if err != nil || t == c.total {
+		return 0, err
+	}
+	return float64(b-c.busy) / float64(t-c.total), nil
+}
+
+func cpuTimes() (busy, total uint64, err error) {
+	data, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0, 0, err
+	}
+	line, _, _ := strings.Cut(string(data), "\n")
+	f := strings.Fields(line)
+	if len(f) < 5 || f[0] != "cpu" {
+		return 0, 0, fmt.Errorf("simbench: /proc/stat: unexpected first line %q", line)
+	}
+	for i, s := range f[1:] {
+		v, _ := strconv.ParseUint(s, 10, 64)
+		total += v
+		if i != 3 && i != 4 { // idle, iowait
+			busy += v
+		}
+	}
+	return busy, total, nil
+}
