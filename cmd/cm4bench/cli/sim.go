@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/cm4bench/cm4bench/netboot/sim/linetwin"
 	"io"
 	"os"
 	"os/exec"
@@ -43,6 +44,11 @@ type simOptions struct {
 	agentLogs   bool
 	serverBin   string
 	serverArgs  []string
+	realistic   bool    // --realistic: real hardware's rates and times (the bench twin)
+	scale       float64 // --scale: divide every rate by this (a host too small for the line)
+	uplinkMbit  float64 // --uplink-mbit: the server's link with --realistic
+	emmcWrite   float64 // --emmc-write-mbps
+	emmcRead    float64 // --emmc-read-mbps
 }
 
 func newSimOptions() *simOptions {
@@ -62,6 +68,11 @@ func (o *simOptions) bind(cmd *cobra.Command) {
 	f.DurationVar(&o.dhcpTimeout, "dhcp-timeout", o.dhcpTimeout, "DHCP_TIMEOUT of the simulated boards (EEPROM minimum 5s)")
 	f.DurationVar(&o.poll, "poll", 0, "agent poll interval (default: what the server says)")
 	f.BoolVar(&o.agentLogs, "agent-logs", false, "copy every agent's log to stderr")
+	f.BoolVar(&o.realistic, "realistic", false, "give the boards real hardware's constraints: paced eMMC, a shaped 1 GbE link per board and uplink, the bootloader's TFTP pace and boot times (the bench twin's defaults)")
+	f.Float64Var(&o.scale, "scale", 1, "with --realistic: divide every rate by this (and stretch every time), when this machine cannot run the line at full speed")
+	f.Float64Var(&o.uplinkMbit, "uplink-mbit", 1000, "with --realistic: the server's link to the bench switch, in Mbit/s")
+	f.Float64Var(&o.emmcWrite, "emmc-write-mbps", linetwin.Defaults.EMMCWriteMBps, "with --realistic: each board's eMMC write rate")
+	f.Float64Var(&o.emmcRead, "emmc-read-mbps", linetwin.Defaults.EMMCReadMBps, "with --realistic: each board's eMMC read rate (the read-back)")
 	f.StringVar(&o.serverBin, "server-binary", "", "cm4bench binary to run as the server (default: this one)")
 	f.MarkHidden("server-binary")
 }
@@ -97,6 +108,18 @@ Each simulated board behaves like a CM4 on the wire:
 
 The TFTP root holds placeholders (marked as such) for the firmware, kernel
 and initramfs: the simulated boards fetch them but do not execute them.
+
+--realistic gives the boards the constraints of real hardware, the bench
+twin's (netboot/sim/linetwin, each figure cited there): every board's eMMC
+writes at 40 MB/s and reads at 90 MB/s (--emmc-write-mbps, --emmc-read-mbps;
+the agent paces its file-backed eMMC on one timeline), each board has a
+1 GbE link and the server a 1 GbE uplink (--uplink-mbit; tc token buckets in
+the bench namespace), the bootloader fetches TFTP at its own pace (3 MB/s)
+and takes 3 s to start and 8 s to boot the kernel. This machine's 2-4 cores
+run every simulated board at once, where real boards each have their own:
+--scale K divides every rate by K (and stretches every time) so the machine
+is not the limit; compare the result with the twin at the same scale
+(make bench-line does both and picks K itself).
 
 The dashboard is forwarded to --http on the host (default
 http://127.0.0.1:5000); the admin token is printed at start. The
@@ -251,6 +274,10 @@ func (o *simOptions) run(ctx context.Context, cmd *cobra.Command, out io.Writer)
 	if o.poll > 0 {
 		agentArgs = append(agentArgs, "--poll", o.poll.String())
 	}
+	realism, boardMbit, uplinkMbit, err := o.realism()
+	if err != nil {
+		return err
+	}
 	cfg := simbench.RigConfig{
 		Devices:   o.devices,
 		Cm4bench:  o.serverBin,
@@ -262,6 +289,8 @@ func (o *simOptions) run(ctx context.Context, cmd *cobra.Command, out io.Writer)
 		HTTP:      o.http,
 		EEPROM:    ee,
 		AgentArgs: agentArgs,
+		Realism:   realism,
+		BoardMbit: boardMbit, UplinkMbit: uplinkMbit,
 		// The server's own log goes to stderr, like `netboot serve`; at
 		// warn unless --log-level says otherwise (its events are on the
 		// dashboard, and the banner should stay readable).
@@ -403,4 +432,28 @@ func writeSimTable(out io.Writer, rig *simbench.Rig) {
 		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%d\t%d\t%d\t%d\t%s\n", s.Index, s.MAC, s.Serial, s.State, s.IP, s.Boots, s.Netboots, s.EMMCBoots, s.AgentRuns, s.AgentExit)
 	}
 	tw.Flush()
+}
+
+// realism is what --realistic sets: the bench twin's defaults (cited in
+// netboot/sim/linetwin), every rate divided by --scale.
+func (o *simOptions) realism() (*simbench.Realism, float64, float64, error) {
+	if !o.realistic {
+		return nil, 0, 0, nil
+	}
+	if o.scale < 1 || o.scale > 64 {
+		return nil, 0, 0, &ExitError{Code: 2, Err: fmt.Errorf("sim: --scale %g: want 1 to 64", o.scale)}
+	}
+	if o.emmcWrite <= 0 || o.emmcRead <= 0 || o.uplinkMbit <= 0 {
+		return nil, 0, 0, &ExitError{Code: 2, Err: errors.New("sim: --emmc-write-mbps, --emmc-read-mbps and --uplink-mbit must be positive")}
+	}
+	d := linetwin.Defaults
+	k := o.scale
+	sec := func(s float64) time.Duration { return time.Duration(s * k * float64(time.Second)) }
+	return &simbench.Realism{
+		BootloaderDelay: sec(d.BootloaderS),
+		TFTPPace:        time.Duration(1024 / (d.PiTFTPMBps * 1e6) * k * float64(time.Second)),
+		KernelBoot:      sec(d.KernelBootS),
+		EMMCWriteMBps:   o.emmcWrite / k,
+		EMMCReadMBps:    o.emmcRead / k,
+	}, d.LinkMbps / k, o.uplinkMbit / k, nil
 }
