@@ -63,10 +63,14 @@ screenshot: deps
 
 # The bench twin (netboot/sim/linetwin): a realistic 2.6 GB image built from
 # this machine's Debian files, measured, and 1/4/8/16 boards through the
-# line model; prints the table and the field's goals, writes the plot.
+# line model; prints the table and the field's goals, writes the plot. Then
+# the realistic simulated bench (real server, agents, pisim boards, paced
+# eMMC, tc-shaped links) for 1/4/8/16 boards next to the twin, scaled down
+# until this machine is not the limit.
 LINE_PLOT ?= $(CURDIR)/netboot/sim/linetwin/bench-line.png
 bench-line: deps
 	CM4BENCH_LINE_PLOT=$(LINE_PLOT) $(GO) test -run '^$$' -bench '^BenchmarkLine$$' -benchtime 1x -timeout 30m ./netboot/sim/linetwin/
+	$(GO) test -run '^$$' -bench '^BenchmarkLineRun$$' -benchtime 1x -timeout 60m ./netboot/sim/simbench/
 
 bench: build
 	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 60m ./...

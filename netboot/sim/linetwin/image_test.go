@@ -134,8 +134,8 @@ func copyTree(tb testing.TB, dst string, srcs []string, budget int64, flat bool)
 	}
 }
 
-// measureImage reads the image's size, its data blocks (4 KiB blocks that
-// are not all zero) and its zstd size (klauspost/compress, the level the
+// measureImage reads the image's size, its data blocks (64 KiB blocks that
+// are not all zero, cm4agent's grain) and its zstd size (klauspost/compress, the level the
 // server's images use), and how fast this host decodes it.
 func measureImage(tb testing.TB, path string) (Image, float64) {
 	tb.Helper()
@@ -147,8 +147,8 @@ func measureImage(tb testing.TB, path string) (Image, float64) {
 	var im Image
 	var zbuf bytes.Buffer
 	enc, _ := zstd.NewWriter(&zbuf, zstd.WithEncoderLevel(zstd.SpeedDefault))
-	block := make([]byte, 4096)
-	zero := make([]byte, 4096)
+	block := make([]byte, 64<<10)
+	zero := make([]byte, 64<<10)
 	for {
 		n, err := io.ReadFull(f, block)
 		if n > 0 {

@@ -88,17 +88,20 @@ func (c Constraints) withDefaults() Constraints {
 // Format is how the image travels and is written.
 type Format string
 
-// Formats.
+// Formats. cm4agent skips zero runs (64 KiB grain) and discards them
+// instead, whatever the format: it writes only the data blocks. Dense is a
+// writer that writes every byte (dd, or the field's tools before sparse
+// support), for comparison.
 const (
-	Raw    Format = "raw"    // every byte on the wire and written
-	Zstd   Format = "zstd"   // compressed on the wire, every byte written
-	Sparse Format = "sparse" // compressed on the wire, only data blocks written (zero runs discarded)
+	Raw   Format = "raw"   // every byte on the wire, data blocks written
+	Zstd  Format = "zstd"  // compressed on the wire, data blocks written
+	Dense Format = "dense" // zstd on the wire, every byte written (a dd-style writer)
 )
 
 // Image is what one board receives, measured on a real image.
 type Image struct {
 	RawBytes  float64 // the disk image
-	DataBytes float64 // bytes in non-zero 4 KiB blocks (what a sparse-aware writer writes)
+	DataBytes float64 // bytes in 64 KiB blocks that are not all zero (what cm4agent writes)
 	ZstdBytes float64 // the zstd file
 }
 
@@ -119,11 +122,11 @@ func (im Image) Validate() error {
 func (im Image) bytes(f Format) (wire, written float64) {
 	switch f {
 	case Zstd:
-		return im.ZstdBytes, im.RawBytes
-	case Sparse:
 		return im.ZstdBytes, im.DataBytes
+	case Dense:
+		return im.ZstdBytes, im.RawBytes
 	}
-	return im.RawBytes, im.RawBytes
+	return im.RawBytes, im.DataBytes
 }
 
 // Phases of one board's cycle, in order.

@@ -1,6 +1,7 @@
 package simbench_test
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -111,7 +112,16 @@ func runLine(tb testing.TB, n int, p lineParams, k float64) lineRun {
 		}
 	}
 	c.NetbootBytes = netboot
-	im := linetwin.Image{RawBytes: float64(p.ImageBytes), DataBytes: float64(p.ImageBytes), ZstdBytes: float64(p.ImageBytes)}
+	// cm4agent writes only the 64 KiB blocks that are not all zero
+	var data float64
+	zero := make([]byte, 64<<10)
+	for off := 0; off < len(b); off += len(zero) {
+		blk := b[off:min(off+len(zero), len(b))]
+		if !bytes.Equal(blk, zero[:len(blk)]) {
+			data += float64(len(blk))
+		}
+	}
+	im := linetwin.Image{RawBytes: float64(p.ImageBytes), DataBytes: data, ZstdBytes: float64(p.ImageBytes)}
 	model, err := linetwin.Simulate(c, n, im, linetwin.Raw)
 	if err != nil {
 		tb.Fatal(err)
