@@ -100,7 +100,7 @@ func Goals(c Constraints, im Image) ([]Goal, error) {
 			Why: fmt.Sprintf("%s; uplink peak %.0f%%", r16.Bottleneck, 100*r16.UplinkUseMax)},
 		{What: "16 boards, zstd, 1 GbE uplink", Want: "<= 1.5x one board", Got: fmt.Sprintf("%.2fx (%.1f s)", z16.Cycle/z1.Cycle, z16.Cycle), Met: z16.Cycle <= 1.5*z1.Cycle,
 			Why: fmt.Sprintf("%s; needs %.0f MB/s on the wire for 16 boards at eMMC speed, the uplink carries %.0f", z16.Bottleneck,
-				16*cc.EMMCWriteMBps*im.ZstdBytes/im.RawBytes, 1000.0/8*cc.TCPEfficiency)},
+				16*cc.EMMCWriteMBps*im.ZstdBytes/im.DataBytes, 1000.0/8*cc.TCPEfficiency)},
 		{What: "one board, every byte written (a dd-style writer, for comparison)", Want: "< 150 s", Got: fmt.Sprintf("%.1f s", d1.Cycle), Met: d1.Cycle < 150,
 			Why: fmt.Sprintf("%s: download+write %.1f s", d1.Bottleneck, d1.PerBoard.Phase["download+write"])},
 	}

@@ -51,20 +51,27 @@ func sleep(ctx context.Context, d time.Duration) bool {
 	}
 }
 
-// Shape limits the bench's links with tc token-bucket filters in the bench
-// namespace: boardMbit on each board's bridge port (its 1 GbE link, as
-// seen from the server) and uplinkMbit on the bridge itself (the server's
-// link to the switch). 0 leaves a link as it is.
+// Shape limits the bench's links with tc in the bench namespace: boardMbit
+// on each board's bridge port (its 1 GbE link, as seen from the server)
+// and uplinkMbit on the bridge itself (the server's link to the switch),
+// each an htb class. 0 leaves a link as it is.
 func (b *Bench) Shape(ctx context.Context, boardMbit, uplinkMbit float64) error {
-	tbf := func(dev string, mbit float64) error {
-		// burst: at least one jiffy's worth at the rate, and a few jumbo frames
-		burst := max(int64(mbit*1e6/8/250), 64<<10)
-		cmd := b.Server.Command(ctx, "tc", "qdisc", "replace", "dev", dev, "root", "tbf",
-			"rate", strconv.FormatFloat(mbit, 'f', -1, 64)+"mbit", "burst", strconv.FormatInt(burst, 10), "latency", "50ms")
+	tc := func(args ...string) error {
+		cmd := b.Server.Command(ctx, "tc", args...)
 		if out, err := cmd.CombinedOutput(); err != nil {
-			return fmt.Errorf("simbench: tc on %s: %v: %s", dev, err, strings.TrimSpace(string(out)))
+			return fmt.Errorf("simbench: tc %s: %v: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
 		}
 		return nil
+	}
+	rate := func(mbit float64) string { return strconv.FormatFloat(mbit, 'f', -1, 64) + "mbit" }
+	// One htb class per link: it queues instead of dropping at the rate
+	// (a single TCP flow through a small token bucket loses packets and
+	// fills only about half of the link).
+	tbf := func(dev string, mbit float64) error {
+		if err := tc("qdisc", "replace", "dev", dev, "root", "handle", "1:", "htb", "default", "1"); err != nil {
+			return err
+		}
+		return tc("class", "replace", "dev", dev, "parent", "1:", "classid", "1:1", "htb", "rate", rate(mbit), "ceil", rate(mbit))
 	}
 	if boardMbit > 0 {
 		for _, d := range b.Devices {

@@ -150,13 +150,18 @@ func (l lineRun) modelled() (boot, write, verify float64) {
 	return p["netboot"] + p["kernel"] + p["pickup"], p["download+write"], p["verify"]
 }
 
+// writeLineTable prints each run next to the twin. Write and verify are
+// compared as one figure: the agent reads back behind the writer on the
+// same eMMC, so how the device time splits between the two phases depends
+// on its request order, while their sum does not.
 func writeLineTable(w io.Writer, runs []lineRun) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "boards\tscale\thost CPU\tnetboot+register s\ttwin\twrite s\ttwin\tratio\tverify s\ttwin\tbottleneck (twin)\t")
+	fmt.Fprintln(tw, "boards\tscale\thost CPU\tnetboot+register s\ttwin\tratio\twrite+verify s\ttwin\tratio\tbottleneck (twin)\t")
 	for _, l := range runs {
 		b, w, v := l.measured()
 		mb, mw, mv := l.modelled()
-		fmt.Fprintf(tw, "%d\t1/%g\t%.0f%%\t%.1f\t%.1f\t%.1f\t%.1f\t%.2fx\t%.1f\t%.1f\t%s\t\n", l.Boards, l.Scale, 100*l.HostCPU, b, mb, w, mw, w/mw, v, mv, l.Model.Bottleneck)
+		fmt.Fprintf(tw, "%d\t1/%g\t%.0f%%\t%.1f\t%.1f\t%.2fx\t%.1f\t%.1f\t%.2fx\t%s\t\n", l.Boards, l.Scale, 100*l.HostCPU,
+			b, mb, b/mb, w+v, mw+mv, (w+v)/(mw+mv), l.Model.Bottleneck)
 	}
 	tw.Flush()
 }
@@ -177,13 +182,13 @@ func TestRealisticLineAgainstTheTwin(t *testing.T) {
 	var sb strings.Builder
 	writeLineTable(&sb, []lineRun{run})
 	t.Logf("\n%s", sb.String())
-	_, w, v := run.measured()
-	_, mw, mv := run.modelled()
-	if w < 0.9*mw || w > 1.5*mw {
-		t.Errorf("write %.2f s against the twin's %.2f s", w, mw)
+	b, w, v := run.measured()
+	mb, mw, mv := run.modelled()
+	if w+v < 0.9*(mw+mv) || w+v > 1.5*(mw+mv) {
+		t.Errorf("write+verify %.2f s against the twin's %.2f s", w+v, mw+mv)
 	}
-	if v > mv+1.5 {
-		t.Errorf("verify %.2f s after the write, the twin says %.2f (the read-back runs behind the writer)", v, mv)
+	if b < 0.9*mb || b > 1.5*mb {
+		t.Errorf("netboot+register %.2f s against the twin's %.2f s", b, mb)
 	}
 	for _, r := range run.Rows {
 		if r.WireBytes < smallLine.ImageBytes || r.WrittenBytes < smallLine.ImageBytes {
@@ -194,9 +199,10 @@ func TestRealisticLineAgainstTheTwin(t *testing.T) {
 
 // BenchmarkLineRun is the measured half of `make bench-line`: the realistic
 // bench for 1, 4, 8 and 16 boards next to the twin. When this machine is
-// the limit (its CPUs over 85% busy, or the write phase over 1.25x the
-// twin's), every rate is halved and the run repeated; the factor is printed
-// beside the result.
+// the limit (its CPUs over 85% busy), every rate is halved and the run repeated; the factor is printed
+// beside the result. Where the run and the twin still differ, the table
+// shows it: that is the model (or the link shaping) being wrong, not the
+// machine.
 func BenchmarkLineRun(b *testing.B) {
 	if os.Geteuid() != 0 {
 		b.Skip("needs root (network namespaces)")
@@ -218,13 +224,13 @@ func BenchmarkLineRun(b *testing.B) {
 			k := 1.0
 			for {
 				run := runLine(b, n, p, k)
-				_, w, _ := run.measured()
-				_, mw, _ := run.modelled()
-				if (run.HostCPU < 0.85 && w <= 1.25*mw) || k >= 16 {
+				_, w, v := run.measured()
+				_, mw, mv := run.modelled()
+				if run.HostCPU < 0.85 || k >= 16 {
 					runs = append(runs, run)
 					break
 				}
-				b.Logf("%d boards at 1/%g: host CPU %.0f%%, write %.1f s vs twin %.1f s: this machine is the limit, halving the rates", n, k, 100*run.HostCPU, w, mw)
+				b.Logf("%d boards at 1/%g: host CPU %.0f%% (write+verify %.1f s, twin %.1f s): this machine is the limit, halving the rates", n, k, 100*run.HostCPU, w+v, mw+mv)
 				k *= 2
 			}
 		}
@@ -233,10 +239,10 @@ func BenchmarkLineRun(b *testing.B) {
 			p.ImageBytes>>20, p.EMMCWrite, p.EMMCRd, p.BoardMbit, p.Uplink, p.TFTPPace)
 		writeLineTable(os.Stdout, runs)
 		for _, r := range runs {
-			_, w, _ := r.measured()
-			_, mw, _ := r.modelled()
-			if math.Abs(w/mw-1) > 0.25 {
-				fmt.Printf("note: %d boards: the write phase differs from the twin by %.0f%%\n", r.Boards, 100*(w/mw-1))
+			_, w, v := r.measured()
+			_, mw, mv := r.modelled()
+			if math.Abs((w+v)/(mw+mv)-1) > 0.25 {
+				fmt.Printf("note: %d boards: write+verify differs from the twin by %.0f%%\n", r.Boards, 100*((w+v)/(mw+mv)-1))
 			}
 		}
 	}
