@@ -153,16 +153,12 @@ func startServers(tb testing.TB, ctx context.Context, b *simbench.Bench, ds *dhc
 	}
 }
 
-// TestPisimAgainstCm4benchServers: every simulated CM4 of a 4-device bench
-// netboots from cm4bench's own DHCP and TFTP servers (run in the bench
-// namespace on the bridge, as `netboot serve` runs them), with the exact
-// option 43, prefix fallback and probes; a MAC switched off gets a lease
-// without the menu and moves on to its eMMC.
-func TestPisimAgainstCm4benchServers(t *testing.T) {
+// benchWithTFTPRoot creates a bench of n devices (removed at cleanup) and a
+// TFTP root with the placeholder netboot files naming the bench server.
+func benchWithTFTPRoot(t *testing.T, ctx context.Context, n int, emmc int64) (*simbench.Bench, string) {
+	t.Helper()
 	requireRoot(t)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	b, err := simbench.Create(ctx, simbench.Options{Devices: 4, EMMCBytes: 32 << 20})
+	b, err := simbench.Create(ctx, simbench.Options{Devices: n, EMMCBytes: emmc})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -171,6 +167,18 @@ func TestPisimAgainstCm4benchServers(t *testing.T) {
 	if err := simbench.WriteTFTPRoot(root, "http://10.61.0.1:5000"); err != nil {
 		t.Fatal(err)
 	}
+	return b, root
+}
+
+// TestPisimAgainstCm4benchServers: every simulated CM4 of a 4-device bench
+// netboots from cm4bench's own DHCP and TFTP servers (run in the bench
+// namespace on the bridge, as `netboot serve` runs them), with the exact
+// option 43, prefix fallback and probes; a MAC switched off gets a lease
+// without the menu and moves on to its eMMC.
+func TestPisimAgainstCm4benchServers(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	b, root := benchWithTFTPRoot(t, ctx, 4, 32<<20)
 	pol := &nettest.Switch{}
 	var evMu sync.Mutex
 	var events []contract.Event

@@ -20,7 +20,6 @@ import (
 	"github.com/cm4bench/cm4bench/netboot/serve"
 	"github.com/cm4bench/cm4bench/netboot/sim/nettest"
 	"github.com/cm4bench/cm4bench/netboot/sim/pisim"
-	"github.com/cm4bench/cm4bench/netboot/sim/simbench"
 	"github.com/cm4bench/cm4bench/netboot/tftp"
 )
 
@@ -31,18 +30,9 @@ import (
 // and initramfs inside it; a board locked to another key refuses it and
 // never boots; an unlocked board netboots the plain files as before.
 func TestLockedBoardNetbootsSigned(t *testing.T) {
-	requireRoot(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	b, err := simbench.Create(ctx, simbench.Options{Devices: 3, EMMCBytes: 8 << 20})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { b.Close() })
-	root := t.TempDir()
-	if err := simbench.WriteTFTPRoot(root, "http://10.61.0.1:5000"); err != nil {
-		t.Fatal(err)
-	}
+	b, root := benchWithTFTPRoot(t, ctx, 3, 8<<20)
 	pemKey, err := os.ReadFile(repotest.Shared(t, "secure-boot-vectors/private.pem"))
 	if err != nil {
 		t.Fatal(err)
