@@ -403,6 +403,22 @@ func TestDashboardInBrowser(t *testing.T) {
 		t.Fatalf("refused deploy confirmation still queued something: state %q action %+v", dev.State, dev.Action)
 	}
 
+	// Escape and an immediate click on Deploy, in one task: the first
+	// dialog's close event is still queued when the second opens, and must
+	// not answer it (this lost a technician's confirmed deploy now and then).
+	b.text(t, `(() => {
+		document.querySelector('button[aria-label="Deploy `+idle.MAC+`"]').click();
+		setTimeout(() => { document.getElementById('confirm').close('cancel');
+			document.querySelector('button[aria-label="Deploy `+idle.MAC+`"]').click(); }, 200);
+		return "clicked";
+	})()`)
+	time.Sleep(400 * time.Millisecond)
+	b.waitFor(t, "the second confirmation", `document.getElementById('confirm').open`)
+	b.confirm(t)
+	b.waitFor(t, idle.MAC+" pending after the quick second click", card(idle.MAC)+`.dataset.state === 'pending'`)
+	techDo(t, base, token, "POST", "/api/v1/devices/"+url.PathEscape(idle.MAC)+"/action", strings.NewReader(`{"action":"none"}`), nil)
+	b.waitFor(t, idle.MAC+" idle again", card(idle.MAC)+`.dataset.state !== 'pending'`)
+
 	// Deploy A: click, confirm, the card goes pending.
 	deploy := func(d *simDevice) {
 		t.Helper()

@@ -1178,15 +1178,25 @@ files:
   }
 
   // ---------- confirm dialog ----------
+  let confirmSeq = 0;
   function confirmDialog(title, text, okLabel) {
     const dlg = $("#confirm");
     $("#confirm-title").textContent = title;
     $("#confirm-text").textContent = text;
     $("#confirm-ok").textContent = okLabel || "OK";
     dlg.returnValue = "";
+    const my = ++confirmSeq;
     return new Promise(resolve => {
-      dlg.addEventListener("close", () => resolve(dlg.returnValue === "ok"), { once: true });
-      dlg.showModal();
+      const onClose = () => {
+        // The close event of the dialog's previous use can still be queued
+        // when it is opened again (Escape, then a quick click on Deploy):
+        // it is no answer to this question while the dialog is open.
+        if (dlg.open && my === confirmSeq) return;
+        dlg.removeEventListener("close", onClose);
+        resolve(my === confirmSeq && dlg.returnValue === "ok");
+      };
+      dlg.addEventListener("close", onClose);
+      if (!dlg.open) dlg.showModal();
       $("[data-testid=confirm-cancel]").focus(); // the safe choice has focus
     });
   }
