@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"github.com/cm4bench/cm4bench/internal/repotest"
+	"github.com/cm4bench/cm4bench/internal/syncbuf"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -103,7 +104,7 @@ func TestNetbootServePrepareTFTPRoot(t *testing.T) {
 		os.Remove(filepath.Join(data, contract.FileServerInfo))
 		ctx, cancel := context.WithCancel(context.Background())
 		defer cancel()
-		var out bytes.Buffer
+		var out syncbuf.Buffer // the announcement is written by another goroutine
 		done := make(chan error, 1)
 		go func() { done <- cli.Context{Stdout: &out, Stderr: io.Discard, Args: args}.Execute(ctx) }()
 		deadline := time.Now().Add(20 * time.Second)
@@ -121,6 +122,11 @@ func TestNetbootServePrepareTFTPRoot(t *testing.T) {
 			if time.Now().After(deadline) {
 				t.Fatalf("server.json never appeared\n%s", out.String())
 			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		// server.json is written as the HTTP server listens; the token and
+		// the login link are printed once every server is up, a moment later.
+		for deadline := time.Now().Add(10 * time.Second); !strings.Contains(out.String(), "dashboard:") && time.Now().Before(deadline); {
 			time.Sleep(20 * time.Millisecond)
 		}
 		cancel()
