@@ -771,3 +771,62 @@ func TestPowerCycle(t *testing.T) {
 		t.Errorf("without a power command = %d %s, want 501 naming --power-command", code, out)
 	}
 }
+
+// An agent that sends its result again (the first answer was lost when the
+// server was killed or the link cut) gets the recorded action, not 410, so
+// it reboots; a repeat that does not match the record, or carries no
+// token, still gets 410, and nothing is recorded twice.
+func TestActionDoneRepeated(t *testing.T) {
+	dir := t.TempDir()
+	golden := makeImage(t, filepath.Join(dir, "golden.img"), 1<<20)
+	b := startServer(t, dir, filepath.Join(dir, "golden.img"))
+	const mac = "dc:a6:32:00:31:01"
+	b.call("POST", contract.PathRegister, []byte(`{"mac":"`+mac+`","ip":"127.0.0.1"}`), "")
+	b.admin("POST", "/api/v1/devices/"+mac+"/action", contract.SetActionRequest{Action: "deploy"}, 200, nil)
+	code, out := b.call("GET", contract.PathPoll+"?mac="+mac, nil, "")
+	var p contract.PollResponse
+	if code != 200 || json.Unmarshal(out, &p) != nil || p.Token == "" {
+		t.Fatalf("poll = %d %s", code, out)
+	}
+	resp, err := http.Get(p.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	done := contract.ActionDone{MAC: mac, ActionID: p.ActionID, Token: p.Token, Status: "success", SHA256: sha(golden), Bytes: int64(len(golden))}
+	if code, out := b.call("POST", contract.PathActionDone, done, ""); code != 200 {
+		t.Fatalf("done = %d %s", code, out)
+	}
+	for _, tt := range []struct {
+		name string
+		edit func(d *contract.ActionDone)
+		code int
+	}{
+		{"the same result again", func(*contract.ActionDone) {}, 200},
+		{"another sha256", func(d *contract.ActionDone) { d.SHA256 = strings.Repeat("0", 64) }, 410},
+		{"a failure after the success", func(d *contract.ActionDone) { d.Status, d.Error = "failed", "late" }, 410},
+		{"no token", func(d *contract.ActionDone) { d.Token = "" }, 410},
+		{"another token", func(d *contract.ActionDone) { d.Token = strings.Repeat("ab", 16) }, 403},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			d := done
+			tt.edit(&d)
+			code, out := b.call("POST", contract.PathActionDone, d, "")
+			if code != tt.code {
+				t.Fatalf("repeat = %d %s, want %d", code, out, tt.code)
+			}
+			if code == 200 {
+				var a contract.Action
+				if json.Unmarshal(out, &a) != nil || a.ID != p.ActionID || a.State != contract.StateDone {
+					t.Errorf("repeat answered %s", out)
+				}
+			}
+		})
+	}
+	var rows []contract.LedgerRow
+	b.admin("GET", "/api/v1/ledger?format=json", nil, 200, &rows)
+	if len(rows) != 1 {
+		t.Errorf("%d ledger rows after repeats, want 1", len(rows))
+	}
+}
