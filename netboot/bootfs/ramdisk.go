@@ -93,10 +93,96 @@ func BuildRamdisk(out string, files []RamdiskFile) (int64, error) {
 	if err := freeOrphanCluster2(f); err != nil {
 		return 0, err
 	}
+	if err := fixTimes(f); err != nil {
+		return 0, fmt.Errorf("bootfs: fix the timestamps: %w", err)
+	}
 	if err := f.Sync(); err != nil {
 		return 0, err
 	}
 	return size, f.Close()
+}
+
+// fixedDate is the date every entry of a boot ramdisk carries
+// (2020-01-01, 00:00:00): the same files always give the same image, so
+// the same boot.sig, whenever it is built.
+const fixedDate = (2020-1980)<<9 | 1<<5 | 1
+
+// fixTimes sets the creation, access and write times of every directory
+// entry of the FAT16 image to fixedDate (go-diskfs stamps the current
+// time). It walks the root folder area and every sub-folder's clusters.
+func fixTimes(f *os.File) error {
+	var bs [sector]byte
+	if _, err := f.ReadAt(bs[:], 0); err != nil {
+		return err
+	}
+	bps := int64(binary.LittleEndian.Uint16(bs[11:]))
+	spc := int64(bs[13])
+	rsvd := int64(binary.LittleEndian.Uint16(bs[14:]))
+	nfats := int64(bs[16])
+	rootEnts := int64(binary.LittleEndian.Uint16(bs[17:]))
+	fatSz := int64(binary.LittleEndian.Uint16(bs[22:]))
+	if bps != sector || spc == 0 || nfats == 0 || rootEnts == 0 {
+		return fmt.Errorf("not a FAT16 boot sector")
+	}
+	fatOff := rsvd * bps
+	rootOff := (rsvd + nfats*fatSz) * bps
+	dataOff := rootOff + rootEnts*32
+	clusterBytes := spc * bps
+	next := func(c uint16) (uint16, error) {
+		var e [2]byte
+		if _, err := f.ReadAt(e[:], fatOff+int64(c)*2); err != nil {
+			return 0, err
+		}
+		return binary.LittleEndian.Uint16(e[:]), nil
+	}
+	var walk func(off, n int64, depth int) error
+	walk = func(off, n int64, depth int) error {
+		buf := make([]byte, n)
+		if _, err := f.ReadAt(buf, off); err != nil {
+			return err
+		}
+		var sub []uint16
+		for i := int64(0); i+32 <= n; i += 32 {
+			e := buf[i : i+32]
+			if e[0] == 0 {
+				break
+			}
+			if e[0] == 0xE5 || e[11] == 0x0F {
+				continue // deleted, or a long-name part (no times)
+			}
+			e[13] = 0
+			binary.LittleEndian.PutUint16(e[14:], 0)
+			binary.LittleEndian.PutUint16(e[16:], fixedDate)
+			binary.LittleEndian.PutUint16(e[18:], fixedDate)
+			binary.LittleEndian.PutUint16(e[22:], 0)
+			binary.LittleEndian.PutUint16(e[24:], fixedDate)
+			if e[11]&0x10 != 0 && e[0] != '.' {
+				sub = append(sub, binary.LittleEndian.Uint16(e[26:]))
+			}
+		}
+		if _, err := f.WriteAt(buf, off); err != nil {
+			return err
+		}
+		if depth > 16 {
+			return fmt.Errorf("folders nested too deep")
+		}
+		for _, c := range sub {
+			for seen := 0; c >= 2 && c < 0xFFF8; seen++ {
+				if seen > 1<<16 {
+					return fmt.Errorf("a folder's cluster chain loops")
+				}
+				if err := walk(dataOff+int64(c-2)*clusterBytes, clusterBytes, depth+1); err != nil {
+					return err
+				}
+				var err error
+				if c, err = next(c); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	}
+	return walk(rootOff, rootEnts*32, 0)
 }
 
 // freeOrphanCluster2 undoes a go-diskfs v1.9.4 quirk: fat16.Create marks

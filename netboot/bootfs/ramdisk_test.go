@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/cm4bench/cm4bench/netboot/bootfs"
 )
@@ -26,6 +27,9 @@ func TestBuildRamdisk(t *testing.T) {
 	if _, err := bootfs.BuildRamdisk(a, files); err != nil {
 		t.Fatal(err)
 	}
+	// FAT keeps times in 2-second steps: build the second one later, so a
+	// timestamp that leaked into the image would show
+	time.Sleep(2100 * time.Millisecond)
 	if _, err := bootfs.BuildRamdisk(b, files); err != nil {
 		t.Fatal(err)
 	}
