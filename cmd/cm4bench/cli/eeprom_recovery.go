@@ -29,6 +29,16 @@ type setBootOrderOptions struct {
 	Cache     string        // --cache: firmware cache for the defaults ("" = user cache dir)
 
 	usbServeFlags // flashing: --loop, --port, --serial, --timeout, --metadata-dir, --strict, --trace
+
+	command string // the command errors are named after ("" = eeprom set-boot-order)
+}
+
+// step is the command name that prefixes errors.
+func (o *setBootOrderOptions) step() string {
+	if o.command == "" {
+		return "eeprom set-boot-order"
+	}
+	return o.command
 }
 
 func newEEPROMSetBootOrderCmd(usb usbAccess) *cobra.Command {
@@ -139,8 +149,8 @@ func (o *setBootOrderOptions) spec(ctx context.Context, order string) (recoveryd
 	if o.Image == "" {
 		p, err := cachedPath(o.Cache, defaultImageID)
 		if err != nil {
-			return spec, fmt.Errorf("eeprom set-boot-order: no --image FILE given and the default image is not usable from the firmware cache "+
-				"(run `cm4bench firmware fetch recovery` or pass --image): %w", err)
+			return spec, fmt.Errorf("%s: no --image FILE given and the default image is not usable from the firmware cache "+
+				"(run `cm4bench firmware fetch recovery` or pass --image): %w", o.step(), err)
 		}
 		o.Image = p
 	}
@@ -153,7 +163,7 @@ func (o *setBootOrderOptions) spec(ctx context.Context, order string) (recoveryd
 		return spec, err
 	}
 	if o.Recovery == "" {
-		if spec.RecoveryBin, err = recoveryFromCache(ctx, o.Cache); err != nil {
+		if spec.RecoveryBin, err = recoveryFromCache(ctx, o.step(), o.Cache); err != nil {
 			return spec, err
 		}
 	} else if spec.RecoveryBin, err = os.ReadFile(o.Recovery); err != nil {

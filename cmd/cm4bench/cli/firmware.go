@@ -421,11 +421,11 @@ func cachedFile(_ context.Context, cacheDir, id string) ([]byte, error) {
 
 // recoveryFromCache returns the verified recovery.bin from the firmware
 // cache.
-func recoveryFromCache(ctx context.Context, cacheDir string) ([]byte, error) {
+func recoveryFromCache(ctx context.Context, step, cacheDir string) ([]byte, error) {
 	b, err := cachedFile(ctx, cacheDir, recoveryBinID)
 	if err != nil {
-		return nil, fmt.Errorf("eeprom set-boot-order: no --recovery FILE given and recovery.bin is not usable from the firmware cache "+
-			"(run `cm4bench firmware fetch recovery` or pass --recovery): %w", err)
+		return nil, fmt.Errorf("%s: no --recovery FILE given and recovery.bin is not usable from the firmware cache "+
+			"(run `cm4bench firmware fetch recovery` or pass --recovery): %w", step, err)
 	}
 	return b, nil
 }

@@ -47,6 +47,7 @@ and only then burn the key.`,
 
 func newSecureProvisionCmd(usb usbAccess) *cobra.Command {
 	o := &secureProvisionOptions{}
+	o.command = "secure-boot provision"
 	cmd := &cobra.Command{
 		Use:   "provision --key KEY [--program-pubkey ...] (--dry-run | --confirm-otp | --serial S...)",
 		Short: "Flash a signed bootloader and program the key hash into OTP, over USB",

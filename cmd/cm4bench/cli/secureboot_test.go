@@ -236,6 +236,11 @@ func TestSecureBootDryRunAndPrompt(t *testing.T) {
 	if !strings.Contains(se.String(), "Type the serial of the board to burn (af04b2da)") || s.boards[0].Config().OTP.KeyHash() == "" {
 		t.Errorf("prompt or provision missing:\n%s", se.String())
 	}
+	// an empty firmware cache and no --image: the error names this command
+	_, _, err = runCLI(t, "secure-boot", "provision", "--key", sb("private.pem"), "--cache", t.TempDir(), "--dry-run", "--out-dir", t.TempDir())
+	if err == nil || !strings.HasPrefix(err.Error(), "secure-boot provision: no --image FILE given") {
+		t.Errorf("no image: %v", err)
+	}
 }
 
 // eeprom config --bootcode/--bootsys store CM5 countersigned firmware and
