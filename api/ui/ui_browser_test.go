@@ -213,6 +213,7 @@ type simDevice struct {
 	base   string
 	MAC    string
 	Serial string
+	signed *uint32 // the bootloader's chosen/bootloader/signed bits (nil: not reported)
 	poll   contract.PollResponse
 }
 
@@ -235,6 +236,7 @@ func (d *simDevice) register() {
 	d.post(contract.PathRegister, contract.RegisterRequest{MAC: d.MAC, IP: "127.0.0.1", Facts: &contract.Facts{
 		Serial: d.Serial, Revision: "c03141", Model: "Raspberry Pi Compute Module 4 Rev 1.1",
 		MACs: []string{d.MAC}, EMMCBytes: 31268536320, Bootloader: "2026-05-17", TempMilliC: 48300, Agent: "test",
+		SignedBoot: d.signed,
 	}})
 }
 
@@ -377,9 +379,10 @@ func TestDashboardInBrowser(t *testing.T) {
 	b.do(t, "mark the page", chromedp.Evaluate[chromedp.Void](`window.__cm4benchNoReload = 42`))
 
 	// Devices register; their cards appear without a reload.
+	locked, signedOnly := uint32(0x0d), uint32(0x01)
 	devs := []*simDevice{
-		{MAC: "dc:a6:32:01:02:01", Serial: "10000001"},
-		{MAC: "dc:a6:32:01:02:02", Serial: "10000002"},
+		{MAC: "dc:a6:32:01:02:01", Serial: "10000001", signed: &locked},
+		{MAC: "dc:a6:32:01:02:02", Serial: "10000002", signed: &signedOnly},
 		{MAC: "dc:a6:32:01:02:03", Serial: "10000003"},
 		{MAC: "dc:a6:32:01:02:04", Serial: "10000004"},
 	}
@@ -391,6 +394,12 @@ func TestDashboardInBrowser(t *testing.T) {
 		b.waitFor(t, "the card of "+d.MAC, card(d.MAC)+` && `+card(d.MAC)+`.querySelector('[data-field=serial]').textContent === '`+d.Serial+`'`)
 	}
 	a, fail, bak, idle := devs[0], devs[1], devs[2], devs[3]
+	// the secure-boot state in plain words, from the board's own facts
+	for mac, want := range map[string]string{a.MAC: "Locked to the customer key", fail.MAC: "Signed config, not locked", bak.MAC: "–"} {
+		if got := b.text(t, card(mac)+`.querySelector('[data-field=secure]').textContent`); got != want {
+			t.Errorf("%s secure boot shows %q, want %q", mac, got, want)
+		}
+	}
 
 	// Keyboard: Enter on Deploy opens the confirmation, Escape refuses it, and nothing is queued.
 	b.do(t, "press Enter on Deploy", chromedp.SendKeys(chromedp.CSS(`button[aria-label="Deploy `+idle.MAC+`"]`), kb.Enter))

@@ -782,6 +782,7 @@ files:
     set("ip", pick(d, "ip", "IP"));
     set("model", shortModel(pick(facts, "model")));
     set("emmc", fmtBytes(pick(facts, "emmc_bytes")));
+    set("secure", secureWords(pick(facts, "signed_boot")));
     let word = STATE_WORDS[st] || st;
     if (st === "running" && actType === "deploy") word = "Deploying";
     if (st === "running" && actType === "backup") word = "Backing up";
@@ -1175,6 +1176,16 @@ files:
       showError("Could not assign the image to " + mac, e);
       refreshDevice(mac);
     }
+  }
+
+  // secureWords says what the bootloader's chosen/bootloader/signed bits
+  // mean: 0x8 the customer key is in OTP (locked for good), 0x1 a signed
+  // config only (can still be flashed back).
+  function secureWords(bits) {
+    if (typeof bits !== "number") return "";
+    if (bits & 0x8) return "Locked to the customer key";
+    if (bits & 0x1) return "Signed config, not locked";
+    return "Off";
   }
 
   // ---------- confirm dialog ----------
