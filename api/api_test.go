@@ -781,12 +781,11 @@ func TestActionDoneRepeated(t *testing.T) {
 	golden := makeImage(t, filepath.Join(dir, "golden.img"), 1<<20)
 	b := startServer(t, dir, filepath.Join(dir, "golden.img"))
 	const mac = "dc:a6:32:00:31:01"
-	b.call("POST", contract.PathRegister, []byte(`{"mac":"`+mac+`","ip":"127.0.0.1"}`), "")
+	b.register(mac)
 	b.admin("POST", "/api/v1/devices/"+mac+"/action", contract.SetActionRequest{Action: "deploy"}, 200, nil)
-	code, out := b.call("GET", contract.PathPoll+"?mac="+mac, nil, "")
-	var p contract.PollResponse
-	if code != 200 || json.Unmarshal(out, &p) != nil || p.Token == "" {
-		t.Fatalf("poll = %d %s", code, out)
+	p := b.poll(mac)
+	if p.Token == "" {
+		t.Fatalf("poll gave no token: %+v", p)
 	}
 	resp, err := http.Get(p.URL)
 	if err != nil {
