@@ -26,17 +26,24 @@ import (
 // the reason and changes nothing); each card says which rule matched and
 // why; the armed switch is large and plain, arming needs a confirmation and
 // starts the waiting auto board; an ask rule's board starts with a click.
-func TestLineInBrowser(t *testing.T) {
-	bn := startBench(t)
-	base, token := bn.URL, bn.Token
-	dir := artifactsDir(t)
+// uploadLineImage uploads a small disk image with a FAT boot partition as
+// line.img (what the recipes of these tests pin) and returns its sha256.
+func uploadLineImage(t *testing.T, base, token string) [sha256.Size]byte {
+	t.Helper()
 	img := filepath.Join(t.TempDir(), "line.img")
 	if _, err := bootfstest.Make(img, bootfstest.Disk{StartMiB: 1, BootMiB: 2, FAT: 12, RootMiB: 1}); err != nil {
 		t.Fatal(err)
 	}
 	data, _ := os.ReadFile(img)
-	sum := sha256.Sum256(data)
 	techDo(t, base, token, http.MethodPost, "/api/v1/images?name=line.img", bytes.NewReader(data), nil)
+	return sha256.Sum256(data)
+}
+
+func TestLineInBrowser(t *testing.T) {
+	bn := startBench(t)
+	base, token := bn.URL, bn.Token
+	dir := artifactsDir(t)
+	sum := uploadLineImage(t, base, token)
 
 	b := newBrowser(t)
 	b.login(t, base, token)
@@ -164,13 +171,7 @@ func TestRecordsInBrowser(t *testing.T) {
 func TestLabelInBrowser(t *testing.T) {
 	bn := startBench(t)
 	base, token := bn.URL, bn.Token
-	img := filepath.Join(t.TempDir(), "line.img")
-	if _, err := bootfstest.Make(img, bootfstest.Disk{StartMiB: 1, BootMiB: 2, FAT: 12, RootMiB: 1}); err != nil {
-		t.Fatal(err)
-	}
-	data, _ := os.ReadFile(img)
-	sum := sha256.Sum256(data)
-	techDo(t, base, token, http.MethodPost, "/api/v1/images?name=line.img", bytes.NewReader(data), nil)
+	sum := uploadLineImage(t, base, token)
 	printer, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
