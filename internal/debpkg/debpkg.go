@@ -10,6 +10,7 @@ import (
 	"compress/gzip"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -89,13 +90,7 @@ func Build(o Options) (string, error) {
 		{Source: script("cm4bench.default"), Destination: DefaultsPath, Type: files.TypeConfigNoReplace, FileInfo: &files.ContentFileInfo{Mode: 0o644}},
 		{Source: o.UdevRules, Destination: UdevPath, FileInfo: &files.ContentFileInfo{Mode: 0o644}},
 	}
-	for _, sh := range slices.Sorted(func(yield func(string) bool) {
-		for k := range o.Completions {
-			if !yield(k) {
-				return
-			}
-		}
-	}) {
+	for _, sh := range slices.Sorted(maps.Keys(o.Completions)) {
 		dst, ok := completionPaths[sh]
 		if !ok {
 			return fail(fmt.Errorf("no install path for %s completions", sh))

@@ -17,6 +17,7 @@
 package linetwin
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"math"
@@ -178,7 +179,7 @@ func Simulate(c Constraints, n int, im Image, f Format) (Result, error) {
 	if f != Raw {
 		own = append(own, rateLimit{"board CPU (zstd)", c.BoardZstdMBps})
 	}
-	ownCap := slices.MinFunc(own, func(a, b rateLimit) int { return cmpF(a.v, b.v) })
+	ownCap := slices.MinFunc(own, func(a, b rateLimit) int { return cmp.Compare(a.v, b.v) })
 	verifyRate := math.Min(c.EMMCReadMBps, c.BoardSHA256MBps)
 
 	type state struct {
@@ -226,7 +227,7 @@ func Simulate(c Constraints, n int, im Image, f Format) (Result, error) {
 			rate[s] = math.Min(c.PiTFTPMBps, c.TFTPServerMBps/float64(len(tftp))) * MB
 		}
 		shared := []rateLimit{{"server uplink", uplinkMBps}, {"server CPU", c.ServerMBps}}
-		sharedCap := slices.MinFunc(shared, func(a, b rateLimit) int { return cmpF(a.v, b.v) })
+		sharedCap := slices.MinFunc(shared, func(a, b rateLimit) int { return cmp.Compare(a.v, b.v) })
 		if len(dl) > 0 {
 			// every downloading board has the same own cap: equal shares
 			perWire := sharedCap.v / float64(len(dl))
@@ -306,14 +307,4 @@ func Simulate(c Constraints, n int, im Image, f Format) (Result, error) {
 	res.Bottleneck = res.PerBoard.Bottleneck
 	res.BoardsHour = float64(n) * 3600 / res.Cycle
 	return res, nil
-}
-
-func cmpF(a, b float64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }

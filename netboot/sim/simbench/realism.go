@@ -67,7 +67,7 @@ func (b *Bench) Shape(ctx context.Context, boardMbit, uplinkMbit float64) error 
 	// One htb class per link: it queues instead of dropping at the rate
 	// (a single TCP flow through a small token bucket loses packets and
 	// fills only about half of the link).
-	tbf := func(dev string, mbit float64) error {
+	shape := func(dev string, mbit float64) error {
 		if err := tc("qdisc", "replace", "dev", dev, "root", "handle", "1:", "htb", "default", "1"); err != nil {
 			return err
 		}
@@ -75,13 +75,13 @@ func (b *Bench) Shape(ctx context.Context, boardMbit, uplinkMbit float64) error 
 	}
 	if boardMbit > 0 {
 		for _, d := range b.Devices {
-			if err := tbf(d.Port, boardMbit); err != nil {
+			if err := shape(d.Port, boardMbit); err != nil {
 				return err
 			}
 		}
 	}
 	if uplinkMbit > 0 {
-		return tbf(BridgeName, uplinkMbit)
+		return shape(BridgeName, uplinkMbit)
 	}
 	return nil
 }
