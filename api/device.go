@@ -259,8 +259,8 @@ func (s *Server) handleActionDone(c *gin.Context) error {
 	}
 	a, err := s.deviceAction(c.Request.Context(), c.Request, mac, req.ActionID, req.Token)
 	if err != nil {
-		if fa, ok := s.repeatedDone(c.Request.Context(), mac, req); ok {
-			writeJSON(c.Writer, http.StatusOK, fa.Action)
+		if repeatedDone(a, mac, req) {
+			writeJSON(c.Writer, http.StatusOK, a.Action)
 			return nil
 		}
 		return err
@@ -308,29 +308,26 @@ func (s *Server) handleActionDone(c *gin.Context) error {
 
 // repeatedDone recognises an agent sending the same result again: the
 // first report was recorded, but the answer was lost (the server was
-// killed or the link cut before it replied), so the agent retried. With
-// the action's own token and the result the action already holds (success
-// with the same sha256, or failure), the repeat gets the recorded action
-// instead of 410, so the board goes on (reboots) instead of waiting for a
-// job that is finished. Anything else keeps the 410.
-func (s *Server) repeatedDone(ctx context.Context, mac string, req contract.ActionDone) (store.Action, bool) {
-	if req.Token == "" || req.ActionID == "" {
-		return store.Action{}, false
-	}
-	a, err := s.Store.ActionByID(ctx, req.ActionID)
-	if err != nil || a.MAC != mac || !tokenEqual(req.Token, a.Token) {
-		return store.Action{}, false
+// killed or the link cut before it replied), so the agent retried. a is the
+// action deviceAction found (and refused as finished). With the action's
+// own token and the result it already holds (success with the same
+// sha256, or failure), the repeat gets the recorded action instead of 410,
+// so the board goes on (reboots) instead of waiting for a job that is
+// finished. Anything else keeps deviceAction's answer.
+func repeatedDone(a store.Action, mac string, req contract.ActionDone) bool {
+	if req.Token == "" || req.ActionID == "" || a.ID != req.ActionID || a.MAC != mac || !tokenEqual(req.Token, a.Token) {
+		return false
 	}
 	ok, known := successStatus(req.Status)
 	switch {
 	case !known:
-		return store.Action{}, false
+		return false
 	case ok && a.State == contract.StateDone:
-		return a, req.SHA256 == "" || strings.EqualFold(req.SHA256, a.SHA256)
+		return req.SHA256 == "" || strings.EqualFold(req.SHA256, a.SHA256)
 	case !ok && a.State == contract.StateFailed:
-		return a, true
+		return true
 	}
-	return store.Action{}, false
+	return false
 }
 
 // checkDone decides whether a reported success really is one; it returns
