@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"image/color"
 	"io"
-	"strings"
 	"text/tabwriter"
 
 	"gonum.org/v1/plot"
@@ -157,6 +156,6 @@ func Plot(rep map[Scenario][]Result, title string, w io.Writer) error {
 
 // Describe is one line about the image, for the report's header.
 func (im Image) Describe() string {
-	return strings.TrimSpace(fmt.Sprintf("image %.2f GB raw, %.2f GB in 64 KiB data blocks (%.0f%%), %.2f GB zstd (ratio %.2f)",
-		im.RawBytes/1e9, im.DataBytes/1e9, 100*im.DataBytes/im.RawBytes, im.ZstdBytes/1e9, im.RawBytes/im.ZstdBytes))
+	return fmt.Sprintf("image %.2f GB raw, %.2f GB in 64 KiB data blocks (%.0f%%), %.2f GB zstd (ratio %.2f)",
+		im.RawBytes/1e9, im.DataBytes/1e9, 100*im.DataBytes/im.RawBytes, im.ZstdBytes/1e9, im.RawBytes/im.ZstdBytes)
 }
