@@ -1170,6 +1170,9 @@ files:
   async function onAssignImage(mac, sel) {
     try {
       await api("PUT", "/api/v1/devices/" + encodeURIComponent(mac) + "/image", { image: sel.value });
+      // A device answer requested before this PUT landed still carries the
+      // old image: mark it stale, so it cannot put the old choice back.
+      S.applied.set(mac, ++S.seq);
       const d = S.devices.get(mac);
       if (d) d.image = sel.value;
     } catch (e) {
