@@ -6,28 +6,28 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/cm4bench/cm4bench/netboot/sim/nettest"
-	"github.com/cm4bench/cm4bench/netboot/tftp"
 )
 
 // BenchmarkTFTPvsDnsmasq serves the same 32 MiB file from cm4bench and from
-// dnsmasq (both in the bench namespace, on two addresses of the same veth)
-// to 1 and 16 concurrent atftp clients at blksize 1024 and 1468, in the same
-// run, alternating servers, median of 5 rounds (1 client) or 3 rounds (16
-// clients) per case. It reports aggregate MB/s and the
-// ratio ours/dnsmasq, and prints a table.
+// dnsmasq, each in its own process in the bench namespace (two addresses of
+// the same veth), to 1 and 16 concurrent atftp clients at blksize 1024 and
+// 1468, in the same run, alternating servers, median of 5 rounds per case. It reports aggregate MB/s, the
+// server's CPU per transfer (utime+stime of its process over the rounds,
+// divided by the transfers), and the ratios ours/dnsmasq, and prints a table.
 func BenchmarkTFTPvsDnsmasq(b *testing.B) {
 	nettest.Require(b)
 	nettest.RequireTool(b, "atftp")
 	nettest.RequireTool(b, "dnsmasq")
 	topo := nettest.New(b, nettest.Options{Prefix: "cbn", ClientAddrs: true})
 	srvNS, c := topo.Server, topo.Clients[0]
-	peerAddr := "10.42.0.2"
+	ourAddr, peerAddr := "10.42.0.1", "10.42.0.2"
 	srvNS.Run(b, "ip", "addr", "add", peerAddr+"/24", "dev", srvNS.Iface)
 
 	dir := b.TempDir()
@@ -41,16 +41,31 @@ func BenchmarkTFTPvsDnsmasq(b *testing.B) {
 		}
 	}
 
-	ours := &tftp.Server{Root: root}
-	serveIn(b, srvNS, ours, "10.42.0.1:69")
-	srvNS.Start(b, "dnsmasq", "-k", "--conf-file=/dev/null", "--port=0", "--enable-tftp", "--tftp-root="+root,
+	self, err := os.Executable()
+	if err != nil {
+		b.Fatal(err)
+	}
+	ours, _ := srvNS.Start(b, "env", helperEnv+"="+root+" "+ourAddr+":69", self) // env execs: same pid
+	peer, _ := srvNS.Start(b, "dnsmasq", "-k", "--conf-file=/dev/null", "--port=0", "--enable-tftp", "--tftp-root="+root,
 		"--listen-address="+peerAddr, "--bind-interfaces", "--tftp-max=64", "--user=root",
 		"--pid-file="+filepath.Join(dir, "dnsmasq.pid"), "--log-facility="+filepath.Join(dir, "dnsmasq.log"))
+	waitTFTP(b, c, ourAddr)
 	waitTFTP(b, c, peerAddr)
 
+	type side struct {
+		rate []float64     // aggregate MB/s per round
+		cpu  time.Duration // server CPU over all rounds
+		n    int           // transfers over all rounds
+	}
 	type row struct {
 		blksize, clients int
-		ours, peer       float64 // MB/s aggregate
+		ours, peer       side
+	}
+	run := func(s *side, pid int, addr string, blksize, clients int) {
+		before := procCPU(b, pid)
+		s.rate = append(s.rate, fetchAll(b, c, addr, blksize, clients, size))
+		s.cpu += procCPU(b, pid) - before
+		s.n += clients
 	}
 	var rows []row
 	for i := 0; i < b.N; i++ {
@@ -59,34 +74,60 @@ func BenchmarkTFTPvsDnsmasq(b *testing.B) {
 			for _, clients := range []int{1, 16} {
 				// Alternate the servers and keep the median of several rounds:
 				// the machine is shared, so single runs are noisy.
-				rounds := 3
-				if clients == 1 {
-					rounds = 5
-				}
-				var ourRuns, peerRuns []float64
+				const rounds = 5
+				r := row{blksize: blksize, clients: clients}
 				for round := 0; round < rounds; round++ {
-					peerRuns = append(peerRuns, fetchAll(b, c, peerAddr, blksize, clients, size))
-					ourRuns = append(ourRuns, fetchAll(b, c, "10.42.0.1", blksize, clients, size))
+					run(&r.peer, peer.Process.Pid, peerAddr, blksize, clients)
+					run(&r.ours, ours.Process.Pid, ourAddr, blksize, clients)
 				}
-				rows = append(rows, row{blksize: blksize, clients: clients, ours: median(ourRuns), peer: median(peerRuns)})
+				rows = append(rows, r)
 			}
 		}
 	}
 	b.StopTimer()
+	perTransfer := func(s side) float64 { return s.cpu.Seconds() * 1e3 / float64(s.n) }
 	var sb strings.Builder
-	fmt.Fprintf(&sb, "\nTFTP, 32 MiB file over veth, atftp clients (aggregate MB/s, median of 5 or 3 rounds)\n")
-	fmt.Fprintf(&sb, "%-8s %-8s %12s %12s %8s\n", "blksize", "clients", "cm4bench", "dnsmasq", "ratio")
+	fmt.Fprintf(&sb, "\nTFTP, 32 MiB file over veth, atftp clients: aggregate MB/s (median of 5 rounds) and server CPU ms per transfer\n")
+	fmt.Fprintf(&sb, "%-8s %-8s %10s %10s %8s %12s %12s %8s\n", "blksize", "clients", "cm4bench", "dnsmasq", "rate", "cm4bench ms", "dnsmasq ms", "CPU")
 	for _, r := range rows {
-		ratio := r.ours / r.peer
-		fmt.Fprintf(&sb, "%-8d %-8d %12.1f %12.1f %7.2fx\n", r.blksize, r.clients, r.ours, r.peer, ratio)
-		b.ReportMetric(ratio, fmt.Sprintf("ratio-bs%d-c%d", r.blksize, r.clients))
-		b.ReportMetric(r.ours, fmt.Sprintf("MB/s-bs%d-c%d", r.blksize, r.clients))
+		rate := median(r.ours.rate) / median(r.peer.rate)
+		cpu := perTransfer(r.ours) / perTransfer(r.peer)
+		fmt.Fprintf(&sb, "%-8d %-8d %10.1f %10.1f %7.2fx %12.1f %12.1f %7.2fx\n", r.blksize, r.clients,
+			median(r.ours.rate), median(r.peer.rate), rate, perTransfer(r.ours), perTransfer(r.peer), cpu)
+		b.ReportMetric(rate, fmt.Sprintf("rate-ratio-bs%d-c%d", r.blksize, r.clients))
+		b.ReportMetric(cpu, fmt.Sprintf("cpu-ratio-bs%d-c%d", r.blksize, r.clients))
+		b.ReportMetric(median(r.ours.rate), fmt.Sprintf("MB/s-bs%d-c%d", r.blksize, r.clients))
 	}
 	fmt.Print(sb.String())
-	if st := ours.Stats(); st.Failures != 0 {
-		b.Errorf("cm4bench had %d failed transfers", st.Failures)
-	}
 }
+
+// procCPU is the user+system CPU time pid has used, all threads.
+func procCPU(b *testing.B, pid int) time.Duration {
+	b.Helper()
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		b.Fatalf("server CPU: %v", err)
+	}
+	// Fields after the ")" that ends the command name: state is field 3,
+	// utime and stime are fields 14 and 15 (proc(5)), in clock ticks.
+	s := string(raw)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+	if len(f) < 13 {
+		b.Fatalf("server CPU: short /proc/%d/stat: %q", pid, s)
+	}
+	var ticks int64
+	for _, v := range f[11:13] {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
+			b.Fatalf("server CPU: /proc/%d/stat: %v", pid, err)
+		}
+		ticks += n
+	}
+	return time.Duration(ticks) * time.Second / clockTicks
+}
+
+// clockTicks is USER_HZ, 100 on every Linux architecture Go supports.
+const clockTicks = 100
 
 func median(v []float64) float64 {
 	s := append([]float64(nil), v...)

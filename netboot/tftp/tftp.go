@@ -1,5 +1,9 @@
 // Package tftp is cm4bench's read-only TFTP server for Raspberry Pi 4 / CM4
-// netboot, built on github.com/pin/tftp/v3.
+// netboot. Requests are parsed here (packet.go, fuzzed); transfers run on
+// one epoll loop (engine.go), as dnsmasq's do, because pin/tftp's
+// goroutine-per-transfer sender cost about twice dnsmasq's CPU per transfer
+// (BenchmarkTFTPvsDnsmasq). github.com/pin/tftp/v3 still provides the
+// netascii conversion, and its client is one of the test clients.
 //
 // Usage:
 //
@@ -11,7 +15,7 @@
 //		Logger:   logger,                 // nil = silent
 //		Events:   func(e contract.Event) {},  // tftp.transfer, tftp.probe, tftp.notfound, tftp.error
 //	}
-//	err := srv.Serve(ctx) // returns nil once ctx is done and transfers have ended
+//	err := srv.Serve(ctx) // returns nil once ctx is done; transfers in flight are aborted
 //
 // Jail: requests are resolved through an os.Root opened on Root, and names
 // are checked first: empty, absolute, NUL, backslash and any ".." element are
@@ -26,14 +30,20 @@
 // override, like dnsmasq's tftp-unique-root=mac), else from the root.
 //
 // Protocol: octet and netascii, tsize (RFC 2349) and blksize up to
-// MaxBlockSize (RFC 2348), lock-step (no anticipate/windowsize: duplicate
-// DATA blocks can hang start4.elf, the Pi bootloader's netboot (README, "Netboot")). The Pi's "probe"
-// requests, aborted right after the OACK with ERROR code 0 "Early
-// terminate", are counted as probes, not failures.
+// MaxBlockSize (RFC 2348), lock-step (no windowsize: duplicate DATA blocks
+// can hang start4.elf, the Pi bootloader's netboot (README, "Netboot")). A
+// duplicate ACK is never answered (no Sorcerer's Apprentice). A lost ACK
+// gets the block again after Timeout, up to Retries times, then the client
+// gets ERROR "timeout". Each transfer answers from a new port on the address
+// the request came to (IP_PKTINFO), with a socket connected to the client.
+// Write requests get ERROR 2 "read-only server". The Pi's "probe" requests,
+// aborted right after the OACK with ERROR code 0 "Early terminate", are
+// counted as probes, not failures. Stopping the server sends ERROR "server
+// shutting down" to every client in a transfer.
 //
-// Every socket, including the per-transfer ones pin/tftp opens, is created
-// on the goroutine that calls Serve (so nettest.NS.Do can run it inside a
-// network namespace).
+// Every socket, including the per-transfer ones, is created on the
+// goroutine that calls Serve (so nettest.NS.Do can run it inside a network
+// namespace).
 package tftp
 
 import (
@@ -53,7 +63,9 @@ import (
 	"sync"
 	"time"
 
-	pintftp "github.com/pin/tftp/v3"
+	"github.com/pin/tftp/v3/netascii"
+	"golang.org/x/net/ipv4"
+	"golang.org/x/sys/unix"
 
 	"github.com/cm4bench/cm4bench/internal/contract"
 )
@@ -77,6 +89,7 @@ const (
 	readBuffer          = 256 << 10        // file read-ahead per transfer
 	errNotFound         = "file not found" // text sent to clients
 	errDenied           = "access violation"
+	errReadOnly         = "read-only server"
 )
 
 // Server is a read-only TFTP server. Zero values of optional fields are
@@ -84,9 +97,9 @@ const (
 type Server struct {
 	// Root is the directory served (the jail). Required.
 	Root string
-	// Addr is the UDP address to bind, e.g. "10.42.0.1:69". Bind the IPv4
-	// address of the bench interface: a wildcard or IPv6 socket makes
-	// pin/tftp clamp blksize to MTU-48 (1452). Default "0.0.0.0:69".
+	// Addr is the UDP address to bind, e.g. "10.42.0.1:69" (IPv4). Default
+	// "0.0.0.0:69"; transfers still answer from the address each request
+	// came to.
 	Addr string
 	// Policy decides per MAC; a disabled MAC gets "file not found" for the
 	// firmware (start*.elf) so it moves on to its next boot mode. nil: all
@@ -104,7 +117,7 @@ type Server struct {
 	// Logger receives logs; nil is silent.
 	Logger *slog.Logger
 	// Events receives one event per transfer; nil drops them. Called from
-	// transfer goroutines; must not block.
+	// the request loop and the transfer loop; must not block.
 	Events func(contract.Event)
 	// MaxTransfers bounds transfers in flight for clients with a DHCP lease
 	// (MACForIP knows them), MaxUnleased those from any other address, and
@@ -179,8 +192,8 @@ func (s *Server) Serve(ctx context.Context) error {
 	return s.ServeConn(ctx, conn)
 }
 
-// ServeConn is Serve on a socket the caller opened (it must be an IPv4 UDP
-// socket for blksize above 1452); it closes conn when it returns.
+// ServeConn is Serve on a socket the caller opened (an IPv4 UDP socket);
+// it closes conn when it returns.
 func (s *Server) ServeConn(ctx context.Context, conn *net.UDPConn) error {
 	if s.Root == "" {
 		conn.Close()
@@ -195,40 +208,73 @@ func (s *Server) ServeConn(ctx context.Context, conn *net.UDPConn) error {
 	s.mu.Lock()
 	s.root = root
 	s.mu.Unlock()
-	srv := pintftp.NewServer(s.read, nil)
-	bs := s.MaxBlockSize
-	if bs <= 0 {
-		bs = DefaultMaxBlockSize
-	}
-	srv.SetBlockSize(bs)
 	timeout := s.Timeout
 	if timeout <= 0 {
 		timeout = DefaultTimeout
 	}
-	srv.SetTimeout(timeout)
 	retries := s.Retries
 	if retries <= 0 {
 		retries = DefaultRetries
 	}
-	srv.SetRetries(retries)
-	srv.SetBackoff(func(int) time.Duration { return 0 })
-
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	done := make(chan struct{})
-	go func() {
-		<-ctx.Done()
-		srv.Shutdown() // closes conn, waits for transfers
-		close(done)
-	}()
-	s.log().Info("tftp: serving", "addr", conn.LocalAddr(), "root", s.Root, "max_blksize", bs)
-	err = srv.Serve(conn)
-	cancel()
-	<-done
+	eng, err := newEngine(timeout, retries)
 	if err != nil {
-		return fmt.Errorf("tftp: serve: %w", err)
+		conn.Close()
+		return err
 	}
-	return nil
+	go eng.run()
+	defer eng.shutdown() // after the read loop: no add comes later
+
+	// The address each request came to, so the transfer answers from it
+	// (a socket bound to 0.0.0.0 would otherwise let the kernel choose).
+	pc := ipv4.NewPacketConn(conn)
+	if err := pc.SetControlMessage(ipv4.FlagDst, true); err != nil {
+		s.log().Warn("tftp: no IP_PKTINFO: transfers answer from the routed address", "err", err)
+	}
+	stop := context.AfterFunc(ctx, func() { conn.Close() })
+	defer stop()
+	defer conn.Close()
+	s.log().Info("tftp: serving", "addr", conn.LocalAddr(), "root", s.Root, "max_blksize", s.maxBlock())
+	buf := make([]byte, maxRequestBytes+1)
+	for {
+		n, cm, from, err := pc.ReadFrom(buf)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("tftp: serve: read request: %w", err)
+		}
+		ua, ok := from.(*net.UDPAddr)
+		if !ok {
+			continue
+		}
+		client := ua.AddrPort()
+		local, _ := netip.AddrFromSlice(conn.LocalAddr().(*net.UDPAddr).IP.To4())
+		if cm != nil {
+			if d, ok := netip.AddrFromSlice(cm.Dst.To4()); ok {
+				local = d
+			}
+		}
+		s.request(eng, buf[:n], client, local)
+	}
+}
+
+func (s *Server) maxBlock() int {
+	if s.MaxBlockSize > 0 {
+		return min(s.MaxBlockSize, maxBlockSizeWire)
+	}
+	return DefaultMaxBlockSize
+}
+
+// replyError answers a request that starts no transfer, from a new port as
+// RFC 1350 has it.
+func (s *Server) replyError(local netip.Addr, client netip.AddrPort, code uint16, msg string) {
+	fd, err := dialTransfer(local, client)
+	if err != nil {
+		s.log().Warn("tftp: cannot answer", "ip", client.Addr(), "err", err)
+		return
+	}
+	defer unix.Close(fd)
+	unix.Write(fd, appendError(nil, code, msg))
 }
 
 // acquire takes a transfer slot for a client, or reports that none is free.
@@ -285,12 +331,22 @@ func (s *Server) clientMAC(ip netip.Addr) net.HardwareAddr {
 	return arpLookup(ip)
 }
 
-// read is pin/tftp's read handler: resolve, then stream.
-func (s *Server) read(name string, rf io.ReaderFrom) error {
-	var remote netip.Addr
-	if ot, ok := rf.(pintftp.OutgoingTransfer); ok {
-		ra := ot.RemoteAddr()
-		remote, _ = netip.AddrFromSlice(ra.IP.To4())
+// request handles one datagram that came to the server's port: an RRQ
+// starts a transfer on the engine; anything else is answered with an error.
+func (s *Server) request(eng *engine, b []byte, client netip.AddrPort, local netip.Addr) {
+	remote := client.Addr().Unmap()
+	req, err := parseRequest(b)
+	if err != nil {
+		s.log().Debug("tftp: bad request", "ip", remote, "err", err)
+		s.replyError(local, client, codeIllegalOp, "illegal TFTP operation")
+		return
+	}
+	name := req.name
+	if req.op == opWRQ {
+		s.count(func(st *Stats) { st.Denied++ })
+		s.log().Warn("tftp: write request refused", "file", name, "ip", remote)
+		s.replyError(local, client, codeAccess, errReadOnly)
+		return
 	}
 	leased := false
 	if s.MACForIP != nil {
@@ -300,9 +356,10 @@ func (s *Server) read(name string, rf io.ReaderFrom) error {
 		s.count(func(st *Stats) { st.Busy++ })
 		s.emit(contract.Event{Kind: contract.EventTFTPError, Level: contract.LevelWarn, Message: name + ": " + errBusy,
 			Fields: map[string]any{"file": name, "ip": remote.String(), "reason": "busy"}})
-		return errors.New(errBusy)
+		s.replyError(local, client, codeUndefined, errBusy)
+		return
 	}
-	defer s.release(remote, leased)
+	release := func() { s.release(remote, leased) }
 	mac := s.clientMAC(remote)
 	macStr := ""
 	if mac != nil {
@@ -321,12 +378,19 @@ func (s *Server) read(name string, rf io.ReaderFrom) error {
 		f.Close()
 		f, err = nil, errPolicy
 	}
+	var info os.FileInfo
+	if err == nil {
+		if info, err = f.Stat(); err != nil {
+			f.Close()
+		}
+	}
 	if err != nil {
-		msg := errNotFound
+		release()
+		code, msg := uint16(codeNotFound), errNotFound
 		kind, level := contract.EventTFTPNotFound, contract.LevelInfo
 		switch {
 		case errors.Is(err, errJail):
-			msg, kind, level = errDenied, contract.EventTFTPError, contract.LevelWarn
+			code, msg, kind, level = codeAccess, errDenied, contract.EventTFTPError, contract.LevelWarn
 			s.count(func(st *Stats) { st.Denied++ })
 			s.log().Warn("tftp: refused name", "file", name, "ip", remote, "mac", macStr, "err", err)
 		case errors.Is(err, errPolicy):
@@ -338,13 +402,8 @@ func (s *Server) read(name string, rf io.ReaderFrom) error {
 			s.log().Debug("tftp: not found", "file", name, "ip", remote, "err", err)
 		}
 		s.emit(contract.Event{Kind: kind, Level: level, MAC: macStr, Serial: serial, Message: name + ": " + msg, Fields: fields})
-		return errors.New(msg) // becomes the ERROR packet text: no server paths
-	}
-	defer f.Close()
-	info, err := f.Stat()
-	if err != nil {
-		s.count(func(st *Stats) { st.Failures++ })
-		return errors.New(errNotFound)
+		s.replyError(local, client, code, msg) // no server paths in the text
+		return
 	}
 	size := info.Size()
 	fields["path"] = served
@@ -353,26 +412,49 @@ func (s *Server) read(name string, rf io.ReaderFrom) error {
 		fields["warning"] = "larger than 64 MiB: a Pi 4 at blksize 1024 can not fetch it (block counter limit)"
 		s.log().Warn("tftp: file too large for a Pi 4 bootloader", "file", served, "bytes", size, "limit", PiFileLimit)
 	}
-	if ot, ok := rf.(pintftp.OutgoingTransfer); ok {
-		ot.SetSize(size) // tsize: the buffered reader below is not a Seeker
+	var src io.Reader = bufio.NewReaderSize(f, readBuffer)
+	tsize := size
+	if req.mode == "netascii" {
+		src, tsize = netascii.ToReader(src), -1 // the converted size is not known before sending
+	}
+	acc, blksize := negotiate(req.opts, s.maxBlock(), tsize)
+	var oack []byte
+	if len(acc) > 0 {
+		oack = appendOACK(nil, acc)
+	}
+	fd, err := dialTransfer(local, client)
+	if err != nil {
+		f.Close()
+		release()
+		s.count(func(st *Stats) { st.Failures++ })
+		s.log().Warn("tftp: cannot open a transfer socket", "file", served, "ip", remote, "err", err)
+		return
 	}
 	start := time.Now()
-	n, err := rf.ReadFrom(bufio.NewReaderSize(f, readBuffer))
-	elapsed := time.Since(start)
+	eng.add(&xfer{fd: fd, src: src, blksize: blksize, oack: oack, finish: func(r result) {
+		f.Close()
+		release()
+		s.finished(r, served, remote, macStr, serial, fields, time.Since(start))
+	}})
+}
+
+// finished counts, logs and announces a transfer that has ended.
+func (s *Server) finished(r result, served string, remote netip.Addr, macStr, serial string, fields map[string]any, elapsed time.Duration) {
+	n := r.bytes
 	fields["bytes"] = n
 	fields["duration_ms"] = elapsed.Milliseconds()
-	if err != nil {
-		if isProbe(err, n) {
+	if r.err != nil {
+		if r.probe {
 			s.count(func(st *Stats) { st.Probes++ })
 			s.log().Debug("tftp: probe", "file", served, "mac", macStr)
 			s.emit(contract.Event{Kind: contract.EventTFTPProbe, Level: contract.LevelInfo, MAC: macStr, Serial: serial, Message: served + ": size probe (early terminate)", Fields: fields})
-			return nil
+			return
 		}
 		s.count(func(st *Stats) { st.Failures++ })
-		fields["error"] = err.Error()
-		s.log().Warn("tftp: transfer failed", "file", served, "ip", remote, "mac", macStr, "bytes", n, "err", err)
-		s.emit(contract.Event{Kind: contract.EventTFTPError, Level: contract.LevelWarn, MAC: macStr, Serial: serial, Message: fmt.Sprintf("%s: failed after %d bytes: %v", served, n, err), Fields: fields})
-		return nil // pin/tftp already told the client
+		fields["error"] = r.err.Error()
+		s.log().Warn("tftp: transfer failed", "file", served, "ip", remote, "mac", macStr, "bytes", n, "err", r.err)
+		s.emit(contract.Event{Kind: contract.EventTFTPError, Level: contract.LevelWarn, MAC: macStr, Serial: serial, Message: fmt.Sprintf("%s: failed after %d bytes: %v", served, n, r.err), Fields: fields})
+		return
 	}
 	rate := 0.0
 	if elapsed > 0 {
@@ -382,14 +464,6 @@ func (s *Server) read(name string, rf io.ReaderFrom) error {
 	s.count(func(st *Stats) { st.Transfers++; st.Bytes += n })
 	s.log().Info("tftp: sent", "file", served, "ip", remote, "mac", macStr, "bytes", n, "duration", elapsed, "rate_mbps", rate/1e6)
 	s.emit(contract.Event{Kind: contract.EventTFTPTransfer, Level: contract.LevelInfo, MAC: macStr, Serial: serial, Message: fmt.Sprintf("%s: %d bytes in %s (%.1f MB/s)", served, n, elapsed.Round(time.Millisecond), rate/1e6), Fields: fields})
-	return nil
-}
-
-// isProbe tells the Pi's existence/size probe: the client answered the OACK
-// (block 0) with ERROR code 0. pin/tftp reports it as
-// "sending block 0: code=0, error: ...".
-func isProbe(err error, n int64) bool {
-	return n == 0 && strings.HasPrefix(err.Error(), "sending block 0: code=0")
 }
 
 // isFirmware reports whether the served path is the bootloader's firmware,
