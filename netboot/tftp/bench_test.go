@@ -18,9 +18,10 @@ import (
 // BenchmarkTFTPvsDnsmasq serves the same 32 MiB file from cm4bench and from
 // dnsmasq, each in its own process in the bench namespace (two addresses of
 // the same veth), to 1 and 16 concurrent atftp clients at blksize 1024 and
-// 1468, in the same run, alternating servers, median of 5 rounds per case. It reports aggregate MB/s, the
-// server's CPU per transfer (utime+stime of its process over the rounds,
-// divided by the transfers), and the ratios ours/dnsmasq, and prints a table.
+// 1468, in the same run, 7 rounds per case in ABBA order. It reports the
+// medians of the aggregate MB/s and of the server's CPU per transfer
+// (utime+stime of its process over a round, divided by the transfers),
+// their ratios ours/dnsmasq, and prints a table.
 func BenchmarkTFTPvsDnsmasq(b *testing.B) {
 	nettest.Require(b)
 	nettest.RequireTool(b, "atftp")
@@ -53,9 +54,8 @@ func BenchmarkTFTPvsDnsmasq(b *testing.B) {
 	waitTFTP(b, c, peerAddr)
 
 	type side struct {
-		rate []float64     // aggregate MB/s per round
-		cpu  time.Duration // server CPU over all rounds
-		n    int           // transfers over all rounds
+		rate []float64 // aggregate MB/s per round
+		cpu  []float64 // server CPU ms per transfer, per round
 	}
 	type row struct {
 		blksize, clients int
@@ -64,36 +64,40 @@ func BenchmarkTFTPvsDnsmasq(b *testing.B) {
 	run := func(s *side, pid int, addr string, blksize, clients int) {
 		before := procCPU(b, pid)
 		s.rate = append(s.rate, fetchAll(b, c, addr, blksize, clients, size))
-		s.cpu += procCPU(b, pid) - before
-		s.n += clients
+		s.cpu = append(s.cpu, float64(procCPU(b, pid)-before)/float64(time.Millisecond)/float64(clients))
 	}
 	var rows []row
 	for i := 0; i < b.N; i++ {
 		rows = rows[:0]
 		for _, blksize := range []int{1024, 1468} {
 			for _, clients := range []int{1, 16} {
-				// Alternate the servers and keep the median of several rounds:
-				// the machine is shared, so single runs are noisy.
-				const rounds = 5
+				// The machine is shared, so single runs are noisy: several
+				// rounds, the servers in ABBA order (neither always goes
+				// first), and the median of each figure.
+				const rounds = 7
 				r := row{blksize: blksize, clients: clients}
 				for round := 0; round < rounds; round++ {
-					run(&r.peer, peer.Process.Pid, peerAddr, blksize, clients)
-					run(&r.ours, ours.Process.Pid, ourAddr, blksize, clients)
+					if round%2 == 0 {
+						run(&r.peer, peer.Process.Pid, peerAddr, blksize, clients)
+						run(&r.ours, ours.Process.Pid, ourAddr, blksize, clients)
+					} else {
+						run(&r.ours, ours.Process.Pid, ourAddr, blksize, clients)
+						run(&r.peer, peer.Process.Pid, peerAddr, blksize, clients)
+					}
 				}
 				rows = append(rows, r)
 			}
 		}
 	}
 	b.StopTimer()
-	perTransfer := func(s side) float64 { return s.cpu.Seconds() * 1e3 / float64(s.n) }
 	var sb strings.Builder
-	fmt.Fprintf(&sb, "\nTFTP, 32 MiB file over veth, atftp clients: aggregate MB/s (median of 5 rounds) and server CPU ms per transfer\n")
+	fmt.Fprintf(&sb, "\nTFTP, 32 MiB file over veth, atftp clients: aggregate MB/s and server CPU ms per transfer (medians of 7 rounds)\n")
 	fmt.Fprintf(&sb, "%-8s %-8s %10s %10s %8s %12s %12s %8s\n", "blksize", "clients", "cm4bench", "dnsmasq", "rate", "cm4bench ms", "dnsmasq ms", "CPU")
 	for _, r := range rows {
 		rate := median(r.ours.rate) / median(r.peer.rate)
-		cpu := perTransfer(r.ours) / perTransfer(r.peer)
+		cpu := median(r.ours.cpu) / median(r.peer.cpu)
 		fmt.Fprintf(&sb, "%-8d %-8d %10.1f %10.1f %7.2fx %12.1f %12.1f %7.2fx\n", r.blksize, r.clients,
-			median(r.ours.rate), median(r.peer.rate), rate, perTransfer(r.ours), perTransfer(r.peer), cpu)
+			median(r.ours.rate), median(r.peer.rate), rate, median(r.ours.cpu), median(r.peer.cpu), cpu)
 		b.ReportMetric(rate, fmt.Sprintf("rate-ratio-bs%d-c%d", r.blksize, r.clients))
 		b.ReportMetric(cpu, fmt.Sprintf("cpu-ratio-bs%d-c%d", r.blksize, r.clients))
 		b.ReportMetric(median(r.ours.rate), fmt.Sprintf("MB/s-bs%d-c%d", r.blksize, r.clients))
