@@ -24,6 +24,7 @@ import (
 	"github.com/cm4bench/cm4bench/api/store"
 	"github.com/cm4bench/cm4bench/internal/contract"
 	"github.com/cm4bench/cm4bench/internal/powerswitch"
+	"github.com/cm4bench/cm4bench/internal/sparseimg"
 )
 
 // bench is a real server on 127.0.0.1 over a real SQLite file.
@@ -474,6 +475,30 @@ func TestImageStreams(t *testing.T) {
 				if !bytes.Equal(body, stored) {
 					t.Errorf("stored .zst not passed through as is")
 				}
+			}
+			// The sparse stream: for a raw image only (a compressed one
+			// comes raw), decoding to the image, with Range on its bytes.
+			resp, body = get(map[string]string{"Accept-Encoding": contract.AcceptSparse})
+			if image != "golden.img" {
+				if resp.StatusCode != 200 || resp.Header.Get("Content-Encoding") != "" || !bytes.Equal(body, golden) {
+					t.Errorf("sparse asked for a compressed image: %d, encoding %q, %d bytes; want the raw stream", resp.StatusCode, resp.Header.Get("Content-Encoding"), len(body))
+				}
+				return
+			}
+			if resp.StatusCode != 200 || resp.Header.Get("Content-Encoding") != contract.AcceptSparse {
+				t.Fatalf("sparse stream: %d encoding %q", resp.StatusCode, resp.Header.Get("Content-Encoding"))
+			}
+			sr, err := sparseimg.NewReader(bytes.NewReader(body))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if dec, err := io.ReadAll(sr); err != nil || !bytes.Equal(dec, golden) {
+				t.Fatalf("sparse stream decodes to %d bytes (%v), want the image", len(dec), err)
+			}
+			setag := resp.Header.Get("ETag")
+			resp, part := get(map[string]string{"Accept-Encoding": contract.AcceptSparse, "Range": "bytes=7-100000", "If-Range": setag})
+			if resp.StatusCode != 206 || !bytes.Equal(part, body[7:min(100001, len(body))]) {
+				t.Errorf("sparse Range: %d, %d bytes", resp.StatusCode, len(part))
 			}
 		})
 	}

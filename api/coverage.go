@@ -9,6 +9,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -17,11 +18,18 @@ import (
 )
 
 // Coverage spaces: offsets in the raw image, or in a stored .zst passed
-// through as is.
+// through as is, or in a sparse stream (spaceSparse).
 const (
 	spaceRaw = "raw"
 	spaceZst = "zst"
 )
+
+// spaceSparse is the space of a sparse image stream of wire bytes. The
+// length is in the name, written by the server itself, so completeness is
+// judged without mapping the image again.
+func spaceSparse(wire int64) string { return sparsePrefix + strconv.FormatInt(wire, 10) }
+
+const sparsePrefix = "sparse/"
 
 // coverageBook records, per deploy action, which byte ranges of its image
 // the server has handed to the network, in <data>/streams/<action>.cov, so
@@ -177,7 +185,45 @@ func (b *coverageBook) complete(action string, rawSize, zstSize int64) (bool, in
 			return err == nil, raw, err
 		}
 	}
+	spaces, err := b.sparseSpaces(action)
+	if err != nil {
+		return false, raw, err
+	}
+	for _, sp := range spaces {
+		wire, perr := strconv.ParseInt(strings.TrimPrefix(sp, sparsePrefix), 10, 64)
+		if perr != nil || wire <= 0 {
+			continue
+		}
+		n, err := b.covered(action, sp, wire)
+		if err != nil || n >= wire {
+			if err == nil {
+				raw = rawSize // the whole image, holes included, went out
+			}
+			return err == nil, raw, err
+		}
+	}
 	return false, raw, nil
+}
+
+// sparseSpaces lists the sparse stream spaces in action's book.
+func (b *coverageBook) sparseSpaces(action string) ([]string, error) {
+	f, err := os.Open(b.path(action))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("coverage: %w", err)
+	}
+	defer f.Close()
+	var spaces []string
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fs := strings.Fields(sc.Text())
+		if len(fs) == 5 && strings.HasPrefix(fs[2], sparsePrefix) && !slices.Contains(spaces, fs[2]) {
+			spaces = append(spaces, fs[2])
+		}
+	}
+	return spaces, sc.Err()
 }
 
 // settle waits (at most d) until no stream of action is in flight, so a

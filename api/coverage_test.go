@@ -52,3 +52,30 @@ func TestCoverageBook(t *testing.T) {
 		t.Error("removed book still counts")
 	}
 }
+
+// A sparse stream proves the whole image once every byte of the stream
+// (its length is in the space's name) went out; part of it, or a sparse
+// space with a bad length, proves nothing.
+func TestCoverageBookSparse(t *testing.T) {
+	b := newCoverageBook(t.TempDir())
+	s, err := b.open("9", spaceSparse(300))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.claim(0, 200)
+	s.sent(0, 200)
+	s.close()
+	f, _ := os.OpenFile(b.path("9"), os.O_APPEND|os.O_WRONLY, 0o600)
+	f.WriteString("S x sparse/junk 0 1000\nS x sparse/0 0 0\n")
+	f.Close()
+	if done, _, err := b.complete("9", 1<<20, 0); done || err != nil {
+		t.Fatalf("after 200 of 300 sparse bytes: done %v, %v", done, err)
+	}
+	s, _ = b.open("9", spaceSparse(300))
+	s.claim(200, 100)
+	s.sent(200, 100)
+	s.close()
+	if done, got, err := b.complete("9", 1<<20, 0); !done || got != 1<<20 || err != nil {
+		t.Fatalf("after the whole sparse stream: done %v, %d, %v; want true and the image size", done, got, err)
+	}
+}

@@ -144,7 +144,8 @@ type Server struct {
 	delivering sync.Once
 	hooks      *webhook.Deliverer
 	cov        *coverageBook
-	refused    refusals // why a board's auto rule could not start
+	sparse     sparseMaps // data extents of raw images, for the sparse stream
+	refused    refusals   // why a board's auto rule could not start
 	handler    http.Handler
 	engine     *gin.Engine
 	metrics    *metrics

@@ -20,6 +20,7 @@ import (
 	"github.com/cm4bench/cm4bench/api/store"
 	"github.com/cm4bench/cm4bench/internal/atomicfile"
 	"github.com/cm4bench/cm4bench/internal/contract"
+	"github.com/cm4bench/cm4bench/internal/sparseimg"
 	"github.com/klauspost/compress/zstd"
 )
 
@@ -152,10 +153,12 @@ func (m *meter) Flush() {
 	}
 }
 
-func acceptsZstd(r *http.Request) bool {
+// accepts reports whether the request's Accept-Encoding lists coding
+// without q=0.
+func accepts(r *http.Request, coding string) bool {
 	for _, part := range strings.Split(r.Header.Get("Accept-Encoding"), ",") {
 		name, q, _ := strings.Cut(strings.TrimSpace(part), ";")
-		if strings.EqualFold(strings.TrimSpace(name), contract.AcceptZstd) && !strings.Contains(strings.ReplaceAll(q, " ", ""), "q=0") {
+		if strings.EqualFold(strings.TrimSpace(name), coding) && !strings.Contains(strings.ReplaceAll(q, " ", ""), "q=0") {
 			return true
 		}
 	}
@@ -164,8 +167,11 @@ func acceptsZstd(r *http.Request) bool {
 
 // handleImage streams a deploy's image: raw by default (sendfile for a raw
 // file, decompressed on the fly otherwise), zstd when the client accepts
-// it (a stored .zst passes through as is). Range and ETag work on the raw
-// stream and on a passed-through .zst.
+// it (a stored .zst passes through as is), and the sparse stream (data
+// extents only, internal/sparseimg) of a raw image when the client accepts
+// that; a client accepting both gets the sparse stream of a raw image and
+// zstd otherwise. Range and ETag work on the raw stream, on a
+// passed-through .zst and on the sparse stream.
 func (s *Server) handleImage(w http.ResponseWriter, r *http.Request) {
 	a, err := s.streamAction(r, contract.ActionDeploy)
 	if err != nil {
@@ -194,10 +200,11 @@ func (s *Server) handleImage(w http.ResponseWriter, r *http.Request) {
 
 	// Progress: measured here for clients that report none themselves.
 	tracked := r.Method == http.MethodGet && !strings.HasPrefix(r.UserAgent(), contract.AgentUserAgent)
-	zstdOut := acceptsZstd(r)
+	sparseOut := accepts(r, contract.AcceptSparse) && e.Format == images.FormatRaw
+	zstdOut := accepts(r, contract.AcceptZstd) && !sparseOut
 	var report func(int64, float64)
 	var offset int64
-	if tracked && !zstdOut {
+	if tracked && !zstdOut && !sparseOut {
 		report = func(n int64, rate float64) { s.queueProgress(a, "download", offset+n, e.Size, rate) }
 	}
 	m := newMeter(w, report, s.metrics.bytesServed.Add)
@@ -222,6 +229,25 @@ func (s *Server) handleImage(w http.ResponseWriter, r *http.Request) {
 	}()
 
 	switch {
+	case sparseOut:
+		ext, err := s.sparse.get(r.Context(), e.SHA256, f, e.Size)
+		if err != nil {
+			s.fail(w, r, fmt.Errorf("image %q: %w", a.Image, err))
+			return
+		}
+		st, err := sparseimg.NewStream(f, e.Size, ext)
+		if err != nil {
+			s.fail(w, r, fmt.Errorf("image %q: %w", a.Image, err))
+			return
+		}
+		etag := `"` + e.SHA256 + `-sparse"`
+		h.Set("Content-Encoding", contract.AcceptSparse)
+		h.Set("ETag", etag)
+		if start, ok := singleRangeStart(r, st.Size(), etag); ok {
+			cover(spaceSparse(st.Size()), start)
+		}
+		http.ServeContent(m, r, "", e.Modified, io.NewSectionReader(st, 0, st.Size()))
+		return
 	case zstdOut && e.Format == images.FormatZstd:
 		h.Set("Content-Encoding", "zstd")
 		h.Set("ETag", `"`+e.SHA256+`-zst"`)

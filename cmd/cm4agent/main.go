@@ -54,6 +54,7 @@ type options struct {
 	pollInterval time.Duration
 	stall        time.Duration
 	acceptZstd   bool
+	acceptSparse bool
 	logLevel     string
 	exitOnReboot bool
 	simWriteMBps float64
@@ -76,6 +77,7 @@ func runProgram(args []string, stderr io.Writer) int {
 	fs.DurationVar(&o.pollInterval, "poll", 0, "poll interval (default: what the server says)")
 	fs.DurationVar(&o.stall, "stall", 30*time.Second, "resume a download that delivered nothing for this long")
 	fs.BoolVar(&o.acceptZstd, "accept-zstd", false, "ask the server for the zstd-compressed image stream")
+	fs.BoolVar(&o.acceptSparse, "accept-sparse", false, "ask the server for the sparse stream of a raw image (data extents only)")
 	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.BoolVar(&o.peakRSS, "print-peak-rss", false, "print the peak resident memory (VmHWM) on exit (benchmarks)")
 	fs.Float64Var(&o.simWriteMBps, "sim-emmc-write-mbps", 0, "bench twin only: pace writes to a file target as an eMMC writing this many MB/s (0 = as fast as the file)")
@@ -130,6 +132,7 @@ Flags:
 		PollInterval: o.pollInterval,
 		Stall:        o.stall,
 		AcceptZstd:   o.acceptZstd,
+		AcceptSparse: o.acceptSparse,
 	}
 	if o.simWriteMBps > 0 || o.simReadMBps > 0 {
 		if o.blockOnly {
@@ -264,6 +267,7 @@ func runPID1() {
 		Console:      con,
 		PollInterval: time.Duration(cfg.PollSeconds * float64(time.Second)),
 		AcceptZstd:   cfg.AcceptZstd,
+		AcceptSparse: cfg.AcceptSparse,
 	}
 	if !cfg.NoReboot {
 		a.Reboot = pid1.Reboot

@@ -39,6 +39,9 @@ type AgentConfig struct {
 	NoReboot bool `json:"no_reboot,omitempty"`
 	// AcceptZstd asks for the zstd image stream.
 	AcceptZstd bool `json:"accept_zstd,omitempty"`
+	// AcceptSparse asks for the sparse image stream (data extents only) of
+	// a raw image.
+	AcceptSparse bool `json:"accept_sparse,omitempty"`
 	// PollSeconds overrides the server's poll interval.
 	PollSeconds float64 `json:"poll_seconds,omitempty"`
 	// TargetExplicit is set by the agent's loader when Target came from the

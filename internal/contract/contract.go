@@ -30,6 +30,7 @@ const (
 	DefaultPort    = 5000                      // HTTP API and dashboard
 	KernelArgURL   = "cm4bench.server"         // kernel command line: cm4bench.server=http://IP:PORT
 	AcceptZstd     = "zstd"                    // Accept-Encoding value for a compressed deploy stream
+	AcceptSparse   = "x-cm4bench-sparse"       // Accept-Encoding value for the sparse deploy stream (internal/sparseimg)
 )
 
 // Action names.

@@ -19,16 +19,17 @@ import (
 )
 
 type netbootInitramfsOptions struct {
-	output     string
-	arch       string
-	server     string
-	modulesDir string
-	modules    []string
-	agentFile  string
-	target     string
-	iface      string
-	noReboot   bool
-	acceptZstd bool
+	output       string
+	arch         string
+	server       string
+	modulesDir   string
+	modules      []string
+	agentFile    string
+	target       string
+	iface        string
+	noReboot     bool
+	acceptZstd   bool
+	acceptSparse bool
 }
 
 // newNetbootInitramfsCmd builds `cm4bench netboot initramfs`.
@@ -92,6 +93,7 @@ build without it needs --agent FILE, a cm4agent built with
 	f.StringVar(&o.iface, "interface", "", "network interface for DHCP (default: the first Ethernet link that gets a lease)")
 	f.BoolVar(&o.noReboot, "no-reboot", false, "keep polling after a deploy instead of rebooting")
 	f.BoolVar(&o.acceptZstd, "accept-zstd", false, "have the agent ask for the zstd image stream")
+	f.BoolVar(&o.acceptSparse, "accept-sparse", false, "have the agent ask for the sparse stream of a raw image (only its data crosses the network)")
 	_ = cmd.MarkFlagRequired("output")
 	return cmd
 }
@@ -147,7 +149,7 @@ func (o *netbootInitramfsOptions) run(_ context.Context, asJSON bool, stdout io.
 		Agent: agent,
 		Config: contract.AgentConfig{
 			Server: strings.TrimRight(o.server, "/"), Target: o.target, Interface: o.iface,
-			NoReboot: o.noReboot, AcceptZstd: o.acceptZstd,
+			NoReboot: o.noReboot, AcceptZstd: o.acceptZstd, AcceptSparse: o.acceptSparse,
 		},
 		Modules: mods,
 	})

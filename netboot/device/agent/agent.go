@@ -89,6 +89,11 @@ type Agent struct {
 	// on the wire; the agent decompresses). Default off: set it when the
 	// link, not the CPU, is the bottleneck.
 	AcceptZstd bool
+	// AcceptSparse asks for the sparse stream of a raw image: only its data
+	// extents cross the network, the zero runs between them are neither
+	// downloaded nor written. With AcceptZstd as well, a raw image comes
+	// sparse and a compressed one as zstd.
+	AcceptSparse bool
 
 	mu    sync.Mutex
 	tail  []string   // last console lines, sent with a failure
@@ -528,7 +533,7 @@ func (a *Agent) deploy(ctx context.Context, pr *contract.PollResponse, meter *Me
 	if pr.Image != nil {
 		opts.Size, opts.SHA256 = pr.Image.Size, strings.ToLower(pr.Image.SHA256)
 	}
-	src := &Source{URL: pr.URL, Client: a.HTTP, AcceptZstd: a.AcceptZstd, Stall: a.Stall, Logger: a.Logger, UserAgent: UserAgent(a.Version)}
+	src := &Source{URL: pr.URL, Client: a.HTTP, AcceptZstd: a.AcceptZstd, AcceptSparse: a.AcceptSparse, Stall: a.Stall, Logger: a.Logger, UserAgent: UserAgent(a.Version)}
 	defer src.Close()
 	var target Target = dev
 	if a.Pace != nil {

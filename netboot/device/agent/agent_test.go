@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/cm4bench/cm4bench/internal/contract"
+	"github.com/cm4bench/cm4bench/internal/sparseimg"
 	"github.com/cm4bench/cm4bench/internal/syncbuf"
 	"github.com/cm4bench/cm4bench/netboot/device/agent"
 	"github.com/cm4bench/cm4bench/netboot/device/agenttest"
@@ -43,6 +44,23 @@ func zst(t testing.TB, raw []byte) []byte {
 	w.Write(raw)
 	w.Close()
 	return b.Bytes()
+}
+
+// sparseWire is the length of raw's sparse stream.
+func sparseWire(t testing.TB, raw []byte) int64 {
+	t.Helper()
+	ext, err := sparseimg.Map(context.Background(), bytes.NewReader(raw), int64(len(raw)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := sparseimg.NewStream(bytes.NewReader(raw), int64(len(raw)), ext)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Size() >= int64(len(raw))*3/4 {
+		t.Fatalf("the sparse stream of a half-zero image is %d of %d bytes", st.Size(), len(raw))
+	}
+	return st.Size()
 }
 
 func hexsum(b []byte) string { s := sha256.Sum256(b); return hex.EncodeToString(s[:]) }
@@ -106,13 +124,18 @@ func TestAgentDeployThroughServer(t *testing.T) {
 	b := agenttest.Start(t, "127.0.0.1:0")
 	raw := image(9<<20, 50, 10)
 	for _, tc := range []struct {
-		name   string
-		stored []byte
-		zstd   bool
+		name         string
+		stored       []byte
+		zstd, sparse bool
+		wire         int64 // bytes downloaded, 0: not checked
 	}{
-		{"golden.img", raw, false},
-		{"golden.img.zst", zst(t, raw), false},
-		{"golden2.img", raw, true}, // raw stored, zstd on the wire
+		{name: "golden.img", stored: raw, wire: int64(len(raw))},
+		{name: "golden.img.zst", stored: zst(t, raw)},
+		{name: "golden2.img", stored: raw, zstd: true}, // raw stored, zstd on the wire
+		// Only the data extents cross the network: half the grains are
+		// zero, each extent costs a 16-byte record header.
+		{name: "golden3.img", stored: raw, sparse: true, wire: sparseWire(t, raw)},
+		{name: "golden3.img.zst", stored: zst(t, raw), sparse: true, zstd: true}, // a stored .zst stays zstd
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			img := b.AddImage(t, tc.name, bytes.NewReader(tc.stored))
@@ -121,12 +144,15 @@ func TestAgentDeployThroughServer(t *testing.T) {
 			}
 			target := disk(t, 16<<20)
 			mac := "dc:a6:32:00:00:0" + string(rune('1'+len(tc.name)%8))
-			act, err, out := deployOnce(t, b, b.URL, mac, target, tc.name, func(a *agent.Agent) { a.AcceptZstd = tc.zstd })
+			act, err, out := deployOnce(t, b, b.URL, mac, target, tc.name, func(a *agent.Agent) { a.AcceptZstd, a.AcceptSparse = tc.zstd, tc.sparse })
 			if err != nil {
 				t.Fatalf("agent: %v\n%s", err, out)
 			}
 			if act.State != contract.StateDone || act.SHA256 != hexsum(raw) || act.Bytes != int64(len(raw)) {
 				t.Fatalf("server shows action %+v", act)
+			}
+			if tc.wire != 0 && act.CompressedBytes != tc.wire {
+				t.Errorf("downloaded %d bytes, want %d", act.CompressedBytes, tc.wire)
 			}
 			got, _ := os.ReadFile(target)
 			if !bytes.Equal(got[:len(raw)], raw) {
@@ -163,6 +189,36 @@ func TestAgentDeployResumesAfterCut(t *testing.T) {
 	// Nothing was downloaded twice: the wire bytes equal the image size.
 	if act.CompressedBytes != int64(len(raw)) {
 		t.Errorf("downloaded %d bytes for a %d-byte image", act.CompressedBytes, len(raw))
+	}
+	got, _ := os.ReadFile(target)
+	if !bytes.Equal(got[:len(raw)], raw) {
+		t.Fatal("target differs from the image")
+	}
+}
+
+// TestAgentSparseResumesAfterCut: the sparse stream resumes with Range
+// requests on its own bytes, and nothing is downloaded twice.
+func TestAgentSparseResumesAfterCut(t *testing.T) {
+	b := agenttest.Start(t, "127.0.0.1:0")
+	raw := image(24<<20, 40, 13)
+	b.AddImage(t, "sparse.img", bytes.NewReader(raw))
+	p := agenttest.StartCutProxy(t, b.Addr, 4<<20, 2)
+	target := disk(t, 32<<20)
+	act, err, out := deployOnce(t, b, p.URL, "dc:a6:32:00:01:02", target, "sparse.img", func(a *agent.Agent) { a.AcceptSparse = true })
+	if err != nil {
+		t.Fatalf("agent: %v\n%s", err, out)
+	}
+	if p.Cuts() != 0 {
+		t.Fatalf("the proxy cut %d connections, want 2", 2-p.Cuts())
+	}
+	if act.State != contract.StateDone || act.SHA256 != hexsum(raw) {
+		t.Fatalf("server shows %+v", act)
+	}
+	if !strings.Contains(out, "resumed 2 time(s) with a Range request") {
+		t.Errorf("console does not show two range resumes:\n%s", out)
+	}
+	if want := sparseWire(t, raw); act.CompressedBytes != want {
+		t.Errorf("downloaded %d bytes, want the sparse stream's %d", act.CompressedBytes, want)
 	}
 	got, _ := os.ReadFile(target)
 	if !bytes.Equal(got[:len(raw)], raw) {

@@ -9,7 +9,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"github.com/cm4bench/cm4bench/internal/contract"
 	"hash"
 	"io"
 	"strings"
@@ -22,6 +21,8 @@ import (
 	"github.com/ulikunitz/xz"
 	"golang.org/x/sys/unix"
 
+	"github.com/cm4bench/cm4bench/internal/contract"
+	"github.com/cm4bench/cm4bench/internal/sparseimg"
 	"github.com/cm4bench/cm4bench/netboot/device/blockdev"
 )
 
@@ -42,6 +43,8 @@ const (
 	FormatGzip = "gz"
 	FormatXZ   = "xz"
 	FormatZstd = "zst"
+	// FormatSparse is the sparse stream of a raw image (internal/sparseimg).
+	FormatSparse = "sparse"
 )
 
 // DetectFormat names the compression of a stream from its first bytes.
@@ -53,6 +56,8 @@ func DetectFormat(head []byte) string {
 		return FormatXZ
 	case bytes.HasPrefix(head, []byte{0x28, 0xb5, 0x2f, 0xfd}):
 		return FormatZstd
+	case bytes.HasPrefix(head, []byte(sparseimg.Magic)):
+		return FormatSparse
 	}
 	return FormatRaw
 }
@@ -167,7 +172,8 @@ func (readerStream) Open(context.Context) error { return nil }
 func (readerStream) Abort()                     {}
 func (readerStream) Announced() (int64, string) { return 0, "" }
 
-// Deploy streams src (raw, gz, xz or zst, detected from its magic bytes)
+// Deploy streams src (raw, gz, xz, zst or sparse, detected from its magic
+// bytes)
 // onto dev, as a pipeline of named stages:
 //
 //  1. open: check the size against the target (once: from opts, else from
@@ -325,7 +331,7 @@ func (d *deployment) fetch(ctx context.Context, src io.Reader) *bufio.Reader {
 // decoder. The hash of the fetched bytes is taken on the way into the
 // decoder; for a raw stream it is the image hash itself.
 func (d *deployment) decode(br *bufio.Reader) (raw io.Reader, closeDecoder func(), err error) {
-	head, _ := br.Peek(6)
+	head, _ := br.Peek(len(sparseimg.Magic))
 	d.res.Format = DetectFormat(head)
 	if d.res.Format == FormatRaw {
 		return br, func() {}, nil
@@ -345,6 +351,12 @@ func (d *deployment) decode(br *bufio.Reader) (raw io.Reader, closeDecoder func(
 			return nil, nil, fmt.Errorf("deploy: xz header: %w", err)
 		}
 		return zr, func() {}, nil
+	case FormatSparse:
+		sr, err := sparseimg.NewReader(comp)
+		if err != nil {
+			return nil, nil, fmt.Errorf("deploy: %w", err)
+		}
+		return sr, func() {}, nil
 	default: // FormatZstd
 		zr, err := zstd.NewReader(comp, zstd.WithDecoderConcurrency(2), zstd.WithDecoderLowmem(true), zstd.WithDecoderMaxWindow(64<<20))
 		if err != nil {

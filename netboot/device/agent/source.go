@@ -25,6 +25,9 @@ type Source struct {
 	Client *http.Client
 	// AcceptZstd asks the server for the zstd-compressed stream.
 	AcceptZstd bool
+	// AcceptSparse asks for the sparse stream of a raw image
+	// (internal/sparseimg).
+	AcceptSparse bool
 	// Stall is how long a read may wait for bytes before the connection is
 	// dropped and resumed (0 = 30 s).
 	Stall time.Duration
@@ -117,11 +120,17 @@ func (s *Source) connect() error {
 		ua = UserAgent("")
 	}
 	req.Header.Set("User-Agent", ua)
-	if s.AcceptZstd {
-		req.Header.Set("Accept-Encoding", "zstd")
-	} else {
-		req.Header.Set("Accept-Encoding", "identity")
+	var codings []string
+	if s.AcceptSparse {
+		codings = append(codings, contract.AcceptSparse)
 	}
+	if s.AcceptZstd {
+		codings = append(codings, contract.AcceptZstd)
+	}
+	if len(codings) == 0 {
+		codings = append(codings, "identity")
+	}
+	req.Header.Set("Accept-Encoding", strings.Join(codings, ", "))
 	if s.off > 0 {
 		req.Header.Set("Range", "bytes="+strconv.FormatInt(s.off, 10)+"-")
 		if s.etag != "" {

@@ -2,6 +2,7 @@ package linetwin
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
 	"fmt"
 	"io"
@@ -14,6 +15,8 @@ import (
 	"time"
 
 	"github.com/klauspost/compress/zstd"
+
+	"github.com/cm4bench/cm4bench/internal/sparseimg"
 )
 
 // buildRealisticImage writes a disk image of size bytes to path, laid out
@@ -164,6 +167,20 @@ func measureImage(tb testing.TB, path string) (Image, float64) {
 	}
 	enc.Close()
 	im.ZstdBytes = float64(zbuf.Len())
+	// The sparse stream the server would send: its map must find the same
+	// data blocks as the scan above.
+	ext, err := sparseimg.Map(context.Background(), f, int64(im.RawBytes))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	st, err := sparseimg.NewStream(f, int64(im.RawBytes), ext)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if got := float64(sparseimg.DataBytes(ext)); got != im.DataBytes {
+		tb.Fatalf("sparse map finds %.0f data bytes, the block scan %.0f", got, im.DataBytes)
+	}
+	im.SparseBytes = float64(st.Size())
 	dec, _ := zstd.NewReader(bytes.NewReader(zbuf.Bytes()))
 	defer dec.Close()
 	start := time.Now()

@@ -90,13 +90,15 @@ func (c Constraints) withDefaults() Constraints {
 type Format string
 
 // Formats. cm4agent skips zero runs (64 KiB grain) and discards them
-// instead, whatever the format: it writes only the data blocks. Dense is a
-// writer that writes every byte (dd, or the field's tools before sparse
-// support), for comparison.
+// instead, whatever the format: it writes only the data blocks. Sparse is
+// the sparse-aware stream (internal/sparseimg): only those data blocks
+// cross the network, uncompressed. Dense is a writer that writes every
+// byte (dd, or the field's tools before sparse support), for comparison.
 const (
-	Raw   Format = "raw"   // every byte on the wire, data blocks written
-	Zstd  Format = "zstd"  // compressed on the wire, data blocks written
-	Dense Format = "dense" // zstd on the wire, every byte written (a dd-style writer)
+	Raw    Format = "raw"    // every byte on the wire, data blocks written
+	Zstd   Format = "zstd"   // compressed on the wire, data blocks written
+	Sparse Format = "sparse" // data blocks on the wire and written, no compression
+	Dense  Format = "dense"  // zstd on the wire, every byte written (a dd-style writer)
 )
 
 // Image is what one board receives, measured on a real image.
@@ -104,6 +106,9 @@ type Image struct {
 	RawBytes  float64 // the disk image
 	DataBytes float64 // bytes in 64 KiB blocks that are not all zero (what cm4agent writes)
 	ZstdBytes float64 // the zstd file
+	// SparseBytes is the sparse stream (data blocks and a 16-byte header
+	// per extent); 0 = DataBytes.
+	SparseBytes float64
 }
 
 // Validate refuses an image the model cannot use.
@@ -126,6 +131,11 @@ func (im Image) bytes(f Format) (wire, written float64) {
 		return im.ZstdBytes, im.DataBytes
 	case Dense:
 		return im.ZstdBytes, im.RawBytes
+	case Sparse:
+		if im.SparseBytes > 0 {
+			return im.SparseBytes, im.DataBytes
+		}
+		return im.DataBytes, im.DataBytes
 	}
 	return im.RawBytes, im.DataBytes
 }
@@ -176,7 +186,7 @@ func Simulate(c Constraints, n int, im Image, f Format) (Result, error) {
 		{"board link (1 GbE)", linkMBps * im.RawBytes / wire},
 		{"eMMC write", c.EMMCWriteMBps * im.RawBytes / written},
 	}
-	if f != Raw {
+	if f == Zstd || f == Dense {
 		own = append(own, rateLimit{"board CPU (zstd)", c.BoardZstdMBps})
 	}
 	ownCap := slices.MinFunc(own, func(a, b rateLimit) int { return cmp.Compare(a.v, b.v) })

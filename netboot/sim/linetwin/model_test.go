@@ -105,7 +105,7 @@ func TestReportGoalsAndPlot(t *testing.T) {
 		t.Errorf("%d table lines:\n%s", n, tab.String())
 	}
 	gs, err := Goals(Constraints{}, fieldImage)
-	if err != nil || len(gs) != 4 {
+	if err != nil || len(gs) != 5 {
 		t.Fatal(gs, err)
 	}
 	// one board: 3+6+8+1 boot/netboot/kernel/pickup, 30 write, then the
@@ -126,6 +126,14 @@ func TestReportGoalsAndPlot(t *testing.T) {
 	z16, _ := Simulate(Constraints{UplinkMbps: 1000}, 16, fieldImage, Zstd)
 	if gs[2].Met != (z16.Cycle <= 1.5*z1.Cycle) || !strings.Contains(gs[2].Why, "server uplink") || !strings.Contains(gs[2].Why, "needs 480 MB/s") {
 		t.Errorf("zstd goal %+v; cycles %.1f and %.1f", gs[2], z1.Cycle, z16.Cycle)
+	}
+	// The sparse stream on 1 GbE: the data blocks (1.2 GB), uncompressed,
+	// so more on the wire than zstd's 0.9 GB but less than raw's 2.6 GB,
+	// and no zstd on the board.
+	s16, _ := Simulate(Constraints{UplinkMbps: 1000}, 16, fieldImage, Sparse)
+	raw16, _ := Simulate(Constraints{UplinkMbps: 1000}, 16, fieldImage, Raw)
+	if s16.PerBoard.WireBytes != 18e6+1.2e9 || s16.Cycle >= raw16.Cycle || s16.Cycle <= z16.Cycle || !strings.Contains(gs[3].Why, "server uplink") {
+		t.Errorf("sparse: %+v (raw cycle %.1f, zstd %.1f), goal %+v", s16, raw16.Cycle, z16.Cycle, gs[3])
 	}
 	var png1 bytes.Buffer
 	if err := Plot(rep, "test", &png1); err != nil {
