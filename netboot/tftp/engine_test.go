@@ -384,3 +384,37 @@ func TestShutdownAbortsTransfers(t *testing.T) {
 		t.Errorf("stats %+v, want the aborted transfer counted", st)
 	}
 }
+
+// TestRepeatedRequest: a client that sends its RRQ twice (its first
+// answer was slow) gets one transfer, not a second one that would hold a
+// slot until it timed out.
+func TestRepeatedRequest(t *testing.T) {
+	rootDir, _ := makeRoot(t)
+	ev := newEvents()
+	srv := &Server{Root: rootDir, Events: ev.add, Timeout: time.Second}
+	addr := startLoopback(t, srv)
+	c := newRawClient(t, addr)
+	rrq := request{op: opRRQ, name: "config.txt", mode: "octet"}.marshal()
+	c.send(c.port, rrq)
+	c.send(c.port, rrq)
+	var tids []int
+	for p := c.recv(300 * time.Millisecond); p != nil; p = c.recv(300 * time.Millisecond) {
+		if !isData(p, 1) {
+			t.Fatalf("%q, want DATA 1", p)
+		}
+		tids = append(tids, c.srv.Port)
+	}
+	if len(tids) != 1 {
+		t.Fatalf("DATA 1 came %d times (from ports %v), want once", len(tids), tids)
+	}
+	c.send(c.srv, ack(1))
+	ev.wait(t, "tftp.transfer")
+	if st := srv.Stats(); st.Transfers != 1 || st.Failures != 0 {
+		t.Errorf("stats %+v, want one transfer", st)
+	}
+	// Once it is over, the same client port may ask again.
+	c.send(c.port, rrq)
+	if p := c.recv(time.Second); !isData(p, 1) {
+		t.Fatalf("a new request from the same port after the transfer: %q", p)
+	}
+}

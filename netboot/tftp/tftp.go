@@ -131,6 +131,7 @@ type Server struct {
 	stats    Stats
 	root     *os.Root
 	inflight map[netip.Addr]int
+	clients  map[netip.AddrPort]bool // transfers in flight, by the client's address and port
 	leased   int
 	unleased int
 }
@@ -321,6 +322,25 @@ func (s *Server) release(ip netip.Addr, leased bool) {
 	}
 }
 
+func (s *Server) inTransfer(c netip.AddrPort) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.clients[c]
+}
+
+func (s *Server) setInTransfer(c netip.AddrPort, on bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.clients == nil {
+		s.clients = map[netip.AddrPort]bool{}
+	}
+	if on {
+		s.clients[c] = true
+	} else {
+		delete(s.clients, c)
+	}
+}
+
 // clientMAC finds the MAC of ip from MACForIP or the neighbour table.
 func (s *Server) clientMAC(ip netip.Addr) net.HardwareAddr {
 	if s.MACForIP != nil {
@@ -342,6 +362,13 @@ func (s *Server) request(eng *engine, b []byte, client netip.AddrPort, local net
 		return
 	}
 	name := req.name
+	if s.inTransfer(client) {
+		// The client sent its RRQ again before our first answer reached
+		// it: the transfer already running answers it (a second one
+		// would hold a slot until it timed out, as dnsmasq also avoids).
+		s.log().Debug("tftp: repeated request ignored", "file", name, "client", client)
+		return
+	}
 	if req.op == opWRQ {
 		s.count(func(st *Stats) { st.Denied++ })
 		s.log().Warn("tftp: write request refused", "file", name, "ip", remote)
@@ -431,8 +458,10 @@ func (s *Server) request(eng *engine, b []byte, client netip.AddrPort, local net
 		return
 	}
 	start := time.Now()
+	s.setInTransfer(client, true)
 	eng.add(&xfer{fd: fd, src: src, blksize: blksize, oack: oack, finish: func(r result) {
 		f.Close()
+		s.setInTransfer(client, false)
 		release()
 		s.finished(r, served, remote, macStr, serial, fields, time.Since(start))
 	}})

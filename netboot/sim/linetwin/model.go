@@ -45,6 +45,7 @@ type Constraints struct {
 	PickupS         float64 // register to the job's start (poll interval / zero-click)
 	CustomiseS      float64 // per-device files into the boot partition
 	RebootS         float64 // reboot command to the board running its eMMC
+	SwapS           float64 // the technician's time to take one board out and put the next in
 }
 
 // Defaults are the starting constraints and where each comes from.
@@ -65,6 +66,7 @@ var Defaults = Constraints{
 	PickupS:         1,    // zero-click: the job is there at register; one poll at most
 	CustomiseS:      1,    // TestZeroClickTwoRecipes: per-device files take well under a second
 	RebootS:         5,    // assumption (Q23): reboot to the bootloader leaving netboot
+	SwapS:           10,   // assumption (Q23): unplug, plug, power on; one technician
 }
 
 func (c Constraints) withDefaults() Constraints {
@@ -78,6 +80,7 @@ func (c Constraints) withDefaults() Constraints {
 		{&c.ServerMBps, d.ServerMBps}, {&c.TCPEfficiency, d.TCPEfficiency}, {&c.PiTFTPMBps, d.PiTFTPMBps},
 		{&c.TFTPServerMBps, d.TFTPServerMBps}, {&c.NetbootBytes, d.NetbootBytes}, {&c.BootloaderS, d.BootloaderS},
 		{&c.KernelBootS, d.KernelBootS}, {&c.PickupS, d.PickupS}, {&c.CustomiseS, d.CustomiseS}, {&c.RebootS, d.RebootS},
+		{&c.SwapS, d.SwapS},
 	} {
 		if *f.v == 0 {
 			*f.v = f.def
@@ -153,14 +156,21 @@ type Board struct {
 
 // Result is one run: N boards on one line.
 type Result struct {
-	Boards       int
-	Format       Format
-	UplinkMbps   float64
-	Cycle        float64 // the last board's total: the batch's cycle, seconds
-	PerBoard     Board   // the slowest board
-	BoardsHour   float64 // N boards per cycle, back to back
-	Bottleneck   string  // the slowest board's download bottleneck
-	UplinkUseMax float64 // peak share of the uplink used (0..1)
+	Boards     int
+	Format     Format
+	UplinkMbps float64
+	Cycle      float64 // the last board's total: the batch's cycle, seconds
+	PerBoard   Board   // the slowest board
+	BoardsHour float64 // N boards per cycle, back to back
+	// BoardsHourSwapped is the line with one technician swapping boards,
+	// slot by slot as each finishes: every slot loses its own swap time,
+	// and the technician swaps one board per SwapS at most.
+	BoardsHourSwapped float64
+	// TechnicianBound is set when the technician, not the bench, sets
+	// BoardsHourSwapped.
+	TechnicianBound bool
+	Bottleneck      string  // the slowest board's download bottleneck
+	UplinkUseMax    float64 // peak share of the uplink used (0..1)
 }
 
 // rateLimit names a cap and its value (MB/s of raw image progress, or wire).
@@ -316,5 +326,7 @@ func Simulate(c Constraints, n int, im Image, f Format) (Result, error) {
 	}
 	res.Bottleneck = res.PerBoard.Bottleneck
 	res.BoardsHour = float64(n) * 3600 / res.Cycle
+	bench, tech := float64(n)*3600/(res.Cycle+c.SwapS), 3600/c.SwapS
+	res.BoardsHourSwapped, res.TechnicianBound = min(bench, tech), tech < bench
 	return res, nil
 }

@@ -105,7 +105,7 @@ func TestReportGoalsAndPlot(t *testing.T) {
 		t.Errorf("%d table lines:\n%s", n, tab.String())
 	}
 	gs, err := Goals(Constraints{}, fieldImage)
-	if err != nil || len(gs) != 5 {
+	if err != nil || len(gs) != 6 {
 		t.Fatal(gs, err)
 	}
 	// one board: 3+6+8+1 boot/netboot/kernel/pickup, 30 write, then the
@@ -156,5 +156,36 @@ func TestVerifyOverlapsANetworkBoundWrite(t *testing.T) {
 	r16, _ := Simulate(Constraints{UplinkMbps: 1000}, 16, fieldImage, Zstd)
 	if got := r16.PerBoard.Phase["verify"]; got > 1 {
 		t.Errorf("network-bound: verify %.1f s after the write, want under 1 s (it kept up)", got)
+	}
+}
+
+// TestSwapTime: each slot loses its own swap, and one technician swaps at
+// most one board per SwapS, which bounds a large line.
+func TestSwapTime(t *testing.T) {
+	for _, tt := range []struct {
+		name  string
+		swap  float64
+		n     int
+		bound bool
+	}{
+		{"one board", 10, 1, false},
+		{"four boards", 10, 4, false},
+		{"sixteen boards, 10 s swaps", 10, 16, true},
+		{"sixteen boards, 2 s swaps", 2, 16, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			r, err := Simulate(Constraints{SwapS: tt.swap, UplinkMbps: 10000}, tt.n, fieldImage, Zstd)
+			if err != nil {
+				t.Fatal(err)
+			}
+			bench, tech := float64(tt.n)*3600/(r.Cycle+tt.swap), 3600/tt.swap
+			if r.TechnicianBound != tt.bound || !near(r.BoardsHourSwapped, min(bench, tech), 1e-9) || r.BoardsHourSwapped >= r.BoardsHour {
+				t.Errorf("swapped %.1f/h (technician bound %v), line %.1f/h; bench %.1f, technician %.1f", r.BoardsHourSwapped, r.TechnicianBound, r.BoardsHour, bench, tech)
+			}
+		})
+	}
+	gs, _ := Goals(Constraints{}, fieldImage)
+	if g := gs[4]; !g.Met || !strings.Contains(g.Why, "technician") {
+		t.Errorf("shift goal %+v", g)
 	}
 }
