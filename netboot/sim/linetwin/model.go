@@ -59,7 +59,7 @@ var Defaults = Constraints{
 	ServerMBps:      3000, // ARCHITECTURE.md deploy table: 3019 MB/s to 16 clients on this 2-core machine (sendfile)
 	TCPEfficiency:   0.94,
 	PiTFTPMBps:      3,    // ARCHITECTURE.md: "the Pi's own turnaround (2-5 MB/s per board)"; HARDWARE.md Q22
-	TFTPServerMBps:  78,   // ARCHITECTURE.md TFTP table: 78.6 MB/s to 16 atftp clients at blksize 1024
+	TFTPServerMBps:  78,   // ARCHITECTURE.md, the pin/tftp runs: 78.6 MB/s to 16 atftp clients at blksize 1024
 	NetbootBytes:    18e6, // start4.elf 2.3 MB, kernel8.img ~9.5 MB, agent initrd ~6 MB, dtb, fixup4.dat (Q22)
 	BootloaderS:     3,    // assumption (Q23): power-on to DISCOVER with BOOT_ORDER 0xf21 and an empty eMMC
 	KernelBootS:     8,    // the QEMU e2e test's kernel-to-register time on real arm64, rounded up
