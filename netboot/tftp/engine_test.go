@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
-	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -137,6 +136,33 @@ func (r *rawClient) recv(d time.Duration) []byte {
 	return append([]byte(nil), r.buf[:n]...)
 }
 
+// start sends rrq (no options) and expects DATA 1 from the transfer's port.
+func (r *rawClient) start(rrq []byte) {
+	r.t.Helper()
+	r.send(r.port, rrq)
+	if p := r.recv(time.Second); !isData(p, 1) {
+		r.t.Fatalf("%q, want DATA 1", p)
+	}
+}
+
+// receive fetches name with pin/tftp's client.
+func receive(t *testing.T, addr, name, mode string) []byte {
+	t.Helper()
+	c, err := pintftp.NewClient(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wt, err := c.Receive(name, mode)
+	if err != nil {
+		t.Fatalf("%s: %v", name, err)
+	}
+	var got bytes.Buffer
+	if _, err := wt.WriteTo(&got); err != nil {
+		t.Fatalf("%s: %v", name, err)
+	}
+	return got.Bytes()
+}
+
 func ack(block uint16) []byte { return binary.BigEndian.AppendUint16([]byte{0, opACK}, block) }
 
 func isData(p []byte, block uint16) bool {
@@ -227,10 +253,7 @@ func TestTransferFailures(t *testing.T) {
 	})
 	t.Run("client aborts mid-transfer", func(t *testing.T) {
 		c := newRawClient(t, addr)
-		c.send(c.port, rrq)
-		if p := c.recv(time.Second); !isData(p, 1) {
-			t.Fatalf("%q, want DATA 1", p)
-		}
+		c.start(rrq)
 		c.send(c.srv, ack(1))
 		c.recv(time.Second)
 		c.send(c.srv, appendError(nil, 3, "disk full"))
@@ -241,10 +264,7 @@ func TestTransferFailures(t *testing.T) {
 	})
 	t.Run("client port closed", func(t *testing.T) {
 		c := newRawClient(t, addr)
-		c.send(c.port, rrq)
-		if p := c.recv(time.Second); !isData(p, 1) {
-			t.Fatalf("%q, want DATA 1", p)
-		}
+		c.start(rrq)
 		c.c.Close() // the next retransmission meets ICMP port unreachable
 		e := ev.wait(t, "tftp.error")
 		if msg, _ := e.Fields["error"].(string); !strings.Contains(msg, "went away") {
@@ -252,17 +272,7 @@ func TestTransferFailures(t *testing.T) {
 		}
 	})
 	// The per-client slot (MaxPerClient 1) was released each time.
-	cl, err := pintftp.NewClient(addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	wt, err := cl.Receive("start4.elf", "octet")
-	if err != nil {
-		t.Fatalf("after the failures: %v", err)
-	}
-	if _, err := wt.WriteTo(io.Discard); err != nil {
-		t.Fatal(err)
-	}
+	receive(t, addr, "start4.elf", "octet")
 	ev.wait(t, "tftp.transfer") // the server counts once it has the last ACK
 	if st := srv.Stats(); st.Failures != 3 || st.Transfers != 1 {
 		t.Errorf("stats %+v, want 3 failures and 1 transfer", st)
@@ -331,20 +341,8 @@ func TestNetasciiAndBlockWrap(t *testing.T) {
 		{"wrap.bin", "octet", big},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			c, err := pintftp.NewClient(addr)
-			if err != nil {
-				t.Fatal(err)
-			}
-			wt, err := c.Receive(tt.name, tt.mode)
-			if err != nil {
-				t.Fatal(err)
-			}
-			var got bytes.Buffer
-			if _, err := wt.WriteTo(&got); err != nil {
-				t.Fatal(err)
-			}
-			if !bytes.Equal(got.Bytes(), tt.want) {
-				t.Fatalf("%s: got %d bytes, want %d", tt.name, got.Len(), len(tt.want))
+			if got := receive(t, addr, tt.name, tt.mode); !bytes.Equal(got, tt.want) {
+				t.Fatalf("%s: got %d bytes, want %d", tt.name, len(got), len(tt.want))
 			}
 		})
 	}
@@ -363,10 +361,7 @@ func TestShutdownAbortsTransfers(t *testing.T) {
 	errc := make(chan error, 1)
 	go func() { errc <- srv.ServeConn(ctx, conn) }()
 	c := newRawClient(t, conn.LocalAddr().String())
-	c.send(c.port, request{op: opRRQ, name: "start4.elf", mode: "octet"}.marshal())
-	if p := c.recv(time.Second); !isData(p, 1) {
-		t.Fatalf("%q, want DATA 1", p)
-	}
+	c.start(request{op: opRRQ, name: "start4.elf", mode: "octet"}.marshal())
 	cancel()
 	select {
 	case err := <-errc:

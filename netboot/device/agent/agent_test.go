@@ -165,64 +165,51 @@ func TestAgentDeployThroughServer(t *testing.T) {
 	}
 }
 
+// TestAgentDeployResumesAfterCut: the raw and the sparse stream each resume
+// with Range requests on their own bytes after two connection resets, and
+// nothing is downloaded twice.
 func TestAgentDeployResumesAfterCut(t *testing.T) {
-	b := agenttest.Start(t, "127.0.0.1:0")
-	raw := image(24<<20, 10, 11)
-	b.AddImage(t, "big.img", bytes.NewReader(raw))
-	// The proxy resets two connections once each has carried 5 MiB.
-	p := agenttest.StartCutProxy(t, b.Addr, 5<<20, 2)
-	target := disk(t, 32<<20)
-	mac := "dc:a6:32:00:01:01"
-	act, err, out := deployOnce(t, b, p.URL, mac, target, "big.img", nil)
-	if err != nil {
-		t.Fatalf("agent: %v\n%s", err, out)
-	}
-	if p.Cuts() != 0 {
-		t.Fatalf("the proxy cut %d connections, want 2", 2-p.Cuts())
-	}
-	if act.State != contract.StateDone || act.SHA256 != hexsum(raw) {
-		t.Fatalf("server shows %+v", act)
-	}
-	if !strings.Contains(out, "resumed 2 time(s) with a Range request") {
-		t.Errorf("console does not show two range resumes:\n%s", out)
-	}
-	// Nothing was downloaded twice: the wire bytes equal the image size.
-	if act.CompressedBytes != int64(len(raw)) {
-		t.Errorf("downloaded %d bytes for a %d-byte image", act.CompressedBytes, len(raw))
-	}
-	got, _ := os.ReadFile(target)
-	if !bytes.Equal(got[:len(raw)], raw) {
-		t.Fatal("target differs from the image")
-	}
-}
-
-// TestAgentSparseResumesAfterCut: the sparse stream resumes with Range
-// requests on its own bytes, and nothing is downloaded twice.
-func TestAgentSparseResumesAfterCut(t *testing.T) {
-	b := agenttest.Start(t, "127.0.0.1:0")
-	raw := image(24<<20, 40, 13)
-	b.AddImage(t, "sparse.img", bytes.NewReader(raw))
-	p := agenttest.StartCutProxy(t, b.Addr, 4<<20, 2)
-	target := disk(t, 32<<20)
-	act, err, out := deployOnce(t, b, p.URL, "dc:a6:32:00:01:02", target, "sparse.img", func(a *agent.Agent) { a.AcceptSparse = true })
-	if err != nil {
-		t.Fatalf("agent: %v\n%s", err, out)
-	}
-	if p.Cuts() != 0 {
-		t.Fatalf("the proxy cut %d connections, want 2", 2-p.Cuts())
-	}
-	if act.State != contract.StateDone || act.SHA256 != hexsum(raw) {
-		t.Fatalf("server shows %+v", act)
-	}
-	if !strings.Contains(out, "resumed 2 time(s) with a Range request") {
-		t.Errorf("console does not show two range resumes:\n%s", out)
-	}
-	if want := sparseWire(t, raw); act.CompressedBytes != want {
-		t.Errorf("downloaded %d bytes, want the sparse stream's %d", act.CompressedBytes, want)
-	}
-	got, _ := os.ReadFile(target)
-	if !bytes.Equal(got[:len(raw)], raw) {
-		t.Fatal("target differs from the image")
+	for _, tc := range []struct {
+		name   string
+		raw    []byte
+		sparse bool
+	}{
+		{"big.img", image(24<<20, 10, 11), false},
+		{"sparse.img", image(24<<20, 40, 13), true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b := agenttest.Start(t, "127.0.0.1:0")
+			raw := tc.raw
+			b.AddImage(t, tc.name, bytes.NewReader(raw))
+			// The proxy resets two connections once each has carried 4 MiB.
+			p := agenttest.StartCutProxy(t, b.Addr, 4<<20, 2)
+			target := disk(t, 32<<20)
+			act, err, out := deployOnce(t, b, p.URL, "dc:a6:32:00:01:01", target, tc.name, func(a *agent.Agent) { a.AcceptSparse = tc.sparse })
+			if err != nil {
+				t.Fatalf("agent: %v\n%s", err, out)
+			}
+			if p.Cuts() != 0 {
+				t.Fatalf("the proxy cut %d connections, want 2", 2-p.Cuts())
+			}
+			if act.State != contract.StateDone || act.SHA256 != hexsum(raw) {
+				t.Fatalf("server shows %+v", act)
+			}
+			if !strings.Contains(out, "resumed 2 time(s) with a Range request") {
+				t.Errorf("console does not show two range resumes:\n%s", out)
+			}
+			// Nothing was downloaded twice: the wire bytes are the stream's.
+			want := int64(len(raw))
+			if tc.sparse {
+				want = sparseWire(t, raw)
+			}
+			if act.CompressedBytes != want {
+				t.Errorf("downloaded %d bytes, want %d", act.CompressedBytes, want)
+			}
+			got, _ := os.ReadFile(target)
+			if !bytes.Equal(got[:len(raw)], raw) {
+				t.Fatal("target differs from the image")
+			}
+		})
 	}
 }
 

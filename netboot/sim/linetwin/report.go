@@ -141,7 +141,7 @@ func WriteGoals(w io.Writer, gs []Goal) error {
 }
 
 // Plot draws boards per hour against boards on the line, one line per
-// scenario, as a PNG.
+// scenario, and the technician's bound as a dashed line, as a PNG.
 func Plot(rep map[Scenario][]Result, title string, w io.Writer) error {
 	p := plot.New()
 	p.Title.Text = title
@@ -164,6 +164,25 @@ func Plot(rep map[Scenario][]Result, title string, w io.Writer) error {
 		s.Shape = draw.CircleGlyph{}
 		p.Add(l, s)
 		p.Legend.Add(sc.String(), l, s)
+	}
+	// The technician's bound: one swap per SwapS, whatever the bench does.
+	tech := 0.0
+	for _, rs := range rep {
+		for _, r := range rs {
+			if r.TechnicianBound {
+				tech = r.BoardsHourSwapped
+			}
+		}
+	}
+	if tech > 0 {
+		l, err := plotter.NewLine(plotter.XYs{{X: float64(BoardCounts[0]), Y: tech}, {X: float64(BoardCounts[len(BoardCounts)-1]), Y: tech}})
+		if err != nil {
+			return err
+		}
+		l.Dashes = []vg.Length{vg.Points(6), vg.Points(4)}
+		l.Width = vg.Points(1.5)
+		p.Add(l)
+		p.Legend.Add(fmt.Sprintf("one technician swapping boards (%.0f/h)", tech), l)
 	}
 	p.Add(plotter.NewGrid())
 	wt, err := p.WriterTo(7*vg.Inch, 4*vg.Inch, "png")
