@@ -121,13 +121,21 @@ func (e *engine) run() {
 		}
 		n, err := unix.EpollWait(e.epfd, events, wait)
 		if err != nil && !errors.Is(err, unix.EINTR) {
-			// Not expected with a valid epfd; end every transfer rather
-			// than spin.
+			// Not expected with a valid epfd: end every transfer, and
+			// every one handed over until shutdown, rather than spin.
+			err = fmt.Errorf("epoll: %w", err)
 			for _, x := range e.xfers {
-				e.end(x, result{bytes: x.sent, err: fmt.Errorf("epoll: %w", err)})
+				e.end(x, result{bytes: x.sent, err: err})
 			}
-			<-e.stop
-			return
+			for {
+				select {
+				case x := <-e.adds:
+					unix.Close(x.fd)
+					x.finish(result{err: err})
+				case <-e.stop:
+					return
+				}
+			}
 		}
 		now := time.Now()
 		for _, ev := range events[:max(n, 0)] {
@@ -148,23 +156,28 @@ func (e *engine) run() {
 	}
 }
 
-// onWake takes new transfers and reports whether to stop.
+// onWake takes new transfers, then reports whether to stop (after
+// aborting every transfer).
 func (e *engine) onWake(now time.Time) bool {
 	var buf [8]byte
 	unix.Read(e.wakefd, buf[:])
+drain:
 	for {
 		select {
 		case x := <-e.adds:
 			e.begin(x, now)
-			continue
-		case <-e.stop:
-			for _, x := range e.xfers {
-				e.sendError(x, codeUndefined, errShutdown.Error())
-				e.end(x, result{bytes: x.sent, err: errShutdown})
-			}
-			return true
 		default:
+			break drain
 		}
+	}
+	select {
+	case <-e.stop:
+		for _, x := range e.xfers {
+			e.sendError(x, codeUndefined, errShutdown.Error())
+			e.end(x, result{bytes: x.sent, err: errShutdown})
+		}
+		return true
+	default:
 		return false
 	}
 }
