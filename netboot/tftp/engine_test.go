@@ -96,14 +96,14 @@ func TestNegotiate(t *testing.T) {
 
 // rawClient is a hand-driven TFTP client for the lock-step corner cases.
 type rawClient struct {
-	t    *testing.T
+	t    testing.TB
 	c    *net.UDPConn
 	srv  *net.UDPAddr // the transfer's TID once known
 	buf  []byte
 	port *net.UDPAddr // the server's port 69 stand-in
 }
 
-func newRawClient(t *testing.T, addr string) *rawClient {
+func newRawClient(t testing.TB, addr string) *rawClient {
 	t.Helper()
 	srv, err := net.ResolveUDPAddr("udp4", addr)
 	if err != nil {

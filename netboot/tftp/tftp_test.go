@@ -271,34 +271,17 @@ func TestLoopbackPinClient(t *testing.T) {
 // rawRRQ sends one RRQ from a fresh socket and returns the first answer.
 func rawRRQ(t testing.TB, addr, name string, opts ...string) (*net.UDPConn, []byte, *net.UDPAddr) {
 	t.Helper()
-	server, err := net.ResolveUDPAddr("udp4", addr)
-	if err != nil {
-		t.Fatal(err)
+	c := newRawClient(t, addr)
+	req := request{op: opRRQ, name: name, mode: "octet"}
+	for i := 0; i+1 < len(opts); i += 2 {
+		req.opts = append(req.opts, option{opts[i], opts[i+1]})
 	}
-	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: server.IP})
-	if err != nil {
-		t.Fatal(err)
+	c.send(c.port, req.marshal())
+	pkt := c.recv(5 * time.Second)
+	if pkt == nil {
+		t.Fatalf("RRQ %q: no answer", name)
 	}
-	t.Cleanup(func() { c.Close() })
-	p := []byte{0, 1}
-	p = append(p, name...)
-	p = append(p, 0)
-	p = append(p, "octet"...)
-	p = append(p, 0)
-	for _, o := range opts {
-		p = append(p, o...)
-		p = append(p, 0)
-	}
-	if _, err := c.WriteToUDP(p, server); err != nil {
-		t.Fatal(err)
-	}
-	buf := make([]byte, 2000)
-	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
-	n, from, err := c.ReadFromUDP(buf)
-	if err != nil {
-		t.Fatalf("RRQ %q: no answer: %v", name, err)
-	}
-	return c, buf[:n], from
+	return c.c, pkt, c.srv
 }
 
 // ProbeClient does what the Pi does to learn a file's size: RRQ with tsize
