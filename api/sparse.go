@@ -15,9 +15,9 @@ import (
 const maxSparseMaps = 8
 
 // sparseMaps caches the data extents of raw images for the sparse image
-// stream, by sha256: the first board's request maps the image (holes
-// skipped with SEEK_DATA, the rest read once), the boards after it share
-// the map.
+// stream, by file (path, size, modification time and sha256): the first
+// board's request maps the image (holes skipped with SEEK_DATA, the rest
+// read once), the boards after it share the map.
 type sparseMaps struct {
 	mu    sync.Mutex
 	m     map[string]*sparseMap
@@ -30,7 +30,7 @@ type sparseMap struct {
 	err  error
 }
 
-// get returns the map of the raw image f (size bytes, sha256 key).
+// get returns the map of the raw image f of size bytes, cached under key.
 func (c *sparseMaps) get(ctx context.Context, key string, f *os.File, size int64) ([]sparseimg.Extent, error) {
 	c.mu.Lock()
 	if c.m == nil {

@@ -230,7 +230,10 @@ func (s *Server) handleImage(w http.ResponseWriter, r *http.Request) {
 
 	switch {
 	case sparseOut:
-		ext, err := s.sparse.get(r.Context(), e.SHA256, f, e.Size)
+		// Keyed by the file as well as its hash: an image still being
+		// hashed has none yet.
+		key := fmt.Sprintf("%s|%d|%d|%s", e.Path, e.Size, e.Modified.UnixNano(), e.SHA256)
+		ext, err := s.sparse.get(r.Context(), key, f, e.Size)
 		if err != nil {
 			s.fail(w, r, fmt.Errorf("image %q: %w", a.Image, err))
 			return
