@@ -6,13 +6,13 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/cm4bench/cm4bench/netboot/sim/nettest"
+	"github.com/cm4bench/cm4bench/netboot/sim/simbench"
 )
 
 // BenchmarkTFTPvsDnsmasq serves the same 32 MiB file from cm4bench and from
@@ -108,30 +108,12 @@ func BenchmarkTFTPvsDnsmasq(b *testing.B) {
 // procCPU is the user+system CPU time pid has used, all threads.
 func procCPU(b *testing.B, pid int) time.Duration {
 	b.Helper()
-	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	cpu, _, err := simbench.ProcUsage(pid)
 	if err != nil {
 		b.Fatalf("server CPU: %v", err)
 	}
-	// Fields after the ")" that ends the command name: state is field 3,
-	// utime and stime are fields 14 and 15 (proc(5)), in clock ticks.
-	s := string(raw)
-	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
-	if len(f) < 13 {
-		b.Fatalf("server CPU: short /proc/%d/stat: %q", pid, s)
-	}
-	var ticks int64
-	for _, v := range f[11:13] {
-		n, err := strconv.ParseInt(v, 10, 64)
-		if err != nil {
-			b.Fatalf("server CPU: /proc/%d/stat: %v", pid, err)
-		}
-		ticks += n
-	}
-	return time.Duration(ticks) * time.Second / clockTicks
+	return cpu
 }
-
-// clockTicks is USER_HZ, 100 on every Linux architecture Go supports.
-const clockTicks = 100
 
 func median(v []float64) float64 {
 	s := append([]float64(nil), v...)

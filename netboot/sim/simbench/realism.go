@@ -126,3 +126,41 @@ func cpuTimes() (busy, total uint64, err error) {
 	}
 	return busy, total, nil
 }
+
+// ProcUsage is a process's CPU time (user+system, all threads) and its
+// peak resident memory (VmHWM), read from /proc.
+func ProcUsage(pid int) (cpu time.Duration, peakRSS int64, err error) {
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, 0, fmt.Errorf("simbench: process usage: %w", err)
+	}
+	// utime and stime are fields 14 and 15 (proc(5)), counted after the
+	// ")" that ends the command name, in USER_HZ (100) ticks.
+	st := string(raw)
+	f := strings.Fields(st[strings.LastIndexByte(st, ')')+1:])
+	if len(f) < 13 {
+		return 0, 0, fmt.Errorf("simbench: process usage: short /proc/%d/stat", pid)
+	}
+	var ticks int64
+	for _, v := range f[11:13] {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
+			return 0, 0, fmt.Errorf("simbench: process usage: /proc/%d/stat: %w", pid, err)
+		}
+		ticks += n
+	}
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, 0, fmt.Errorf("simbench: process usage: %w", err)
+	}
+	for _, line := range strings.Split(string(status), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			if err != nil {
+				return 0, 0, fmt.Errorf("simbench: process usage: VmHWM %q: %w", v, err)
+			}
+			peakRSS = kb << 10
+		}
+	}
+	return time.Duration(ticks) * time.Second / 100, peakRSS, nil
+}

@@ -28,9 +28,13 @@ type lineRun struct {
 	Boards  int
 	Scale   float64 // rates divided by this (and times multiplied)
 	HostCPU float64 // share of this machine's CPUs busy during the run
-	Rows    []contract.LedgerRow
-	Model   linetwin.Result
-	Cycle   float64 // seconds from power-on to the last board's ledger row
+	// ServerCPU is cm4bench netboot serve's CPU time over the run, and
+	// ServerRSS its peak resident memory.
+	ServerCPU time.Duration
+	ServerRSS int64
+	Rows      []contract.LedgerRow
+	Model     linetwin.Result
+	Cycle     float64 // seconds from power-on to the last board's ledger row
 }
 
 // lineParams are the bench twin's constraints for a real run at scale 1:
@@ -105,6 +109,10 @@ func runLine(tb testing.TB, n int, p lineParams, k float64) lineRun {
 	}
 	cycle := time.Since(start).Seconds()
 	busy, _ := cpu.Busy()
+	srvCPU, srvRSS, err := simbench.ProcUsage(r.Server.Cmd.Process.Pid)
+	if err != nil {
+		tb.Fatal(err)
+	}
 	var netboot float64
 	for _, name := range []string{"start4.elf", "fixup4.dat", "bcm2711-rpi-cm4.dtb", "kernel8.img", "initrd.img", "config.txt", "cmdline.txt"} {
 		if fi, err := os.Stat(filepath.Join(r.TFTPRoot, name)); err == nil {
@@ -131,7 +139,7 @@ func runLine(tb testing.TB, n int, p lineParams, k float64) lineRun {
 			tb.Fatalf("board %s: %s %s", row.MAC, row.Result, row.Error)
 		}
 	}
-	return lineRun{Boards: n, Scale: k, HostCPU: busy, Rows: rows, Model: model, Cycle: cycle}
+	return lineRun{Boards: n, Scale: k, HostCPU: busy, ServerCPU: srvCPU, ServerRSS: srvRSS, Rows: rows, Model: model, Cycle: cycle}
 }
 
 // measured phase means over the boards: netboot+register, write, verify.
@@ -156,12 +164,12 @@ func (l lineRun) modelled() (boot, write, verify float64) {
 // on its request order, while their sum does not.
 func writeLineTable(w io.Writer, runs []lineRun) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "boards\tscale\thost CPU\tnetboot+register s\ttwin\tratio\twrite+verify s\ttwin\tratio\tbottleneck (twin)\t")
+	fmt.Fprintln(tw, "boards\tscale\thost CPU\tserver CPU s\tserver peak RSS MiB\tnetboot+register s\ttwin\tratio\twrite+verify s\ttwin\tratio\tbottleneck (twin)\t")
 	for _, l := range runs {
 		b, w, v := l.measured()
 		mb, mw, mv := l.modelled()
-		fmt.Fprintf(tw, "%d\t1/%g\t%.0f%%\t%.1f\t%.1f\t%.2fx\t%.1f\t%.1f\t%.2fx\t%s\t\n", l.Boards, l.Scale, 100*l.HostCPU,
-			b, mb, b/mb, w+v, mw+mv, (w+v)/(mw+mv), l.Model.Bottleneck)
+		fmt.Fprintf(tw, "%d\t1/%g\t%.0f%%\t%.1f\t%.0f\t%.1f\t%.1f\t%.2fx\t%.1f\t%.1f\t%.2fx\t%s\t\n", l.Boards, l.Scale, 100*l.HostCPU,
+			l.ServerCPU.Seconds(), float64(l.ServerRSS)/(1<<20), b, mb, b/mb, w+v, mw+mv, (w+v)/(mw+mv), l.Model.Bottleneck)
 	}
 	tw.Flush()
 }
@@ -198,6 +206,11 @@ func TestRealisticLineAgainstTheTwin(t *testing.T) {
 		if r.WireBytes < smallLine.ImageBytes || r.WrittenBytes < smallLine.ImageBytes {
 			t.Errorf("%s: wire %d, written %d bytes", r.MAC, r.WireBytes, r.WrittenBytes)
 		}
+	}
+	// The server's usage is read from its process: it worked, and it held
+	// far less than the images it streamed (memory stays flat).
+	if run.ServerCPU <= 0 || run.ServerRSS <= 0 || run.ServerRSS > 2*smallLine.ImageBytes+256<<20 {
+		t.Errorf("server CPU %v, peak RSS %d bytes", run.ServerCPU, run.ServerRSS)
 	}
 }
 
