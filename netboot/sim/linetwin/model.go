@@ -193,7 +193,7 @@ func Simulate(c Constraints, n int, im Image, f Format) (Result, error) {
 	uplinkMBps := c.UplinkMbps / 8 * c.TCPEfficiency
 	// One board's own caps on raw-image progress in download+write.
 	own := []rateLimit{
-		{"board link (1 GbE)", linkMBps * im.RawBytes / wire},
+		{"board link", linkMBps * im.RawBytes / wire},
 		{"eMMC write", c.EMMCWriteMBps * im.RawBytes / written},
 	}
 	if f == Zstd || f == Dense {
