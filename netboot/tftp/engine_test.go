@@ -413,3 +413,35 @@ func TestRepeatedRequest(t *testing.T) {
 		t.Fatalf("a new request from the same port after the transfer: %q", p)
 	}
 }
+
+// TestJunkFlood: a flood of malformed datagrams gets a few answers a
+// second (each costs a socket), is counted, and a board's read request is
+// served all the while.
+func TestJunkFlood(t *testing.T) {
+	rootDir, _ := makeRoot(t)
+	srv := &Server{Root: rootDir}
+	addr := startLoopback(t, srv)
+	c := newRawClient(t, addr)
+	const flood = 400
+	start := time.Now()
+	for i := range flood {
+		c.send(c.port, []byte{0, 9, byte(i), byte(i >> 8)})
+	}
+	answers := 0
+	for p := c.recv(300 * time.Millisecond); p != nil; p = c.recv(300 * time.Millisecond) {
+		if code, _ := parseError(p); binary.BigEndian.Uint16(p) == opERROR && code == codeIllegalOp {
+			answers++
+		}
+	}
+	limit := junkAnswersBurst + int(time.Since(start).Seconds()*junkAnswersPerSecond) + 1
+	if answers < 1 || answers > limit {
+		t.Errorf("%d answers to %d malformed datagrams, want between 1 and %d", answers, flood, limit)
+	}
+	if st := srv.Stats(); st.Malformed < flood/2 || st.Transfers != 0 {
+		t.Errorf("stats %+v, want the flood counted as malformed", st)
+	}
+	want, _ := os.ReadFile(filepath.Join(rootDir, "start4.elf"))
+	if got := receive(t, addr, "start4.elf", "octet"); !bytes.Equal(got, want) {
+		t.Fatal("a read request during the flood got other bytes")
+	}
+}

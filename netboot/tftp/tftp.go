@@ -68,6 +68,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/cm4bench/cm4bench/internal/contract"
+	"github.com/cm4bench/cm4bench/internal/tokenbucket"
 )
 
 // Policy answers whether a MAC may netboot now. Same shape as dhcp.Policy
@@ -132,6 +133,7 @@ type Server struct {
 	root     *os.Root
 	inflight map[netip.Addr]int
 	clients  map[netip.AddrPort]bool // transfers in flight, by the client's address and port
+	junk     tokenbucket.Bucket      // answers to malformed and write requests (request loop only)
 	leased   int
 	unleased int
 }
@@ -144,6 +146,7 @@ type Stats struct {
 	NotFound  int64 // requests for missing files, or firmware refused by Policy
 	Denied    int64 // names refused by the jail
 	Busy      int64 // requests refused for lack of a transfer slot
+	Malformed int64 // datagrams to the server port that are no valid read request (write requests count as Denied)
 	Failures  int64 // transfers that started and failed (timeouts, aborts)
 }
 
@@ -322,6 +325,20 @@ func (s *Server) release(ip netip.Addr, leased bool) {
 	}
 }
 
+// Answers to malformed and write requests are limited: no board sends
+// them, and each answer costs a socket, so a flood of garbage gets a few
+// answers a second and is otherwise dropped. Read requests, found or not,
+// are always answered: a Pi that misses a "file not found" waits seconds.
+const (
+	junkAnswersPerSecond = 20
+	junkAnswersBurst     = 20
+)
+
+func (s *Server) answerJunk() bool {
+	s.junk.Rate, s.junk.Burst = junkAnswersPerSecond, junkAnswersBurst
+	return s.junk.Allow(time.Now())
+}
+
 func (s *Server) inTransfer(c netip.AddrPort) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -357,8 +374,11 @@ func (s *Server) request(eng *engine, b []byte, client netip.AddrPort, local net
 	remote := client.Addr().Unmap()
 	req, err := parseRequest(b)
 	if err != nil {
+		s.count(func(st *Stats) { st.Malformed++ })
 		s.log().Debug("tftp: bad request", "ip", remote, "err", err)
-		s.replyError(local, client, codeIllegalOp, "illegal TFTP operation")
+		if s.answerJunk() {
+			s.replyError(local, client, codeIllegalOp, "illegal TFTP operation")
+		}
 		return
 	}
 	name := req.name
@@ -372,7 +392,9 @@ func (s *Server) request(eng *engine, b []byte, client netip.AddrPort, local net
 	if req.op == opWRQ {
 		s.count(func(st *Stats) { st.Denied++ })
 		s.log().Warn("tftp: write request refused", "file", name, "ip", remote)
-		s.replyError(local, client, codeAccess, errReadOnly)
+		if s.answerJunk() {
+			s.replyError(local, client, codeAccess, errReadOnly)
+		}
 		return
 	}
 	leased := false
