@@ -243,19 +243,40 @@ func Simulate(c Constraints, n int, im Image, f Format) (Result, error) {
 			}
 		}
 		rate := map[*state]float64{} // bytes/s for shared phases
+		why := map[*state]string{}   // what held a download below its own cap
+		// Netboot files and image streams share the server's uplink,
+		// max-min fairly (wire MB/s). Each TFTP flow is capped by the
+		// bootloader's pace and its share of the TFTP server; each
+		// download by its own caps and its share of the server's CPU.
+		var flows []flow
+		var owners []*state // owners[i] has flows[i]
 		for _, s := range tftp {
-			rate[s] = math.Min(c.PiTFTPMBps, c.TFTPServerMBps/float64(len(tftp))) * MB
+			flows = append(flows, flow{cap: math.Min(c.PiTFTPMBps, c.TFTPServerMBps/float64(len(tftp)))})
+			owners = append(owners, s)
 		}
-		shared := []rateLimit{{"server uplink", uplinkMBps}, {"server CPU", c.ServerMBps}}
-		sharedCap := slices.MinFunc(shared, func(a, b rateLimit) int { return cmp.Compare(a.v, b.v) })
-		if len(dl) > 0 {
-			// every downloading board has the same own cap: equal shares
-			perWire := sharedCap.v / float64(len(dl))
-			byShared := perWire * im.RawBytes / wire
-			use := math.Min(ownCap.v, byShared) * wire / im.RawBytes * float64(len(dl)) / uplinkMBps
-			peakUse = math.Max(peakUse, use)
-			for _, s := range dl {
-				rate[s] = math.Min(ownCap.v, byShared) * MB
+		for _, s := range dl {
+			cpuShare := c.ServerMBps / float64(len(dl)) * wire / im.RawBytes
+			f := flow{cap: ownCap.v * wire / im.RawBytes, download: true}
+			if cpuShare < f.cap {
+				f.cap, f.capName = cpuShare, "server CPU"
+			}
+			flows = append(flows, f)
+			owners = append(owners, s)
+		}
+		used := shareUplink(flows, uplinkMBps)
+		peakUse = math.Max(peakUse, used/uplinkMBps)
+		for i, f := range flows {
+			st := owners[i]
+			if !f.download {
+				rate[st] = f.rate * MB
+				continue
+			}
+			rate[st] = f.rate * im.RawBytes / wire * MB
+			switch {
+			case f.rate < f.cap*(1-1e-9):
+				why[st] = "server uplink"
+			case f.capName != "":
+				why[st] = f.capName
 			}
 		}
 		// time to the next phase end
@@ -292,11 +313,11 @@ func Simulate(c Constraints, n int, im Image, f Format) (Result, error) {
 					s.done += r * dt
 					busy := r * written / im.RawBytes / (c.EMMCWriteMBps * MB)
 					s.ver = math.Min(s.done, s.ver+math.Max(0, 1-busy)*verifyRate*MB*dt)
-					why := ownCap.name
-					if r < ownCap.v*MB*(1-1e-9) {
-						why = sharedCap.name
+					held := ownCap.name
+					if w := why[s]; w != "" {
+						held = w
 					}
-					s.reason[why] += dt
+					s.reason[held] += dt
 				}
 			} else {
 				s.left -= dt
@@ -329,4 +350,33 @@ func Simulate(c Constraints, n int, im Image, f Format) (Result, error) {
 	bench, tech := float64(n)*3600/(res.Cycle+c.SwapS), 3600/c.SwapS
 	res.BoardsHourSwapped, res.TechnicianBound = min(bench, tech), tech < bench
 	return res, nil
+}
+
+// flow is one board's transfer on the server's uplink: a netboot (TFTP) or
+// an image download, with its own cap in wire MB/s.
+type flow struct {
+	cap      float64
+	capName  string // what sets cap below the board's own limits ("" = the board itself)
+	download bool
+	rate     float64 // the share it gets
+}
+
+// shareUplink gives each flow its max-min fair share of capacity (water
+// filling: flows capped below the fair share keep their cap, the rest
+// split what is left equally) and returns the capacity used.
+func shareUplink(flows []flow, capacity float64) float64 {
+	idx := make([]int, len(flows))
+	for i := range idx {
+		idx[i] = i
+	}
+	slices.SortFunc(idx, func(a, b int) int { return cmp.Compare(flows[a].cap, flows[b].cap) })
+	left, used := capacity, 0.0
+	for k, i := range idx {
+		fair := left / float64(len(idx)-k)
+		r := math.Min(flows[i].cap, fair)
+		flows[i].rate = r
+		left -= r
+		used += r
+	}
+	return used
 }

@@ -189,3 +189,50 @@ func TestSwapTime(t *testing.T) {
 		t.Errorf("shift goal %+v", g)
 	}
 }
+
+func TestShareUplink(t *testing.T) {
+	for _, tt := range []struct {
+		name     string
+		caps     []float64
+		capacity float64
+		want     []float64
+	}{
+		{"room for all", []float64{1, 2, 3}, 10, []float64{1, 2, 3}},
+		{"equal split", []float64{5, 5}, 6, []float64{3, 3}},
+		{"small flows keep their cap", []float64{1, 10, 10}, 9, []float64{1, 4, 4}},
+		{"nothing to share", nil, 10, nil},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			fs := make([]flow, len(tt.caps))
+			for i, c := range tt.caps {
+				fs[i].cap = c
+			}
+			used := shareUplink(fs, tt.capacity)
+			sum := 0.0
+			for i, f := range fs {
+				if !near(f.rate, tt.want[i], 1e-9) {
+					t.Errorf("flow %d (cap %g): rate %g, want %g", i, f.cap, f.rate, tt.want[i])
+				}
+				sum += f.rate
+			}
+			if !near(used, sum, 1e-9) || used > tt.capacity+1e-9 {
+				t.Errorf("used %g of %g, rates sum to %g", used, tt.capacity, sum)
+			}
+		})
+	}
+}
+
+// TestNetbootSharesTheUplink: netboot files cross the same uplink as the
+// images, so 16 boards netbooting on a 100 Mbit uplink get a sixteenth of
+// it each, below the bootloader's own pace.
+func TestNetbootSharesTheUplink(t *testing.T) {
+	c := Constraints{UplinkMbps: 100}
+	r1, _ := Simulate(c, 1, fieldImage, Zstd)
+	r16, _ := Simulate(c, 16, fieldImage, Zstd)
+	if want := Defaults.NetbootBytes / (Defaults.PiTFTPMBps * MB); !near(r1.PerBoard.Phase["netboot"], want, 1e-6) {
+		t.Errorf("one board netboots in %.2f s, want %.2f s at the bootloader's pace", r1.PerBoard.Phase["netboot"], want)
+	}
+	if want := Defaults.NetbootBytes / (100.0 / 8 * 0.94 / 16 * MB); !near(r16.PerBoard.Phase["netboot"], want, 1e-6) {
+		t.Errorf("16 boards netboot in %.2f s, want %.2f s (a sixteenth of the uplink each)", r16.PerBoard.Phase["netboot"], want)
+	}
+}
