@@ -386,13 +386,7 @@ func TestRestartKeepsPendingAction(t *testing.T) {
 	if code != 200 || json.Unmarshal(out, &p) != nil || p.Action != "deploy" || p.ActionID != a.ID {
 		t.Fatalf("poll after restart = %d %s, want the deploy %s", code, out, a.ID)
 	}
-	resp, err := http.Get(p.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	got, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if !bytes.Equal(got, golden) {
+	if got := b.download(p); !bytes.Equal(got, golden) {
 		t.Errorf("image after restart: %d bytes, want %d", len(got), len(golden))
 	}
 }
@@ -642,13 +636,7 @@ func TestImageLibrary(t *testing.T) {
 		t.Errorf("deploy without an image used %q, want the assigned one", a.Image)
 	}
 	p := b.poll(mac)
-	resp, err := http.Get(p.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	got, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if !bytes.Equal(got, other) {
+	if got := b.download(p); !bytes.Equal(got, other) {
 		t.Errorf("deployed %d bytes, want the assigned image", len(got))
 	}
 	b.admin("POST", "/api/v1/devices/"+mac+"/action", contract.SetActionRequest{Action: "none"}, 200, nil)
@@ -812,12 +800,7 @@ func TestActionDoneRepeated(t *testing.T) {
 	if p.Token == "" {
 		t.Fatalf("poll gave no token: %+v", p)
 	}
-	resp, err := http.Get(p.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	io.Copy(io.Discard, resp.Body)
-	resp.Body.Close()
+	b.download(p)
 	done := contract.ActionDone{MAC: mac, ActionID: p.ActionID, Token: p.Token, Status: "success", SHA256: sha(golden), Bytes: int64(len(golden))}
 	if code, out := b.call("POST", contract.PathActionDone, done, ""); code != 200 {
 		t.Fatalf("done = %d %s", code, out)

@@ -32,6 +32,21 @@ func (b *bench) poll(mac string) contract.PollResponse {
 	return p
 }
 
+// download fetches the image of the deploy p announced, as a board does.
+func (b *bench) download(p contract.PollResponse) []byte {
+	b.t.Helper()
+	resp, err := http.Get(p.URL)
+	if err != nil {
+		b.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	got, err := io.ReadAll(resp.Body)
+	if err != nil {
+		b.t.Fatal(err)
+	}
+	return got
+}
+
 func (b *bench) register(mac string) {
 	b.t.Helper()
 	if code, out := b.call("POST", contract.PathRegister, []byte(`{"mac":"`+mac+`","ip":"127.0.0.1"}`), ""); code != 200 {

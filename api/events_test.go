@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
-	"io"
 	"net/http"
 	"path/filepath"
 	"strconv"
@@ -116,12 +115,7 @@ func TestSSEAndMetrics(t *testing.T) {
 	if code != 200 {
 		t.Fatalf("log = %d", code)
 	}
-	resp, err := http.Get(p.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	io.Copy(io.Discard, resp.Body)
-	resp.Body.Close()
+	b.download(p)
 	done := contract.ActionDone{MAC: mac, ActionID: p.ActionID, Token: p.Token, Status: "success", SHA256: sha(golden), Bytes: int64(len(golden))}
 	if code, out := b.call("POST", contract.PathActionDone, done, ""); code != 200 {
 		t.Fatalf("done = %d %s", code, out)

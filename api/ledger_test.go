@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/csv"
 	"encoding/json"
-	"net/http"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -33,13 +32,7 @@ func TestLedgerRowsAndExports(t *testing.T) {
 		t.Helper()
 		b.admin("POST", "/api/v1/devices/"+mac+"/action", contract.SetActionRequest{Action: "deploy"}, 200, nil)
 		p := b.poll(mac)
-		resp, err := http.Get(p.URL)
-		if err != nil {
-			t.Fatal(err)
-		}
-		buf := new(bytes.Buffer)
-		buf.ReadFrom(resp.Body)
-		resp.Body.Close()
+		b.download(p)
 		done := contract.ActionDone{MAC: mac, ActionID: p.ActionID, Token: p.Token, Status: "success", SHA256: sha(img), Bytes: int64(len(img)),
 			Phases: &contract.PhaseSeconds{Write: 1.5, Verify: 0.5}}
 		if !ok {

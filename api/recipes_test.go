@@ -2,8 +2,6 @@ package api_test
 
 import (
 	"fmt"
-	"io"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -194,12 +192,7 @@ func TestRecipesRulesAndZeroClick(t *testing.T) {
 // sha256 and the rendered files' hashes (edit changes them first).
 func (b *bench) finishRecipe(mac string, p contract.PollResponse, imageSHA string, edit func([]contract.FileHash)) contract.Action {
 	b.t.Helper()
-	resp, err := http.Get(p.URL)
-	if err != nil {
-		b.t.Fatal(err)
-	}
-	io.Copy(io.Discard, resp.Body)
-	resp.Body.Close()
+	b.download(p)
 	var files []contract.FileHash
 	if p.Customise != nil {
 		for _, f := range p.Customise.Files {

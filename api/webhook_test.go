@@ -128,12 +128,7 @@ func TestWebhooksAcrossRestart(t *testing.T) {
 		b.register(mac)
 		b.admin("POST", "/api/v1/devices/"+mac+"/action", contract.SetActionRequest{Action: "deploy"}, 200, nil)
 		p := b.poll(mac)
-		resp, err := http.Get(p.URL)
-		if err != nil {
-			t.Fatal(err)
-		}
-		io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
+		b.download(p)
 		d := contract.ActionDone{MAC: mac, ActionID: p.ActionID, Token: p.Token, Status: "success", SHA256: sha(img)}
 		if !ok {
 			d.Status, d.Error = "failed", "write error"
