@@ -90,10 +90,14 @@ func BuildRamdisk(out string, files []RamdiskFile) (int64, error) {
 			return 0, fmt.Errorf("bootfs: write %s: %w", rf.Path, err)
 		}
 	}
-	if err := freeOrphanCluster2(f); err != nil {
+	l, err := readFAT16Layout(f)
+	if err != nil {
+		return 0, fmt.Errorf("bootfs: %w", err)
+	}
+	if err := freeOrphanCluster2(f, l); err != nil {
 		return 0, err
 	}
-	if err := fixTimes(f); err != nil {
+	if err := fixTimes(f, l); err != nil {
 		return 0, fmt.Errorf("bootfs: fix the timestamps: %w", err)
 	}
 	if err := f.Sync(); err != nil {
@@ -107,30 +111,37 @@ func BuildRamdisk(out string, files []RamdiskFile) (int64, error) {
 // the same boot.sig, whenever it is built.
 const fixedDate = (2020-1980)<<9 | 1<<5 | 1
 
+// fat16Layout is where a FAT16 image keeps its tables and folders, read
+// from its boot sector.
+type fat16Layout struct {
+	fatOff, fatBytes, nfats int64 // the first FAT, each FAT's size, their number
+	rootOff, rootBytes      int64 // the root folder area
+	dataOff, clusterBytes   int64 // cluster 2, and a cluster's size
+}
+
+func readFAT16Layout(f *os.File) (fat16Layout, error) {
+	var bs [sector]byte
+	if _, err := f.ReadAt(bs[:], 0); err != nil {
+		return fat16Layout{}, fmt.Errorf("read the boot sector: %w", err)
+	}
+	le16 := func(o int) int64 { return int64(binary.LittleEndian.Uint16(bs[o:])) }
+	bps, spc, rsvd, nfats, rootEnts, fatSz := le16(11), int64(bs[13]), le16(14), int64(bs[16]), le16(17), le16(22)
+	if bps != sector || spc == 0 || nfats == 0 || rootEnts == 0 {
+		return fat16Layout{}, fmt.Errorf("not a FAT16 boot sector")
+	}
+	l := fat16Layout{fatOff: rsvd * bps, fatBytes: fatSz * bps, nfats: nfats, rootBytes: rootEnts * 32, clusterBytes: spc * bps}
+	l.rootOff = l.fatOff + nfats*l.fatBytes
+	l.dataOff = l.rootOff + l.rootBytes
+	return l, nil
+}
+
 // fixTimes sets the creation, access and write times of every directory
 // entry of the FAT16 image to fixedDate (go-diskfs stamps the current
 // time). It walks the root folder area and every sub-folder's clusters.
-func fixTimes(f *os.File) error {
-	var bs [sector]byte
-	if _, err := f.ReadAt(bs[:], 0); err != nil {
-		return err
-	}
-	bps := int64(binary.LittleEndian.Uint16(bs[11:]))
-	spc := int64(bs[13])
-	rsvd := int64(binary.LittleEndian.Uint16(bs[14:]))
-	nfats := int64(bs[16])
-	rootEnts := int64(binary.LittleEndian.Uint16(bs[17:]))
-	fatSz := int64(binary.LittleEndian.Uint16(bs[22:]))
-	if bps != sector || spc == 0 || nfats == 0 || rootEnts == 0 {
-		return fmt.Errorf("not a FAT16 boot sector")
-	}
-	fatOff := rsvd * bps
-	rootOff := (rsvd + nfats*fatSz) * bps
-	dataOff := rootOff + rootEnts*32
-	clusterBytes := spc * bps
+func fixTimes(f *os.File, l fat16Layout) error {
 	next := func(c uint16) (uint16, error) {
 		var e [2]byte
-		if _, err := f.ReadAt(e[:], fatOff+int64(c)*2); err != nil {
+		if _, err := f.ReadAt(e[:], l.fatOff+int64(c)*2); err != nil {
 			return 0, err
 		}
 		return binary.LittleEndian.Uint16(e[:]), nil
@@ -171,7 +182,7 @@ func fixTimes(f *os.File) error {
 				if seen > 1<<16 {
 					return fmt.Errorf("a folder's cluster chain loops")
 				}
-				if err := walk(dataOff+int64(c-2)*clusterBytes, clusterBytes, depth+1); err != nil {
+				if err := walk(l.dataOff+int64(c-2)*l.clusterBytes, l.clusterBytes, depth+1); err != nil {
 					return err
 				}
 				var err error
@@ -182,7 +193,7 @@ func fixTimes(f *os.File) error {
 		}
 		return nil
 	}
-	return walk(rootOff, rootEnts*32, 0)
+	return walk(l.rootOff, l.rootBytes, 0)
 }
 
 // freeOrphanCluster2 undoes a go-diskfs v1.9.4 quirk: fat16.Create marks
@@ -190,17 +201,10 @@ func fixTimes(f *os.File) error {
 // has its own area, so nothing refers to it and fsck.fat reclaims it. It
 // is never handed to a file (the library thinks it is taken), so it is
 // simply freed in every FAT copy once the files are written.
-func freeOrphanCluster2(f *os.File) error {
-	var bs [sector]byte
-	if _, err := f.ReadAt(bs[:], 0); err != nil {
-		return err
-	}
-	rsvd := int64(binary.LittleEndian.Uint16(bs[14:]))
-	nfats := int64(bs[16])
-	fatSz := int64(binary.LittleEndian.Uint16(bs[22:]))
+func freeOrphanCluster2(f *os.File, l fat16Layout) error {
 	var e [2]byte
-	for i := range nfats {
-		off := (rsvd+i*fatSz)*sector + 2*2
+	for i := range l.nfats {
+		off := l.fatOff + i*l.fatBytes + 2*2
 		if _, err := f.ReadAt(e[:], off); err != nil {
 			return err
 		}
