@@ -2,6 +2,7 @@ package api
 
 import (
 	"bufio"
+	"cmp"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
@@ -10,7 +11,6 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -118,25 +118,31 @@ func (c *covStream) close() {
 	c.b.mu.Unlock()
 }
 
-// covered returns how many bytes of [0, size) the book shows as streamed
-// in space.
-func (b *coverageBook) covered(action, space string, size int64) (int64, error) {
+// interval is a byte range [a, b) of a stream space.
+type interval struct{ a, b int64 }
+
+// read parses action's book into what each space shows as streamed: the
+// recorded sends, and the claims a dead server instance never followed up.
+func (b *coverageBook) read(action string) (map[string][]interval, error) {
 	f, err := os.Open(b.path(action))
 	if errors.Is(err, fs.ErrNotExist) {
-		return 0, nil
+		return nil, nil
 	}
 	if err != nil {
-		return 0, fmt.Errorf("coverage: %w", err)
+		return nil, fmt.Errorf("coverage: %w", err)
 	}
 	defer f.Close()
-	type iv struct{ a, b int64 }
-	var ivs []iv
-	last := map[string]iv{} // stream -> its last claim not yet followed up
-	var order []string      // streams with a pending claim
+	type claim struct {
+		space string
+		iv    interval
+	}
+	sent := map[string][]interval{}
+	last := map[string]claim{} // stream -> its last claim not yet followed up
+	var order []string         // streams with a pending claim
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
 		fs := strings.Fields(sc.Text())
-		if len(fs) != 5 || fs[2] != space {
+		if len(fs) != 5 {
 			continue
 		}
 		st, err1 := strconv.ParseInt(fs[3], 10, 64)
@@ -149,19 +155,25 @@ func (b *coverageBook) covered(action, space string, size int64) (int64, error) 
 			if _, ok := last[fs[1]]; !ok {
 				order = append(order, fs[1])
 			}
-			last[fs[1]] = iv{st, en}
+			last[fs[1]] = claim{fs[2], interval{st, en}}
 		case "S":
 			delete(last, fs[1])
-			ivs = append(ivs, iv{st, en})
+			sent[fs[2]] = append(sent[fs[2]], interval{st, en})
 		}
 	}
 	for _, id := range order {
 		c, ok := last[id]
 		if ok && !strings.HasPrefix(id, b.instance+"/") {
-			ivs = append(ivs, c) // the server died writing it
+			sent[c.space] = append(sent[c.space], c.iv) // the server died writing it
 		}
 	}
-	sort.Slice(ivs, func(i, j int) bool { return ivs[i].a < ivs[j].a })
+	return sent, sc.Err()
+}
+
+// coveredBytes is how many bytes of [0, size) the intervals cover.
+func coveredBytes(ivs []interval, size int64) int64 {
+	ivs = slices.Clone(ivs)
+	slices.SortFunc(ivs, func(x, y interval) int { return cmp.Compare(x.a, y.a) })
 	var total, reach int64
 	for _, x := range ivs {
 		a, e := max(x.a, reach), min(x.b, size)
@@ -170,60 +182,37 @@ func (b *coverageBook) covered(action, space string, size int64) (int64, error) 
 			reach = e
 		}
 	}
-	return total, sc.Err()
+	return total
 }
 
-// complete reports whether the whole image went out, in either space.
+// covered returns how many bytes of [0, size) the book shows as streamed
+// in space.
+func (b *coverageBook) covered(action, space string, size int64) (int64, error) {
+	sent, err := b.read(action)
+	return coveredBytes(sent[space], size), err
+}
+
+// complete reports whether the whole image went out, in any space: the
+// raw stream, a passed-through .zst, or a sparse stream (whose length is
+// in its space's name).
 func (b *coverageBook) complete(action string, rawSize, zstSize int64) (bool, int64, error) {
-	raw, err := b.covered(action, spaceRaw, rawSize)
-	if err != nil || raw >= rawSize {
-		return err == nil, raw, err
-	}
-	if zstSize > 0 {
-		z, err := b.covered(action, spaceZst, zstSize)
-		if err != nil || z >= zstSize {
-			return err == nil, raw, err
-		}
-	}
-	spaces, err := b.sparseSpaces(action)
-	if err != nil {
+	sent, err := b.read(action)
+	raw := coveredBytes(sent[spaceRaw], rawSize)
+	switch {
+	case err != nil:
 		return false, raw, err
+	case raw >= rawSize:
+		return true, raw, nil
+	case zstSize > 0 && coveredBytes(sent[spaceZst], zstSize) >= zstSize:
+		return true, raw, nil
 	}
-	for _, sp := range spaces {
-		wire, perr := strconv.ParseInt(strings.TrimPrefix(sp, sparsePrefix), 10, 64)
-		if perr != nil || wire <= 0 {
-			continue
-		}
-		n, err := b.covered(action, sp, wire)
-		if err != nil || n >= wire {
-			if err == nil {
-				raw = rawSize // the whole image, holes included, went out
-			}
-			return err == nil, raw, err
+	for space, ivs := range sent {
+		wire, perr := strconv.ParseInt(strings.TrimPrefix(space, sparsePrefix), 10, 64)
+		if strings.HasPrefix(space, sparsePrefix) && perr == nil && wire > 0 && coveredBytes(ivs, wire) >= wire {
+			return true, rawSize, nil // the whole image, holes included, went out
 		}
 	}
 	return false, raw, nil
-}
-
-// sparseSpaces lists the sparse stream spaces in action's book.
-func (b *coverageBook) sparseSpaces(action string) ([]string, error) {
-	f, err := os.Open(b.path(action))
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("coverage: %w", err)
-	}
-	defer f.Close()
-	var spaces []string
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		fs := strings.Fields(sc.Text())
-		if len(fs) == 5 && strings.HasPrefix(fs[2], sparsePrefix) && !slices.Contains(spaces, fs[2]) {
-			spaces = append(spaces, fs[2])
-		}
-	}
-	return spaces, sc.Err()
 }
 
 // settle waits (at most d) until no stream of action is in flight, so a
