@@ -238,6 +238,7 @@ func (s *Server) ServeConn(ctx context.Context, conn *net.UDPConn) error {
 	defer stop()
 	defer conn.Close()
 	s.log().Info("tftp: serving", "addr", conn.LocalAddr(), "root", s.Root, "max_blksize", s.maxBlock())
+	bound, _ := netip.AddrFromSlice(conn.LocalAddr().(*net.UDPAddr).IP.To4()) // 0.0.0.0 for a wildcard socket
 	buf := make([]byte, maxRequestBytes+1)
 	for {
 		n, cm, from, err := pc.ReadFrom(buf)
@@ -251,8 +252,7 @@ func (s *Server) ServeConn(ctx context.Context, conn *net.UDPConn) error {
 		if !ok {
 			continue
 		}
-		client := ua.AddrPort()
-		local, _ := netip.AddrFromSlice(conn.LocalAddr().(*net.UDPAddr).IP.To4())
+		client, local := ua.AddrPort(), bound
 		if cm != nil {
 			if d, ok := netip.AddrFromSlice(cm.Dst.To4()); ok {
 				local = d
