@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/cm4bench/cm4bench/firmware"
+	"github.com/cm4bench/cm4bench/internal/syncbuf"
 	"github.com/cm4bench/cm4bench/usbboot"
 	"github.com/cm4bench/cm4bench/usbboot/gousbdev"
 	"github.com/cm4bench/cm4bench/usbboot/usbboottest"
@@ -421,25 +422,27 @@ func TestEEPROMSetBootOrderFlashLoop(t *testing.T) {
 		usbboottest.BoardConfig{Port: "1-1.1", Mode: usbboottest.ModeRecovery},
 		usbboottest.BoardConfig{Port: "1-1.2", Mode: usbboottest.ModeRecovery},
 	)
-	ctx, cancel := context.WithCancel(t.Context())
+	// The loop is interrupted once both boards' results are printed (or
+	// after a minute, which fails the count below).
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 	defer cancel()
+	var out syncbuf.Buffer // read here while the command writes it
 	go func() {
-		for {
-			if s.boards[0].State() == "done" && s.boards[1].State() == "done" {
-				time.Sleep(50 * time.Millisecond) // let the results be reported
-				cancel()
-				return
-			}
+		for strings.Count(out.String(), `"event":"result"`) < 2 {
 			select {
 			case <-ctx.Done():
 				return
 			case <-time.After(5 * time.Millisecond):
 			}
 		}
+		cancel()
 	}()
-	stdout, _, err := s.run(t, ctx, "eeprom", "set-boot-order", "--image", img, "--recovery", recovery, "--loop", "--json")
+	var stderr bytes.Buffer
+	err := Context{Stdout: &out, Stderr: &stderr, Args: []string{"eeprom", "set-boot-order", "--image", img, "--recovery", recovery, "--loop", "--json"},
+		USB: &USBEnv{Bus: s.bus, Clock: s.clk}}.Execute(ctx)
+	stdout := out.String()
 	if err != nil {
-		t.Fatalf("--loop ends cleanly on interrupt, got %v", err)
+		t.Fatalf("--loop ends cleanly on interrupt, got %v\n%s", err, stderr.String())
 	}
 	if n := strings.Count(stdout, `"event":"result"`); n != 2 {
 		t.Errorf("%d results, want 2:\n%s", n, stdout)
