@@ -6,14 +6,17 @@
 // hardware (HARDWARE.md). It answers what the machine running the tests
 // cannot: what 16 real boards do, and which constraint stops them.
 //
-// The model is deterministic: every board is powered on at t=0 and goes
-// through the phases of a real cycle. As the agent does, the read-back
-// runs behind the writer, on the eMMC time the write leaves idle; the
-// verify phase is what is left after the last byte is written (bootloader, netboot, kernel and agent,
-// job pickup, download+write, verify, customise, reboot). Shared resources
-// (the TFTP server, the server's uplink and CPU) are split max-min fairly
-// among the boards using them, each board capped by its own link, eMMC and
-// CPU. Time advances from one phase end to the next.
+// The model is deterministic. In a batch every board is powered on at
+// t=0; in a line (SimulateLine) one technician swaps boards one at a time,
+// which staggers them, and the steady state is measured. Each board goes
+// through the phases of a real cycle (bootloader, netboot, kernel and
+// agent, job pickup, download+write, verify, customise, reboot). As the
+// agent does, the read-back runs behind the writer, on the eMMC time the
+// write leaves idle; the verify phase is what is left after the last byte
+// is written. Shared resources (the TFTP server, the server's uplink and
+// CPU) are split max-min fairly among the boards using them, each board
+// capped by its own link, eMMC and CPU. Time advances from one phase end
+// (or swap) to the next.
 package linetwin
 
 import (
@@ -162,12 +165,14 @@ type Result struct {
 	Cycle      float64 // the last board's total: the batch's cycle, seconds
 	PerBoard   Board   // the slowest board
 	BoardsHour float64 // N boards per cycle, back to back
-	// BoardsHourSwapped is the line with one technician swapping boards,
-	// slot by slot as each finishes: every slot loses its own swap time,
-	// and the technician swaps one board per SwapS at most.
+	// BoardsHourSwapped is the line fed by one technician (see Line):
+	// boards per hour in its steady state.
 	BoardsHourSwapped float64
+	// SwappedCycle is a board's mean power-on to running its eMMC in that
+	// line, where the swaps stagger the boards.
+	SwappedCycle float64
 	// TechnicianBound is set when the technician, not the bench, sets
-	// BoardsHourSwapped.
+	// BoardsHourSwapped: they are swapping boards nearly all the time.
 	TechnicianBound bool
 	Bottleneck      string  // the slowest board's download bottleneck
 	UplinkUseMax    float64 // peak share of the uplink used (0..1)
@@ -179,177 +184,328 @@ type rateLimit struct {
 	v    float64
 }
 
-// Simulate runs n boards of image in format f through one cycle.
+// Line is the steady state of n slots fed by one technician.
+type Line struct {
+	BoardsHour float64 // finished boards per hour
+	Cycle      float64 // mean power-on to running its eMMC
+	// TechnicianBusy is the share of the time the technician spends
+	// swapping (0..1).
+	TechnicianBusy float64
+}
+
+// lineWarmup and lineRounds: Line measures rounds 2 to lineRounds of every
+// slot, after the first round (all slots empty at the start) has passed.
+const lineWarmup, lineRounds = 1, 6
+
+// technicianBound is the technician's busy share from which the line
+// waits on them rather than on the bench.
+const technicianBound = 0.97
+
+// Simulate runs n boards of image in format f through one cycle, all
+// powered on at once, and the same n slots as a line fed by one
+// technician (BoardsHourSwapped).
 func Simulate(c Constraints, n int, im Image, f Format) (Result, error) {
-	if n < 1 {
-		return Result{}, fmt.Errorf("linetwin: %d boards", n)
-	}
-	if err := im.Validate(); err != nil {
+	e, err := newEngine(c, n, im, f)
+	if err != nil {
 		return Result{}, err
 	}
+	fin, peak, _ := e.simulate(false, n)
+	res := Result{Boards: n, Format: f, UplinkMbps: e.c.UplinkMbps, UplinkUseMax: peak}
+	for _, x := range fin {
+		if x.b.Total >= res.Cycle {
+			res.Cycle, res.PerBoard = x.b.Total, x.b
+		}
+	}
+	res.Bottleneck = res.PerBoard.Bottleneck
+	res.BoardsHour = float64(n) * 3600 / res.Cycle
+	l := e.line()
+	res.BoardsHourSwapped, res.SwappedCycle, res.TechnicianBound = l.BoardsHour, l.Cycle, l.TechnicianBusy >= technicianBound
+	return res, nil
+}
+
+// SimulateLine is the steady state of n slots fed by one technician: every
+// slot starts empty; the technician swaps one board at a time, SwapS
+// each, taking the slot that has waited longest; a board powers on as its
+// swap ends and waits for the technician once it runs its eMMC. The swaps
+// stagger the boards, so they share the uplink less than a batch does.
+func SimulateLine(c Constraints, n int, im Image, f Format) (Line, error) {
+	e, err := newEngine(c, n, im, f)
+	if err != nil {
+		return Line{}, err
+	}
+	return e.line(), nil
+}
+
+// engine is the fluid model of one line configuration.
+type engine struct {
+	c          Constraints
+	n          int
+	im         Image
+	f          Format
+	wire       float64 // image bytes on the wire
+	written    float64 // image bytes written to the eMMC
+	uplinkMBps float64
+	ownCap     rateLimit // a board's own cap on raw-image progress in download+write
+	verifyRate float64   // MB/s
+	fixed      map[int]float64
+}
+
+func newEngine(c Constraints, n int, im Image, f Format) (*engine, error) {
+	if n < 1 {
+		return nil, fmt.Errorf("linetwin: %d boards", n)
+	}
+	if err := im.Validate(); err != nil {
+		return nil, err
+	}
 	c = c.withDefaults()
-	wire, written := im.bytes(f)
+	e := &engine{c: c, n: n, im: im, f: f}
+	e.wire, e.written = im.bytes(f)
 	linkMBps := c.LinkMbps / 8 * c.TCPEfficiency
-	uplinkMBps := c.UplinkMbps / 8 * c.TCPEfficiency
-	// One board's own caps on raw-image progress in download+write.
+	e.uplinkMBps = c.UplinkMbps / 8 * c.TCPEfficiency
 	own := []rateLimit{
-		{"board link", linkMBps * im.RawBytes / wire},
-		{"eMMC write", c.EMMCWriteMBps * im.RawBytes / written},
+		{"board link", linkMBps * im.RawBytes / e.wire},
+		{"eMMC write", c.EMMCWriteMBps * im.RawBytes / e.written},
 	}
 	if f == Zstd || f == Dense {
 		own = append(own, rateLimit{"board CPU (zstd)", c.BoardZstdMBps})
 	}
-	ownCap := slices.MinFunc(own, func(a, b rateLimit) int { return cmp.Compare(a.v, b.v) })
-	verifyRate := math.Min(c.EMMCReadMBps, c.BoardSHA256MBps)
+	e.ownCap = slices.MinFunc(own, func(a, b rateLimit) int { return cmp.Compare(a.v, b.v) })
+	e.verifyRate = math.Min(c.EMMCReadMBps, c.BoardSHA256MBps)
+	e.fixed = map[int]float64{0: c.BootloaderS, 2: c.KernelBootS, 3: c.PickupS, 6: c.CustomiseS, 7: c.RebootS}
+	return e, nil
+}
 
-	type state struct {
-		phase  int
-		left   float64 // seconds (fixed phases) or bytes (shared phases)
-		done   float64 // download+write: raw bytes written so far
-		ver    float64 // raw bytes already read back and hashed
-		b      Board
-		reason map[string]float64
+// Slot phases besides Phases' indexes.
+const (
+	waiting  = -1 // empty, or finished: waits for the technician
+	swapping = -2 // the technician is at it
+)
+
+// slot is one place on the bench and the board in it.
+type slot struct {
+	phase   int
+	left    float64 // seconds (fixed phases, swap) or bytes (shared phases)
+	done    float64 // download+write: raw bytes written so far
+	ver     float64 // raw bytes already read back and hashed
+	b       Board
+	reason  map[string]float64
+	powerOn float64 // when this board was powered on
+	since   float64 // when the slot began waiting for the technician
+}
+
+// finish is one board done: when, and its cycle.
+type finish struct {
+	at float64
+	b  Board
+}
+
+// line runs the technician-fed line and measures its steady state.
+func (e *engine) line() Line {
+	fin, _, busy := e.simulate(true, e.n*lineRounds)
+	first, last := fin[e.n*lineWarmup-1], fin[len(fin)-1]
+	var cyc float64
+	for _, x := range fin[e.n*lineWarmup:] {
+		cyc += x.b.Total
 	}
-	bs := make([]*state, n)
-	for i := range bs {
-		bs[i] = &state{b: Board{Phase: map[string]float64{}, WireBytes: c.NetbootBytes + wire}, reason: map[string]float64{}}
-		bs[i].left = c.BootloaderS
-	}
-	fixed := map[int]float64{0: c.BootloaderS, 2: c.KernelBootS, 3: c.PickupS, 6: c.CustomiseS, 7: c.RebootS}
-	start := func(s *state, p int) {
-		s.phase = p
-		switch p {
-		case 1:
-			s.left = c.NetbootBytes
-		case 4:
-			s.left = im.RawBytes
-		case 5:
-			// what the read-back behind the writer has not covered yet
-			s.left = (im.RawBytes - s.ver) / verifyRate / MB
-		default:
-			s.left = fixed[p]
-		}
+	m := float64(len(fin) - e.n*lineWarmup)
+	window := last.at - first.at
+	return Line{BoardsHour: m * 3600 / window, Cycle: cyc / m, TechnicianBusy: busy(first.at, last.at) / window}
+}
+
+// simulate advances the line from one phase end to the next until target
+// boards are done. Without a technician every slot's board is powered on
+// at t=0 and runs once.
+func (e *engine) simulate(technician bool, target int) ([]finish, float64, func(a, b float64) float64) {
+	c, im := e.c, e.im
+	ss := make([]*slot, e.n)
+	for i := range ss {
+		ss[i] = &slot{phase: waiting}
 	}
 	var t, peakUse float64
-	for {
-		// rates of this step
-		var tftp, dl []*state
-		for _, s := range bs {
-			switch s.phase {
-			case 1:
-				tftp = append(tftp, s)
-			case 4:
-				dl = append(dl, s)
+	power := func(s *slot) {
+		*s = slot{b: Board{Phase: map[string]float64{}, WireBytes: c.NetbootBytes + e.wire}, reason: map[string]float64{}, powerOn: t}
+		e.start(s, 0)
+	}
+	if !technician {
+		for _, s := range ss {
+			power(s)
+		}
+	}
+	var busyFrom []float64 // the technician's swaps: start times; each lasts SwapS
+	techFree := true
+	var fin []finish
+	for len(fin) < target {
+		if technician && techFree {
+			var next *slot
+			for _, s := range ss {
+				if s.phase == waiting && (next == nil || s.since < next.since) {
+					next = s
+				}
+			}
+			if next != nil {
+				next.phase, next.left, techFree = swapping, c.SwapS, false
+				busyFrom = append(busyFrom, t)
 			}
 		}
-		rate := map[*state]float64{} // bytes/s for shared phases
-		why := map[*state]string{}   // what held a download below its own cap
-		// Netboot files and image streams share the server's uplink,
-		// max-min fairly (wire MB/s). Each TFTP flow is capped by the
-		// bootloader's pace and its share of the TFTP server; each
-		// download by its own caps and its share of the server's CPU.
-		var flows []flow
-		var owners []*state // owners[i] has flows[i]
-		for _, s := range tftp {
-			flows = append(flows, flow{cap: math.Min(c.PiTFTPMBps, c.TFTPServerMBps/float64(len(tftp)))})
-			owners = append(owners, s)
-		}
-		for _, s := range dl {
-			cpuShare := c.ServerMBps / float64(len(dl)) * wire / im.RawBytes
-			f := flow{cap: ownCap.v * wire / im.RawBytes, download: true}
-			if cpuShare < f.cap {
-				f.cap, f.capName = cpuShare, "server CPU"
-			}
-			flows = append(flows, f)
-			owners = append(owners, s)
-		}
-		used := shareUplink(flows, uplinkMBps)
-		peakUse = math.Max(peakUse, used/uplinkMBps)
-		for i, f := range flows {
-			st := owners[i]
-			if !f.download {
-				rate[st] = f.rate * MB
-				continue
-			}
-			rate[st] = f.rate * im.RawBytes / wire * MB
-			switch {
-			case f.rate < f.cap*(1-1e-9):
-				why[st] = "server uplink"
-			case f.capName != "":
-				why[st] = f.capName
-			}
-		}
+		rate, why, used := e.rates(ss)
+		peakUse = math.Max(peakUse, used/e.uplinkMBps)
 		// time to the next phase end
 		dt := math.Inf(1)
-		active := 0
-		for _, s := range bs {
-			if s.phase >= len(Phases) {
+		for _, s := range ss {
+			if s.phase == waiting {
 				continue
 			}
-			active++
 			d := s.left
 			if r, ok := rate[s]; ok {
 				d = s.left / r
 			}
 			dt = math.Min(dt, d)
 		}
-		if active == 0 {
-			break
+		if math.IsInf(dt, 1) {
+			break // nothing left to do (a batch whose boards are all done)
 		}
 		t += dt
-		for _, s := range bs {
-			if s.phase >= len(Phases) {
+		for _, s := range ss {
+			if s.phase == waiting {
 				continue
 			}
-			name := Phases[s.phase]
-			s.b.Phase[name] += dt
+			if s.phase >= 0 {
+				s.b.Phase[Phases[s.phase]] += dt
+			}
+			eps := 1e-9 // seconds left in a fixed phase or a swap
 			if r, ok := rate[s]; ok {
-				s.left -= r * dt
-				if s.phase == 4 {
-					// The agent reads back behind the writer. The eMMC does
-					// one thing at a time: the read-back gets the share of
-					// the device the write leaves idle (none when the eMMC
-					// is the limit, most of it when the network is).
-					s.done += r * dt
-					busy := r * written / im.RawBytes / (c.EMMCWriteMBps * MB)
-					s.ver = math.Min(s.done, s.ver+math.Max(0, 1-busy)*verifyRate*MB*dt)
-					held := ownCap.name
-					if w := why[s]; w != "" {
-						held = w
-					}
-					s.reason[held] += dt
-				}
+				e.progress(s, r, dt, why[s])
+				eps = 1e-9 * math.Max(1, im.RawBytes) // bytes left in a shared phase
 			} else {
 				s.left -= dt
 			}
-			if s.left <= 1e-9*math.Max(1, im.RawBytes) {
-				if s.phase == len(Phases)-1 {
-					s.phase = len(Phases)
-					s.b.Total = t
-					continue
+			if s.left > eps {
+				continue
+			}
+			switch {
+			case s.phase == swapping:
+				techFree = true
+				power(s)
+			case s.phase == len(Phases)-1:
+				s.b.Total = t - s.powerOn
+				s.b.Bottleneck = mostOf(s.reason)
+				fin = append(fin, finish{at: t, b: s.b})
+				s.phase, s.since = waiting, t
+				if !technician {
+					s.since = math.Inf(1) // a batch board is not swapped
 				}
-				start(s, s.phase+1)
+			default:
+				e.start(s, s.phase+1)
 			}
 		}
 	}
-	res := Result{Boards: n, Format: f, UplinkMbps: c.UplinkMbps, UplinkUseMax: peakUse}
-	for _, s := range bs {
-		var best string
-		for k, v := range s.reason {
-			if best == "" || v > s.reason[best] || (v == s.reason[best] && k < best) {
-				best = k
-			}
+	busy := func(a, b float64) float64 {
+		var sum float64
+		for _, from := range busyFrom {
+			sum += math.Max(0, math.Min(b, from+c.SwapS)-math.Max(a, from))
 		}
-		s.b.Bottleneck = best
-		if s.b.Total >= res.Cycle {
-			res.Cycle, res.PerBoard = s.b.Total, s.b
+		return sum
+	}
+	return fin, peakUse, busy
+}
+
+// start puts s into phase p.
+func (e *engine) start(s *slot, p int) {
+	s.phase = p
+	switch p {
+	case 1:
+		s.left = e.c.NetbootBytes
+	case 4:
+		s.left = e.im.RawBytes
+	case 5:
+		// what the read-back behind the writer has not covered yet
+		s.left = (e.im.RawBytes - s.ver) / e.verifyRate / MB
+	default:
+		s.left = e.fixed[p]
+	}
+}
+
+// rates are the shared phases' rates (bytes/s) for this step, what held
+// each download below its own cap, and the uplink capacity used (MB/s).
+// Netboot files and image streams share the server's uplink, max-min
+// fairly (wire MB/s). Each TFTP flow is capped by the bootloader's pace
+// and its share of the TFTP server; each download by its own caps and its
+// share of the server's CPU.
+func (e *engine) rates(ss []*slot) (map[*slot]float64, map[*slot]string, float64) {
+	c, im := e.c, e.im
+	var tftp, dl []*slot
+	for _, s := range ss {
+		switch s.phase {
+		case 1:
+			tftp = append(tftp, s)
+		case 4:
+			dl = append(dl, s)
 		}
 	}
-	res.Bottleneck = res.PerBoard.Bottleneck
-	res.BoardsHour = float64(n) * 3600 / res.Cycle
-	bench, tech := float64(n)*3600/(res.Cycle+c.SwapS), 3600/c.SwapS
-	res.BoardsHourSwapped, res.TechnicianBound = min(bench, tech), tech < bench
-	return res, nil
+	rate := map[*slot]float64{}
+	why := map[*slot]string{}
+	var flows []flow
+	var owners []*slot // owners[i] has flows[i]
+	for _, s := range tftp {
+		flows = append(flows, flow{cap: math.Min(c.PiTFTPMBps, c.TFTPServerMBps/float64(len(tftp)))})
+		owners = append(owners, s)
+	}
+	for _, s := range dl {
+		cpuShare := c.ServerMBps / float64(len(dl)) * e.wire / im.RawBytes
+		f := flow{cap: e.ownCap.v * e.wire / im.RawBytes, download: true}
+		if cpuShare < f.cap {
+			f.cap, f.capName = cpuShare, "server CPU"
+		}
+		flows = append(flows, f)
+		owners = append(owners, s)
+	}
+	used := shareUplink(flows, e.uplinkMBps)
+	for i, f := range flows {
+		s := owners[i]
+		if !f.download {
+			rate[s] = f.rate * MB
+			continue
+		}
+		rate[s] = f.rate * im.RawBytes / e.wire * MB
+		switch {
+		case f.rate < f.cap*(1-1e-9):
+			why[s] = "server uplink"
+		case f.capName != "":
+			why[s] = f.capName
+		}
+	}
+	return rate, why, used
+}
+
+// progress moves a shared phase on by dt at rate r (bytes/s).
+func (e *engine) progress(s *slot, r, dt float64, held string) {
+	s.left -= r * dt
+	if s.phase != 4 {
+		return
+	}
+	// The agent reads back behind the writer. The eMMC does one thing at a
+	// time: the read-back gets the share of the device the write leaves
+	// idle (none when the eMMC is the limit, most of it when the network
+	// is).
+	s.done += r * dt
+	busy := r * e.written / e.im.RawBytes / (e.c.EMMCWriteMBps * MB)
+	s.ver = math.Min(s.done, s.ver+math.Max(0, 1-busy)*e.verifyRate*MB*dt)
+	if held == "" {
+		held = e.ownCap.name
+	}
+	s.reason[held] += dt
+}
+
+// mostOf is the reason that held a download back the longest (ties by
+// name, so the result is deterministic).
+func mostOf(reason map[string]float64) string {
+	var best string
+	for k, v := range reason {
+		if best == "" || v > reason[best] || (v == reason[best] && k < best) {
+			best = k
+		}
+	}
+	return best
 }
 
 // flow is one board's transfer on the server's uplink: a netboot (TFTP) or

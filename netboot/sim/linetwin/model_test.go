@@ -159,8 +159,10 @@ func TestVerifyOverlapsANetworkBoundWrite(t *testing.T) {
 	}
 }
 
-// TestSwapTime: each slot loses its own swap, and one technician swaps at
-// most one board per SwapS, which bounds a large line.
+// TestSwapTime: the line fed by one technician. Each slot loses its own
+// swap; one technician swaps at most one board per SwapS, which bounds a
+// large line; where the uplink does not limit, the line is the closed form
+// n x 3600 / (cycle + swap).
 func TestSwapTime(t *testing.T) {
 	for _, tt := range []struct {
 		name  string
@@ -179,14 +181,64 @@ func TestSwapTime(t *testing.T) {
 				t.Fatal(err)
 			}
 			bench, tech := float64(tt.n)*3600/(r.Cycle+tt.swap), 3600/tt.swap
-			if r.TechnicianBound != tt.bound || !near(r.BoardsHourSwapped, min(bench, tech), 1e-9) || r.BoardsHourSwapped >= r.BoardsHour {
-				t.Errorf("swapped %.1f/h (technician bound %v), line %.1f/h; bench %.1f, technician %.1f", r.BoardsHourSwapped, r.TechnicianBound, r.BoardsHour, bench, tech)
+			if r.TechnicianBound != tt.bound || !near(r.BoardsHourSwapped, min(bench, tech), 1e-6*tech) || r.BoardsHourSwapped >= r.BoardsHour {
+				t.Errorf("swapped %.3f/h (technician bound %v), line %.1f/h; bench %.3f, technician %.3f", r.BoardsHourSwapped, r.TechnicianBound, r.BoardsHour, bench, tech)
+			}
+			if !near(r.SwappedCycle, r.Cycle, 1e-6) {
+				t.Errorf("a board's cycle in the line %.3f s, alone %.3f s: nothing is shared on 10 GbE", r.SwappedCycle, r.Cycle)
+			}
+			l, err := SimulateLine(Constraints{SwapS: tt.swap, UplinkMbps: 10000}, tt.n, fieldImage, Zstd)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if busy := min(1, l.BoardsHour*tt.swap/3600); !near(l.TechnicianBusy, busy, 1e-6) || l.BoardsHour != r.BoardsHourSwapped {
+				t.Errorf("technician busy %.4f, want %.4f (one swap per board); %+v", l.TechnicianBusy, busy, l)
 			}
 		})
 	}
 	gs, _ := Goals(Constraints{}, fieldImage)
 	if g := gs[4]; !g.Met || !strings.Contains(g.Why, "technician") {
 		t.Errorf("shift goal %+v", g)
+	}
+}
+
+// TestSwapsStagger: boards swapped one after another do not all download
+// at once. On 1 GbE, 16 boards powered on together share the uplink
+// (zstd: 16 x 30 MB/s wanted, 117.5 carried), but 10 s apart only about
+// three download at a time, each at eMMC speed; 1 s apart they still
+// contend, less than in the batch.
+func TestSwapsStagger(t *testing.T) {
+	one, err := Simulate(Constraints{UplinkMbps: 1000}, 1, fieldImage, Zstd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		name      string
+		swap      float64
+		uncontend bool
+	}{
+		{"10 s swaps", 10, true},
+		{"1 s swaps", 1, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			r, err := Simulate(Constraints{UplinkMbps: 1000, SwapS: tt.swap}, 16, fieldImage, Zstd)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if r.Cycle < one.Cycle*1.2 || r.Bottleneck != "server uplink" {
+				t.Fatalf("the batch of 16 does not contend: %.1f s against %.1f s alone, %s", r.Cycle, one.Cycle, r.Bottleneck)
+			}
+			if r.SwappedCycle >= r.Cycle {
+				t.Errorf("a board's cycle in the line %.1f s, in the batch %.1f s", r.SwappedCycle, r.Cycle)
+			}
+			if alone := near(r.SwappedCycle, one.Cycle, 1e-6); alone != tt.uncontend {
+				t.Errorf("a board's cycle in the line %.3f s, alone %.3f s; want uncontended %v", r.SwappedCycle, one.Cycle, tt.uncontend)
+			}
+			// the closed form, which takes the batch's cycle, undercounts
+			if closed := min(16*3600/(r.Cycle+tt.swap), 3600/tt.swap); r.BoardsHourSwapped < closed*(1-1e-6) {
+				t.Errorf("line %.1f/h below the batch's closed form %.1f/h", r.BoardsHourSwapped, closed)
+			}
+		})
 	}
 }
 
