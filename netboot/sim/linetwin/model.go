@@ -92,6 +92,35 @@ func (c Constraints) withDefaults() Constraints {
 	return c
 }
 
+// validate refuses constraints that would stall the model: every rate
+// must be positive and no time negative.
+func (c Constraints) validate() error {
+	for _, r := range []struct {
+		name string
+		v    float64
+	}{
+		{"eMMC write", c.EMMCWriteMBps}, {"eMMC read", c.EMMCReadMBps}, {"board sha256", c.BoardSHA256MBps},
+		{"board zstd", c.BoardZstdMBps}, {"link", c.LinkMbps}, {"uplink", c.UplinkMbps}, {"server", c.ServerMBps},
+		{"TCP efficiency", c.TCPEfficiency}, {"Pi TFTP", c.PiTFTPMBps}, {"TFTP server", c.TFTPServerMBps},
+	} {
+		if !(r.v > 0) || math.IsInf(r.v, 0) {
+			return fmt.Errorf("linetwin: %s rate %g: want a positive number", r.name, r.v)
+		}
+	}
+	for _, d := range []struct {
+		name string
+		v    float64
+	}{
+		{"netboot bytes", c.NetbootBytes}, {"bootloader", c.BootloaderS}, {"kernel boot", c.KernelBootS}, {"pickup", c.PickupS},
+		{"customise", c.CustomiseS}, {"reboot", c.RebootS}, {"swap", c.SwapS},
+	} {
+		if !(d.v >= 0) || math.IsInf(d.v, 0) {
+			return fmt.Errorf("linetwin: %s %g: want zero or more", d.name, d.v)
+		}
+	}
+	return nil
+}
+
 // Format is how the image travels and is written.
 type Format string
 
@@ -258,6 +287,9 @@ func newEngine(c Constraints, n int, im Image, f Format) (*engine, error) {
 		return nil, err
 	}
 	c = c.withDefaults()
+	if err := c.validate(); err != nil {
+		return nil, err
+	}
 	e := &engine{c: c, n: n, im: im, f: f}
 	e.wire, e.written = im.bytes(f)
 	linkMBps := c.LinkMbps / 8 * c.TCPEfficiency

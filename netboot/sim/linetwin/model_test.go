@@ -288,3 +288,32 @@ func TestNetbootSharesTheUplink(t *testing.T) {
 		t.Errorf("16 boards netboot in %.2f s, want %.2f s (a sixteenth of the uplink each)", r16.PerBoard.Phase["netboot"], want)
 	}
 }
+
+// TestSimulateRefuses: input the model cannot run is refused with the
+// constraint named, by the batch and by the line, instead of stalling.
+func TestSimulateRefuses(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		c    Constraints
+		n    int
+		im   Image
+		want string
+	}{
+		{"no boards", Constraints{}, 0, fieldImage, "0 boards"},
+		{"an empty image", Constraints{}, 1, Image{}, "no size"},
+		{"more data than image", Constraints{}, 1, Image{RawBytes: 1, DataBytes: 2, ZstdBytes: 1}, "data bytes"},
+		{"a negative eMMC rate", Constraints{EMMCWriteMBps: -40}, 4, fieldImage, "eMMC write rate -40"},
+		{"an uplink that is not a number", Constraints{UplinkMbps: math.NaN()}, 4, fieldImage, "uplink rate NaN"},
+		{"an endless link", Constraints{LinkMbps: math.Inf(1)}, 4, fieldImage, "link rate +Inf"},
+		{"a negative swap", Constraints{SwapS: -1}, 4, fieldImage, "swap -1"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			if _, err := Simulate(tt.c, tt.n, tt.im, Zstd); err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("Simulate: %v, want an error with %q", err, tt.want)
+			}
+			if _, err := SimulateLine(tt.c, tt.n, tt.im, Zstd); err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("SimulateLine: %v, want an error with %q", err, tt.want)
+			}
+		})
+	}
+}
