@@ -84,7 +84,7 @@ func apiOps() []op {
 		{method: "GET", path: "/api/v1/backups", tag: "technician", admin: true, summary: "Stored backups, newest first", resp: []contract.Backup{}},
 		{method: "GET", path: "/api/v1/backups/{id}/download", tag: "technician", admin: true, summary: "Download a backup as stored (.img or .img.zst)", params: []param{{"id", "path", "backup id"}}, respType: "application/octet-stream"},
 		{method: "DELETE", path: "/api/v1/backups/{id}", tag: "technician", admin: true, summary: "Delete a backup", params: []param{{"id", "path", "backup id"}}, resp: map[string]string{}},
-		{method: "GET", path: "/api/v1/events", tag: "technician", admin: true, summary: "Event history, oldest first", params: []param{{"since", "query", "events after this id (default: the newest)"}, {"limit", "query", "at most this many (default 500)"}}, resp: []contract.Event{}},
+		{method: "GET", path: "/api/v1/events", tag: "technician", admin: true, summary: "Event history, oldest first", params: []param{{"since", "query", "events after this id (default: the newest)"}, {"limit", "query", "at most this many (default 500, at most 10000)"}}, resp: []contract.Event{}},
 	}
 }
 

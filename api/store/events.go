@@ -102,11 +102,18 @@ func (s *Store) Subscribe(buf int) (<-chan contract.Event, func()) {
 	}
 }
 
-// Events lists logged events with ID > since, oldest first, at most limit.
-// A negative since lists the newest limit events.
+// maxEventPage is the most events one Events call returns.
+const maxEventPage = 10000
+
+// Events lists logged events with ID > since, oldest first, at most limit
+// (500 when limit is not positive, maxEventPage at most). A negative since
+// lists the newest limit events.
 func (s *Store) Events(ctx context.Context, since int64, limit int) ([]contract.Event, error) {
-	if limit <= 0 || limit > 10000 {
+	switch {
+	case limit <= 0:
 		limit = 500
+	case limit > maxEventPage:
+		limit = maxEventPage // more than a page asks for the whole page, not the default
 	}
 	var rows *sql.Rows
 	var err error

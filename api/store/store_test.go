@@ -324,3 +324,33 @@ func TestMigrateFromV1(t *testing.T) {
 		t.Error("MarkServed not recorded")
 	}
 }
+
+// TestEventPages: a limit of zero or less is the default page, and a limit
+// above the largest page is the largest page, not the default.
+func TestEventPages(t *testing.T) {
+	ctx := context.Background()
+	st := openTemp(t, filepath.Join(t.TempDir(), "bench.db"))
+	for i := 0; i < 600; i++ {
+		if _, err := st.Emit(ctx, contract.Event{Kind: "flood"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, tt := range []struct {
+		since int64
+		limit int
+		want  int
+	}{
+		{0, 0, 500},
+		{0, -1, 500},
+		{0, 20, 20},
+		{0, 550, 550},
+		{0, 100000, 600},
+		{-1, 100000, 600},
+		{590, 100000, 10},
+	} {
+		evs, err := st.Events(ctx, tt.since, tt.limit)
+		if err != nil || len(evs) != tt.want {
+			t.Errorf("Events(%d, %d) = %d events, %v; want %d", tt.since, tt.limit, len(evs), err, tt.want)
+		}
+	}
+}
