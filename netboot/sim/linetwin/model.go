@@ -49,6 +49,7 @@ type Constraints struct {
 	CustomiseS      float64 // per-device files into the boot partition
 	RebootS         float64 // reboot command to the board running its eMMC
 	SwapS           float64 // the technician's time to take one board out and put the next in
+	VerifyStepBytes float64 // the read-back follows the writer region by region, each this size
 }
 
 // Defaults are the starting constraints and where each comes from.
@@ -61,15 +62,16 @@ var Defaults = Constraints{
 	UplinkMbps:      10000,
 	ServerMBps:      3000, // ARCHITECTURE.md deploy table: 3019 MB/s to 16 clients on this 2-core machine (sendfile)
 	TCPEfficiency:   0.94,
-	PiTFTPMBps:      3,    // ARCHITECTURE.md: "the Pi's own turnaround (2-5 MB/s per board)"; HARDWARE.md Q22
-	TFTPServerMBps:  78,   // ARCHITECTURE.md, the pin/tftp runs: 78.6 MB/s to 16 atftp clients at blksize 1024
-	NetbootBytes:    18e6, // start4.elf 2.3 MB, kernel8.img ~9.5 MB, agent initrd ~6 MB, dtb, fixup4.dat (Q22)
-	BootloaderS:     3,    // assumption (Q23): power-on to DISCOVER with BOOT_ORDER 0xf21 and an empty eMMC
-	KernelBootS:     8,    // the QEMU e2e test's kernel-to-register time on real arm64, rounded up
-	PickupS:         1,    // zero-click: the job is there at register; one poll at most
-	CustomiseS:      1,    // TestZeroClickTwoRecipes: per-device files take well under a second
-	RebootS:         5,    // assumption (Q23): reboot to the bootloader leaving netboot
-	SwapS:           10,   // assumption (Q23): unplug, plug, power on; one technician
+	PiTFTPMBps:      3,        // ARCHITECTURE.md: "the Pi's own turnaround (2-5 MB/s per board)"; HARDWARE.md Q22
+	TFTPServerMBps:  78,       // ARCHITECTURE.md, the pin/tftp runs: 78.6 MB/s to 16 atftp clients at blksize 1024
+	NetbootBytes:    18e6,     // start4.elf 2.3 MB, kernel8.img ~9.5 MB, agent initrd ~6 MB, dtb, fixup4.dat (Q22)
+	BootloaderS:     3,        // assumption (Q23): power-on to DISCOVER with BOOT_ORDER 0xf21 and an empty eMMC
+	KernelBootS:     8,        // the QEMU e2e test's kernel-to-register time on real arm64, rounded up
+	PickupS:         1,        // zero-click: the job is there at register; one poll at most
+	CustomiseS:      1,        // TestZeroClickTwoRecipes: per-device files take well under a second
+	RebootS:         5,        // assumption (Q23): reboot to the bootloader leaving netboot
+	SwapS:           10,       // assumption (Q23): unplug, plug, power on; one technician
+	VerifyStepBytes: 32 << 20, // cm4agent's verifyStep: each fsynced 32 MiB region is read back while the download goes on
 }
 
 func (c Constraints) withDefaults() Constraints {
@@ -83,7 +85,7 @@ func (c Constraints) withDefaults() Constraints {
 		{&c.ServerMBps, d.ServerMBps}, {&c.TCPEfficiency, d.TCPEfficiency}, {&c.PiTFTPMBps, d.PiTFTPMBps},
 		{&c.TFTPServerMBps, d.TFTPServerMBps}, {&c.NetbootBytes, d.NetbootBytes}, {&c.BootloaderS, d.BootloaderS},
 		{&c.KernelBootS, d.KernelBootS}, {&c.PickupS, d.PickupS}, {&c.CustomiseS, d.CustomiseS}, {&c.RebootS, d.RebootS},
-		{&c.SwapS, d.SwapS},
+		{&c.SwapS, d.SwapS}, {&c.VerifyStepBytes, d.VerifyStepBytes},
 	} {
 		if *f.v == 0 {
 			*f.v = f.def
@@ -112,7 +114,7 @@ func (c Constraints) validate() error {
 		v    float64
 	}{
 		{"netboot bytes", c.NetbootBytes}, {"bootloader", c.BootloaderS}, {"kernel boot", c.KernelBootS}, {"pickup", c.PickupS},
-		{"customise", c.CustomiseS}, {"reboot", c.RebootS}, {"swap", c.SwapS},
+		{"customise", c.CustomiseS}, {"reboot", c.RebootS}, {"swap", c.SwapS}, {"verify step", c.VerifyStepBytes},
 	} {
 		if !(d.v >= 0) || math.IsInf(d.v, 0) {
 			return fmt.Errorf("linetwin: %s %g: want zero or more", d.name, d.v)
@@ -381,7 +383,8 @@ func (e *engine) simulate(technician bool, target int) ([]finish, float64, func(
 		}
 		rate, why, used := e.rates(ss)
 		peakUse = math.Max(peakUse, used/e.uplinkMBps)
-		// time to the next phase end
+		// time to the next phase end, or to a writer crossing a read-back
+		// region's end (the read-back may go on from there)
 		dt := math.Inf(1)
 		for _, s := range ss {
 			if s.phase == waiting {
@@ -390,6 +393,9 @@ func (e *engine) simulate(technician bool, target int) ([]finish, float64, func(
 			d := s.left
 			if r, ok := rate[s]; ok {
 				d = s.left / r
+				if s.phase == 4 {
+					d = math.Min(d, (e.nextRegion(s.done)-s.done)/r)
+				}
 			}
 			dt = math.Min(dt, d)
 		}
@@ -515,17 +521,29 @@ func (e *engine) progress(s *slot, r, dt float64, held string) {
 	if s.phase != 4 {
 		return
 	}
-	// The agent reads back behind the writer. The eMMC does one thing at a
-	// time: the read-back gets the share of the device the write leaves
-	// idle (none when the eMMC is the limit, most of it when the network
-	// is).
+	// The agent reads back behind the writer, each region of
+	// VerifyStepBytes once it is written and synced. The eMMC does one
+	// thing at a time: the read-back gets the share of the device the
+	// write leaves idle (none when the eMMC is the limit, most of it when
+	// the network is). The rest is read back after the last byte.
+	// Steps end where the writer crosses a region's end, so the synced
+	// range is the one at the step's start.
+	synced := e.nextRegion(s.done) - e.c.VerifyStepBytes
 	s.done += r * dt
 	busy := r * e.written / e.im.RawBytes / (e.c.EMMCWriteMBps * MB)
-	s.ver = math.Min(s.done, s.ver+math.Max(0, 1-busy)*e.verifyRate*MB*dt)
+	s.ver = math.Max(s.ver, math.Min(synced, s.ver+math.Max(0, 1-busy)*e.verifyRate*MB*dt))
 	if held == "" {
 		held = e.ownCap.name
 	}
 	s.reason[held] += dt
+}
+
+// nextRegion is the end of the read-back region the writer is in at done
+// (raw bytes); a writer within a millionth of a byte of a region's end has
+// crossed it.
+func (e *engine) nextRegion(done float64) float64 {
+	step := e.c.VerifyStepBytes
+	return (math.Floor((done+1e-6)/step) + 1) * step
 }
 
 // mostOf is the reason that held a download back the longest (ties by

@@ -35,6 +35,11 @@ type lineRun struct {
 	Rows      []contract.LedgerRow
 	Model     linetwin.Result
 	Cycle     float64 // seconds from power-on to the last board's ledger row
+	// DHCP, Files and Boot split netboot+register with the server's
+	// events, as means over the boards: the bootloader's first DHCP answer
+	// to its first ACK, that ACK to the last TFTP file sent, and that file
+	// to the agent's register.
+	DHCP, Files, Boot float64
 }
 
 // lineParams are the bench twin's constraints for a real run at scale 1:
@@ -139,7 +144,54 @@ func runLine(tb testing.TB, n int, p lineParams, k float64) lineRun {
 			tb.Fatalf("board %s: %s %s", row.MAC, row.Result, row.Error)
 		}
 	}
-	return lineRun{Boards: n, Scale: k, HostCPU: busy, ServerCPU: srvCPU, ServerRSS: srvRSS, Rows: rows, Model: model, Cycle: cycle}
+	events, err := cl.Events(ctx, 0, 10000)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	dhcp, files, boot := netbootSplit(tb, rows, events)
+	return lineRun{Boards: n, Scale: k, HostCPU: busy, ServerCPU: srvCPU, ServerRSS: srvRSS, Rows: rows, Model: model, Cycle: cycle,
+		DHCP: dhcp, Files: files, Boot: boot}
+}
+
+// netbootSplit reads each board's first DHCP answer, first DHCP ACK, last
+// TFTP file sent and first register from the event log, and returns the
+// means of the three spans between them.
+func netbootSplit(tb testing.TB, rows []contract.LedgerRow, events []contract.Event) (dhcp, files, boot float64) {
+	tb.Helper()
+	type marks struct{ dhcp, ack, file, reg time.Time }
+	m := map[string]*marks{}
+	for _, r := range rows {
+		m[r.MAC] = &marks{}
+	}
+	for _, e := range events {
+		b := m[e.MAC]
+		if b == nil {
+			continue
+		}
+		switch {
+		case strings.HasPrefix(e.Kind, "dhcp.") && b.dhcp.IsZero():
+			b.dhcp = e.Time
+			if e.Kind == contract.EventDHCPAck {
+				b.ack = e.Time
+			}
+		case e.Kind == contract.EventDHCPAck && b.ack.IsZero():
+			b.ack = e.Time
+		case e.Kind == contract.EventTFTPTransfer && b.reg.IsZero():
+			b.file = e.Time
+		case e.Kind == contract.EventDeviceRegister && b.reg.IsZero():
+			b.reg = e.Time
+		}
+	}
+	for mac, b := range m {
+		if b.dhcp.IsZero() || b.ack.Before(b.dhcp) || b.file.Before(b.ack) || b.reg.Before(b.file) {
+			tb.Fatalf("%s: events out of order: DHCP %v, ACK %v, last file %v, register %v", mac, b.dhcp, b.ack, b.file, b.reg)
+		}
+		dhcp += b.ack.Sub(b.dhcp).Seconds()
+		files += b.file.Sub(b.ack).Seconds()
+		boot += b.reg.Sub(b.file).Seconds()
+	}
+	n := float64(len(m))
+	return dhcp / n, files / n, boot / n
 }
 
 // measured phase means over the boards: netboot+register, write, verify.
@@ -164,12 +216,14 @@ func (l lineRun) modelled() (boot, write, verify float64) {
 // on its request order, while their sum does not.
 func writeLineTable(w io.Writer, runs []lineRun) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "boards\tscale\thost CPU\tserver CPU s\tserver peak RSS MiB\tnetboot+register s\ttwin\tratio\twrite+verify s\ttwin\tratio\tbottleneck (twin)\t")
+	fmt.Fprintln(tw, "boards\tscale\thost CPU\tserver CPU s\tserver peak RSS MiB\tnetboot+register s\ttwin\tratio\tDHCP s\tfiles s\ttwin\tkernel+register s\ttwin\twrite+verify s\ttwin\tratio\tbottleneck (twin)\t")
 	for _, l := range runs {
 		b, w, v := l.measured()
 		mb, mw, mv := l.modelled()
-		fmt.Fprintf(tw, "%d\t1/%g\t%.0f%%\t%.1f\t%.0f\t%.1f\t%.1f\t%.2fx\t%.1f\t%.1f\t%.2fx\t%s\t\n", l.Boards, l.Scale, 100*l.HostCPU,
-			l.ServerCPU.Seconds(), float64(l.ServerRSS)/(1<<20), b, mb, b/mb, w+v, mw+mv, (w+v)/(mw+mv), l.Model.Bottleneck)
+		p := l.Model.PerBoard.Phase
+		fmt.Fprintf(tw, "%d\t1/%g\t%.0f%%\t%.1f\t%.0f\t%.1f\t%.1f\t%.2fx\t%.2f\t%.1f\t%.1f\t%.1f\t%.1f\t%.1f\t%.1f\t%.2fx\t%s\t\n", l.Boards, l.Scale, 100*l.HostCPU,
+			l.ServerCPU.Seconds(), float64(l.ServerRSS)/(1<<20), b, mb, b/mb, l.DHCP, l.Files, p["netboot"], l.Boot, p["kernel"]+p["pickup"],
+			w+v, mw+mv, (w+v)/(mw+mv), l.Model.Bottleneck)
 	}
 	tw.Flush()
 }
@@ -201,6 +255,12 @@ func TestRealisticLineAgainstTheTwin(t *testing.T) {
 	}
 	if b < 0.9*mb || b > 3*mb {
 		t.Errorf("netboot+register %.2f s against the twin's %.2f s", b, mb)
+	}
+	// Its split from the server's events: the files are paced by the
+	// bootloader's TFTP pace, the kernel by its boot delay.
+	ph := run.Model.PerBoard.Phase
+	if run.Files < 0.9*ph["netboot"] || run.Files > 3*ph["netboot"] || run.Boot < 0.9*ph["kernel"] || run.Boot > 3*(ph["kernel"]+ph["pickup"]) {
+		t.Errorf("files %.2f s (twin %.2f), kernel+register %.2f s (twin %.2f)", run.Files, ph["netboot"], run.Boot, ph["kernel"]+ph["pickup"])
 	}
 	for _, r := range run.Rows {
 		if r.WireBytes < smallLine.ImageBytes || r.WrittenBytes < smallLine.ImageBytes {
