@@ -688,7 +688,11 @@ func TestDashboardControlsInBrowser(t *testing.T) {
 	if label != "Image" {
 		t.Errorf("device image picker label %q, want Image", label)
 	}
-	b.do(t, "pick second.img", chromedp.Evaluate[chromedp.Void](`(() => { const s = `+sel+`; s.focus(); s.value = 'second.img'; s.dispatchEvent(new Event('change')); })()`))
+	// Deploy clicked in the same moment as the pick, before the pick is
+	// stored, names and deploys the picked image: what the card shows.
+	b.do(t, "pick second.img and click Deploy at once", chromedp.Evaluate[chromedp.Void](`(() => { const s = `+sel+`; s.focus(); s.value = 'second.img'; s.dispatchEvent(new Event('change'));
+		document.querySelector('button[aria-label="Deploy `+d.MAC+`"]').click(); })()`))
+	b.waitFor(t, "a confirmation naming second.img", `document.getElementById('confirm').open && document.getElementById('confirm-text').textContent.includes('second.img')`)
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		var dev contract.Device
@@ -701,8 +705,9 @@ func TestDashboardControlsInBrowser(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	b.do(t, "click Deploy", chromedp.Click(chromedp.CSS(`button[aria-label="Deploy `+d.MAC+`"]`)))
-	b.waitFor(t, "a confirmation naming second.img", `document.getElementById('confirm').open && document.getElementById('confirm-text').textContent.includes('second.img')`)
+	if got := b.text(t, sel+`.value`); got != "second.img" {
+		t.Errorf("the picker shows %q once the pick is stored, want second.img", got)
+	}
 	b.do(t, "confirm", chromedp.Click(chromedp.CSS(`[data-testid=confirm-ok]`)))
 	b.waitFor(t, "pending", card(d.MAC)+`.dataset.state === 'pending' && !`+card(d.MAC)+`.querySelector('[data-testid=cancel]').hidden`)
 	var dev contract.Device

@@ -38,6 +38,7 @@
     pendingDevice: new Map(),
     seq: 0,               // request sequence: a device answer older than the one shown is dropped
     applied: new Map(),   // mac -> seq of the device state shown
+    pendingImage: new Map(), // mac -> {image, seq} picked on the card, while its PUT is in flight
     loggedIn: false,
   };
 
@@ -716,6 +717,9 @@ files:
       S.applied.set(mac, seq);
     }
     // List answers carry no log tail: keep the one already shown for this action.
+    // An image picked on the card and not yet stored wins over any
+    // answer: Deploy must name what the technician sees.
+    if (S.pendingImage.has(mac)) d.image = S.pendingImage.get(mac).image;
     const prev = S.devices.get(mac);
     const pa = currentAction(prev), na = currentAction(d);
     if (pa && na && pa.id === na.id && pa.log && !na.log) na.log = pa.log;
@@ -1167,17 +1171,34 @@ files:
     }
     refreshDevice(mac);
   }
+  // onAssignImage stores the image picked on a card. The pick counts at
+  // once (Deploy right after it names the picked image): while the PUT is
+  // in flight every device answer shows it, and answers requested before
+  // the PUT landed, which still carry the old image, are then dropped.
   async function onAssignImage(mac, sel) {
+    const image = sel.value;
+    const mine = { image, seq: ++S.seq };
+    S.pendingImage.set(mac, mine);
+    const d = S.devices.get(mac);
+    if (d) d.image = image;
+    let failed;
     try {
-      await api("PUT", "/api/v1/devices/" + encodeURIComponent(mac) + "/image", { image: sel.value });
-      // A device answer requested before this PUT landed still carries the
-      // old image: mark it stale, so it cannot put the old choice back.
-      S.applied.set(mac, ++S.seq);
-      const d = S.devices.get(mac);
-      if (d) d.image = sel.value;
+      await api("PUT", "/api/v1/devices/" + encodeURIComponent(mac) + "/image", { image });
     } catch (e) {
-      showError("Could not assign the image to " + mac, e);
+      failed = e;
+    }
+    if (S.pendingImage.get(mac) !== mine) return; // a later pick is in flight and settles it
+    S.pendingImage.delete(mac);
+    if (failed) {
+      showError("Could not assign the image to " + mac, failed);
       refreshDevice(mac);
+      return;
+    }
+    S.applied.set(mac, ++S.seq);
+    const cur = S.devices.get(mac);
+    if (cur) {
+      cur.image = image;
+      renderDevice(S.cards.get(mac), cur);
     }
   }
 
