@@ -428,10 +428,7 @@ func (e *engine) simulate(technician bool, target int) ([]finish, float64, func(
 				s.b.Total = t - s.powerOn
 				s.b.Bottleneck = mostOf(s.reason)
 				fin = append(fin, finish{at: t, b: s.b})
-				s.phase, s.since = waiting, t
-				if !technician {
-					s.since = math.Inf(1) // a batch board is not swapped
-				}
+				s.phase, s.since = waiting, t // a batch never swaps it
 			default:
 				e.start(s, s.phase+1)
 			}
