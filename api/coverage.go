@@ -185,13 +185,6 @@ func coveredBytes(ivs []interval, size int64) int64 {
 	return total
 }
 
-// covered returns how many bytes of [0, size) the book shows as streamed
-// in space.
-func (b *coverageBook) covered(action, space string, size int64) (int64, error) {
-	sent, err := b.read(action)
-	return coveredBytes(sent[space], size), err
-}
-
 // complete reports whether the whole image went out, in any space: the
 // raw stream, a passed-through .zst, or a sparse stream (whose length is
 // in its space's name).
@@ -207,8 +200,11 @@ func (b *coverageBook) complete(action string, rawSize, zstSize int64) (bool, in
 		return true, raw, nil
 	}
 	for space, ivs := range sent {
-		wire, perr := strconv.ParseInt(strings.TrimPrefix(space, sparsePrefix), 10, 64)
-		if strings.HasPrefix(space, sparsePrefix) && perr == nil && wire > 0 && coveredBytes(ivs, wire) >= wire {
+		n, ok := strings.CutPrefix(space, sparsePrefix)
+		if !ok {
+			continue
+		}
+		if wire, err := strconv.ParseInt(n, 10, 64); err == nil && wire > 0 && coveredBytes(ivs, wire) >= wire {
 			return true, rawSize, nil // the whole image, holes included, went out
 		}
 	}

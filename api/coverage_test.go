@@ -5,6 +5,16 @@ import (
 	"testing"
 )
 
+// covered is how many bytes of [0, size) b shows as streamed in space.
+func covered(t *testing.T, b *coverageBook, action, space string, size int64) int64 {
+	t.Helper()
+	sent, err := b.read(action)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return coveredBytes(sent[space], size)
+}
+
 // The coverage book counts what a dead server instance claimed but never
 // recorded (it may have gone out before the server died), never what the
 // running instance has only claimed, and merges overlapping resumes.
@@ -20,12 +30,12 @@ func TestCoverageBook(t *testing.T) {
 	s1.claim(100, 100) // the server is killed here, mid-write
 	// a restarted server
 	cur := newCoverageBook(dir)
-	if got, _ := cur.covered("7", spaceRaw, 1000); got != 200 {
+	if got := covered(t, cur, "7", spaceRaw, 1000); got != 200 {
 		t.Errorf("after the restart: %d bytes covered, want 200 (the dead instance's last claim counts)", got)
 	}
 	s2, _ := cur.open("7", spaceRaw)
 	s2.claim(150, 850) // the resumed download overlaps, and is in flight
-	if got, _ := cur.covered("7", spaceRaw, 1000); got != 200 {
+	if got := covered(t, cur, "7", spaceRaw, 1000); got != 200 {
 		t.Errorf("with a claim in flight: %d bytes covered, want 200", got)
 	}
 	s2.sent(150, 400) // the client went away after 400 bytes
@@ -48,7 +58,7 @@ func TestCoverageBook(t *testing.T) {
 		t.Errorf("garbage book: %v %d", done, got)
 	}
 	cur.remove("7")
-	if got, _ := cur.covered("7", spaceRaw, 1000); got != 0 {
+	if got := covered(t, cur, "7", spaceRaw, 1000); got != 0 {
 		t.Error("removed book still counts")
 	}
 }
