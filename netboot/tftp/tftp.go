@@ -220,6 +220,7 @@ func (s *Server) ServeConn(ctx context.Context, conn *net.UDPConn) error {
 	if retries <= 0 {
 		retries = DefaultRetries
 	}
+	s.junk = tokenbucket.Bucket{Rate: junkAnswersPerSecond, Burst: junkAnswersBurst}
 	eng, err := newEngine(timeout, retries)
 	if err != nil {
 		conn.Close()
@@ -334,11 +335,6 @@ const (
 	junkAnswersBurst     = 20
 )
 
-func (s *Server) answerJunk() bool {
-	s.junk.Rate, s.junk.Burst = junkAnswersPerSecond, junkAnswersBurst
-	return s.junk.Allow(time.Now())
-}
-
 func (s *Server) inTransfer(c netip.AddrPort) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -376,7 +372,7 @@ func (s *Server) request(eng *engine, b []byte, client netip.AddrPort, local net
 	if err != nil {
 		s.count(func(st *Stats) { st.Malformed++ })
 		s.log().Debug("tftp: bad request", "ip", remote, "err", err)
-		if s.answerJunk() {
+		if s.junk.Allow(time.Now()) {
 			s.replyError(local, client, codeIllegalOp, "illegal TFTP operation")
 		}
 		return
@@ -392,7 +388,7 @@ func (s *Server) request(eng *engine, b []byte, client netip.AddrPort, local net
 	if req.op == opWRQ {
 		s.count(func(st *Stats) { st.Denied++ })
 		s.log().Warn("tftp: write request refused", "file", name, "ip", remote)
-		if s.answerJunk() {
+		if s.junk.Allow(time.Now()) {
 			s.replyError(local, client, codeAccess, errReadOnly)
 		}
 		return
