@@ -38,7 +38,7 @@
     pendingDevice: new Map(),
     seq: 0,               // request sequence: a device answer older than the one shown is dropped
     applied: new Map(),   // mac -> seq of the device state shown
-    pendingImage: new Map(), // mac -> {image, seq} picked on the card, while its PUT is in flight
+    pendingImage: new Map(), // mac -> {image} picked on the card, while its PUT is in flight
     loggedIn: false,
   };
 
@@ -716,10 +716,10 @@ files:
       if ((S.applied.get(mac) || 0) > seq) return;
       S.applied.set(mac, seq);
     }
-    // List answers carry no log tail: keep the one already shown for this action.
     // An image picked on the card and not yet stored wins over any
     // answer: Deploy must name what the technician sees.
     if (S.pendingImage.has(mac)) d.image = S.pendingImage.get(mac).image;
+    // List answers carry no log tail: keep the one already shown for this action.
     const prev = S.devices.get(mac);
     const pa = currentAction(prev), na = currentAction(d);
     if (pa && na && pa.id === na.id && pa.log && !na.log) na.log = pa.log;
@@ -1177,7 +1177,7 @@ files:
   // the PUT landed, which still carry the old image, are then dropped.
   async function onAssignImage(mac, sel) {
     const image = sel.value;
-    const mine = { image, seq: ++S.seq };
+    const mine = { image }; // this pick, told apart from a later one by identity
     S.pendingImage.set(mac, mine);
     const d = S.devices.get(mac);
     if (d) d.image = image;
