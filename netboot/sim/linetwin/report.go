@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"image/color"
 	"io"
+	"slices"
 	"text/tabwriter"
 
 	"gonum.org/v1/plot"
@@ -177,7 +178,7 @@ func Plot(rep map[Scenario][]Result, title string, w io.Writer) error {
 		if err != nil {
 			return err
 		}
-		l.Color = colors[2]
+		l.Color = colors[slices.Index(Scenarios, fed)%len(colors)] // the colour of its batch line
 		l.Dashes = []vg.Length{vg.Points(2), vg.Points(3)}
 		l.Width = vg.Points(2)
 		p.Add(l)
